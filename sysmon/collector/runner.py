@@ -1,0 +1,124 @@
+"""Run a child process with bounded output.  The only module that spawns.
+
+The caller owns the timeout: wrap :func:`run_bounded` in
+``trio.move_on_after`` and check ``cancelled_caught``.  Whatever ends the
+call -- normal exit, too much output, cancellation -- no process is left
+behind: the child runs in its own session and the whole process group is
+signalled (TERM, then KILL after ``kill_grace`` seconds).  trio's own
+``run_process`` waits 5 s and warns instead, and signals only the child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+
+import attrs
+import trio
+
+DEFAULT_KILL_GRACE = 1.0
+READ_CHUNK = 65536
+
+
+@attrs.frozen
+class ProcessResult:
+    """How a child ended and what it printed (each stream capped).
+
+    ``returncode`` is negative when a signal ended the child (-9 after our
+    kill); ``stdout_overflow`` is set when it printed more than the cap, in
+    which case it was killed and ``stdout`` holds the first bytes only.
+    """
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stdout_overflow: bool = False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+async def _reap(process: trio.Process, kill_grace: float) -> None:
+    """TERM the group, give it ``kill_grace`` seconds, KILL it, wait."""
+    _signal_group(process.pid, signal.SIGTERM)
+    with trio.move_on_after(kill_grace):
+        await process.wait()
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+async def run_bounded(
+    argv: Sequence[str],
+    *,
+    max_stdout: int,
+    max_stderr: int = 4096,
+    env: Mapping[str, str] | None = None,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> ProcessResult:
+    """Run ``argv`` with stdin closed; read stdout up to ``max_stdout`` bytes.
+
+    Raises:
+        OSError: the program could not be started (for example not on PATH).
+
+    Cancellation: the process group is terminated and reaped (at most
+    ``kill_grace`` seconds more), then ``Cancelled`` propagates.
+    """
+    process = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(env) if env is not None else None,
+    )
+    assert process.stdout is not None  # noqa: S101 -- PIPE was asked for
+    assert process.stderr is not None  # noqa: S101
+    stdout_stream, stderr_stream = process.stdout, process.stderr
+    out = bytearray()
+    err = bytearray()
+    overflow = False
+
+    async def read_stdout() -> None:
+        nonlocal overflow
+        while chunk := await stdout_stream.receive_some(READ_CHUNK):
+            out.extend(chunk)
+            if len(out) > max_stdout:
+                overflow = True
+                del out[max_stdout:]
+                _signal_group(process.pid, signal.SIGKILL)
+                return
+
+    async def read_stderr() -> None:
+        # Keep draining past the cap so the child never blocks on a full pipe.
+        while chunk := await stderr_stream.receive_some(READ_CHUNK):
+            room = max_stderr - len(err)
+            if room > 0:
+                err.extend(chunk[:room])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_stdout)
+            nursery.start_soon(read_stderr)
+            await process.wait()
+            # The child is gone; anything it left in its session could hold
+            # our pipes open forever.
+            _signal_group(process.pid, signal.SIGKILL)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _reap(process, kill_grace)
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await stdout_stream.aclose()
+            await stderr_stream.aclose()
+    returncode = process.returncode
+    assert returncode is not None  # noqa: S101 -- wait() returned
+    return ProcessResult(
+        returncode=returncode, stdout=bytes(out), stderr=bytes(err), stdout_overflow=overflow
+    )

@@ -1,0 +1,128 @@
+"""Poll qubes for their metrics: one qube, or a round of them at once.
+
+:func:`scrape_qube` has no timeout of its own; :func:`scrape_round` gives
+each qube ``per_qube_timeout`` seconds (after it got a concurrency slot) and
+turns every way a qube can fail into a status word, so that one qube can
+neither stall nor break the others' polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+import trio
+
+from sysmon.collector.parse import DEFAULT_LIMITS, Limits, MetricsParseError, parse_metrics_untrusted
+from sysmon.collector.qrexec import CallOutcome, Transport, classify_exit
+from sysmon.protocol import Snapshot
+
+#: The status words of scrapes.csv.
+STATUSES = ("ok", "timeout", "refused", "no-service", "too-big", "bad-output", "error", "skipped")
+_STDERR_SHOWN = 200
+
+
+@attrs.frozen
+class ScrapeResult:
+    """The outcome of polling one qube once."""
+
+    vm: str
+    status: str
+    duration_ms: int
+    n_bytes: int = 0
+    lines_ok: int = 0
+    lines_rejected: int = 0
+    snapshot: Snapshot | None = None
+    detail: str = ""
+
+
+def _stderr_excerpt(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", errors="replace").strip()
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text[:_STDERR_SHOWN]
+
+
+async def scrape_qube(
+    transport: Transport, vm: str, cursor: str, limits: Limits = DEFAULT_LIMITS
+) -> ScrapeResult:
+    """Call ``qubes.Metrics.Get`` in ``vm`` and parse the reply.  No timeout."""
+    start = trio.current_time()
+
+    def result(status: str, **fields: object) -> ScrapeResult:
+        duration_ms = round((trio.current_time() - start) * 1000)
+        return ScrapeResult(vm=vm, status=status, duration_ms=duration_ms, **fields)  # type: ignore[arg-type]
+
+    try:
+        proc = await transport.call(
+            transport.metrics_argv(vm, cursor), max_stdout=limits.max_bytes
+        )
+    except OSError as exc:
+        return result("error", detail=f"cannot run the qrexec client: {exc.strerror or exc}")
+    outcome = classify_exit(proc.returncode)
+    stderr = _stderr_excerpt(proc.stderr)
+    n_bytes = len(proc.stdout)
+    if proc.stdout_overflow:
+        n_bytes += 1  # at least one byte over the cap; the rest was never read
+    elif outcome is CallOutcome.REFUSED:
+        return result("refused", detail=stderr or "refused (exit 126)")
+    elif outcome is CallOutcome.NO_SERVICE:
+        return result("no-service", detail=stderr or "no qubes.Metrics.Get in the qube (exit 127)")
+    elif outcome is not CallOutcome.OK:
+        return result(
+            "error", n_bytes=n_bytes, detail=f"exit {proc.returncode}" + (f": {stderr}" if stderr else "")
+        )
+    try:
+        snapshot = parse_metrics_untrusted(proc.stdout, limits)
+    except MetricsParseError as exc:
+        return result(
+            "too-big" if proc.stdout_overflow else "bad-output",
+            n_bytes=n_bytes,
+            lines_rejected=exc.lines_rejected,
+            detail=str(exc),
+        )
+    status = "too-big" if proc.stdout_overflow or snapshot.over_caps else "ok"
+    caps = set(snapshot.over_caps) | ({"bytes"} if proc.stdout_overflow else set())
+    return result(
+        status,
+        n_bytes=n_bytes,
+        lines_ok=snapshot.lines_ok,
+        lines_rejected=snapshot.lines_rejected,
+        snapshot=snapshot,
+        detail=("over caps: " + ",".join(sorted(caps))) if caps else "; ".join(snapshot.reject_reasons),
+    )
+
+
+async def scrape_round(
+    transport: Transport,
+    vms: Sequence[str],
+    cursors: Mapping[str, str],
+    *,
+    per_qube_timeout: float,
+    concurrency: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[ScrapeResult]:
+    """Poll ``vms`` concurrently, at most ``concurrency`` at a time.
+
+    Every qube gets exactly one result, in the order of ``vms``.  A qube
+    that overruns ``per_qube_timeout`` is killed and gets ``timeout``.
+    """
+    limiter = trio.CapacityLimiter(concurrency)
+    results: dict[str, ScrapeResult] = {}
+
+    async def one(vm: str) -> None:
+        async with limiter:
+            start = trio.current_time()
+            with trio.move_on_after(per_qube_timeout) as scope:
+                results[vm] = await scrape_qube(transport, vm, cursors.get(vm, ""), limits)
+            if scope.cancelled_caught:
+                results[vm] = ScrapeResult(
+                    vm=vm,
+                    status="timeout",
+                    duration_ms=round((trio.current_time() - start) * 1000),
+                    detail=f"no reply within {per_qube_timeout:g} s",
+                )
+
+    async with trio.open_nursery() as nursery:
+        for vm in vms:
+            nursery.start_soon(one, vm)
+    return [results[vm] for vm in vms]

@@ -1,0 +1,35 @@
+"""Shared fixtures: paths, required tools, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER = ROOT / "handler" / "qubes.Metrics.Get"
+FIXTURES = ROOT / "tests" / "fixtures"
+IN_CI = os.environ.get("CI") == "true"
+
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def require_tool(name: str) -> str:
+    """Path of tool ``name``; skip the test without it, but fail in CI.
+
+    .ci/run installs every tool the suite uses, so a missing one there is a
+    broken CI, not a reason to pass quietly.
+    """
+    path = shutil.which(name) or (name if Path(name).is_file() else None)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} not installed")
+    return path

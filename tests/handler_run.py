@@ -1,0 +1,37 @@
+"""Run the real handler the way qrexec would, under a chosen shell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import FIXTURES, HANDLER
+
+SHELLS = {"dash": ["dash"], "bash": ["bash", "--posix"], "busybox": ["busybox", "sh"]}
+STUB_BIN = FIXTURES.parent / "bin"
+
+
+def run_handler(
+    shell: str,
+    *,
+    proc_root: Path | None = None,
+    argument: str = "",
+    journal_dir: Path | None = None,
+    timeout: float = 30,
+) -> bytes:
+    """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0)."""
+    env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": "C"}
+    if proc_root is not None:
+        env["SYSMON_PROC_ROOT"] = str(proc_root)
+        env["SYSMON_DF_FIXTURE"] = str(proc_root / "df.txt")
+        env["PATH"] = f"{STUB_BIN}:{env['PATH']}"
+    if journal_dir is not None:
+        env["SYSMON_JOURNAL_DIR"] = str(journal_dir)
+    if argument:
+        env["QREXEC_SERVICE_ARGUMENT"] = argument
+    argv = [*SHELLS[shell], str(HANDLER)] + ([argument] if argument else [])
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b"", done.stderr
+    return done.stdout

@@ -1,0 +1,228 @@
+"""The real handler: on this machine's /proc, on recorded trees, on a real journal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, HANDLER, require_tool
+from handler_run import SHELLS, run_handler
+
+from sysmon.collector.parse import parse_metrics_untrusted
+from sysmon.protocol import AlertRecord
+
+TREES = sorted(p.name for p in (FIXTURES / "proc").iterdir() if p.is_dir())
+UPDATE_GOLDEN = os.environ.get("SYSMON_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(name="shell", params=sorted(SHELLS))
+def _shell(request: pytest.FixtureRequest) -> str:
+    require_tool(SHELLS[request.param][0])
+    return str(request.param)
+
+
+def _proc_dev_names() -> set[str]:
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return {line.split(":", 1)[0].strip() for line in lines}
+
+
+def _meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _cpu_user_ticks() -> int:
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[1])
+
+
+class TestOnThisMachine:
+    def test_parses_with_no_rejected_line(self, shell, tmp_path):
+        """The handler's output for this machine parses cleanly and completely."""
+        before = _cpu_user_ticks()
+        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        after = _cpu_user_ticks()
+        assert snap.lines_rejected == 0
+        assert snap.over_caps == frozenset()
+        assert snap.lines_ok == snap.lines_total
+        assert snap.sys is not None
+        assert snap.sys.protocol == 1
+        assert before <= (snap.sys.cpu_ticks_user or -1) <= after
+
+    def test_values_match_proc_read_from_python(self, shell, tmp_path):
+        """Values cross-check with /proc and statvfs read directly."""
+        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        assert snap.sys is not None
+        assert snap.sys.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert snap.sys.mem_total_kb == _meminfo("MemTotal")
+        assert snap.sys.swap_total_kb == _meminfo("SwapTotal")
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        assert snap.sys.btime == btime
+        assert {n.interface for n in snap.net} == _proc_dev_names()
+        root = next(d for d in snap.disk if d.mount == "/")
+        vfs = os.statvfs("/")
+        assert abs(root.size_kb - vfs.f_blocks * vfs.f_frsize // 1024) <= 1
+        assert snap.conn is not None
+        assert snap.conn.udp_sockets is not None
+
+    def test_journal_unreadable_is_one_alert_stamped_at_boot(self, shell, tmp_path):
+        """An unreadable journal is reported once, at boot time, not as a failure."""
+        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        assert snap.sys is not None
+        assert snap.sys.btime is not None
+        assert len(snap.alerts) == 1
+        assert snap.alerts[0].ts_us == snap.sys.btime * 1_000_000
+        assert snap.alerts[0].identifier == "sysmon-handler"
+        assert "journal not readable" in snap.alerts[0].message
+
+
+class TestRecordedTrees:
+    @pytest.mark.parametrize("tree", TREES)
+    def test_golden(self, shell, tree, tmp_path):
+        """A recorded /proc tree gives exactly the recorded output, in every shell."""
+        root = FIXTURES / "proc" / tree
+        out = run_handler(shell, proc_root=root, journal_dir=tmp_path)
+        golden = FIXTURES / "golden" / f"{tree}.txt"
+        if UPDATE_GOLDEN:
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_bytes(out)
+        assert out.decode() == golden.read_text()
+        snap = parse_metrics_untrusted(out)
+        assert snap.lines_rejected == 0
+
+    def test_bind_mounts_counted_once_and_escapes_kept(self, tmp_path):
+        """/home and /usr/local binds of /rw appear once; a space stays \\040."""
+        require_tool("dash")
+        root = FIXTURES / "proc" / "many-ifaces-mounts"
+        snap = parse_metrics_untrusted(run_handler("dash", proc_root=root, journal_dir=tmp_path))
+        mounts = [d.mount for d in snap.disk]
+        assert "/tmp/mnt-root/rw" in mounts
+        assert "/tmp/mnt-root/home" not in mounts
+        assert "/tmp/mnt-root/usrlocal" not in mounts
+        assert r"/tmp/mnt-root/My\040Data" in mounts
+        assert len(snap.net) == 31
+
+    def test_odd_proc_files(self, tmp_path):
+        """CurrEstab found by name, -1 neighbours, no MemAvailable, a short cpu line."""
+        require_tool("dash")
+        root = FIXTURES / "proc" / "odd-snmp"
+        snap = parse_metrics_untrusted(run_handler("dash", proc_root=root, journal_dir=tmp_path))
+        assert snap.conn is not None
+        assert snap.conn.tcp_established == 17
+        assert snap.conn.udp_sockets == 7
+        assert snap.sys is not None
+        assert snap.sys.mem_avail_kb is None
+        assert snap.sys.cpu_ticks_steal == 0
+        assert snap.net[0].rx_bytes == 2**64 - 1
+
+
+BOOT_A = "4a45ce28-624d-4a4e-bba8-e09b00cd36e5"
+BOOT_B = "11111111-2222-3333-4444-555555555555"
+
+
+def _export_entry(ts_us: int, boot: str, prio: int, ident: str, msg: str, mono: int) -> str:
+    return (
+        f"__REALTIME_TIMESTAMP={ts_us}\n__MONOTONIC_TIMESTAMP={mono}\n"
+        f"_BOOT_ID={boot.replace('-', '')}\nPRIORITY={prio}\nSYSLOG_IDENTIFIER={ident}\n"
+        f"_PID=42\n_HOSTNAME=q\nMESSAGE={msg}\n\n"
+    )
+
+
+def _make_journal(directory: Path, entries: list[str]) -> Path:
+    remote = require_tool("/lib/systemd/systemd-journal-remote")
+    directory.mkdir()
+    export = directory.parent / "in.export"
+    export.write_text("".join(entries))
+    subprocess.run(
+        [remote, f"--output={directory / 'remote.journal'}", str(export)],
+        check=True,
+        capture_output=True,
+    )
+    return directory
+
+
+@pytest.fixture(name="proc_boot_a")
+def _proc_boot_a(tmp_path):
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURES / "proc" / "this-machine", root)
+    (root / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+    return root
+
+
+class TestRealJournal:
+    """journalctl itself, on journal files made by systemd-journal-remote."""
+
+    @pytest.fixture(name="journal")
+    def _journal(self, tmp_path):
+        require_tool("journalctl")
+        return _make_journal(
+            tmp_path / "journal",
+            [
+                _export_entry(1_700_000_000_000_000, BOOT_B, 3, "old", "previous boot", 1),
+                _export_entry(1_700_000_100_000_000, BOOT_A, 5, "kernel", "first", 1),
+                _export_entry(1_700_000_100_000_000, BOOT_A, 4, "kernel", "same microsecond", 2),
+                _export_entry(1_700_000_200_000_000, BOOT_A, 6, "info", "below notice", 3),
+                _export_entry(1_700_000_300_000_000, BOOT_A, 2, "sshd", '=HYPERLINK("x")', 4),
+            ],
+        )
+
+    def _alerts(self, shell, proc, journal, argument=""):
+        out = run_handler(shell, proc_root=proc, journal_dir=journal, argument=argument)
+        return parse_metrics_untrusted(out).alerts
+
+    def test_cursor_of_this_boot_is_inclusive(self, shell, proc_boot_a, journal):
+        """Entries at or after the cursor's microsecond, notice and above only."""
+        cursor = BOOT_A.replace("-", "") + ".1700000100000000"
+        assert self._alerts(shell, proc_boot_a, journal, cursor) == (
+            AlertRecord(1_700_000_100_000_000, "kernel[42]", "first"),
+            AlertRecord(1_700_000_100_000_000, "kernel[42]", "same microsecond"),
+            AlertRecord(1_700_000_300_000_000, "sshd[42]", '=HYPERLINK("x")'),
+        )
+
+    def test_cursor_after_everything_gives_nothing(self, shell, proc_boot_a, journal):
+        cursor = BOOT_A.replace("-", "") + ".1700000300000001"
+        assert self._alerts(shell, proc_boot_a, journal, cursor) == ()
+
+    def test_cursor_of_another_boot_sends_this_boot(self, shell, proc_boot_a, journal):
+        """After a restart the whole new boot is sent, whatever the old cursor's time."""
+        cursor = BOOT_B.replace("-", "") + ".1800000000000000"
+        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        assert [a.message for a in got] == ["first", "same microsecond", '=HYPERLINK("x")']
+
+    def test_no_cursor_sends_only_recent_minutes(self, shell, proc_boot_a, journal):
+        assert self._alerts(shell, proc_boot_a, journal) == ()
+
+    def test_garbage_cursor_is_treated_as_none(self, shell, proc_boot_a, journal):
+        cursor = BOOT_A.replace("-", "") + ".12ab"
+        assert self._alerts(shell, proc_boot_a, journal, cursor) == ()
+
+    def test_caps_lines_and_length_oldest_first(self, shell, proc_boot_a, tmp_path):
+        """At most 50 alert lines, the oldest, each cut to 1000 characters."""
+        require_tool("journalctl")
+        entries = [
+            _export_entry(1_700_000_100_000_000 + i, BOOT_A, 3, "flood", f"{i} " + "x" * 3000, i + 1)
+            for i in range(120)
+        ]
+        journal = _make_journal(tmp_path / "flood", entries)
+        cursor = BOOT_A.replace("-", "") + ".1700000100000000"
+        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        assert [a.ts_us for a in got] == [1_700_000_100_000_000 + i for i in range(50)]
+        assert all(len(f"{a.identifier}: {a.message}") == 1000 for a in got)
+
+
+def test_shellcheck_clean():
+    """The handler is POSIX sh and shellcheck-clean."""
+    shellcheck = require_tool("shellcheck")
+    scripts = [HANDLER, *sorted((FIXTURES.parent / "bin").iterdir()), FIXTURES / "record_proc.sh"]
+    done = subprocess.run(
+        [shellcheck, "--shell=sh", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
