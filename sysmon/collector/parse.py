@@ -114,6 +114,8 @@ def _pairs(body: bytes) -> dict[str, str]:
     except UnicodeDecodeError:
         raise _LineError("not ASCII") from None
     pairs: dict[str, str] = {}
+    if not text:
+        return pairs
     for token in text.split(" "):
         key, sep, value = token.partition("=")
         if not sep or not _KEY_RE.fullmatch(key):
