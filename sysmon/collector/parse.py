@@ -9,10 +9,10 @@ The payload never says which qube it is from: the caller knows.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 import attrs
 
+from sysmon.text import clean_text
 from sysmon.protocol import (
     CONN_KEYS,
     DISK_KEYS,
@@ -72,19 +72,6 @@ DEFAULT_LIMITS = Limits()
 
 class _LineError(Exception):
     """One line is rejected; the others stand."""
-
-
-def _control_to_space(text: str) -> str:
-    # Control and format characters (C0, C1, DEL, bidi overrides, line
-    # separators) could break a row or fool a reader of the files.
-    return "".join(
-        " " if unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} else ch for ch in text
-    )
-
-
-def clean_text(text: str, max_chars: int) -> str:
-    """Text from a qube, fit for a record: no control characters, capped."""
-    return _control_to_space(text)[:max_chars]
 
 
 def _parse_int(key: str, text: str, maximum: int = MAX_COUNTER) -> int:

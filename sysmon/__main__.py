@@ -1,0 +1,7 @@
+"""``python -m sysmon``."""
+
+import sys
+
+from sysmon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Command line: ``python -m sysmon once|demo ...``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from sysmon import __version__
+from sysmon.collector.discover import DiscoveryError, QrexecDiscovery
+from sysmon.collector.qrexec import Qrexec
+from sysmon.config import Config, ConfigError, load_config
+from sysmon.logconfig import configure_logging
+from sysmon.poll import PollReport, poll_once
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "out_dir", None) is not None:
+        config = attrs.evolve(config, out_dir=args.out_dir.expanduser())
+    return config
+
+
+def print_report(report: PollReport, out_dir: Path) -> None:
+    """One line per qube, then a total."""
+    for r in report.results:
+        detail = f"  {r.detail}" if r.detail and r.status != "ok" else ""
+        print(f"{r.vm:<32} {r.status:<10} {r.duration_ms:>6} ms {r.n_bytes:>8} B{detail}")
+    failed = [r for r in report.results if r.status != "ok"]
+    rows = sum(report.outcome.written.values())
+    line = f"{len(report.results)} qubes polled: {len(report.results) - len(failed)} ok, {len(failed)} not ok; {rows} rows under {out_dir}"
+    print(line)
+    if report.outcome.skipped:
+        print(f"nothing written: {report.outcome.skipped}")
+    for error in report.outcome.errors:
+        print(f"write error: {error}", file=sys.stderr)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    """Poll every running qube once."""
+    config = _config(args)
+    try:
+        report = trio.run(
+            functools.partial(poll_once, config, QrexecDiscovery(), Qrexec()),
+            strict_exception_groups=True,
+        )
+    except DiscoveryError as exc:
+        print(f"sysmon once: discovery failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_report(report, config.out_dir)
+    return EXIT_FAILED if report.outcome.skipped or report.outcome.errors else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the real pipeline against this machine presented as a few qubes."""
+    from sysmon.demo import run_demo  # noqa: PLC0415 -- only the demo needs it
+
+    return trio.run(
+        functools.partial(run_demo, args.out_dir.expanduser(), args.duration, args.interval),
+        strict_exception_groups=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="sysmon", description="Metrics for every qube of a Qubes OS system.")
+    parser.add_argument("--version", action="version", version=f"sysmon {__version__}")
+    parser.add_argument("--log-format", choices=["json", "console"], help="default: console on a tty, else JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    once = sub.add_parser("once", help="poll every running qube once into the daily files")
+    once.add_argument("--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)")
+    once.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
+    once.set_defaults(func=cmd_once, log_level=logging.WARNING)
+
+    demo = sub.add_parser("demo", help="run the real pipeline on this machine, shown as a few qubes")
+    demo.add_argument("--out-dir", type=Path, default=Path("demo-out"))
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    demo.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+    demo.set_defaults(func=cmd_demo, log_level=logging.WARNING)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sysmon`` and ``python -m sysmon``."""
+    args = build_parser().parse_args(argv)
+    json_output = None if args.log_format is None else args.log_format == "json"
+    configure_logging(json_output=json_output, stream=sys.stderr, level=args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"sysmon: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,138 @@
+"""``sysmon demo``: the real pipeline on any Linux machine, no Qubes needed.
+
+This machine is presented as a few qubes: discovery is a fixed list named
+after the host, and each qube's "qrexec call" runs the real handler
+locally.  Everything after that -- limits, parser, rates, rows, files,
+state -- is the code a sys-monitor qube runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from sysmon.collector.discover import Discovery, QubeInfo
+from sysmon.collector.runner import ProcessResult, run_bounded
+from sysmon.config import Config
+from sysmon.poll import PollReport, poll_once
+
+HANDLER_ENV = "SYSMON_HANDLER"
+
+
+def find_handler() -> Path:
+    """The handler: $SYSMON_HANDLER, the source tree, or the installed copy."""
+    candidates = []
+    if os.environ.get(HANDLER_ENV):
+        candidates.append(Path(os.environ[HANDLER_ENV]))
+    candidates += [
+        Path(__file__).resolve().parent.parent / "handler" / "qubes.Metrics.Get",
+        Path(sys.prefix) / "share" / "sysmon" / "qubes.Metrics.Get",
+        Path("/etc/qubes-rpc/qubes.Metrics.Get"),
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("handler qubes.Metrics.Get not found (set SYSMON_HANDLER)")
+
+
+def demo_names(hostname: str | None = None) -> list[str]:
+    """A few qube names made from this machine's name."""
+    base = re.sub(r"[^a-zA-Z0-9_-]", "-", (hostname or socket.gethostname()).split(".")[0])
+    if not base or not base[0].isalpha():
+        base = "host" + base
+    base = base[:20].rstrip("-") or "host"
+    return [f"{base}-work", f"{base}-net", f"{base}-vault"]
+
+
+@attrs.frozen
+class LocalHandler:
+    """A transport that runs the handler here instead of in a qube."""
+
+    handler: Path
+
+    def metrics_argv(self, target: str, argument: str) -> list[str]:  # noqa: ARG002
+        """Every demo qube is this machine."""
+        return ["sh", str(self.handler), *([argument] if argument else [])]
+
+    async def call(
+        self, argv: Sequence[str], *, max_stdout: int, env: Mapping[str, str] | None = None
+    ) -> ProcessResult:
+        """Run the handler bounded, as qrexec-client-vm would be."""
+        return await run_bounded(argv, max_stdout=max_stdout, env=env)
+
+
+@attrs.frozen
+class DemoDiscovery:
+    """dom0's list, made up: this machine's qubes, one halted, and ourselves."""
+
+    names: tuple[str, ...]
+
+    async def list_qubes(self) -> Discovery:
+        """The made-up list."""
+        qubes = [QubeInfo("dom0", "AdminVM", "Running")]
+        qubes += [QubeInfo(name, "AppVM", "Running") for name in self.names]
+        qubes += [QubeInfo("sys-monitor", "AppVM", "Running"), QubeInfo("untrusted", "AppVM", "Halted")]
+        return Discovery(qubes=tuple(qubes))
+
+    async def own_name(self) -> str | None:
+        """We are sys-monitor."""
+        return "sys-monitor"
+
+
+def _print_poll(report: PollReport) -> None:
+    counts: dict[str, int] = {}
+    for r in report.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    rows = sum(report.outcome.written.values())
+    extra = f"  (skipped: {report.outcome.skipped})" if report.outcome.skipped else ""
+    print(f"{report.ts:%H:%M:%S}Z  polled {len(report.results)} qubes: {summary}; {rows} rows{extra}")
+
+
+def latest_table(out_dir: Path, day_folder: Path) -> str:
+    """The newest system.csv row of each qube, as a small table."""
+    latest: dict[str, dict[str, str]] = {}
+    with (day_folder / "system.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            latest[row["vm"]] = row
+    lines = [f"{'qube':<22} {'cpu_user%':>9} {'cpu_sys%':>8} {'load1':>6} {'mem_used_kb':>12}"]
+    for vm, row in sorted(latest.items()):
+        lines.append(
+            f"{vm:<22} {row['cpu_user'] or '-':>9} {row['cpu_system'] or '-':>8} "
+            f"{row['load1']:>6} {row['mem_used_kb']:>12}"
+        )
+    lines.append(f"(files under {out_dir})")
+    return "\n".join(lines)
+
+
+async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
+    """Poll this machine as a few qubes every ``interval`` s for ``duration`` s."""
+    handler = find_handler()
+    config = Config(out_dir=out_dir, interval=interval, scrape_timeout=min(8.0, interval * 0.8))
+    names = demo_names()
+    print(f"sysmon demo: {', '.join(names)} are this machine, polled with {handler}")
+    print(f"writing daily CSV files under {out_dir}/<UTC day>/ every {interval:g} s for {duration:g} s")
+    transport = LocalHandler(handler)
+    discovery = DemoDiscovery(tuple(names))
+    deadline = trio.current_time() + duration
+    report = None
+    while True:
+        started = trio.current_time()
+        report = await poll_once(config, discovery, transport)
+        _print_poll(report)
+        next_tick = started + interval
+        if next_tick > deadline:
+            break
+        await trio.sleep_until(next_tick)
+    folder = out_dir / f"{report.ts:%Y-%m-%d}"
+    print()
+    print(latest_table(out_dir, folder))
+    return 0

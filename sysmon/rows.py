@@ -1,0 +1,207 @@
+"""From one tick's poll results to CSV rows and each qube's next state.  Pure.
+
+The ``vm`` of every row is the name the collector called, never anything a
+payload says.  Alerts are filed exactly once: an entry is new when it is
+newer than the qube's cursor, or at the cursor's microsecond and not yet
+seen there; a qube on another boot starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+
+import attrs
+
+from sysmon.collector.discover import QubeInfo
+from sysmon.collector.scrape import ScrapeResult
+from sysmon.protocol import AlertRecord, Snapshot
+from sysmon.rates import cpu_percent, ticks_of
+from sysmon.sinks import schemas
+from sysmon.sinks.state import AlertCursor, QubeState
+
+UNKNOWN_BOOT = "unknown"
+
+
+@attrs.frozen
+class AlertBatch:
+    """One qube's alert rows of a tick and the state to commit after them."""
+
+    vm: str
+    rows: tuple[bytes, ...]
+    next_state: QubeState
+
+
+@attrs.frozen
+class TickRows:
+    """Everything a tick writes.  ``rows`` maps file name to rows (no alerts)."""
+
+    rows: Mapping[str, tuple[bytes, ...]]
+    alerts: tuple[AlertBatch, ...]
+    states: Mapping[str, QubeState]
+    restarted: tuple[str, ...] = ()
+
+
+def alert_key(alert: AlertRecord) -> str:
+    """A short digest telling entries of the same microsecond apart."""
+    text = f"{alert.ts_us}\0{alert.identifier}\0{alert.message}".encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def new_alerts(
+    alerts: Iterable[AlertRecord], cursor: AlertCursor | None, boot_id: str
+) -> tuple[list[AlertRecord], AlertCursor | None]:
+    """The alerts not yet filed, and the cursor after filing them."""
+    same_boot = cursor is not None and cursor.boot_id == boot_id
+    fresh: list[AlertRecord] = []
+    for alert in alerts:
+        if same_boot and cursor is not None:
+            if alert.ts_us < cursor.ts_us:
+                continue
+            if alert.ts_us == cursor.ts_us and alert_key(alert) in cursor.seen:
+                continue
+        fresh.append(alert)
+    if not fresh:
+        return [], cursor
+    base_ts = cursor.ts_us if same_boot and cursor is not None else -1
+    top = max(base_ts, *(a.ts_us for a in fresh))
+    seen = {alert_key(a) for a in fresh if a.ts_us == top}
+    if top == base_ts and cursor is not None:
+        seen |= cursor.seen
+    return fresh, AlertCursor(boot_id=boot_id, ts_us=top, seen=frozenset(seen))
+
+
+def format_entry_time(ts_us: int) -> str:
+    """An entry's own time, UTC to the microsecond; out-of-range shown raw."""
+    try:
+        moment = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"@{ts_us}us"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _pct_used(used: int, avail: int) -> int | None:
+    # As df: used / (used + avail), rounded up.
+    total = used + avail
+    return math.ceil(used * 100 / total) if total > 0 else None
+
+
+def _minus(a: int | None, b: int | None) -> int | None:
+    return a - b if a is not None and b is not None else None
+
+
+def _snapshot_rows(
+    ts: datetime, vm: str, snap: Snapshot, prev: QubeState | None
+) -> tuple[dict[str, list[bytes]], list[AlertRecord], QubeState, bool]:
+    rows: dict[str, list[bytes]] = {}
+    sys = snap.sys
+    assert sys is not None  # noqa: S101 -- the parser guarantees it
+    boot_id = sys.boot_id or UNKNOWN_BOOT
+    restarted = prev is not None and prev.boot_id is not None and prev.boot_id != boot_id
+    ticks = ticks_of(sys)
+    same_boot = prev is not None and prev.boot_id == boot_id
+    cpu = cpu_percent(prev.cpu_ticks if same_boot and prev else None, ticks)
+    rows[schemas.SYSTEM.file_name] = [
+        schemas.SYSTEM.format_row(
+            [
+                ts,
+                vm,
+                cpu.user if cpu else None,
+                cpu.system if cpu else None,
+                cpu.idle if cpu else None,
+                sys.load1,
+                sys.load5,
+                sys.load15,
+                sys.mem_total_kb,
+                _minus(sys.mem_total_kb, sys.mem_avail_kb),
+                sys.mem_avail_kb,
+                sys.swap_total_kb,
+                _minus(sys.swap_total_kb, sys.swap_free_kb),
+                sys.procs_running,
+                sys.procs_blocked,
+            ]
+        )
+    ]
+    rows[schemas.NETWORK.file_name] = [
+        schemas.NETWORK.format_row(
+            [ts, vm, n.interface, n.rx_bytes, n.rx_errs, n.rx_drop, n.tx_bytes, n.tx_errs, n.tx_drop]
+        )
+        for n in snap.net
+    ]
+    if snap.conn is not None:
+        rows[schemas.CONNECTIONS.file_name] = [
+            schemas.CONNECTIONS.format_row(
+                [ts, vm, snap.conn.tcp_established, snap.conn.udp_sockets]
+            )
+        ]
+    rows[schemas.DISK.file_name] = [
+        schemas.DISK.format_row(
+            [ts, vm, d.fs, d.mount, d.size_kb, d.used_kb, d.avail_kb, _pct_used(d.used_kb, d.avail_kb)]
+        )
+        for d in snap.disk
+    ]
+    fresh, cursor = new_alerts(snap.alerts, prev.cursor if prev else None, boot_id)
+    state = QubeState(boot_id=boot_id, cpu_ticks=ticks, cursor=cursor)
+    return rows, fresh, state, restarted
+
+
+def build_tick_rows(
+    ts: datetime,
+    results: Sequence[ScrapeResult],
+    qubes: Sequence[QubeInfo] | None,
+    previous: Mapping[str, QubeState],
+) -> TickRows:
+    """All rows of one tick, in file order, and every polled qube's next state."""
+    out: dict[str, list[bytes]] = {s.file_name: [] for s in schemas.DAILY_FILES if s is not schemas.ALERTS}
+    batches: list[AlertBatch] = []
+    states: dict[str, QubeState] = {}
+    restarted: list[str] = []
+    for result in results:
+        out[schemas.SCRAPES.file_name].append(
+            schemas.SCRAPES.format_row(
+                [
+                    ts,
+                    result.vm,
+                    result.status,
+                    result.duration_ms,
+                    result.n_bytes,
+                    result.lines_ok,
+                    result.lines_rejected,
+                ]
+            )
+        )
+        if result.snapshot is None:
+            continue
+        rows, fresh, state, was_restarted = _snapshot_rows(
+            ts, result.vm, result.snapshot, previous.get(result.vm)
+        )
+        for name, file_rows in rows.items():
+            out[name].extend(file_rows)
+        alert_rows = []
+        if was_restarted:
+            restarted.append(result.vm)
+            alert_rows.append(
+                schemas.ALERTS.format_row([ts, result.vm, f"sysmon: {result.vm} restarted"])
+            )
+        alert_rows.extend(
+            schemas.ALERTS.format_row(
+                [ts, result.vm, f"{format_entry_time(a.ts_us)} {a.identifier}: {a.message}"]
+            )
+            for a in fresh
+        )
+        if alert_rows:
+            batches.append(AlertBatch(vm=result.vm, rows=tuple(alert_rows), next_state=state))
+        else:
+            states[result.vm] = state
+    if qubes is not None:
+        out[schemas.QUBES.file_name].extend(
+            schemas.QUBES.format_row([ts, q.name, q.state]) for q in qubes
+        )
+    return TickRows(
+        rows={name: tuple(rows) for name, rows in out.items()},
+        alerts=tuple(batches),
+        states=states,
+        restarted=tuple(restarted),
+    )

@@ -1,0 +1,163 @@
+"""Append-only daily CSV files under ``<out_dir>/<YYYY-MM-DD>/`` (UTC days).
+
+Synchronous; the daemon calls it through ``trio.to_thread``.  The rules:
+
+- a file is created with its header once and never rewritten or renamed;
+- each row is one ``write()`` ending in ``\\n``;
+- a row that could not be written whole (full disk, I/O error) is cut back
+  off, so no reader ever sees half a row;
+- a torn last line left by a crash or power loss is cut back to the last
+  newline before anything is appended, and logged.
+
+Callers hold :func:`locked` around a whole tick, so a ``once`` and the
+daemon never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from datetime import date
+from pathlib import Path
+
+import attrs
+import structlog
+
+from sysmon.sinks.schemas import DAILY_FILES, Schema
+
+LOCK_NAME = ".sysmon.lock"
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+class WriteError(Exception):
+    """Rows could not be written; ``written`` of them were, whole."""
+
+    def __init__(self, message: str, *, written: int, errno_: int | None) -> None:
+        super().__init__(message)
+        self.written = written
+        self.errno = errno_
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold the out_dir's write lock (blocking) for the ``with`` block."""
+    out_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def day_dir(out_dir: Path, day: date) -> Path:
+    """The folder of one UTC day."""
+    return out_dir / day.isoformat()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:  # pragma: no cover -- regular files don't do this
+            raise OSError(errno.EIO, "write returned 0")
+        view = view[n:]
+
+
+def _open_appending(path: Path, schema: Schema) -> tuple[int, int]:
+    """Open ``path`` for appending; create it with its header if new or empty."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        # O_APPEND ignores offsets for writes; pread needs a readable fd.
+        rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = _repair_tail_rw(path, rfd, fd)
+        finally:
+            os.close(rfd)
+        if size == 0:
+            _write_all(fd, schema.header)
+            size = len(schema.header)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def _repair_tail_rw(path: Path, rfd: int, wfd: int) -> int:
+    size = os.fstat(rfd).st_size
+    if size == 0 or os.pread(rfd, 1, size - 1) == b"\n":
+        return size
+    end, keep = size, 0
+    while end > 0:
+        start = max(0, end - 65536)
+        block = os.pread(rfd, end - start, start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    os.ftruncate(wfd, keep)
+    structlog.get_logger().warning(
+        "torn_line_repaired", file=str(path), cut_bytes=size - keep, kept_bytes=keep
+    )
+    return keep
+
+
+@attrs.frozen
+class Appended:
+    """What one append did: rows written and the file's size before and after."""
+
+    rows: int
+    start: int
+    end: int
+
+
+def append_rows(path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool = True) -> Appended:
+    """Append whole rows to ``path``, creating it with its header if needed.
+
+    Raises:
+        WriteError: a row could not be written; it was cut back off, and the
+            rows before it stand (``written``).
+    """
+    fd, start = _open_appending(path, schema)
+    size = start
+    try:
+        for index, row in enumerate(rows):
+            try:
+                _write_all(fd, row)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise WriteError(
+                    f"{path}: {exc.strerror or exc}", written=index, errno_=exc.errno
+                ) from exc
+            size += len(row)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Appended(rows=len(rows), start=start, end=size)
+
+
+def ensure_day(out_dir: Path, day: date) -> Path:
+    """Create the day's folder and all its files with headers (tailers look for them)."""
+    folder = day_dir(out_dir, day)
+    folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    for schema in DAILY_FILES:
+        fd, _ = _open_appending(folder / schema.file_name, schema)
+        os.close(fd)
+    return folder
+
+
+def truncate_to(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (recovery of an interrupted tick)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)

@@ -1,0 +1,165 @@
+"""The collector's small state file: last raw sample and alert cursor per qube.
+
+Written atomically (temporary file, fsync, rename, fsync of the folder), so a
+crash leaves the old state or the new one, never a mix.  Read and written
+only under the out_dir lock (:func:`sysmon.sinks.csv_daily.locked`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+STATE_NAME = "sysmon-state.json"
+STATE_VERSION = 1
+
+
+@attrs.frozen
+class AlertCursor:
+    """Where a qube's alerts stand: its boot, the newest entry's time, and
+    the entries already filed at exactly that microsecond."""
+
+    boot_id: str
+    ts_us: int
+    seen: frozenset[str] = frozenset()
+
+    def argument(self) -> str:
+        """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``)."""
+        return f"{self.boot_id.replace('-', '')}.{self.ts_us}"
+
+
+@attrs.frozen
+class QubeState:
+    """What the collector remembers of one qube between polls."""
+
+    boot_id: str | None = None
+    cpu_ticks: tuple[int, ...] | None = None
+    cursor: AlertCursor | None = None
+
+
+@attrs.frozen
+class PendingAlerts:
+    """Alert rows being appended, and each qube's state to commit once its
+    rows are on disk.
+
+    ``commits`` are (vm, end offset, new state) in write order; after a crash
+    a qube's new state (alert cursor, boot id) is committed only if the file
+    reaches its end offset, so its alerts are filed exactly once.
+    """
+
+    file: str
+    start: int
+    commits: tuple[tuple[str, int, QubeState], ...]
+
+
+@attrs.frozen
+class State:
+    """The whole state file."""
+
+    qubes: Mapping[str, QubeState] = attrs.field(factory=dict)
+    last_ts: int = 0
+    pending: PendingAlerts | None = None
+
+
+def _cursor_to_json(cursor: AlertCursor | None) -> Any:
+    if cursor is None:
+        return None
+    return {"boot_id": cursor.boot_id, "ts_us": cursor.ts_us, "seen": sorted(cursor.seen)}
+
+
+def _cursor_from_json(data: Any) -> AlertCursor | None:
+    if data is None:
+        return None
+    return AlertCursor(
+        boot_id=str(data["boot_id"]), ts_us=int(data["ts_us"]), seen=frozenset(map(str, data["seen"]))
+    )
+
+
+def _qube_to_json(q: QubeState) -> Any:
+    return {
+        "boot_id": q.boot_id,
+        "cpu_ticks": list(q.cpu_ticks) if q.cpu_ticks is not None else None,
+        "cursor": _cursor_to_json(q.cursor),
+    }
+
+
+def _qube_from_json(q: Any) -> QubeState:
+    boot_id = q["boot_id"]
+    return QubeState(
+        boot_id=str(boot_id) if boot_id is not None else None,
+        cpu_ticks=tuple(int(t) for t in q["cpu_ticks"]) if q["cpu_ticks"] is not None else None,
+        cursor=_cursor_from_json(q["cursor"]),
+    )
+
+
+def to_json(state: State) -> dict[str, Any]:
+    """The state as JSON-ready data."""
+    pending = None
+    if state.pending is not None:
+        pending = {
+            "file": state.pending.file,
+            "start": state.pending.start,
+            "commits": [[vm, end, _qube_to_json(q)] for vm, end, q in state.pending.commits],
+        }
+    return {
+        "version": STATE_VERSION,
+        "last_ts": state.last_ts,
+        "qubes": {vm: _qube_to_json(q) for vm, q in sorted(state.qubes.items())},
+        "pending_alerts": pending,
+    }
+
+
+def from_json(data: Any) -> State:
+    """Build a State from :func:`to_json`'s data.  Raises on any mismatch."""
+    if data.get("version") != STATE_VERSION:
+        raise ValueError(f"state version {data.get('version')!r}")
+    qubes = {str(vm): _qube_from_json(q) for vm, q in data["qubes"].items()}
+    pending = None
+    if data.get("pending_alerts") is not None:
+        p = data["pending_alerts"]
+        commits = tuple((str(vm), int(end), _qube_from_json(q)) for vm, end, q in p["commits"])
+        pending = PendingAlerts(file=str(p["file"]), start=int(p["start"]), commits=commits)
+    return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending)
+
+
+def load_state(out_dir: Path) -> State:
+    """Read the state; a missing file is a fresh start, a damaged one is set aside."""
+    path = out_dir / STATE_NAME
+    try:
+        data = json.loads(path.read_bytes())
+        return from_json(data)
+    except FileNotFoundError:
+        return State()
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        aside = path.with_name(f"{STATE_NAME}.damaged-{int(time.time())}")
+        os.replace(path, aside)
+        structlog.get_logger().error("state_damaged", file=str(path), moved_to=str(aside), error=str(exc))
+        return State()
+
+
+def save_state(out_dir: Path, state: State) -> None:
+    """Replace the state file atomically and durably."""
+    path = out_dir / STATE_NAME
+    tmp = path.with_name(STATE_NAME + ".tmp")
+    data = json.dumps(to_json(state), separators=(",", ":")).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,163 @@
+"""Commit one tick's rows to the daily files and the state, under the lock.
+
+Synchronous (run it in a thread).  Alert rows are written between two state
+saves: first the new states of the qubes without alerts plus a *pending*
+record of each alerting qube's end offset and new state, then the rows, then
+the commit.  After a crash, :func:`recover` commits exactly the qubes whose
+rows reached the disk whole and cuts off the rest, so no journal entry is
+filed twice or lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import structlog
+
+from sysmon.collector.discover import QubeInfo
+from sysmon.collector.scrape import ScrapeResult
+from sysmon.rows import build_tick_rows
+from sysmon.sinks import schemas
+from sysmon.sinks.csv_daily import WriteError, append_rows, ensure_day, locked, truncate_to
+from sysmon.sinks.state import PendingAlerts, QubeState, State, load_state, save_state
+
+
+@attrs.frozen
+class TickOutcome:
+    """What a commit did.  ``skipped`` says why nothing was written."""
+
+    written: dict[str, int] = attrs.field(factory=dict)
+    dropped: dict[str, int] = attrs.field(factory=dict)
+    errors: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    @property
+    def rows_dropped(self) -> int:
+        """Rows of this tick that could not be written."""
+        return sum(self.dropped.values())
+
+
+def recover(out_dir: Path, state: State) -> State:
+    """Finish a tick that a crash interrupted between alert rows and commit."""
+    pending = state.pending
+    if pending is None:
+        return state
+    path = out_dir / pending.file
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    qubes = dict(state.qubes)
+    keep = pending.start
+    committed = []
+    for vm, end, qube_state in pending.commits:
+        if size < end:
+            break
+        qubes[vm] = qube_state
+        keep = end
+        committed.append(vm)
+    if size > keep and path.exists():
+        truncate_to(path, keep)
+    recovered = State(qubes=qubes, last_ts=state.last_ts, pending=None)
+    save_state(out_dir, recovered)
+    structlog.get_logger().warning(
+        "tick_recovered", file=str(path), committed=committed, cut_bytes=max(0, size - keep)
+    )
+    return recovered
+
+
+def _size(path: Path) -> int:
+    return os.stat(path).st_size
+
+
+def commit_tick(
+    out_dir: Path,
+    ts: datetime,
+    results: Sequence[ScrapeResult],
+    qubes: Sequence[QubeInfo] | None,
+) -> TickOutcome:
+    """Write one tick (``ts``: its wall-clock time) and advance the state."""
+    with locked(out_dir):
+        state = recover(out_dir, load_state(out_dir))
+        epoch = int(ts.timestamp())
+        if epoch <= state.last_ts:
+            last = datetime.fromtimestamp(state.last_ts, tz=UTC)
+            return TickOutcome(
+                skipped=f"rows up to {schemas.format_ts(last)} are written already "
+                "(clock behind, or a poll in the same second)"
+            )
+        built = build_tick_rows(ts, results, qubes, state.qubes)
+        written: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        errors: list[str] = []
+
+        def drop_all(reason: str) -> TickOutcome:
+            for name, rows in built.rows.items():
+                if rows:
+                    dropped[name] = len(rows)
+            alert_rows = sum(len(b.rows) for b in built.alerts)
+            if alert_rows:
+                dropped[schemas.ALERTS.file_name] = alert_rows
+            return TickOutcome(dropped=dropped, errors=(reason,))
+
+        try:
+            folder = ensure_day(out_dir, ts.astimezone(UTC).date())
+        except OSError as exc:
+            return drop_all(f"day folder: {exc.strerror or exc}")
+
+        for schema in schemas.DAILY_FILES:
+            rows = built.rows.get(schema.file_name, ())
+            if schema is schemas.ALERTS or not rows:
+                continue
+            try:
+                append_rows(folder / schema.file_name, schema, rows)
+                written[schema.file_name] = len(rows)
+            except WriteError as exc:
+                written[schema.file_name] = exc.written
+                dropped[schema.file_name] = len(rows) - exc.written
+                errors.append(str(exc))
+
+        qubes_state: dict[str, QubeState] = {**state.qubes, **built.states}
+        alerts_path = folder / schemas.ALERTS.file_name
+        try:
+            if built.alerts:
+                start = _size(alerts_path)
+                commits = []
+                end = start
+                for batch in built.alerts:
+                    end += sum(len(r) for r in batch.rows)
+                    commits.append((batch.vm, end, batch.next_state))
+                relative = str(alerts_path.relative_to(out_dir))
+                pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
+                save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=pending))
+                all_rows = [row for batch in built.alerts for row in batch.rows]
+                try:
+                    append_rows(alerts_path, schemas.ALERTS, all_rows)
+                    written[schemas.ALERTS.file_name] = len(all_rows)
+                except WriteError as exc:
+                    errors.append(str(exc))
+                    # Keep whole qubes only: a qube whose rows are cut is
+                    # filed again, entire, at its next poll.
+                    size = start + sum(len(r) for r in all_rows[: exc.written])
+                    keep, kept_rows, rows_seen = start, 0, 0
+                    for batch, (_vm, batch_end, _state) in zip(built.alerts, commits, strict=True):
+                        rows_seen += len(batch.rows)
+                        if batch_end <= size:
+                            keep, kept_rows = batch_end, rows_seen
+                    truncate_to(alerts_path, keep)
+                    written[schemas.ALERTS.file_name] = kept_rows
+                    dropped[schemas.ALERTS.file_name] = len(all_rows) - kept_rows
+                for vm, batch_end, next_state in commits:
+                    if batch_end <= _size(alerts_path):
+                        qubes_state[vm] = next_state
+            save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None))
+        except OSError as exc:
+            errors.append(f"state: {exc.strerror or exc}")
+        return TickOutcome(
+            written=written, dropped=dropped, errors=tuple(errors), restarted=built.restarted
+        )
