@@ -1,0 +1,36 @@
+"""Read sysmon's files strictly, the way Go's encoding/csv and Telegraf do."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sysmon.sinks import schemas
+from sysmon.text import FORMULA_START
+
+
+def read_strict(path: Path) -> list[dict[str, str]]:
+    """Every row of ``path``; fails on a ragged row, a bad quote or a stray CR."""
+    schema = next(s for s in schemas.DAILY_FILES if s.file_name == path.name)
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), f"{path}: last line not terminated"
+    assert b"\r" not in data, f"{path}: carriage return"
+    text = data.decode("utf-8")
+    reader = csv.reader(text.splitlines(keepends=True), strict=True)
+    header = next(reader)
+    assert header == [c.name for c in schema.columns], f"{path}: header {header}"
+    rows = []
+    for row in reader:
+        assert len(row) == len(header), f"{path}: {len(row)} fields in {row}"
+        record = dict(zip(header, row, strict=True))
+        for column in schema.text_columns:
+            assert not record[column].startswith(FORMULA_START), f"{path}: formula in {record}"
+        rows.append(record)
+    # One physical line per row: no field holds a newline.
+    assert len(rows) == text.count("\n") - 1
+    return rows
+
+
+def read_day(folder: Path) -> dict[str, list[dict[str, str]]]:
+    """All seven files of a day folder, strictly read."""
+    return {s.file_name: read_strict(folder / s.file_name) for s in schemas.DAILY_FILES}
