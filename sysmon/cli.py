@@ -37,8 +37,11 @@ def print_report(report: PollReport, out_dir: Path) -> None:
         print(f"{r.vm:<32} {r.status:<10} {r.duration_ms:>6} ms {r.n_bytes:>8} B{detail}")
     failed = [r for r in report.results if r.status != "ok"]
     rows = sum(report.outcome.written.values())
-    line = f"{len(report.results)} qubes polled: {len(report.results) - len(failed)} ok, {len(failed)} not ok; {rows} rows under {out_dir}"
-    print(line)
+    ok = len(report.results) - len(failed)
+    print(
+        f"{len(report.results)} qubes polled: {ok} ok, {len(failed)} not ok; "
+        f"{rows} rows under {out_dir}"
+    )
     if report.outcome.skipped:
         print(f"nothing written: {report.outcome.skipped}")
     for error in report.outcome.errors:
@@ -72,20 +75,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="sysmon", description="Metrics for every qube of a Qubes OS system.")
+    parser = argparse.ArgumentParser(
+        prog="sysmon", description="Metrics for every qube of a Qubes OS system."
+    )
     parser.add_argument("--version", action="version", version=f"sysmon {__version__}")
-    parser.add_argument("--log-format", choices=["json", "console"], help="default: console on a tty, else JSON")
+    parser.add_argument(
+        "--log-format", choices=["json", "console"], help="default: console on a tty, else JSON"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     once = sub.add_parser("once", help="poll every running qube once into the daily files")
-    once.add_argument("--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)")
+    once.add_argument(
+        "--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)"
+    )
     once.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
     once.set_defaults(func=cmd_once, log_level=logging.WARNING)
 
-    demo = sub.add_parser("demo", help="run the real pipeline on this machine, shown as a few qubes")
+    demo = sub.add_parser(
+        "demo", help="run the real pipeline on this machine, shown as a few qubes"
+    )
     demo.add_argument("--out-dir", type=Path, default=Path("demo-out"))
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
-    demo.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+    demo.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between polls (default 5)"
+    )
     demo.set_defaults(func=cmd_demo, log_level=logging.WARNING)
     return parser
 

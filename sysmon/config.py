@@ -27,7 +27,7 @@ class ConfigError(Exception):
 class Config:
     """Everything the collector can be told."""
 
-    out_dir: Path = Path("~/Monitor").expanduser()
+    out_dir: Path = attrs.field(factory=lambda: Path("~/Monitor").expanduser())
     interval: float = 10.0
     scrape_timeout: float = 8.0
     concurrency: int = 16

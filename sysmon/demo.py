@@ -79,7 +79,10 @@ class DemoDiscovery:
         """The made-up list."""
         qubes = [QubeInfo("dom0", "AdminVM", "Running")]
         qubes += [QubeInfo(name, "AppVM", "Running") for name in self.names]
-        qubes += [QubeInfo("sys-monitor", "AppVM", "Running"), QubeInfo("untrusted", "AppVM", "Halted")]
+        qubes += [
+            QubeInfo("sys-monitor", "AppVM", "Running"),
+            QubeInfo("untrusted", "AppVM", "Halted"),
+        ]
         return Discovery(qubes=tuple(qubes))
 
     async def own_name(self) -> str | None:
@@ -94,7 +97,9 @@ def _print_poll(report: PollReport) -> None:
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     rows = sum(report.outcome.written.values())
     extra = f"  (skipped: {report.outcome.skipped})" if report.outcome.skipped else ""
-    print(f"{report.ts:%H:%M:%S}Z  polled {len(report.results)} qubes: {summary}; {rows} rows{extra}")
+    print(
+        f"{report.ts:%H:%M:%S}Z  polled {len(report.results)} qubes: {summary}; {rows} rows{extra}"
+    )
 
 
 def latest_table(out_dir: Path, day_folder: Path) -> str:
@@ -119,7 +124,10 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     config = Config(out_dir=out_dir, interval=interval, scrape_timeout=min(8.0, interval * 0.8))
     names = demo_names()
     print(f"sysmon demo: {', '.join(names)} are this machine, polled with {handler}")
-    print(f"writing daily CSV files under {out_dir}/<UTC day>/ every {interval:g} s for {duration:g} s")
+    print(
+        f"writing daily CSV files under {out_dir}/<UTC day>/"
+        f" every {interval:g} s for {duration:g} s"
+    )
     transport = LocalHandler(handler)
     discovery = DemoDiscovery(tuple(names))
     deadline = trio.current_time() + duration

@@ -149,8 +149,7 @@ def render(snapshot: Snapshot) -> bytes:
             pairs.append(f"{field.name}={text}")
         lines.append("sys: " + " ".join(pairs))
     lines.extend(
-        f"net: if={n.interface} "
-        + " ".join(f"{key}={getattr(n, key)}" for key in NET_KEYS)
+        f"net: if={n.interface} " + " ".join(f"{key}={getattr(n, key)}" for key in NET_KEYS)
         for n in snapshot.net
     )
     if snapshot.conn is not None:

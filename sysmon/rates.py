@@ -38,11 +38,13 @@ def ticks_of(record: SysRecord) -> tuple[int, ...] | None:
     values = tuple(getattr(record, name) for name in TICK_FIELDS)
     if any(v is None for v in values):
         return None
-    return values  # type: ignore[return-value]
+    return values
 
 
-def cpu_percent(previous: tuple[int, ...] | None, current: tuple[int, ...] | None) -> CpuPercent | None:
-    """user (user+nice), system (system+irq+softirq), idle (idle+iowait).
+def cpu_percent(
+    previous: tuple[int, ...] | None, current: tuple[int, ...] | None
+) -> CpuPercent | None:
+    """User (user+nice), system (system+irq+softirq), idle (idle+iowait).
 
     Steal counts in the total, so the three need not add up to 100.
     """

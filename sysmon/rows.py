@@ -126,7 +126,17 @@ def _snapshot_rows(
     ]
     rows[schemas.NETWORK.file_name] = [
         schemas.NETWORK.format_row(
-            [ts, vm, n.interface, n.rx_bytes, n.rx_errs, n.rx_drop, n.tx_bytes, n.tx_errs, n.tx_drop]
+            [
+                ts,
+                vm,
+                n.interface,
+                n.rx_bytes,
+                n.rx_errs,
+                n.rx_drop,
+                n.tx_bytes,
+                n.tx_errs,
+                n.tx_drop,
+            ]
         )
         for n in snap.net
     ]
@@ -138,7 +148,16 @@ def _snapshot_rows(
         ]
     rows[schemas.DISK.file_name] = [
         schemas.DISK.format_row(
-            [ts, vm, d.fs, d.mount, d.size_kb, d.used_kb, d.avail_kb, _pct_used(d.used_kb, d.avail_kb)]
+            [
+                ts,
+                vm,
+                d.fs,
+                d.mount,
+                d.size_kb,
+                d.used_kb,
+                d.avail_kb,
+                _pct_used(d.used_kb, d.avail_kb),
+            ]
         )
         for d in snap.disk
     ]
@@ -154,7 +173,9 @@ def build_tick_rows(
     previous: Mapping[str, QubeState],
 ) -> TickRows:
     """All rows of one tick, in file order, and every polled qube's next state."""
-    out: dict[str, list[bytes]] = {s.file_name: [] for s in schemas.DAILY_FILES if s is not schemas.ALERTS}
+    out: dict[str, list[bytes]] = {
+        s.file_name: [] for s in schemas.DAILY_FILES if s is not schemas.ALERTS
+    }
     batches: list[AlertBatch] = []
     states: dict[str, QubeState] = {}
     restarted: list[str] = []

@@ -17,9 +17,7 @@ def strip_controls(text: str) -> str:
     (bidi overrides such as U+202E) and line separators could make a row read
     differently from what it holds.
     """
-    return "".join(
-        " " if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text
-    )
+    return "".join(" " if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text)
 
 
 def clean_text(text: str, max_chars: int) -> str:

@@ -208,7 +208,9 @@ class TestRealJournal:
         """At most 50 alert lines, the oldest, each cut to 1000 characters."""
         require_tool("journalctl")
         entries = [
-            _export_entry(1_700_000_100_000_000 + i, BOOT_A, 3, "flood", f"{i} " + "x" * 3000, i + 1)
+            _export_entry(
+                1_700_000_100_000_000 + i, BOOT_A, 3, "flood", f"{i} " + "x" * 3000, i + 1
+            )
             for i in range(120)
         ]
         journal = _make_journal(tmp_path / "flood", entries)

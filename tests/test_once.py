@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import ROOT
@@ -34,7 +35,17 @@ def run_once(env: dict[str, str], out_dir: Path, *extra: str) -> subprocess.Comp
     config = out_dir.parent / "sysmon.toml"
     config.write_text(f"scrape_timeout = {TIMEOUT}\ninterval = 10\nconcurrency = 4\n")
     return subprocess.run(
-        [sys.executable, "-m", "sysmon", "once", "--config", str(config), "--out-dir", str(out_dir), *extra],
+        [
+            sys.executable,
+            "-m",
+            "sysmon",
+            "once",
+            "--config",
+            str(config),
+            "--out-dir",
+            str(out_dir),
+            *extra,
+        ],
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
@@ -54,7 +65,7 @@ def _world_dir(tmp_path):
 
 
 class TestTenQubesHalfMisbehaving:
-    BEHAVIOURS = {
+    BEHAVIOURS: ClassVar[dict[str, str]] = {
         "work": "healthy",
         "personal": "healthy",
         "sys-net": "healthy",
@@ -69,7 +80,7 @@ class TestTenQubesHalfMisbehaving:
 
     # One run serves every test of the class.  (pytest-trio 0.8 and the newest
     # pytest disagree over class-scoped fixtures, so this caches by hand.)
-    _run: tuple[subprocess.CompletedProcess[str], Path, Path] | None = None
+    _run: ClassVar[tuple[subprocess.CompletedProcess[str], Path, Path] | None] = None
 
     @pytest.fixture(name="ten")
     def _ten(self, tmp_path_factory):
@@ -128,11 +139,13 @@ class TestTenQubesHalfMisbehaving:
         files = read_day(only_day(out))
         polled = set(self.BEHAVIOURS)
         for name, rows in files.items():
-            allowed = polled | {"dom0", "halted-one", "sys-monitor"} if name == "qubes.csv" else polled
+            allowed = (
+                polled | {"dom0", "halted-one", "sys-monitor"} if name == "qubes.csv" else polled
+            )
             assert {r["vm"] for r in rows} <= allowed, name
         liar_alerts = [r["msg"] for r in files["alerts.csv"] if r["vm"] == "liar"]
         assert liar_alerts == [
-            "2023-11-14T22:13:20.000000Z evil: =HYPERLINK(\"http://x\",\"y\")",
+            '2023-11-14T22:13:20.000000Z evil: =HYPERLINK("http://x","y")',
             '2023-11-14T22:13:20.000001Z dom0: pretend,"quoted"  [2Jtext',
             "2023-11-14T22:13:20.000002Z -cmd: +SUM(1)",
         ]
@@ -147,13 +160,17 @@ class TestTenQubesHalfMisbehaving:
         assert states["halted-one"] == "Halted"
         assert len(states) == 13  # dom0, ten polled, a halted one, sys-monitor
 
-    def test_never_polls_dom0_itself_or_halted(self, result, ten_world):
+    def test_never_polls_dom0_itself_or_halted(self, ten_world):
         targets = {line.split()[0] for line in calls(ten_world) if "qubes.Metrics.Get" in line}
         assert targets == set(self.BEHAVIOURS)
 
-    def test_no_process_left_behind(self, result, ten_world):
-        done = subprocess.run(["pgrep", "-f", f"SYSMON_FAKE_WORLD={ten_world}"], capture_output=True, check=False)
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    def test_no_process_left_behind(self, ten_world):
+        done = subprocess.run(
+            ["pgrep", "-f", f"SYSMON_FAKE_WORLD={ten_world}"], capture_output=True, check=False
+        )
+        ps = subprocess.run(
+            ["ps", "-eo", "args"], capture_output=True, text=True, check=True
+        ).stdout
         assert "sleep 1000" not in ps
         assert done.returncode == 1
 
@@ -167,7 +184,9 @@ class TestOtherMisbehaviour:
         env = make_world(world_dir, {"one": behaviour, "good": "healthy"})
         done = run_once(env, tmp_path / "out")
         assert done.returncode == 0, done.stderr
-        scrapes = {r["vm"]: r["status"] for r in read_day(only_day(tmp_path / "out"))["scrapes.csv"]}
+        scrapes = {
+            r["vm"]: r["status"] for r in read_day(only_day(tmp_path / "out"))["scrapes.csv"]
+        }
         assert scrapes == {"one": status, "good": "ok"}
 
 
@@ -190,7 +209,9 @@ class TestDiscoveryFailures:
         assert done.stdout == ""
         (line,) = done.stderr.strip().splitlines()
         assert message in line
-        assert not (tmp_path / "out").exists() or not any(p.is_dir() for p in (tmp_path / "out").iterdir())
+        assert not (tmp_path / "out").exists() or not any(
+            p.is_dir() for p in (tmp_path / "out").iterdir()
+        )
 
     def test_no_qrexec_client(self, tmp_path):
         env = {"PATH": "/nonexistent", "SYSMON_FAKE_WORLD": str(tmp_path)}
@@ -201,9 +222,14 @@ class TestDiscoveryFailures:
     def test_invalid_names_rejected_others_polled(self, tmp_path, world_dir):
         reply = vm_list(
             {"work": "Running"},
-            [b"dom0-dm class=AppVM state=Running", b"../etc class=AppVM state=Running",
-             b"x" * 40 + b" class=AppVM state=Running", b"ok2 class=AppVM state=Weird",
-             b"none class=AppVM state=Running", b"\xff\xfe class=AppVM state=Running"],
+            [
+                b"dom0-dm class=AppVM state=Running",
+                b"../etc class=AppVM state=Running",
+                b"x" * 40 + b" class=AppVM state=Running",
+                b"ok2 class=AppVM state=Weird",
+                b"none class=AppVM state=Running",
+                b"\xff\xfe class=AppVM state=Running",
+            ],
         )
         env = make_world(world_dir, {"work": "healthy"}, admin_list=reply)
         done = run_once(env, tmp_path / "out")
@@ -221,14 +247,28 @@ class TestDiscoveryFailures:
 
 class TestExcludeAndSelf:
     def test_self_and_excluded_are_not_polled(self, tmp_path, world_dir):
-        env = make_world(world_dir, {"work": "healthy", "untrusted": "healthy"}, self_name="sys-monitor")
+        env = make_world(
+            world_dir, {"work": "healthy", "untrusted": "healthy"}, self_name="sys-monitor"
+        )
         out = tmp_path / "out"
         config = tmp_path / "exclude.toml"
         config.write_text('exclude = ["untrusted"]\nscrape_timeout = 2\n')
         done = subprocess.run(
-            [sys.executable, "-m", "sysmon", "once", "--config", str(config), "--out-dir", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "sysmon",
+                "once",
+                "--config",
+                str(config),
+                "--out-dir",
+                str(out),
+            ],
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         targets = {line.split()[0] for line in calls(world_dir) if "Metrics" in line}

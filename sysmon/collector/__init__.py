@@ -1,0 +1,1 @@
+"""Everything between a qube and the collector: qrexec calls, discovery, parsing."""

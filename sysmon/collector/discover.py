@@ -86,7 +86,9 @@ def parse_vm_list_untrusted(payload: bytes) -> Discovery:
     return Discovery(qubes=tuple(qubes), rejected=tuple(rejected))
 
 
-def select_targets(qubes: Iterable[QubeInfo], self_name: str | None, exclude: Iterable[str]) -> list[str]:
+def select_targets(
+    qubes: Iterable[QubeInfo], self_name: str | None, exclude: Iterable[str]
+) -> list[str]:
     """The qubes to poll: Running, not dom0, not ourselves, not excluded."""
     skip = {"dom0", *exclude}
     if self_name:
@@ -98,7 +100,7 @@ def select_targets(qubes: Iterable[QubeInfo], self_name: str | None, exclude: It
 class QrexecDiscovery:
     """Discovery through dom0's Admin API and QubesDB, as in a real qube."""
 
-    qrexec: Qrexec = Qrexec()
+    qrexec: Qrexec = attrs.field(factory=Qrexec)
     qubesdb_read: str = "qubesdb-read"
 
     async def list_qubes(self) -> Discovery:
@@ -119,7 +121,9 @@ class QrexecDiscovery:
         if outcome is CallOutcome.REFUSED:
             raise DiscoveryError("admin.vm.List refused by qrexec policy (exit 126)")
         if outcome is not CallOutcome.OK:
-            raise DiscoveryError(f"admin.vm.List failed: {outcome.value} (exit {result.returncode})")
+            raise DiscoveryError(
+                f"admin.vm.List failed: {outcome.value} (exit {result.returncode})"
+            )
         try:
             payload = unframe_admin_reply_untrusted(result.stdout)
         except AdminCallError as exc:

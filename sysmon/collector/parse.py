@@ -12,7 +12,6 @@ import re
 
 import attrs
 
-from sysmon.text import clean_text
 from sysmon.protocol import (
     CONN_KEYS,
     DISK_KEYS,
@@ -26,6 +25,7 @@ from sysmon.protocol import (
     Snapshot,
     SysRecord,
 )
+from sysmon.text import clean_text
 
 MAX_COUNTER = 2**64 - 1
 MAX_TS_US = 2**63 - 1

@@ -99,7 +99,7 @@ class Qrexec:
     client: str = "qrexec-client-vm"
 
     def service_argv(self, target: str, service: str, argument: str = "") -> list[str]:
-        """argv for ``SERVICE[+ARG]`` in ``target``; names are checked first."""
+        """Argv for ``SERVICE[+ARG]`` in ``target``; names are checked first."""
         if target != "dom0" and not is_valid_qube_name(target):
             raise ValueError(f"not a qube name: {target!r}")
         argument = safe_service_argument(argument)

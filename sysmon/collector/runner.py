@@ -10,6 +10,7 @@ signalled (TERM, then KILL after ``kill_grace`` seconds).  trio's own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,10 +39,9 @@ class ProcessResult:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    # ProcessLookupError: the group is already gone.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
 
 
 async def _reap(process: trio.Process, kill_grace: float) -> None:

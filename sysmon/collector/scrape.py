@@ -13,7 +13,12 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
-from sysmon.collector.parse import DEFAULT_LIMITS, Limits, MetricsParseError, parse_metrics_untrusted
+from sysmon.collector.parse import (
+    DEFAULT_LIMITS,
+    Limits,
+    MetricsParseError,
+    parse_metrics_untrusted,
+)
 from sysmon.collector.qrexec import CallOutcome, Transport, classify_exit
 from sysmon.protocol import Snapshot
 
@@ -53,9 +58,7 @@ async def scrape_qube(
         return ScrapeResult(vm=vm, status=status, duration_ms=duration_ms, **fields)  # type: ignore[arg-type]
 
     try:
-        proc = await transport.call(
-            transport.metrics_argv(vm, cursor), max_stdout=limits.max_bytes
-        )
+        proc = await transport.call(transport.metrics_argv(vm, cursor), max_stdout=limits.max_bytes)
     except OSError as exc:
         return result("error", detail=f"cannot run the qrexec client: {exc.strerror or exc}")
     outcome = classify_exit(proc.returncode)
@@ -69,7 +72,9 @@ async def scrape_qube(
         return result("no-service", detail=stderr or "no qubes.Metrics.Get in the qube (exit 127)")
     elif outcome is not CallOutcome.OK:
         return result(
-            "error", n_bytes=n_bytes, detail=f"exit {proc.returncode}" + (f": {stderr}" if stderr else "")
+            "error",
+            n_bytes=n_bytes,
+            detail=f"exit {proc.returncode}" + (f": {stderr}" if stderr else ""),
         )
     try:
         snapshot = parse_metrics_untrusted(proc.stdout, limits)
@@ -88,7 +93,9 @@ async def scrape_qube(
         lines_ok=snapshot.lines_ok,
         lines_rejected=snapshot.lines_rejected,
         snapshot=snapshot,
-        detail=("over caps: " + ",".join(sorted(caps))) if caps else "; ".join(snapshot.reject_reasons),
+        detail=("over caps: " + ",".join(sorted(caps)))
+        if caps
+        else "; ".join(snapshot.reject_reasons),
     )
 
 

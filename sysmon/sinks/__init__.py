@@ -1,0 +1,1 @@
+"""Where rows go: the daily CSV files and the state beside them."""

@@ -116,7 +116,9 @@ class Appended:
     end: int
 
 
-def append_rows(path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool = True) -> Appended:
+def append_rows(
+    path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool = True
+) -> Appended:
     """Append whole rows to ``path``, creating it with its header if needed.
 
     Raises:

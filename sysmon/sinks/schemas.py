@@ -51,8 +51,12 @@ class Schema:
     def format_row(self, values: Sequence[object]) -> bytes:
         """One RFC 4180 row, ``\\n``-terminated, under :data:`MAX_ROW_BYTES`."""
         if len(values) != len(self.columns):
-            raise ValueError(f"{self.file_name}: {len(values)} values for {len(self.columns)} columns")
-        cells = [_cell(column.kind, value) for column, value in zip(self.columns, values, strict=True)]
+            raise ValueError(
+                f"{self.file_name}: {len(values)} values for {len(self.columns)} columns"
+            )
+        cells = [
+            _cell(column.kind, value) for column, value in zip(self.columns, values, strict=True)
+        ]
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow(cells)
         row = buffer.getvalue().encode()
@@ -106,7 +110,8 @@ SYSTEM = _schema(
 )
 NETWORK = _schema(
     "network.csv",
-    "ts:ts vm:name if:name rx_bytes:int rx_errs:int rx_drop:int tx_bytes:int tx_errs:int tx_drop:int",
+    "ts:ts vm:name if:name rx_bytes:int rx_errs:int rx_drop:int "
+    "tx_bytes:int tx_errs:int tx_drop:int",
 )
 CONNECTIONS = _schema("connections.csv", "ts:ts vm:name tcp_established:int udp_sockets:int")
 DISK = _schema(

@@ -23,8 +23,11 @@ STATE_VERSION = 1
 
 @attrs.frozen
 class AlertCursor:
-    """Where a qube's alerts stand: its boot, the newest entry's time, and
-    the entries already filed at exactly that microsecond."""
+    """Where a qube's alerts stand.
+
+    Its boot, the newest entry's time, and the entries already filed at
+    exactly that microsecond.
+    """
 
     boot_id: str
     ts_us: int
@@ -46,8 +49,7 @@ class QubeState:
 
 @attrs.frozen
 class PendingAlerts:
-    """Alert rows being appended, and each qube's state to commit once its
-    rows are on disk.
+    """Alert rows being appended, and each qube's state to commit after them.
 
     ``commits`` are (vm, end offset, new state) in write order; after a crash
     a qube's new state (alert cursor, boot id) is committed only if the file
@@ -78,7 +80,9 @@ def _cursor_from_json(data: Any) -> AlertCursor | None:
     if data is None:
         return None
     return AlertCursor(
-        boot_id=str(data["boot_id"]), ts_us=int(data["ts_us"]), seen=frozenset(map(str, data["seen"]))
+        boot_id=str(data["boot_id"]),
+        ts_us=int(data["ts_us"]),
+        seen=frozenset(map(str, data["seen"])),
     )
 
 
@@ -139,8 +143,10 @@ def load_state(out_dir: Path) -> State:
         return State()
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         aside = path.with_name(f"{STATE_NAME}.damaged-{int(time.time())}")
-        os.replace(path, aside)
-        structlog.get_logger().error("state_damaged", file=str(path), moved_to=str(aside), error=str(exc))
+        path.replace(aside)
+        structlog.get_logger().error(
+            "state_damaged", file=str(path), moved_to=str(aside), error=str(exc)
+        )
         return State()
 
 
@@ -157,7 +163,7 @@ def save_state(out_dir: Path, state: State) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    tmp.replace(path)
     dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)

@@ -10,7 +10,6 @@ filed twice or lost.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,7 +71,7 @@ def recover(out_dir: Path, state: State) -> State:
 
 
 def _size(path: Path) -> int:
-    return os.stat(path).st_size
+    return path.stat().st_size
 
 
 def commit_tick(
@@ -152,9 +151,8 @@ def commit_tick(
                     truncate_to(alerts_path, keep)
                     written[schemas.ALERTS.file_name] = kept_rows
                     dropped[schemas.ALERTS.file_name] = len(all_rows) - kept_rows
-                for vm, batch_end, next_state in commits:
-                    if batch_end <= _size(alerts_path):
-                        qubes_state[vm] = next_state
+                on_disk = _size(alerts_path)
+                qubes_state.update({vm: st for vm, end_, st in commits if end_ <= on_disk})
             save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None))
         except OSError as exc:
             errors.append(f"state: {exc.strerror or exc}")

@@ -40,7 +40,7 @@ def make_world(
     (root / "calls.log").touch()
     for name, behaviour in behaviours.items():
         (root / "qubes" / name).write_text(behaviour + "\n")
-    listed = {name: "Running" for name in behaviours}
+    listed = dict.fromkeys(behaviours, "Running")
     listed.update(states or {})
     if self_name:
         listed.setdefault(self_name, "Running")
