@@ -56,7 +56,8 @@ def make_journal(directory: Path, entries: int) -> None:
     with export.open("w") as f:
         for i in range(entries):
             f.write(
-                f"__REALTIME_TIMESTAMP={now_us - (entries - i) * 1000}\n__MONOTONIC_TIMESTAMP={i + 1}\n"
+                f"__REALTIME_TIMESTAMP={now_us - (entries - i) * 1000}\n"
+                f"__MONOTONIC_TIMESTAMP={i + 1}\n"
                 f"_BOOT_ID={boot}\nPRIORITY={3 + i % 5}\nSYSLOG_IDENTIFIER=bench\n_PID=1\n"
                 f"MESSAGE=benchmark entry {i}\n\n"
             )
@@ -87,7 +88,8 @@ def run_case(name: str, runs: int, env: dict[str, str] | None, argument: str = "
     ratio_cpu = med["handler"][0] / med["floor"][0] if med["floor"][0] else float("nan")
     ratio_wall = med["handler"][1] / med["floor"][1]
     print(
-        f"  {'ratio':10} {ratio_cpu:8.2f}x {ratio_wall:7.2f}x   (budget: 1.5x; 5 ms cpu, 10 ms wall)"
+        f"  {'ratio':10} {ratio_cpu:8.2f}x {ratio_wall:7.2f}x"
+        "   (budget: 1.5x; 5 ms cpu, 10 ms wall)"
     )
 
 
