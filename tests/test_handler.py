@@ -187,6 +187,13 @@ class TestRealJournal:
             AlertRecord(1_700_000_300_000_000, "sshd[42]", '=HYPERLINK("x")'),
         )
 
+    def test_cursor_skips_entries_already_filed_at_its_microsecond(
+        self, shell, proc_boot_a, journal
+    ):
+        cursor = BOOT_A.replace("-", "") + ".1700000100000000.1"
+        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        assert [a.message for a in got] == ["same microsecond", '=HYPERLINK("x")']
+
     def test_cursor_after_everything_gives_nothing(self, shell, proc_boot_a, journal):
         cursor = BOOT_A.replace("-", "") + ".1700000300000001"
         assert self._alerts(shell, proc_boot_a, journal, cursor) == ()

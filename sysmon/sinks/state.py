@@ -34,8 +34,12 @@ class AlertCursor:
     seen: frozenset[str] = frozenset()
 
     def argument(self) -> str:
-        """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``)."""
-        return f"{self.boot_id.replace('-', '')}.{self.ts_us}"
+        """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``).
+
+        The last part tells the handler how many entries of exactly that
+        microsecond to skip, so a burst larger than its line cap still moves.
+        """
+        return f"{self.boot_id.replace('-', '')}.{self.ts_us}.{len(self.seen)}"
 
 
 @attrs.frozen
