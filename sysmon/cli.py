@@ -63,6 +63,20 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.outcome.skipped or report.outcome.errors else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon: poll every interval until SIGTERM."""
+    from sysmon.daemon import Collector  # noqa: PLC0415 -- keeps `once` light
+
+    config = _config(args)
+    if args.interval is not None:
+        config = attrs.evolve(config, interval=args.interval)
+        if config.scrape_timeout >= config.interval:
+            config = attrs.evolve(config, scrape_timeout=config.interval * 0.8)
+    collector = Collector(config, QrexecDiscovery(), Qrexec())
+    trio.run(collector.serve, strict_exception_groups=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the real pipeline against this machine presented as a few qubes."""
     from sysmon.demo import run_demo  # noqa: PLC0415 -- only the demo needs it
@@ -91,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
     once.set_defaults(func=cmd_once, log_level=logging.WARNING)
 
+    run = sub.add_parser("run", help="the collector daemon: poll every interval until SIGTERM")
+    run.add_argument(
+        "--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)"
+    )
+    run.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
+    run.add_argument("--interval", type=float, help="seconds between polls (default 10)")
+    run.set_defaults(func=cmd_run, log_level=logging.INFO, log_stream="stdout")
+
     demo = sub.add_parser(
         "demo", help="run the real pipeline on this machine, shown as a few qubes"
     )
@@ -107,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sysmon`` and ``python -m sysmon``."""
     args = build_parser().parse_args(argv)
     json_output = None if args.log_format is None else args.log_format == "json"
-    configure_logging(json_output=json_output, stream=sys.stderr, level=args.log_level)
+    # The daemon logs to stdout for journald; one-shot commands keep stdout
+    # for their results and log to stderr.
+    stream = sys.stdout if getattr(args, "log_stream", "stderr") == "stdout" else sys.stderr
+    configure_logging(json_output=json_output, stream=stream, level=args.log_level)
     try:
         return int(args.func(args))
     except ConfigError as exc:

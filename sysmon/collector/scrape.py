@@ -8,7 +8,7 @@ neither stall nor break the others' polls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -107,11 +107,13 @@ async def scrape_round(
     per_qube_timeout: float,
     concurrency: int,
     limits: Limits = DEFAULT_LIMITS,
+    on_result: Callable[[ScrapeResult], None] | None = None,
 ) -> list[ScrapeResult]:
     """Poll ``vms`` concurrently, at most ``concurrency`` at a time.
 
     Every qube gets exactly one result, in the order of ``vms``.  A qube
     that overruns ``per_qube_timeout`` is killed and gets ``timeout``.
+    ``on_result`` hears of each result as soon as it is known.
     """
     limiter = trio.CapacityLimiter(concurrency)
     results: dict[str, ScrapeResult] = {}
@@ -128,6 +130,8 @@ async def scrape_round(
                     duration_ms=round((trio.current_time() - start) * 1000),
                     detail=f"no reply within {per_qube_timeout:g} s",
                 )
+            if on_result is not None:
+                on_result(results[vm])
 
     async with trio.open_nursery() as nursery:
         for vm in vms:

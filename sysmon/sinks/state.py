@@ -154,8 +154,8 @@ def load_state(out_dir: Path) -> State:
         return State()
 
 
-def save_state(out_dir: Path, state: State) -> None:
-    """Replace the state file atomically and durably."""
+def save_state(out_dir: Path, state: State, *, sync: bool = True) -> None:
+    """Replace the state file atomically (and durably, with ``sync``)."""
     path = out_dir / STATE_NAME
     tmp = path.with_name(STATE_NAME + ".tmp")
     data = json.dumps(to_json(state), separators=(",", ":")).encode()
@@ -164,10 +164,13 @@ def save_state(out_dir: Path, state: State) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     tmp.replace(path)
+    if not sync:
+        return
     dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)

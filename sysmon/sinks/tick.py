@@ -79,8 +79,13 @@ def commit_tick(
     ts: datetime,
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
+    *,
+    sync: bool = True,
 ) -> TickOutcome:
-    """Write one tick (``ts``: its wall-clock time) and advance the state."""
+    """Write one tick (``ts``: its wall-clock time) and advance the state.
+
+    ``sync`` fsyncs every file and the state (off only in simulations).
+    """
     with locked(out_dir):
         state = recover(out_dir, load_state(out_dir))
         epoch = int(ts.timestamp())
@@ -114,7 +119,7 @@ def commit_tick(
             if schema is schemas.ALERTS or not rows:
                 continue
             try:
-                append_rows(folder / schema.file_name, schema, rows)
+                append_rows(folder / schema.file_name, schema, rows, sync=sync)
                 written[schema.file_name] = len(rows)
             except WriteError as exc:
                 written[schema.file_name] = exc.written
@@ -133,10 +138,12 @@ def commit_tick(
                     commits.append((batch.vm, end, batch.next_state))
                 relative = str(alerts_path.relative_to(out_dir))
                 pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
-                save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=pending))
+                save_state(
+                    out_dir, State(qubes=qubes_state, last_ts=epoch, pending=pending), sync=sync
+                )
                 all_rows = [row for batch in built.alerts for row in batch.rows]
                 try:
-                    append_rows(alerts_path, schemas.ALERTS, all_rows)
+                    append_rows(alerts_path, schemas.ALERTS, all_rows, sync=sync)
                     written[schemas.ALERTS.file_name] = len(all_rows)
                 except WriteError as exc:
                     errors.append(str(exc))
@@ -153,7 +160,7 @@ def commit_tick(
                     dropped[schemas.ALERTS.file_name] = len(all_rows) - kept_rows
                 on_disk = _size(alerts_path)
                 qubes_state.update({vm: st for vm, end_, st in commits if end_ <= on_disk})
-            save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None))
+            save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None), sync=sync)
         except OSError as exc:
             errors.append(f"state: {exc.strerror or exc}")
         return TickOutcome(

@@ -1,0 +1,208 @@
+"""The daemon on virtual time (autojump_clock, fake qubes, real files)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import trio
+from csvcheck import read_day
+from structlog.testing import capture_logs
+
+from sysmon.collector.discover import Discovery, QubeInfo
+from sysmon.collector.runner import ProcessResult
+from sysmon.config import Config
+from sysmon.daemon import Collector, backoff_delay
+from sysmon.protocol import DiskRecord, NetRecord, Snapshot, SysRecord, render
+from sysmon.sinks.tick import commit_tick
+
+
+@attrs.define
+class FakeQubes:
+    """Discovery plus transport: each qube "ok", "refused", ("slow", s) or "hang"."""
+
+    behaviours: dict[str, object]
+    calls: dict[str, int] = attrs.field(factory=dict)
+
+    async def list_qubes(self) -> Discovery:
+        return Discovery(tuple(QubeInfo(n, "AppVM", "Running") for n in self.behaviours))
+
+    async def own_name(self) -> str | None:
+        return "sys-monitor"
+
+    def metrics_argv(self, target: str, argument: str) -> list[str]:
+        return [target, argument]
+
+    async def call(
+        self, argv: Sequence[str], *, max_stdout: int, env: Mapping[str, str] | None = None
+    ) -> ProcessResult:
+        vm = argv[0]
+        n = self.calls[vm] = self.calls.get(vm, 0) + 1
+        behaviour = self.behaviours[vm]
+        if behaviour == "hang":
+            await trio.sleep_forever()
+        if behaviour == "refused":
+            return ProcessResult(126, b"", b"Request refused\n")
+        if isinstance(behaviour, tuple):
+            await trio.sleep(behaviour[1])
+        ticks = {f"cpu_ticks_{k}": n * v for k, v in (("user", 10), ("system", 5), ("idle", 85))}
+        zero = {f"cpu_ticks_{k}": 0 for k in ("nice", "iowait", "irq", "softirq", "steal")}
+        snap = Snapshot(
+            SysRecord(
+                boot_id="b-" + vm, protocol=1, mem_total_kb=1000, mem_avail_kb=600, **ticks, **zero
+            ),
+            (NetRecord("eth0", n * 100, 0, 0, n * 50, 0, 0),),
+            None,
+            (DiskRecord("/dev/xvdb", "/rw", 1000, 10 * n, 990 - 10 * n),),
+            (),
+            0,
+            3,
+            3,
+            0,
+        )
+        return ProcessResult(0, render(snap), b"")
+
+
+async def inline(fn, *args):
+    return fn(*args)
+
+
+def collector(tmp_path: Path, qubes: FakeQubes, start: datetime, **config: object) -> Collector:
+    t0 = trio.current_time()
+    return Collector(
+        Config(out_dir=tmp_path, **config),  # type: ignore[arg-type]
+        qubes,
+        qubes,
+        wall_now=lambda: start + timedelta(seconds=trio.current_time() - t0),
+        committer=functools.partial(commit_tick, sync=False),
+        notify=lambda _message: None,
+        offload=inline,
+    )
+
+
+async def run_for(c: Collector, seconds: float) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.tick_loop, nursery)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+
+
+class TestScheduling:
+    async def test_ticks_aligned_and_midnight(self, tmp_path, autojump_clock):
+        """Rows every 10 s on :00/:10/:20, one ts per tick, split at UTC midnight."""
+        start = datetime(2025, 8, 31, 23, 59, 31, 300000, tzinfo=UTC)
+        c = collector(tmp_path, FakeQubes({"a": "ok", "b": "ok"}), start)
+        await run_for(c, 60)
+        day1 = read_day(tmp_path / "2025-08-31")["system.csv"]
+        day2 = read_day(tmp_path / "2025-09-01")["system.csv"]
+        assert [r["ts"][11:19] for r in day1] == ["23:59:40", "23:59:40", "23:59:50", "23:59:50"]
+        assert [r["ts"][11:19] for r in day2][::2] == [
+            "00:00:00",
+            "00:00:10",
+            "00:00:20",
+            "00:00:30",
+        ]
+        assert day1[1]["cpu_user"] == ""  # first contact
+        assert day1[3]["cpu_user"] == "10.0"
+        assert read_day(tmp_path / "2025-09-01")["qubes.csv"]  # a new day gets qubes.csv too
+
+    async def test_busy_qube_is_skipped_not_polled_twice(self, tmp_path, autojump_clock):
+        start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+        qubes = FakeQubes({"slow": ("slow", 7.5), "fast": "ok"})
+        c = collector(tmp_path, qubes, start, interval=5.0, scrape_timeout=4.9, concurrency=1)
+        await run_for(c, 31)
+        scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
+        statuses = [(r["vm"], r["status"]) for r in scrapes]
+        assert ("slow", "timeout") in statuses
+        assert ("fast", "skipped") in statuses or ("slow", "skipped") in statuses
+        ts = [r["ts"] for r in scrapes]
+        assert ts == sorted(ts)
+
+    async def test_missed_ticks_are_skipped_not_bunched(self, tmp_path, autojump_clock):
+        """A suspend (the wall clock jumps 65 s) costs the ticks, not a burst."""
+        jump = {"at": 25.0, "by": 65.0}
+        t0 = trio.current_time()
+        base = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+
+        def wall() -> datetime:
+            t = trio.current_time() - t0
+            return base + timedelta(seconds=t + (jump["by"] if t >= jump["at"] else 0))
+
+        c = collector(tmp_path, FakeQubes({"a": "ok"}), base)
+        c.wall_now = wall
+        with capture_logs() as logs:
+            await run_for(c, 50)
+        ts = [r["ts"][11:19] for r in read_day(tmp_path / "2025-08-31")["system.csv"]]
+        assert ts == ["12:00:10", "12:00:20", "12:01:30", "12:01:40", "12:01:50"]
+        assert [e["count"] for e in logs if e["event"] == "ticks_missed"] == [6]
+
+    async def test_clock_step_back_never_writes_out_of_order(self, tmp_path, autojump_clock):
+        t0 = trio.current_time()
+        base = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+
+        def wall() -> datetime:
+            t = trio.current_time() - t0
+            return base + timedelta(seconds=t - (25 if t >= 32 else 0))
+
+        c = collector(tmp_path, FakeQubes({"a": "ok"}), base)
+        c.wall_now = wall
+        with capture_logs() as logs:
+            await run_for(c, 80)
+        ts = [r["ts"] for r in read_day(tmp_path / "2025-08-31")["system.csv"]]
+        assert ts == sorted(set(ts))
+        assert any(e["event"] in {"clock_stepped", "tick_not_written"} for e in logs)
+
+
+class TestMisbehavingQubes:
+    async def test_refused_qube_backs_off_and_is_reported_once(self, tmp_path, autojump_clock):
+        qubes = FakeQubes({"deny": "refused", "ok": "ok"})
+        c = collector(tmp_path, qubes, datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC))
+        with capture_logs() as logs:
+            await run_for(c, 600)
+        assert qubes.calls["ok"] == 59  # ticks at :10 ... 9:50
+        assert qubes.calls["deny"] < 12
+        changes = [e for e in logs if e["event"] == "qube_status_changed" and e["vm"] == "deny"]
+        assert [e["status"] for e in changes] == ["refused"]
+        scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
+        assert sum(r["vm"] == "deny" for r in scrapes) == 59  # every tick explained
+
+    def test_backoff_doubles_and_caps(self):
+        assert [backoff_delay(10, n) for n in range(1, 8)] == [0, 20, 40, 80, 160, 300, 300]
+
+    async def test_hung_qube_does_not_stall_others(self, tmp_path, autojump_clock):
+        qubes = FakeQubes({"hang": "hang", "a": "ok"})
+        c = collector(tmp_path, qubes, datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC))
+        await run_for(c, 109)  # ten ticks, the last committed at 108 s
+        files = read_day(tmp_path / "2025-08-31")
+        assert [r["vm"] for r in files["system.csv"]] == ["a"] * 10
+        hang = [r["status"] for r in files["scrapes.csv"] if r["vm"] == "hang"]
+        assert len(hang) == 10
+        assert set(hang) == {"timeout", "skipped"}
+
+
+async def test_a_whole_day_keeps_memory_flat(tmp_path, autojump_clock):
+    """8,640 ticks of 30 qubes: every row is there, and the heap after the day
+    is the heap after the first hour (no growth per tick)."""
+    qubes = FakeQubes({f"q{i:02d}": "ok" for i in range(30)})
+    start = datetime(2025, 8, 31, 0, 0, 5, tzinfo=UTC)
+    c = collector(tmp_path, qubes, start)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.tick_loop, nursery)
+        await trio.sleep(3600)
+        gc.collect()
+        after_hour = sys.getallocatedblocks()
+        await trio.sleep(86400 - 3600 - 10)
+        gc.collect()
+        after_day = sys.getallocatedblocks()
+        nursery.cancel_scope.cancel()
+    # Live allocations, not RSS: a leak of a few objects per tick would show
+    # as tens of thousands of blocks over 8,280 more ticks.
+    assert after_day - after_hour < 2000, (after_hour, after_day)
+    scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
+    assert len(scrapes) == 8639 * 30
+    assert {r["status"] for r in scrapes} == {"ok"}
