@@ -72,7 +72,7 @@ def backoff_delay(interval: float, failures: int) -> float:
     """Seconds to wait after ``failures`` failures in a row: doubling, capped."""
     if failures <= 1:
         return 0.0
-    return min(MAX_BACKOFF, interval * 2 ** (failures - 1))
+    return min(MAX_BACKOFF, interval * float(1 << (failures - 1)))
 
 
 @attrs.define
@@ -193,7 +193,7 @@ class Collector:
                 discovery, targets = await discover(self.config, self.source)
             except DiscoveryError as exc:
                 if str(exc) != self._discovery_error:
-                    log.error("discovery_failed", error=str(exc))
+                    log.error("discovery_failed", error=str(exc))  # noqa: TRY400 -- expected, no traceback
                 self._discovery_error = str(exc)
                 return
             if self._discovery_error is not None:
