@@ -1,0 +1,156 @@
+"""The daemon as a real process on the real clock: SIGTERM, kill -9, restart,
+and ``once`` running beside it.  Each test has a hard time guard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from csvcheck import read_day
+from fakequbes.world import make_world
+
+GUARD = 60.0
+ALERTS = b"""sys: protocol=1 boot_id=fixed-boot btime=1
+alert: 1700000000000000 kernel: one
+alert: 1700000000000000 kernel: two at the same microsecond
+alert: 1700000000000001 sshd[1]: three
+"""
+
+
+def start_daemon(env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sysmon", "run", "--interval", "1", "--out-dir", str(out)],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def scrape_rows(out: Path) -> int:
+    return sum(
+        max(0, len((day / "scrapes.csv").read_bytes().splitlines()) - 1)
+        for day in out.iterdir()
+        if day.is_dir() and (day / "scrapes.csv").exists()
+    ) if out.exists() else 0
+
+
+def all_rows(out: Path, name: str) -> list[dict[str, str]]:
+    rows = []
+    for day in sorted(p for p in out.iterdir() if p.is_dir()):
+        rows += read_day(day)[name]
+    return rows
+
+
+def leftover(world: Path) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [line for line in ps.stdout.splitlines() if "sleep 1000" in line]
+
+
+@pytest.fixture(name="world")
+def _world(tmp_path):
+    payload = tmp_path / "alerts.txt"
+    payload.write_bytes(ALERTS)
+    env = make_world(
+        tmp_path / "world",
+        {"work": "healthy", "noisy": f"payload {payload}", "hangs": "hang"},
+    )
+    return env, tmp_path
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=10)
+
+
+def test_sigterm_stops_cleanly(world):
+    """SIGTERM: exit 0 within seconds, children killed, files whole."""
+    env, tmp = world
+    out, log = tmp / "out", tmp / "log.jsonl"
+    proc = start_daemon(env, out, log)
+    try:
+        wait_for(lambda: scrape_rows(out) >= 6, "two ticks")
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert '"event": "signal_received"' in text
+    assert '"event": "sysmon_stopped"' in text
+    assert leftover(tmp / "world") == []
+    for day in (p for p in out.iterdir() if p.is_dir()):
+        read_day(day)
+
+
+def test_kill_9_then_restart_loses_and_repeats_nothing(world):
+    """kill -9 plus a torn last line: repaired on restart, no row twice, alerts once."""
+    env, tmp = world
+    out, log = tmp / "out", tmp / "log.jsonl"
+    proc = start_daemon(env, out, log)
+    try:
+        wait_for(lambda: scrape_rows(out) >= 6, "two ticks")
+        proc.kill()
+        proc.wait(timeout=10)
+        day = max(p for p in out.iterdir() if p.is_dir())
+        with (day / "system.csv").open("ab") as f:
+            f.write(b"2025-01-01T00:00:00Z,torn,1.")  # as a power loss would leave it
+        proc = start_daemon(env, out, log)
+        before = scrape_rows(out)
+        wait_for(lambda: scrape_rows(out) >= before + 6, "two more ticks")
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+    assert '"event": "torn_line_repaired"' in log.read_text()
+    system = all_rows(out, "system.csv")
+    keys = Counter((r["ts"], r["vm"]) for r in system)
+    assert max(keys.values()) == 1
+    assert "torn" not in {r["vm"] for r in system}
+    noisy = [r["msg"] for r in all_rows(out, "alerts.csv") if r["vm"] == "noisy"]
+    assert sorted(m.split(" ", 1)[1] for m in noisy) == [
+        "kernel: one",
+        "kernel: two at the same microsecond",
+        "sshd[1]: three",
+    ]
+    assert leftover(tmp / "world") == []
+
+
+def test_once_beside_the_daemon(world):
+    """``once`` while the daemon writes: whole rows, alerts still once."""
+    env, tmp = world
+    out, log = tmp / "out", tmp / "log.jsonl"
+    proc = start_daemon(env, out, log)
+    try:
+        wait_for(lambda: scrape_rows(out) >= 3, "a tick")
+        config = tmp / "once.toml"
+        config.write_text("scrape_timeout = 0.5\n")
+        for _ in range(4):
+            done = subprocess.run(
+                [sys.executable, "-m", "sysmon", "once", "--config", str(config), "--out-dir", str(out)],
+                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                timeout=GUARD,
+                check=False,
+            )
+            assert done.returncode in {0, 1}, done.stderr  # 1: same second as a tick
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+    noisy = [r["msg"] for r in all_rows(out, "alerts.csv") if r["vm"] == "noisy"]
+    assert len(noisy) == 3
+    ts = [r["ts"] for r in all_rows(out, "scrapes.csv")]
+    assert ts == sorted(ts)
