@@ -24,8 +24,15 @@ import structlog
 import trio
 
 from sysmon.collector.discover import DiscoveryError, QubeInfo
-from sysmon.collector.qrexec import Transport
+from sysmon.collector.qrexec import EXIT_REFUSED, Qrexec, Transport
+from sysmon.collector.runner import run_streaming
 from sysmon.collector.scrape import ScrapeResult, scrape_round
+from sysmon.collector.xenstats import (
+    DomainStats,
+    EventReader,
+    EventStreamError,
+    domain_stats,
+)
 from sysmon.config import Config
 from sysmon.poll import DiscoverySource, discover, read_cursors, utc_now
 from sysmon.sinks.tick import TickOutcome, commit_tick
@@ -39,8 +46,18 @@ QUBES_EVERY = 60.0
 #: tests on virtual time (a thread would let autojump_clock run ahead).
 Offload = Callable[..., Awaitable[object]]
 Committer = Callable[
-    [Path, datetime, Sequence[ScrapeResult], Sequence[QubeInfo] | None], TickOutcome
+    [Path, datetime, Sequence[ScrapeResult], Sequence[QubeInfo] | None, Sequence[DomainStats]],
+    TickOutcome,
 ]
+#: Runs dom0's admin.vm.Stats stream, feeding each chunk; returns its exit code.
+StatsStream = Callable[[Callable[[bytes], None]], Awaitable[int]]
+XEN_STALE_AFTER = 30.0
+XEN_MAX_BACKOFF = 60.0
+
+
+async def qrexec_stats_stream(on_chunk: Callable[[bytes], None]) -> int:
+    """``qrexec-client-vm dom0 admin.vm.Stats``, streamed."""
+    return await run_streaming(Qrexec().service_argv("dom0", "admin.vm.Stats"), on_chunk)
 
 
 def sd_notify(message: str) -> None:
@@ -86,6 +103,8 @@ class Collector:
     committer: Committer = commit_tick
     notify: Callable[[str], None] = sd_notify
     offload: Offload = trio.to_thread.run_sync
+    stats_stream: StatsStream | None = qrexec_stats_stream
+    xen: dict[str, tuple[float, DomainStats]] = attrs.field(factory=dict)
     health: dict[str, QubeHealth] = attrs.field(factory=dict)
     last_qubes_ts: float = -math.inf
     ticks_done: int = 0
@@ -104,6 +123,8 @@ class Collector:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(self._watch_signals, nursery.cancel_scope)
+            if self.stats_stream is not None:
+                nursery.start_soon(self.xen_loop)
             nursery.start_soon(self.tick_loop, nursery)
             task_status.started()
         log.info("sysmon_stopped", ticks=self.ticks_done)
@@ -137,6 +158,58 @@ class Collector:
                 missed = round((tick - due) / interval)
                 log.warning("ticks_missed", count=missed, seconds=round(tick - due, 3))
             nursery.start_soon(self.run_tick, datetime.fromtimestamp(tick, tz=UTC))
+
+    async def xen_loop(self) -> None:
+        """Follow dom0's stats stream for the whole run; reconnect with backoff.
+
+        A policy refusal (126) or qubesd's empty refusal disables it with one
+        log line: xen.csv then stays empty.
+        """
+        assert self.stats_stream is not None  # noqa: S101
+        log = structlog.get_logger()
+        delay = 1.0
+        while True:
+            reader = EventReader()
+            received = 0
+
+            def on_chunk(chunk: bytes, reader: EventReader = reader) -> None:
+                nonlocal received
+                received += len(chunk)
+                now = trio.current_time()
+                for event in reader.feed_untrusted(chunk):
+                    stats = domain_stats(event)
+                    if stats is not None:
+                        self.xen[stats.vm] = (now, stats)
+
+            try:
+                code: int | None = await self.stats_stream(on_chunk)
+            except EventStreamError as exc:
+                log.warning("xen_stats_broken", error=str(exc))
+                code = None
+            except OSError as exc:
+                log.warning("xen_stats_disabled", reason=f"cannot run qrexec-client-vm: {exc}")
+                return
+            if code == EXIT_REFUSED:
+                log.warning(
+                    "xen_stats_disabled", reason="admin.vm.Stats refused by policy (exit 126)"
+                )
+                return
+            if code == 0 and received == 0:
+                log.warning(
+                    "xen_stats_disabled", reason="qubesd refused admin.vm.Stats (empty reply)"
+                )
+                return
+            if received:
+                delay = 1.0
+            log.info("xen_stats_reconnecting", exit=code, in_seconds=delay)
+            await trio.sleep(delay)
+            delay = min(XEN_MAX_BACKOFF, delay * 2)
+
+    def _fresh_xen(self) -> list[DomainStats]:
+        now = trio.current_time()
+        for vm in [vm for vm, (seen, _) in self.xen.items() if now - seen > XEN_STALE_AFTER]:
+            del self.xen[vm]  # a stopped domain sends no more events
+        return [stats for _, stats in sorted(self.xen.values(), key=lambda item: item[1].vm)]
 
     def _plan(self, targets: Sequence[str]) -> tuple[list[str], list[ScrapeResult]]:
         """Which targets to poll now, and ``skipped`` results for the rest."""
@@ -228,7 +301,9 @@ class Collector:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
-            outcome = await self.offload(self.committer, self.config.out_dir, ts, results, qubes)
+            outcome = await self.offload(
+                self.committer, self.config.out_dir, ts, results, qubes, self._fresh_xen()
+            )
             assert isinstance(outcome, TickOutcome)  # noqa: S101
             if qubes is not None and outcome.skipped is None:
                 self.last_qubes_ts = ts.timestamp()

@@ -17,6 +17,7 @@ import attrs
 
 from sysmon.collector.discover import QubeInfo
 from sysmon.collector.scrape import ScrapeResult
+from sysmon.collector.xenstats import DomainStats
 from sysmon.protocol import AlertRecord, Snapshot
 from sysmon.rates import cpu_percent, ticks_of
 from sysmon.sinks import schemas
@@ -171,6 +172,7 @@ def build_tick_rows(
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
     previous: Mapping[str, QubeState],
+    xen: Sequence[DomainStats] = (),
 ) -> TickRows:
     """All rows of one tick, in file order, and every polled qube's next state."""
     out: dict[str, list[bytes]] = {
@@ -216,6 +218,10 @@ def build_tick_rows(
             batches.append(AlertBatch(vm=result.vm, rows=tuple(alert_rows), next_state=state))
         else:
             states[result.vm] = state
+    out[schemas.XEN.file_name].extend(
+        schemas.XEN.format_row([ts, s.vm, s.cpu_usage, s.cpu_usage_raw, s.cpu_time_ms, s.memory_kb])
+        for s in xen
+    )
     if qubes is not None:
         out[schemas.QUBES.file_name].extend(
             schemas.QUBES.format_row([ts, q.name, q.state]) for q in qubes

@@ -82,6 +82,7 @@ def collector(tmp_path: Path, qubes: FakeQubes, start: datetime, **config: objec
         committer=functools.partial(commit_tick, sync=False),
         notify=lambda _message: None,
         offload=inline,
+        stats_stream=None,
     )
 
 

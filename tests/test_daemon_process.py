@@ -44,11 +44,15 @@ def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
 
 
 def scrape_rows(out: Path) -> int:
-    return sum(
-        max(0, len((day / "scrapes.csv").read_bytes().splitlines()) - 1)
-        for day in out.iterdir()
-        if day.is_dir() and (day / "scrapes.csv").exists()
-    ) if out.exists() else 0
+    return (
+        sum(
+            max(0, len((day / "scrapes.csv").read_bytes().splitlines()) - 1)
+            for day in out.iterdir()
+            if day.is_dir() and (day / "scrapes.csv").exists()
+        )
+        if out.exists()
+        else 0
+    )
 
 
 def all_rows(out: Path, name: str) -> list[dict[str, str]]:
@@ -140,7 +144,16 @@ def test_once_beside_the_daemon(world):
         config.write_text("scrape_timeout = 0.5\n")
         for _ in range(4):
             done = subprocess.run(
-                [sys.executable, "-m", "sysmon", "once", "--config", str(config), "--out-dir", str(out)],
+                [
+                    sys.executable,
+                    "-m",
+                    "sysmon",
+                    "once",
+                    "--config",
+                    str(config),
+                    "--out-dir",
+                    str(out),
+                ],
                 env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                 capture_output=True,
                 timeout=GUARD,

@@ -13,7 +13,9 @@ UNITS = sorted((ROOT / "systemd").glob("*.service")) + sorted((ROOT / "systemd")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_systemd_analyze_verify(unit):
     analyze = require_tool("systemd-analyze")
-    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr  # unknown keys are only warned about
 

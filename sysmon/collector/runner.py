@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -122,3 +122,55 @@ async def run_bounded(
     return ProcessResult(
         returncode=returncode, stdout=bytes(out), stderr=bytes(err), stdout_overflow=overflow
     )
+
+
+async def run_streaming(
+    argv: Sequence[str],
+    on_chunk: Callable[[bytes], None],
+    *,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> int:
+    """Run ``argv`` (stdin closed), handing each stdout chunk to ``on_chunk``.
+
+    For event streams that never end by themselves (``admin.vm.Stats``).
+    Returns the exit status once stdout closes and the child exits; stderr is
+    drained and dropped.  ``on_chunk`` may raise to stop the stream.
+
+    Raises:
+        OSError: the program could not be started.
+
+    Cancellation: as :func:`run_bounded`, the group is terminated and reaped.
+    """
+    process = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None  # noqa: S101 -- PIPE was asked for
+    assert process.stderr is not None  # noqa: S101
+    stdout_stream, stderr_stream = process.stdout, process.stderr
+
+    async def drain_stderr() -> None:
+        while await stderr_stream.receive_some(READ_CHUNK):
+            pass
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr)
+            while chunk := await stdout_stream.receive_some(READ_CHUNK):
+                on_chunk(bytes(chunk))
+            await process.wait()
+            _signal_group(process.pid, signal.SIGKILL)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _reap(process, kill_grace)
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await stdout_stream.aclose()
+            await stderr_stream.aclose()
+    returncode = process.returncode
+    assert returncode is not None  # noqa: S101 -- wait() returned
+    return returncode

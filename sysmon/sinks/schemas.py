@@ -125,6 +125,19 @@ SCRAPES = _schema(
     "ts:ts vm:name status:name duration_ms:int bytes:int lines_ok:int lines_rejected:int",
 )
 
+XEN = _schema(
+    "xen.csv", "ts:ts vm:name cpu_usage:int cpu_usage_raw:int cpu_time_ms:int memory_kb:int"
+)
+
 #: Every daily file, in the order rows of one tick are written (alerts last:
 #: their cursor is committed after them).
-DAILY_FILES: tuple[Schema, ...] = (SYSTEM, NETWORK, CONNECTIONS, DISK, QUBES, SCRAPES, ALERTS)
+DAILY_FILES: tuple[Schema, ...] = (
+    SYSTEM,
+    NETWORK,
+    CONNECTIONS,
+    DISK,
+    QUBES,
+    SCRAPES,
+    XEN,
+    ALERTS,
+)

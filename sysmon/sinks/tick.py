@@ -19,6 +19,7 @@ import structlog
 
 from sysmon.collector.discover import QubeInfo
 from sysmon.collector.scrape import ScrapeResult
+from sysmon.collector.xenstats import DomainStats
 from sysmon.rows import build_tick_rows
 from sysmon.sinks import schemas
 from sysmon.sinks.csv_daily import WriteError, append_rows, ensure_day, locked, truncate_to
@@ -79,6 +80,7 @@ def commit_tick(
     ts: datetime,
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
+    xen: Sequence[DomainStats] = (),
     *,
     sync: bool = True,
 ) -> TickOutcome:
@@ -95,7 +97,7 @@ def commit_tick(
                 skipped=f"rows up to {schemas.format_ts(last)} are written already "
                 "(clock behind, or a poll in the same second)"
             )
-        built = build_tick_rows(ts, results, qubes, state.qubes)
+        built = build_tick_rows(ts, results, qubes, state.qubes, xen)
         written: dict[str, int] = {}
         dropped: dict[str, int] = {}
         errors: list[str] = []

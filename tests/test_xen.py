@@ -1,0 +1,160 @@
+"""dom0's admin.vm.Stats stream: the parser, the runner, the daemon's loop."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import trio
+from csvcheck import read_day
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+from test_daemon import FakeQubes, inline, run_for
+
+from sysmon.collector.runner import run_streaming
+from sysmon.collector.xenstats import (
+    DomainStats,
+    Event,
+    EventReader,
+    EventStreamError,
+    domain_stats,
+)
+from sysmon.config import Config
+from sysmon.daemon import Collector
+from sysmon.sinks.tick import commit_tick
+
+
+def encode(event: Event) -> bytes:
+    body = b"".join(k.encode() + b"\0" + v + b"\0" for k, v in event.fields.items())
+    return b"1\0" + event.subject.encode() + b"\0" + event.name.encode() + b"\0" + body + b"\0"
+
+
+def stats_event(vm: str, usage: int, mem: int = 400_000) -> bytes:
+    fields = {
+        "memory_kb": str(mem).encode(),
+        "cpu_time": b"1234",
+        "cpu_usage": str(usage).encode(),
+        "cpu_usage_raw": str(usage * 2).encode(),
+    }
+    return encode(Event(vm, "vm-stats", fields))
+
+
+names = st.from_regex(r"[A-Za-z0-9_.-]{0,20}", fullmatch=True)
+events = st.builds(
+    Event,
+    subject=names,
+    name=names.filter(bool),
+    fields=st.dictionaries(
+        names.filter(bool), st.binary(max_size=20).filter(lambda b: b"\0" not in b), max_size=5
+    ),
+)
+
+
+class TestEventReader:
+    @given(st.lists(events, max_size=10), st.lists(st.integers(1, 50), max_size=20))
+    def test_any_chunking_gives_the_same_events(self, evs, cuts):
+        data = b"".join(encode(e) for e in evs)
+        reader, got, pos = EventReader(), [], 0
+        for cut in [*cuts, len(data)]:
+            got += reader.feed_untrusted(data[pos : pos + cut])
+            pos += cut
+        got += reader.feed_untrusted(data[pos:])
+        assert got == evs
+
+    @given(st.binary(max_size=6000))
+    def test_any_bytes_parse_or_raise_its_error(self, data):
+        with contextlib.suppress(EventStreamError):
+            EventReader().feed_untrusted(data)
+
+    def test_oversize_event_is_an_error(self):
+        with pytest.raises(EventStreamError):
+            EventReader().feed_untrusted(b"1\0work\0vm-stats\0k\0" + b"x" * 5000)
+
+    def test_connection_established_has_no_subject(self):
+        (event,) = EventReader().feed_untrusted(b"1\0\0connection-established\0\0")
+        assert event == Event("", "connection-established", {})
+        assert domain_stats(event) is None
+
+    def test_stats_of_a_vm_stats_event(self):
+        (event,) = EventReader().feed_untrusted(stats_event("work", 7))
+        assert domain_stats(event) == DomainStats("work", 7, 14, 1234, 400_000)
+
+    @pytest.mark.parametrize("vm", ["Domain-0", "x-dm", "a" * 40, "-x"])
+    def test_invalid_qube_names_are_dropped(self, vm):
+        (event,) = EventReader().feed_untrusted(stats_event(vm, 1))
+        assert domain_stats(event) is None
+
+
+async def test_run_streaming_with_a_real_child():
+    chunks: list[bytes] = []
+    with trio.fail_after(10):
+        code = await run_streaming(
+            ["sh", "-c", "printf 'a'; sleep 0.1; printf 'b'; echo err >&2; exit 4"], chunks.append
+        )
+    assert (b"".join(chunks), code) == (b"ab", 4)
+
+
+def fake_stream(
+    script: list[tuple[float, bytes]], code: int
+) -> Callable[[Callable[[bytes], None]], object]:
+    async def stream(on_chunk: Callable[[bytes], None]) -> int:
+        for delay, chunk in script:
+            await trio.sleep(delay)
+            on_chunk(chunk)
+        return code
+
+    return stream
+
+
+def xen_collector(tmp_path, stream) -> Collector:
+    t0 = trio.current_time()
+    start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+    qubes = FakeQubes({"work": "ok"})
+    return Collector(
+        Config(out_dir=tmp_path),
+        qubes,
+        qubes,
+        wall_now=lambda: start + timedelta(seconds=trio.current_time() - t0),
+        committer=functools.partial(commit_tick, sync=False),
+        notify=lambda _m: None,
+        offload=inline,
+        stats_stream=stream,
+    )
+
+
+async def test_xen_rows_each_tick_and_reconnect(tmp_path, autojump_clock):
+    """Latest event per domain each tick; EOF reconnects; stale domains drop out."""
+    script = [(0.5, b"1\0\0connection-established\0\0")]
+    script += [(3, stats_event("dom0", 5) + stats_event("work", i)) for i in range(5)]
+    c = xen_collector(tmp_path, fake_stream(script, 0))
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.xen_loop)
+            await run_for(c, 61)
+            nursery.cancel_scope.cancel()
+    xen = read_day(tmp_path / "2025-08-31")["xen.csv"]
+    # Events at 3.5, 6.5 and 9.5 s: the tick at 10 s has the third.
+    assert [(r["ts"][11:19], r["vm"], r["cpu_usage"]) for r in xen[:2]] == [
+        ("12:00:10", "dom0", "5"),
+        ("12:00:10", "work", "2"),
+    ]
+    # The stream ends at 15.5 s and is reopened a second later: no gap.
+    assert sorted({r["ts"][11:19] for r in xen}) == [f"12:00:{s}0" for s in range(1, 6)] + [
+        "12:01:00"
+    ]
+    assert any(e["event"] == "xen_stats_reconnecting" for e in logs)
+
+
+async def test_policy_refusal_disables_with_one_line(tmp_path, autojump_clock):
+    c = xen_collector(tmp_path, fake_stream([], 126))
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.xen_loop)
+            await run_for(c, 30)
+            nursery.cancel_scope.cancel()
+    assert [e["event"] for e in logs if e["event"].startswith("xen_")] == ["xen_stats_disabled"]
+    assert read_day(tmp_path / "2025-08-31")["xen.csv"] == []
