@@ -77,6 +77,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """From the files alone: is it running, and how is each qube."""
+    from sysmon.poll import utc_now  # noqa: PLC0415
+    from sysmon.status import build_status, render_status  # noqa: PLC0415
+
+    config = _config(args)
+    report = build_status(config.out_dir, utc_now(), config.interval)
+    print(render_status(report))
+    return 0 if report.healthy else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the real pipeline against this machine presented as a few qubes."""
     from sysmon.demo import run_demo  # noqa: PLC0415 -- only the demo needs it
@@ -112,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
     run.add_argument("--interval", type=float, help="seconds between polls (default 10)")
     run.set_defaults(func=cmd_run, log_level=logging.INFO, log_stream="stdout")
+
+    status = sub.add_parser("status", help="newest rows and each qube's last poll, from the files")
+    status.add_argument("--config", type=Path, help="TOML file (for out_dir and interval)")
+    status.add_argument(
+        "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
+    )
+    status.set_defaults(func=cmd_status, log_level=logging.WARNING)
 
     demo = sub.add_parser(
         "demo", help="run the real pipeline on this machine, shown as a few qubes"

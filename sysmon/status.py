@@ -1,0 +1,134 @@
+"""``sysmon status``: what a person checks first, from the files alone."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+
+from sysmon.sinks import schemas
+
+_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+STALE_INTERVALS = 3
+
+
+@attrs.frozen
+class QubeLine:
+    """One qube's line of the table."""
+
+    vm: str
+    status: str
+    last_ts: str
+    failures_today: int
+    cpu_user: str
+    mem_used_kb: str
+
+
+@attrs.frozen
+class StatusReport:
+    """Newest row per file, per-qube summary, and whether the collector is alive."""
+
+    folder: Path | None
+    file_ages: dict[str, float | None]
+    qubes: tuple[QubeLine, ...]
+    healthy: bool
+    reason: str
+
+
+def latest_day(out_dir: Path) -> Path | None:
+    """The newest day folder."""
+    if not out_dir.is_dir():
+        return None
+    days = sorted(p for p in out_dir.iterdir() if p.is_dir() and _DAY_RE.fullmatch(p.name))
+    return days[-1] if days else None
+
+
+def _last_ts(path: Path) -> datetime | None:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            tail = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail[1:] if len(tail) > 1 else tail):
+        ts = line.split(b",", 1)[0].decode("ascii", errors="replace")
+        try:
+            return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _rows(path: Path) -> Iterator[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            yield from csv.DictReader(f)
+    except OSError:
+        return
+
+
+def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
+    """Read the newest day folder and judge whether rows are still coming."""
+    folder = latest_day(out_dir)
+    if folder is None:
+        return StatusReport(None, {}, (), healthy=False, reason=f"no day folder under {out_dir}")
+    ages: dict[str, float | None] = {}
+    for schema in schemas.DAILY_FILES:
+        ts = _last_ts(folder / schema.file_name)
+        ages[schema.file_name] = None if ts is None else (now - ts).total_seconds()
+    last: dict[str, dict[str, str]] = {}
+    failures: dict[str, int] = {}
+    for row in _rows(folder / schemas.SCRAPES.file_name):
+        vm = row.get("vm", "?")
+        last[vm] = row
+        if row.get("status") not in {"ok", "skipped"}:
+            failures[vm] = failures.get(vm, 0) + 1
+    values: dict[str, dict[str, str]] = {}
+    for row in _rows(folder / schemas.SYSTEM.file_name):
+        values[row.get("vm", "?")] = row
+    qubes = tuple(
+        QubeLine(
+            vm=vm,
+            status=row.get("status", ""),
+            last_ts=row.get("ts", ""),
+            failures_today=failures.get(vm, 0),
+            cpu_user=values.get(vm, {}).get("cpu_user", ""),
+            mem_used_kb=values.get(vm, {}).get("mem_used_kb", ""),
+        )
+        for vm, row in sorted(last.items())
+    )
+    newest = ages.get(schemas.SCRAPES.file_name)
+    limit = STALE_INTERVALS * interval
+    if newest is None:
+        return StatusReport(folder, ages, qubes, healthy=False, reason="no poll recorded yet")
+    if newest > limit:
+        reason = f"nothing written for {newest:.0f} s (more than {STALE_INTERVALS} intervals)"
+        return StatusReport(folder, ages, qubes, healthy=False, reason=reason)
+    return StatusReport(folder, ages, qubes, healthy=True, reason="rows are coming")
+
+
+def render_status(report: StatusReport) -> str:
+    """The report as a terminal table."""
+    lines = [f"folder: {report.folder}", ""]
+    lines.append(f"{'file':<16} {'newest row':>12}")
+    for name, age in report.file_ages.items():
+        shown = "-" if age is None else f"{age:.0f} s ago"
+        lines.append(f"{name:<16} {shown:>12}")
+    lines.append("")
+    lines.append(
+        f"{'qube':<32} {'status':<10} {'last poll':<21} {'fails':>5} {'cpu_user':>8} {'mem_used_kb':>12}"
+    )
+    lines.extend(
+        f"{q.vm[:32]:<32} {q.status:<10} {q.last_ts:<21} {q.failures_today:>5} "
+        f"{q.cpu_user or '-':>8} {q.mem_used_kb or '-':>12}"
+        for q in report.qubes
+    )
+    lines.append("")
+    lines.append(("OK: " if report.healthy else "NOT OK: ") + report.reason)
+    return "\n".join(lines)

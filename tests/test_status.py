@@ -1,0 +1,61 @@
+"""``sysmon status`` from the files alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+from conftest import ROOT
+
+from sysmon.collector.scrape import ScrapeResult
+from sysmon.protocol import Snapshot, SysRecord
+from sysmon.sinks.tick import commit_tick
+from sysmon.status import build_status, render_status
+
+TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
+
+
+def _fill(out):
+    snap = Snapshot(
+        SysRecord(boot_id="b", mem_total_kb=10, mem_avail_kb=4), (), None, (), (), 0, 1, 1, 0
+    )
+    commit_tick(
+        out,
+        TS,
+        [ScrapeResult("work", "ok", 5, snapshot=snap), ScrapeResult("bad", "timeout", 8000)],
+        None,
+    )
+
+
+def test_fresh_rows_are_healthy(tmp_path):
+    _fill(tmp_path)
+    report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
+    assert report.healthy
+    assert [(q.vm, q.status, q.failures_today, q.mem_used_kb) for q in report.qubes] == [
+        ("bad", "timeout", 1, ""),
+        ("work", "ok", 0, "6"),
+    ]
+    assert report.file_ages["system.csv"] == 5
+    assert report.file_ages["alerts.csv"] is None
+    assert "OK: rows are coming" in render_status(report)
+
+
+def test_three_intervals_without_rows_is_not_ok(tmp_path):
+    _fill(tmp_path)
+    report = build_status(tmp_path, TS + timedelta(seconds=31), 10)
+    assert not report.healthy
+    assert "nothing written for 31 s" in report.reason
+
+
+def test_cli_exit_codes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "sysmon", "status", "--out-dir", str(tmp_path)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "NOT OK: no day folder" in done.stdout
+    _fill(tmp_path)  # rows from 2025: stale now
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "work" in done.stdout
