@@ -122,7 +122,8 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"{name:<16} {shown:>12}")
     lines.append("")
     lines.append(
-        f"{'qube':<32} {'status':<10} {'last poll':<21} {'fails':>5} {'cpu_user':>8} {'mem_used_kb':>12}"
+        f"{'qube':<32} {'status':<10} {'last poll':<21} {'fails':>5} "
+        f"{'cpu_user':>8} {'mem_used_kb':>12}"
     )
     lines.extend(
         f"{q.vm[:32]:<32} {q.status:<10} {q.last_ts:<21} {q.failures_today:>5} "
