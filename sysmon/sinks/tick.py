@@ -86,8 +86,27 @@ def commit_tick(
 ) -> TickOutcome:
     """Write one tick (``ts``: its wall-clock time) and advance the state.
 
-    ``sync`` fsyncs every file and the state (off only in simulations).
+    Never raises for a full disk or an I/O error: the outcome says what was
+    dropped, and the next tick tries again.  ``sync`` fsyncs every file and
+    the state (off only in simulations).
     """
+    try:
+        return _commit_tick(out_dir, ts, results, qubes, xen, sync=sync)
+    except OSError as exc:
+        reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
+        structlog.get_logger().error("tick_commit_failed", error=reason)
+        return TickOutcome(dropped={"tick (all files)": len(results)}, errors=(reason,))
+
+
+def _commit_tick(
+    out_dir: Path,
+    ts: datetime,
+    results: Sequence[ScrapeResult],
+    qubes: Sequence[QubeInfo] | None,
+    xen: Sequence[DomainStats] = (),
+    *,
+    sync: bool,
+) -> TickOutcome:
     with locked(out_dir):
         state = recover(out_dir, load_state(out_dir))
         epoch = int(ts.timestamp())
