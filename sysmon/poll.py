@@ -49,11 +49,19 @@ def utc_now() -> datetime:
 
 
 def read_cursors(out_dir: Path) -> dict[str, str]:
-    """Each qube's alert cursor as the handler's argument."""
+    """Each qube's alert cursor as the handler's argument.
+
+    Without them (unreadable state) the handlers send recent entries, and
+    the commit drops those already filed: nothing is filed twice.
+    """
     if not out_dir.exists():
         return {}
-    with locked(out_dir):
-        state = load_state(out_dir)
+    try:
+        with locked(out_dir):
+            state = load_state(out_dir)
+    except OSError as exc:
+        structlog.get_logger().error("state_unreadable", error=str(exc))
+        return {}
     return {vm: q.cursor.argument() for vm, q in state.qubes.items() if q.cursor is not None}
 
 

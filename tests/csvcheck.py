@@ -32,5 +32,5 @@ def read_strict(path: Path) -> list[dict[str, str]]:
 
 
 def read_day(folder: Path) -> dict[str, list[dict[str, str]]]:
-    """All seven files of a day folder, strictly read."""
+    """Every file of a day folder, strictly read."""
     return {s.file_name: read_strict(folder / s.file_name) for s in schemas.DAILY_FILES}

@@ -78,7 +78,7 @@ class TestAppend:
         append_rows(path, schemas.ALERTS, [])
         assert path.read_bytes() == b"ts,vm,msg\n"
 
-    def test_all_seven_files_exist_from_the_first_poll(self, tmp_path):
+    def test_all_files_exist_from_the_first_poll(self, tmp_path):
         folder = ensure_day(tmp_path, TS.date())
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             s.file_name for s in schemas.DAILY_FILES
