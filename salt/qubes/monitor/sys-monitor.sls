@@ -1,0 +1,44 @@
+{#- dom0 part of sysmon: the sys-monitor qube, its service, the qrexec policy.
+    sudo qubesctl state.show_sls qubes.monitor.sys-monitor
+    sudo qubesctl --show-output state.sls qubes.monitor.sys-monitor
+    The templates are set up by template-monitor and template-handler
+    (docs/deploy.md). -#}
+{%- from "qubes/monitor/map.jinja" import sysmon with context %}
+
+sysmon-qube:
+  qvm.present:
+    - name: {{ sysmon.monitor }}
+    - template: {{ sysmon.monitor_template }}
+    - label: {{ sysmon.label }}
+
+sysmon-qube-prefs:
+  qvm.prefs:
+    - name: {{ sysmon.monitor }}
+    - template: {{ sysmon.monitor_template }}
+    - label: {{ sysmon.label }}
+    # No network, ever: sys-monitor only talks qrexec.
+    - netvm: ""
+    - memory: {{ sysmon.memory }}
+    - maxmem: {{ sysmon.maxmem }}
+    - vcpus: {{ sysmon.vcpus }}
+    - autostart: true
+    - require:
+      - qvm: sysmon-qube
+
+sysmon-qube-service:
+  qvm.features:
+    - name: {{ sysmon.monitor }}
+    # qvm-service sys-monitor sysmon on: /run/qubes-service/sysmon at boot,
+    # which the unit's ConditionPathExists waits for.
+    - enable:
+      - service.sysmon
+    - require:
+      - qvm: sysmon-qube
+
+/etc/qubes/policy.d/30-sysmon.policy:
+  file.managed:
+    - source: salt://qubes/monitor/files/30-sysmon.policy.jinja
+    - template: jinja
+    - user: root
+    - group: qubes
+    - mode: '0664'

@@ -1,0 +1,281 @@
+"""Salt states rendered and applied with the real Salt, the policy against
+Qubes 4.2's grammar, and the template file set run on Debian's packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, ROOT
+from fakequbes.world import make_world
+
+SALT_ROOT = ROOT / "salt"
+STATES = ["sys-monitor", "template-monitor", "template-handler", "uninstall", "template-uninstall"]
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def salt_call_path() -> str:
+    for candidate in (
+        os.environ.get("SYSMON_SALT_CALL"),
+        str(ROOT / ".venv-salt/bin/salt-call"),
+        shutil.which("salt-call"),
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    if IN_CI:
+        pytest.fail("salt-call is required in CI (.ci/run installs it in .venv-salt)")
+    pytest.skip(
+        "salt-call not installed (python3 -m venv .venv-salt && .venv-salt/bin/pip install salt)"
+    )
+    raise AssertionError  # unreachable
+
+
+@pytest.fixture(name="salt")
+def _salt(tmp_path):
+    salt_call = salt_call_path()
+    config = tmp_path / "salt-config"
+    config.mkdir()
+    (config / "minion").write_text(
+        f"file_client: local\nroot_dir: {tmp_path / 'salt-root'}\nid: sysmon-test\n"
+        f"file_roots:\n  base:\n    - {SALT_ROOT}\n"
+    )
+
+    def call(*args: str, pillar: dict[str, object] | None = None, check: bool = True) -> object:
+        argv = [
+            salt_call,
+            "--local",
+            f"--config-dir={config}",
+            "--retcode-passthrough",
+            "--out=json",
+            *args,
+        ]
+        if pillar is not None:
+            argv.append(f"pillar={json.dumps(pillar)}")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        if check:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return (
+            json.loads(done.stdout)["local"] if done.stdout.strip().startswith("{") else done.stdout
+        )
+
+    return call
+
+
+class TestRendering:
+    @pytest.mark.parametrize("state", STATES)
+    def test_state_renders(self, salt, state):
+        """Every state compiles with the real Salt (qvm.* exist only in dom0)."""
+        high = salt("state.show_sls", f"qubes.monitor.{state}")
+        assert isinstance(high, dict)
+        assert high, state
+
+    def test_dom0_state_keeps_sys_monitor_offline(self, salt):
+        high = salt("state.show_sls", "qubes.monitor.sys-monitor")
+        prefs = {
+            k: v
+            for item in high["sysmon-qube-prefs"]["qvm"]
+            if isinstance(item, dict)
+            for k, v in item.items()
+        }
+        assert prefs["netvm"] == ""
+        assert (prefs["vcpus"], prefs["memory"], prefs["maxmem"], prefs["autostart"]) == (
+            1,
+            400,
+            800,
+            True,
+        )
+        features = high["sysmon-qube-service"]["qvm"]
+        assert {"enable": ["service.sysmon"]} in features
+
+    def test_top_covers_dom0_and_every_template(self, salt):
+        top = salt("slsutil.renderer", f"{SALT_ROOT}/qubes/monitor/init.top")
+        assert top["base"]["dom0"] == ["qubes.monitor.sys-monitor"]
+        assert top["base"]["debian-12-xfce"] == ["qubes.monitor.template-monitor"]
+        handler_templates = [
+            t for t, s in top["base"].items() if s == ["qubes.monitor.template-handler"]
+        ]
+        assert set(handler_templates) == {
+            "debian-12-hard",
+            "debian-12-hard-min",
+            "debian-12-work",
+            "fedora-41-vpn-min",
+            "whonix-workstation-17",
+        }
+
+    def test_settings_come_from_pillar(self, salt):
+        high = salt(
+            "state.show_sls", "qubes.monitor.sys-monitor", pillar={"sysmon": {"monitor": "mon2"}}
+        )
+        assert {"name": "mon2"} in high["sysmon-qube"]["qvm"]
+
+
+# --- The qrexec policy against Qubes 4.2's grammar -------------------------
+
+_SERVICE = re.compile(r"\*|[A-Za-z0-9_.-]+")
+_ARGUMENT = re.compile(r"\*|\+[A-Za-z0-9_.-]*")
+_QUBE = r"[a-zA-Z][a-zA-Z0-9_-]{0,30}"
+_SOURCE = re.compile(rf"\*|@anyvm|@adminvm|dom0|@tag:[A-Za-z0-9_.-]+|@type:[A-Za-z]+|{_QUBE}")
+_TARGET = re.compile(
+    rf"\*|@anyvm|@adminvm|dom0|@default|@dispvm(:{_QUBE}|:@tag:[A-Za-z0-9_.-]+)?|@tag:[A-Za-z0-9_.-]+|@type:[A-Za-z]+|{_QUBE}"
+)
+_PARAMS = {
+    "allow": {"target", "user", "notify", "autostart"},
+    "ask": {"target", "user", "notify", "autostart", "default_target"},
+    "deny": {"notify"},
+}
+
+
+def parse_policy_4_2(text: str) -> set[tuple[str, ...]]:
+    """Rules of a policy file, each checked against the 4.2 grammar
+    (qubes-core-qrexec qrexec/policy/parser.py)."""
+    rules = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        assert not stripped.startswith("!"), f"line {number}: no directives expected"
+        fields = stripped.split()
+        assert len(fields) >= 5, f"line {number}: {line}"
+        service, argument, source, target, action, *params = fields
+        assert _SERVICE.fullmatch(service), f"line {number}: service {service}"
+        assert _ARGUMENT.fullmatch(argument), f"line {number}: argument {argument}"
+        assert service != "*" or argument == "*", f"line {number}: * service needs * argument"
+        assert _SOURCE.fullmatch(source), f"line {number}: source {source}"
+        assert _TARGET.fullmatch(target), f"line {number}: target {target}"
+        assert action in _PARAMS, f"line {number}: action {action}"
+        for param in params:
+            key, sep, value = param.partition("=")
+            assert sep, f"line {number}: parameter {param}"
+            assert key in _PARAMS[action], f"line {number}: parameter {param}"
+            if key in {"notify", "autostart"}:
+                assert value in {"yes", "no"}, f"line {number}: {param}"
+            if key in {"target", "default_target"}:
+                assert _TARGET.fullmatch(value), f"line {number}: {param}"
+            if key == "user":
+                assert re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value), f"line {number}: {param}"
+        if target == "@default" and action == "allow":
+            assert any(p.startswith("target=") for p in params), f"line {number}"
+        rules.add(tuple(fields))
+    return rules
+
+
+def test_policy_is_exactly_the_minimum(salt, tmp_path):
+    """Every line parses as 4.2 policy and the set of rules is exactly this:
+    a widening (a new rule, a wider source or target) fails here."""
+    out = tmp_path / "30-sysmon.policy"
+    salt("cp.get_template", "salt://qubes/monitor/files/30-sysmon.policy.jinja", str(out))
+    assert parse_policy_4_2(out.read_text()) == {
+        ("qubes.Metrics.Get", "*", "sys-monitor", "@anyvm", "allow", "user=root", "autostart=no"),
+        ("admin.vm.List", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
+        ("admin.vm.List", "*", "sys-monitor", "@anyvm", "allow", "target=dom0"),
+        ("admin.vm.Stats", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
+        ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
+    }
+
+
+def test_the_grammar_check_rejects_what_4_2_rejects():
+    for bad in (
+        "admin.vm.List * sys-monitor @anyvm allow target=dom0,user=root",
+        "* +x sys-monitor @anyvm allow",
+        "qubes.Filecopy * sys-monitor vault allow autostart=true",
+        "qubes.Filecopy * sys-monitor vault permit",
+        "qubes.Filecopy * sys monitor vault allow",
+    ):
+        with pytest.raises(AssertionError):
+            parse_policy_4_2(bad)
+
+
+# --- The template's file set, on Debian's packages only --------------------
+
+
+def test_template_file_set_runs_on_debian_packages(salt, tmp_path):
+    """Apply template-monitor for real into a staging root, then run
+    ``python3 -m sysmon --help`` and a ``once`` from exactly those files with
+    /usr/bin/python3 and Debian's python3-* packages."""
+    if not Path(DEBIAN_PYTHON).exists():
+        pytest.skip("no /usr/bin/python3")
+    stage = tmp_path / "stage"
+    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
+    result = salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
+    assert all(r["result"] for r in result.values())
+    again = salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
+    assert all(not r["changes"] for r in again.values()), "re-apply changed something"
+    libdir = stage / "usr/lib/sysmon"
+    installed = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+    assert "usr/bin/sysmon" in installed
+    assert "etc/sysmon/sysmon.toml" in installed
+    assert "usr/lib/systemd/system/sysmon.service" in installed
+    assert not any("__pycache__" in p for p in installed)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(libdir),
+        "PYTHONNOUSERSITE": "1",
+        "HOME": str(tmp_path),
+    }
+    probe = subprocess.run(
+        [
+            DEBIAN_PYTHON,
+            "-c",
+            (
+                "import trio, attr, structlog, dateutil, sysmon\n"
+                "for m in (trio, attr, structlog, dateutil, sysmon): print(m.__file__)"
+            ),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    if probe.returncode != 0 and not IN_CI:
+        pytest.skip("Debian's python3-trio & co. not installed: " + probe.stderr.strip()[-200:])
+    assert probe.returncode == 0, probe.stderr
+    paths = probe.stdout.split()
+    assert all(p.startswith("/usr/lib/python3/dist-packages/") for p in paths[:4]), paths
+    assert paths[4].startswith(str(libdir))
+    done = subprocess.run(
+        [DEBIAN_PYTHON, "-m", "sysmon", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "once" in done.stdout
+    world_env = make_world(tmp_path / "world", {"work": "healthy", "denied": "refused"})
+    done = subprocess.run(
+        [
+            DEBIAN_PYTHON,
+            "-m",
+            "sysmon",
+            "once",
+            "--config",
+            str(stage / "etc/sysmon/sysmon.toml"),
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+        env={**env, **world_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 qubes polled: 1 ok, 1 not ok" in done.stdout
+
+
+def test_uninstall_removes_what_install_added(salt, tmp_path):
+    stage = tmp_path / "stage"
+    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
+    salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
+    salt("state.sls", "qubes.monitor.template-handler", pillar=pillar)
+    assert (stage / "etc/qubes-rpc/qubes.Metrics.Get").stat().st_mode & 0o111
+    salt("state.sls", "qubes.monitor.template-uninstall", pillar=pillar)
+    assert [p for p in stage.rglob("*") if p.is_file()] == []
