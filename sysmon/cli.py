@@ -72,7 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = attrs.evolve(config, interval=args.interval)
         if config.scrape_timeout >= config.interval:
             config = attrs.evolve(config, scrape_timeout=config.interval * 0.8)
-    collector = Collector(config, QrexecDiscovery(), Qrexec())
+    collector = Collector(
+        config, QrexecDiscovery(), Qrexec(), own_name=config.self_name or "sys-monitor"
+    )
     trio.run(collector.serve, strict_exception_groups=True)
     return 0
 
@@ -86,6 +88,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = build_status(config.out_dir, utc_now(), config.interval)
     print(render_status(report))
     return 0 if report.healthy else EXIT_FAILED
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    """Archive complete days now (and deliver them to the vault)."""
+    from datetime import date  # noqa: PLC0415
+
+    from sysmon.archiver import run_archive  # noqa: PLC0415
+    from sysmon.poll import utc_now  # noqa: PLC0415
+
+    config = _config(args)
+    days = None
+    if args.day is not None:
+        try:
+            days = [date.fromisoformat(args.day)]
+        except ValueError:
+            print(f"sysmon archive: --day wants YYYY-MM-DD, got {args.day!r}", file=sys.stderr)
+            return EXIT_USAGE
+    today = utc_now().date()
+    report = trio.run(
+        functools.partial(
+            run_archive, config, today, days=days, copy=not args.no_copy, force=args.force
+        ),
+        strict_exception_groups=True,
+    )
+    for outcome in report.days:
+        print(f"{outcome.day}  {outcome.status:<9}  {outcome.detail}")
+    if not report.days:
+        print("nothing to archive: every complete day is delivered")
+    for day in report.pruned.folders:
+        print(f"{day}  pruned     day folder removed (delivered, past retention)")
+    if report.pruned.low_on_space_undelivered:
+        print("warning: disk low and only undelivered days are left", file=sys.stderr)
+    failed = [o for o in report.days if o.status not in {"delivered", "built", "already"}]
+    if failed:
+        print(f"sysmon archive: {failed[0].day}: {failed[0].detail}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -130,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
     )
     status.set_defaults(func=cmd_status, log_level=logging.WARNING)
+
+    archive = sub.add_parser("archive", help="archive complete UTC days and copy them to the vault")
+    archive.add_argument("--day", help="only this day (YYYY-MM-DD)")
+    archive.add_argument("--no-copy", action="store_true", help="build and verify, do not copy")
+    archive.add_argument("--force", action="store_true", help="deliver again a delivered day")
+    archive.add_argument("--config", type=Path, help="TOML file (for out_dir, vault, retention)")
+    archive.add_argument(
+        "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
+    )
+    archive.set_defaults(func=cmd_archive, log_level=logging.WARNING)
 
     demo = sub.add_parser(
         "demo", help="run the real pipeline on this machine, shown as a few qubes"

@@ -16,13 +16,14 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import attrs
 import structlog
 import trio
 
+from sysmon.archiver import Copier, next_archive_time, qvm_copy_to_vm, run_archive
 from sysmon.collector.discover import DiscoveryError, QubeInfo
 from sysmon.collector.qrexec import EXIT_REFUSED, Qrexec, Transport
 from sysmon.collector.runner import run_streaming
@@ -46,9 +47,18 @@ QUBES_EVERY = 60.0
 #: tests on virtual time (a thread would let autojump_clock run ahead).
 Offload = Callable[..., Awaitable[object]]
 Committer = Callable[
-    [Path, datetime, Sequence[ScrapeResult], Sequence[QubeInfo] | None, Sequence[DomainStats]],
+    [
+        Path,
+        datetime,
+        Sequence[ScrapeResult],
+        Sequence[QubeInfo] | None,
+        Sequence[DomainStats],
+        Sequence[tuple[str, str]],
+    ],
     TickOutcome,
 ]
+ARCHIVE_RETRY = 3600.0
+ARCHIVE_MAX_RETRY = 6 * 3600.0
 #: Runs dom0's admin.vm.Stats stream, feeding each chunk; returns its exit code.
 StatsStream = Callable[[Callable[[bytes], None]], Awaitable[int]]
 XEN_STALE_AFTER = 30.0
@@ -104,7 +114,12 @@ class Collector:
     notify: Callable[[str], None] = sd_notify
     offload: Offload = trio.to_thread.run_sync
     stats_stream: StatsStream | None = qrexec_stats_stream
+    archive_copier: Copier | None = qvm_copy_to_vm
+    zone: tzinfo | None = None
     xen: dict[str, tuple[float, DomainStats]] = attrs.field(factory=dict)
+    notes: list[str] = attrs.field(factory=list)
+    own_name: str = "sys-monitor"
+    _archive_alerted: str | None = None
     health: dict[str, QubeHealth] = attrs.field(factory=dict)
     last_qubes_ts: float = -math.inf
     ticks_done: int = 0
@@ -125,6 +140,8 @@ class Collector:
             await nursery.start(self._watch_signals, nursery.cancel_scope)
             if self.stats_stream is not None:
                 nursery.start_soon(self.xen_loop)
+            if self.archive_copier is not None:
+                nursery.start_soon(self.archive_loop)
             nursery.start_soon(self.tick_loop, nursery)
             task_status.started()
         log.info("sysmon_stopped", ticks=self.ticks_done)
@@ -204,6 +221,44 @@ class Collector:
             log.info("xen_stats_reconnecting", exit=code, in_seconds=delay)
             await trio.sleep(delay)
             delay = min(XEN_MAX_BACKOFF, delay * 2)
+
+    async def archive_loop(self) -> None:
+        """Deliver complete days at ``archive_at`` (local time) every day.
+
+        On start it catches up on days missed while the qube was off.  A
+        failure is retried hourly, then less often, and written once to
+        alerts.csv (``sysmon: archive ...``).
+        """
+        assert self.archive_copier is not None  # noqa: S101
+        retry = ARCHIVE_RETRY
+        due = True  # catch up first
+        while True:
+            if not due:
+                now = self.wall_now()
+                at = next_archive_time(now, self.config.archive_at, self.zone)
+                await trio.sleep((at - now).total_seconds())
+            today = self.wall_now().astimezone(UTC).date()
+            report = await run_archive(
+                self.config, today, copier=self.archive_copier, offload=self.offload
+            )
+            if report.pruned.low_on_space_undelivered:
+                self._note("sysmon: disk low and only undelivered days are left")
+            failed = next(
+                (d for d in report.days if d.status not in {"delivered", "already"}), None
+            )
+            if failed is None:
+                self._archive_alerted = None
+                retry, due = ARCHIVE_RETRY, False
+                continue
+            message = f"sysmon: archive of {failed.day} {failed.status}: {failed.detail}"
+            if message != self._archive_alerted:
+                self._note(message)
+                self._archive_alerted = message
+            await trio.sleep(retry)
+            retry = min(ARCHIVE_MAX_RETRY, retry * 2)
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
 
     def _fresh_xen(self) -> list[DomainStats]:
         now = trio.current_time()
@@ -301,8 +356,10 @@ class Collector:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
+            notes = [(self.own_name, message) for message in self.notes]
+            self.notes.clear()
             outcome = await self.offload(
-                self.committer, self.config.out_dir, ts, results, qubes, self._fresh_xen()
+                self.committer, self.config.out_dir, ts, results, qubes, self._fresh_xen(), notes
             )
             assert isinstance(outcome, TickOutcome)  # noqa: S101
             if qubes is not None and outcome.skipped is None:

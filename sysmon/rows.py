@@ -32,7 +32,7 @@ class AlertBatch:
 
     vm: str
     rows: tuple[bytes, ...]
-    next_state: QubeState
+    next_state: QubeState | None
 
 
 @attrs.frozen
@@ -173,12 +173,19 @@ def build_tick_rows(
     qubes: Sequence[QubeInfo] | None,
     previous: Mapping[str, QubeState],
     xen: Sequence[DomainStats] = (),
+    notes: Sequence[tuple[str, str]] = (),
 ) -> TickRows:
-    """All rows of one tick, in file order, and every polled qube's next state."""
+    """All rows of one tick, in file order, and every polled qube's next state.
+
+    ``notes`` are sysmon's own alerts, (vm, message), filed with the tick.
+    """
     out: dict[str, list[bytes]] = {
         s.file_name: [] for s in schemas.DAILY_FILES if s is not schemas.ALERTS
     }
-    batches: list[AlertBatch] = []
+    batches: list[AlertBatch] = [
+        AlertBatch(vm=vm, rows=(schemas.ALERTS.format_row([ts, vm, msg]),), next_state=None)
+        for vm, msg in notes
+    ]
     states: dict[str, QubeState] = {}
     restarted: list[str] = []
     for result in results:

@@ -62,7 +62,7 @@ class PendingAlerts:
 
     file: str
     start: int
-    commits: tuple[tuple[str, int, QubeState], ...]
+    commits: tuple[tuple[str, int, QubeState | None], ...]
 
 
 @attrs.frozen
@@ -114,7 +114,10 @@ def to_json(state: State) -> dict[str, Any]:
         pending = {
             "file": state.pending.file,
             "start": state.pending.start,
-            "commits": [[vm, end, _qube_to_json(q)] for vm, end, q in state.pending.commits],
+            "commits": [
+                [vm, end, None if q is None else _qube_to_json(q)]
+                for vm, end, q in state.pending.commits
+            ],
         }
     return {
         "version": STATE_VERSION,
@@ -132,7 +135,10 @@ def from_json(data: Any) -> State:
     pending = None
     if data.get("pending_alerts") is not None:
         p = data["pending_alerts"]
-        commits = tuple((str(vm), int(end), _qube_from_json(q)) for vm, end, q in p["commits"])
+        commits = tuple(
+            (str(vm), int(end), None if q is None else _qube_from_json(q))
+            for vm, end, q in p["commits"]
+        )
         pending = PendingAlerts(file=str(p["file"]), start=int(p["start"]), commits=commits)
     return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending)
 

@@ -58,7 +58,8 @@ def recover(out_dir: Path, state: State) -> State:
     for vm, end, qube_state in pending.commits:
         if size < end:
             break
-        qubes[vm] = qube_state
+        if qube_state is not None:
+            qubes[vm] = qube_state
         keep = end
         committed.append(vm)
     if size > keep and path.exists():
@@ -81,6 +82,7 @@ def commit_tick(
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
     xen: Sequence[DomainStats] = (),
+    notes: Sequence[tuple[str, str]] = (),
     *,
     sync: bool = True,
 ) -> TickOutcome:
@@ -91,7 +93,7 @@ def commit_tick(
     the state (off only in simulations).
     """
     try:
-        return _commit_tick(out_dir, ts, results, qubes, xen, sync=sync)
+        return _commit_tick(out_dir, ts, results, qubes, xen, notes, sync=sync)
     except OSError as exc:
         reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
         structlog.get_logger().error("tick_commit_failed", error=reason)
@@ -103,7 +105,8 @@ def _commit_tick(
     ts: datetime,
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
-    xen: Sequence[DomainStats] = (),
+    xen: Sequence[DomainStats],
+    notes: Sequence[tuple[str, str]],
     *,
     sync: bool,
 ) -> TickOutcome:
@@ -116,7 +119,7 @@ def _commit_tick(
                 skipped=f"rows up to {schemas.format_ts(last)} are written already "
                 "(clock behind, or a poll in the same second)"
             )
-        built = build_tick_rows(ts, results, qubes, state.qubes, xen)
+        built = build_tick_rows(ts, results, qubes, state.qubes, xen, notes)
         written: dict[str, int] = {}
         dropped: dict[str, int] = {}
         errors: list[str] = []
@@ -180,7 +183,9 @@ def _commit_tick(
                     written[schemas.ALERTS.file_name] = kept_rows
                     dropped[schemas.ALERTS.file_name] = len(all_rows) - kept_rows
                 on_disk = _size(alerts_path)
-                qubes_state.update({vm: st for vm, end_, st in commits if end_ <= on_disk})
+                qubes_state.update(
+                    {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}
+                )
             save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None), sync=sync)
         except OSError as exc:
             errors.append(f"state: {exc.strerror or exc}")

@@ -1,0 +1,175 @@
+"""Deliver complete days to the vault: ``sysmon archive`` and the nightly task.
+
+The copy is ``qvm-copy-to-vm <vault> <file>`` (on PATH): 0 is success, 126 a
+policy refusal or a vault that may not be started, anything else a failure
+(``../shared/qubes-facts.md`` §4).  The file lands in the vault at
+``~/QubesIncoming/<this qube>/``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+from dateutil import tz
+
+from sysmon.collector.qrexec import EXIT_REFUSED
+from sysmon.collector.runner import run_bounded
+from sysmon.config import Config
+from sysmon.sinks.archive import (
+    ArchiveError,
+    Pruned,
+    build_archive,
+    days_to_deliver,
+    is_delivered,
+    mark_delivered,
+    outgoing_name,
+    prune,
+    record_attempt,
+    record_refused,
+    stage_for_copy,
+)
+
+COPY_TIMEOUT = 600.0
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+#: Runs the copy of one file to the vault; returns the exit status.
+Copier = Callable[[str, Path], Awaitable[int]]
+Offload = Callable[..., Awaitable[object]]
+
+
+async def qvm_copy_to_vm(vault: str, path: Path) -> int:
+    """``qvm-copy-to-vm VAULT FILE``.  The caller owns the timeout."""
+    result = await run_bounded(["qvm-copy-to-vm", vault, str(path)], max_stdout=65536)
+    return result.returncode
+
+
+@attrs.frozen
+class DayOutcome:
+    """What happened to one day."""
+
+    day: date
+    status: str  # delivered, built, already, refused, failed, timeout
+    detail: str = ""
+
+
+@attrs.frozen
+class ArchiveReport:
+    """One archive run."""
+
+    days: tuple[DayOutcome, ...]
+    pruned: Pruned
+
+    @property
+    def ok(self) -> bool:
+        """No day failed."""
+        return all(d.status in {"delivered", "built", "already"} for d in self.days)
+
+
+async def _inline(fn: Callable[..., object], *args: object) -> object:
+    return fn(*args)
+
+
+async def run_archive(
+    config: Config,
+    today: date,
+    *,
+    days: list[date] | None = None,
+    copy: bool = True,
+    force: bool = False,
+    copier: Copier = qvm_copy_to_vm,
+    offload: Offload = trio.to_thread.run_sync,
+    min_free_bytes: int = MIN_FREE_BYTES,
+    copy_timeout: float = COPY_TIMEOUT,
+) -> ArchiveReport:
+    """Archive (and unless ``copy`` is False, deliver) days, then prune.
+
+    Without ``days``, every complete UTC day not yet delivered.  Stops at the
+    first failed copy: the vault is down or refusing, the rest waits.
+    """
+    out_dir = config.out_dir
+    log = structlog.get_logger()
+    todo = days if days is not None else days_to_deliver(out_dir, today)
+    outcomes: list[DayOutcome] = []
+    for day in todo:
+        if day >= today:
+            outcomes.append(DayOutcome(day, "failed", "today is not complete"))
+            continue
+        if is_delivered(out_dir, day) and not force:
+            outcomes.append(DayOutcome(day, "already", "delivered before"))
+            continue
+        try:
+            path = await offload(build_archive, out_dir, day)
+        except ArchiveError as exc:
+            outcomes.append(DayOutcome(day, "failed", str(exc)))
+            log.error("archive_failed", day=day.isoformat(), error=str(exc))  # noqa: TRY400
+            break
+        assert isinstance(path, Path)  # noqa: S101
+        if not copy:
+            outcomes.append(DayOutcome(day, "built", str(path)))
+            continue
+        name = await offload(outgoing_name, out_dir, day)
+        assert isinstance(name, str)  # noqa: S101
+        await offload(record_attempt, out_dir, day)
+        staged = await offload(stage_for_copy, out_dir, day, name)
+        assert isinstance(staged, Path)  # noqa: S101
+        with trio.move_on_after(copy_timeout) as scope:
+            try:
+                code = await copier(config.vault, staged)
+            except OSError as exc:
+                code = None
+                detail = f"cannot run qvm-copy-to-vm: {exc.strerror or exc}"
+        if scope.cancelled_caught:
+            outcomes.append(DayOutcome(day, "timeout", f"no answer within {copy_timeout:g} s"))
+            break
+        if code == 0:
+            await offload(mark_delivered, out_dir, day, name)
+            outcomes.append(
+                DayOutcome(day, "delivered", f"{config.vault}: QubesIncoming/.../{name}")
+            )
+            log.info("archive_delivered", day=day.isoformat(), vault=config.vault, name=name)
+            continue
+        if code == EXIT_REFUSED:
+            await offload(record_refused, out_dir, day)
+            detail = f"refused: policy, or {config.vault} may not be started (exit 126)"
+        elif code is not None:
+            detail = f"qvm-copy-to-vm failed (exit {code})"
+        outcomes.append(DayOutcome(day, "refused" if code == EXIT_REFUSED else "failed", detail))
+        log.error("archive_failed", day=day.isoformat(), error=detail)
+        break
+    pruned = await offload(
+        functools.partial(prune, out_dir, today, config.retention_days, min_free_bytes)
+    )
+    assert isinstance(pruned, Pruned)  # noqa: S101
+    if pruned.folders or pruned.archives:
+        log.info(
+            "archive_pruned",
+            folders=[d.isoformat() for d in pruned.folders],
+            archives=[d.isoformat() for d in pruned.archives],
+        )
+    return ArchiveReport(days=tuple(outcomes), pruned=pruned)
+
+
+def next_archive_time(now: datetime, archive_at: str, zone: tzinfo | None = None) -> datetime:
+    """The next ``archive_at`` (HH:MM, the qube's local time) after ``now``, in UTC.
+
+    A time that does not exist on a spring-forward night is moved past the
+    gap; on a fall-back night the first of the two is taken.
+    """
+    zone = zone or tz.tzlocal()
+    hour, minute = map(int, archive_at.split(":"))
+    local_now = now.astimezone(zone)
+    for offset in range(3):
+        day = local_now.date() + timedelta(days=offset)
+        local: datetime = tz.resolve_imaginary(
+            datetime.combine(day, time(hour, minute), tzinfo=zone)
+        )
+        candidate = local.astimezone(UTC)
+        if candidate > now.astimezone(UTC):
+            return candidate
+    raise AssertionError("unreachable: a day later is always later")  # pragma: no cover

@@ -1,0 +1,267 @@
+"""The nightly archive: pack a complete UTC day, verify it, mark it delivered.
+
+Synchronous file work (the daemon runs it in a thread); the copy to the
+vault itself is :func:`sysmon.archiver.deliver`.  Files under
+``<out_dir>/archives/`` (outside every tailer's ``*/<file>.csv`` glob):
+
+- ``monitor-YYYY-MM-DD.tgz`` -- the day folder as ``YYYY-MM-DD/<file>.csv``;
+  written under a temporary name, fsynced, renamed, then read back and
+  checked (members and sizes) before it is sent;
+- ``monitor-YYYY-MM-DD.attempts`` -- one line per copy started, so a copy
+  whose outcome a crash hid is never re-sent under a name the vault already
+  holds (qfile-unpacker creates files with ``O_EXCL``);
+- ``monitor-YYYY-MM-DD.delivered`` -- written (fsynced) only after the copy
+  returned success; the day is then never sent again without ``--force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tarfile
+from datetime import date, timedelta
+from pathlib import Path
+
+import attrs
+
+ARCHIVE_DIR = "archives"
+_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class ArchiveError(Exception):
+    """A day could not be archived; the message says why."""
+
+
+def archive_dir(out_dir: Path) -> Path:
+    """Where archives and their markers live."""
+    return out_dir / ARCHIVE_DIR
+
+
+def tgz_path(out_dir: Path, day: date) -> Path:
+    """The verified archive of ``day``."""
+    return archive_dir(out_dir) / f"monitor-{day.isoformat()}.tgz"
+
+
+def _marker(out_dir: Path, day: date, kind: str) -> Path:
+    return archive_dir(out_dir) / f"monitor-{day.isoformat()}.{kind}"
+
+
+def day_folders(out_dir: Path) -> list[date]:
+    """Every day folder, oldest first."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(
+        date.fromisoformat(p.name)
+        for p in out_dir.iterdir()
+        if p.is_dir() and _DAY_RE.fullmatch(p.name)
+    )
+
+
+def is_delivered(out_dir: Path, day: date) -> bool:
+    """Whether ``day`` reached the vault."""
+    return _marker(out_dir, day, "delivered").exists()
+
+
+def days_to_deliver(out_dir: Path, today: date) -> list[date]:
+    """Complete days (before today, UTC) not yet delivered, oldest first."""
+    return [d for d in day_folders(out_dir) if d < today and not is_delivered(out_dir, d)]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_marker(path: Path, text: str, *, append: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o640)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _expected_members(folder: Path) -> dict[str, int]:
+    return {
+        f"{folder.name}/{p.name}": p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def verify_archive(path: Path, folder: Path) -> None:
+    """Read ``path`` back: the same members with the same sizes as ``folder``.
+
+    Raises:
+        ArchiveError: a member is missing, extra, of another size, or the
+            archive does not read back whole.
+    """
+    expected = _expected_members(folder)
+    found: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                if not member.isfile():
+                    raise ArchiveError(f"{path.name}: unexpected member {member.name}")
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise ArchiveError(f"{path.name}: cannot read {member.name}")
+                size = 0
+                while chunk := extracted.read(1 << 20):
+                    size += len(chunk)
+                found[member.name] = size
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ArchiveError(f"{path.name} does not read back: {exc}") from exc
+    if found != expected:
+        raise ArchiveError(f"{path.name} does not match {folder}: {found} != {expected}")
+
+
+def build_archive(out_dir: Path, day: date) -> Path:
+    """Pack ``day`` into its verified ``.tgz`` (kept if already verified).
+
+    Raises:
+        ArchiveError: no such day, a full disk, or an archive that does not
+            verify.  No partial archive is ever left under the final name.
+    """
+    folder = out_dir / day.isoformat()
+    if not folder.is_dir():
+        raise ArchiveError(f"no day folder {folder}")
+    target = tgz_path(out_dir, day)
+    if target.exists():
+        try:
+            verify_archive(target, folder)
+        except ArchiveError:
+            target.unlink()
+        else:
+            return target
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with tmp.open("wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+                for name in sorted(_expected_members(folder)):
+                    tar.add(out_dir / name, arcname=name, recursive=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        tmp.replace(target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ArchiveError(f"writing {target.name}: {exc.strerror or exc}") from exc
+    verify_archive(target, folder)
+    return target
+
+
+def outgoing_name(out_dir: Path, day: date) -> str:
+    """The name the next copy of ``day`` lands under in the vault.
+
+    The plain name the first time; after a copy whose outcome is unknown (it
+    may have landed), ``monitor-DAY.N.tgz``, because the vault refuses a name
+    it already has.
+    """
+    attempts = _marker(out_dir, day, "attempts")
+    try:
+        uncertain = sum(1 for line in attempts.read_text().splitlines() if line != "refused")
+    except FileNotFoundError:
+        uncertain = 0
+    base = f"monitor-{day.isoformat()}"
+    return f"{base}.tgz" if uncertain == 0 else f"{base}.{uncertain + 1}.tgz"
+
+
+def record_attempt(out_dir: Path, day: date) -> None:
+    """Note that a copy of ``day`` is starting (before it starts)."""
+    _write_marker(_marker(out_dir, day, "attempts"), "started\n", append=True)
+
+
+def record_refused(out_dir: Path, day: date) -> None:
+    """The last copy was refused by policy before anything was sent."""
+    path = _marker(out_dir, day, "attempts")
+    lines = path.read_text().splitlines() if path.exists() else []
+    if lines and lines[-1] == "started":
+        lines[-1] = "refused"
+    _write_marker(path, "".join(line + "\n" for line in lines))
+
+
+def mark_delivered(out_dir: Path, day: date, sent_as: str) -> None:
+    """The copy of ``day`` returned success: never send it again."""
+    _write_marker(_marker(out_dir, day, "delivered"), sent_as + "\n")
+
+
+def stage_for_copy(out_dir: Path, day: date, name: str) -> Path:
+    """A hard link of the archive under the name it should land as."""
+    outgoing = archive_dir(out_dir) / "outgoing"
+    if outgoing.exists():
+        shutil.rmtree(outgoing)
+    outgoing.mkdir(mode=0o750)
+    link = outgoing / name
+    os.link(tgz_path(out_dir, day), link)
+    return link
+
+
+@attrs.frozen
+class Pruned:
+    """What retention or the disk guard removed, and what it could not."""
+
+    folders: tuple[date, ...] = ()
+    archives: tuple[date, ...] = ()
+    low_on_space_undelivered: bool = False
+
+
+def free_bytes(path: Path) -> int:
+    """Space available to us on ``path``'s filesystem."""
+    vfs = os.statvfs(path)
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def prune(out_dir: Path, today: date, retention_days: int, min_free_bytes: int) -> Pruned:
+    """Retention, then the disk guard.  Never today, never an undelivered day.
+
+    - a delivered archive's local ``.tgz`` is removed;
+    - a delivered day folder older than ``retention_days`` is removed;
+    - while free space is below ``min_free_bytes``, the oldest delivered day
+      folders go first; if only undelivered data is left, say so.
+    """
+    folders: list[date] = []
+    archives: list[date] = []
+    cutoff = today - timedelta(days=retention_days)
+    for day in day_folders(out_dir) + _archived_days(out_dir):
+        if day >= today or not is_delivered(out_dir, day):
+            continue
+        tgz = tgz_path(out_dir, day)
+        if tgz.exists():
+            tgz.unlink()
+            archives.append(day)
+        folder = out_dir / day.isoformat()
+        if day < cutoff and folder.is_dir():
+            shutil.rmtree(folder)
+            folders.append(day)
+    low = False
+    if out_dir.is_dir() and free_bytes(out_dir) < min_free_bytes:
+        for day in day_folders(out_dir):
+            if free_bytes(out_dir) >= min_free_bytes:
+                break
+            if day >= today or not is_delivered(out_dir, day):
+                continue
+            shutil.rmtree(out_dir / day.isoformat())
+            folders.append(day)
+        low = free_bytes(out_dir) < min_free_bytes
+    return Pruned(
+        folders=tuple(sorted(set(folders))), archives=tuple(archives), low_on_space_undelivered=low
+    )
+
+
+def _archived_days(out_dir: Path) -> list[date]:
+    folder = archive_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    days = []
+    for p in folder.glob("monitor-*.tgz"):
+        with contextlib.suppress(ValueError):
+            days.append(date.fromisoformat(p.name[len("monitor-") : len("monitor-") + 10]))
+    return days

@@ -1,0 +1,300 @@
+"""The nightly archive: build, verify, deliver exactly once, prune safely."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import tarfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import ROOT, require_tool
+from dateutil import tz
+from fakequbes.world import make_world
+from structlog.testing import capture_logs
+
+from sysmon.archiver import next_archive_time, qvm_copy_to_vm, run_archive
+from sysmon.config import Config
+from sysmon.sinks.archive import (
+    ArchiveError,
+    build_archive,
+    is_delivered,
+    prune,
+    record_attempt,
+    tgz_path,
+)
+
+TODAY = date(2025, 9, 8)
+
+
+def make_day(out: Path, day: date, rows: int = 3) -> Path:
+    folder = out / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "system.csv").write_text(
+        "ts,vm\n" + "".join(f"{day}T00:00:{i:02d}Z,work\n" for i in range(rows))
+    )
+    (folder / "alerts.csv").write_text("ts,vm,msg\n")
+    return folder
+
+
+class FakeVault:
+    """A vault's QubesIncoming with qfile-unpacker's O_EXCL, and a power switch."""
+
+    def __init__(self, root: Path) -> None:
+        self.incoming = root / "QubesIncoming" / "sys-monitor"
+        self.up = True
+        self.copies: list[str] = []
+
+    async def copy(self, vault: str, path: Path) -> int:
+        assert vault == "secrets-vault"
+        self.copies.append(path.name)
+        if not self.up:
+            return 126
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.incoming / path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return 1
+        with os.fdopen(fd, "wb") as f:
+            f.write(path.read_bytes())
+        return 0
+
+    def days(self) -> list[str]:
+        return sorted(p.name for p in self.incoming.iterdir()) if self.incoming.exists() else []
+
+
+async def inline(fn, *args):
+    return fn(*args)
+
+
+class TestBuild:
+    def test_members_and_sizes_match_the_folder(self, tmp_path):
+        folder = make_day(tmp_path, date(2025, 9, 1))
+        path = build_archive(tmp_path, date(2025, 9, 1))
+        assert path == tmp_path / "archives" / "monitor-2025-09-01.tgz"
+        with tarfile.open(path) as tar:
+            assert sorted((m.name, m.size) for m in tar) == sorted(
+                (f"2025-09-01/{p.name}", p.stat().st_size) for p in folder.iterdir()
+            )
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+    def test_a_damaged_archive_is_rebuilt(self, tmp_path):
+        make_day(tmp_path, date(2025, 9, 1))
+        path = build_archive(tmp_path, date(2025, 9, 1))
+        path.write_bytes(path.read_bytes()[:40])
+        assert build_archive(tmp_path, date(2025, 9, 1)) == path
+        with tarfile.open(path) as tar:
+            assert len(tar.getnames()) == 2
+
+    def test_missing_day(self, tmp_path):
+        with pytest.raises(ArchiveError, match="no day folder"):
+            build_archive(tmp_path, date(2025, 9, 1))
+
+
+class TestDeliver:
+    async def test_three_missed_days_caught_up_in_order(self, tmp_path):
+        for d in (5, 6, 7, 8):
+            make_day(tmp_path, date(2025, 9, d))
+        vault = FakeVault(tmp_path / "vault")
+        report = await run_archive(
+            Config(out_dir=tmp_path), TODAY, copier=vault.copy, offload=inline
+        )
+        assert [(o.day.day, o.status) for o in report.days] == [
+            (5, "delivered"),
+            (6, "delivered"),
+            (7, "delivered"),
+        ]
+        assert vault.days() == [
+            "monitor-2025-09-05.tgz",
+            "monitor-2025-09-06.tgz",
+            "monitor-2025-09-07.tgz",
+        ]
+        assert not is_delivered(tmp_path, TODAY)
+        again = await run_archive(
+            Config(out_dir=tmp_path), TODAY, copier=vault.copy, offload=inline
+        )
+        assert again.days == ()
+        assert len(vault.copies) == 3
+
+    async def test_crash_between_copy_and_marker_resends_under_a_new_name(self, tmp_path):
+        """The vault refuses a name it has (O_EXCL): the resend is .2, then marked."""
+        make_day(tmp_path, date(2025, 9, 7))
+        vault = FakeVault(tmp_path / "vault")
+        build_archive(tmp_path, date(2025, 9, 7))
+        record_attempt(tmp_path, date(2025, 9, 7))  # the crashed run got this far...
+        await vault.copy("secrets-vault", tgz_path(tmp_path, date(2025, 9, 7)))  # ...and copied
+        report = await run_archive(
+            Config(out_dir=tmp_path), TODAY, copier=vault.copy, offload=inline
+        )
+        assert [o.status for o in report.days] == ["delivered"]
+        assert vault.days() == ["monitor-2025-09-07.2.tgz", "monitor-2025-09-07.tgz"]
+        assert is_delivered(tmp_path, date(2025, 9, 7))
+
+    async def test_refusal_keeps_the_plain_name_for_the_retry(self, tmp_path):
+        make_day(tmp_path, date(2025, 9, 7))
+        vault = FakeVault(tmp_path / "vault")
+        vault.up = False
+        report = await run_archive(
+            Config(out_dir=tmp_path), TODAY, copier=vault.copy, offload=inline
+        )
+        assert [o.status for o in report.days] == ["refused"]
+        vault.up = True
+        await run_archive(Config(out_dir=tmp_path), TODAY, copier=vault.copy, offload=inline)
+        assert vault.days() == ["monitor-2025-09-07.tgz"]
+
+    async def test_hung_copy_times_out_and_leaves_no_process(self, tmp_path):
+        make_day(tmp_path, date(2025, 9, 7))
+        env = make_world(tmp_path / "world", {})
+        (tmp_path / "world" / "vault").mkdir()
+        (tmp_path / "world" / "vault" / "mode").write_text("hang\n")
+        os.environ.update(env)  # the copier finds the fake on PATH
+        try:
+            with trio.fail_after(20):
+                report = await run_archive(
+                    Config(out_dir=tmp_path), TODAY, copier=qvm_copy_to_vm, copy_timeout=1
+                )
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+            os.environ["PATH"] = env["PATH"].split(":", 1)[1]
+        assert [o.status for o in report.days] == ["timeout"]
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+        assert "sleep 1000" not in ps.stdout
+
+
+class TestPrune:
+    def test_never_today_never_undelivered(self, tmp_path):
+        for d in range(1, 9):
+            make_day(tmp_path, date(2025, 9, d))
+        for d in (1, 2, 5):
+            (tmp_path / "archives").mkdir(exist_ok=True)
+            (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
+        pruned = prune(tmp_path, TODAY, retention_days=3, min_free_bytes=0)
+        assert pruned.folders == (date(2025, 9, 1), date(2025, 9, 2))
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("2025"))
+        assert left == [f"2025-09-0{d}" for d in (3, 4, 5, 6, 7, 8)]
+
+    def test_disk_guard_takes_oldest_delivered_first_then_warns(self, tmp_path):
+        for d in range(1, 9):
+            make_day(tmp_path, date(2025, 9, d))
+        (tmp_path / "archives").mkdir()
+        for d in (3, 6):
+            (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
+        pruned = prune(tmp_path, TODAY, retention_days=14, min_free_bytes=2**62)
+        assert pruned.folders == (date(2025, 9, 3), date(2025, 9, 6))
+        assert pruned.low_on_space_undelivered
+        assert (tmp_path / "2025-09-08").exists()
+        assert (tmp_path / "2025-09-01").exists()
+
+
+class TestSchedule:
+    def test_local_time_across_dst(self):
+        berlin = tz.gettz("Europe/Berlin")
+        # Spring forward on 2025-03-30: 03:50 CEST is 01:50 UTC, 23 h after the day before.
+        before = datetime(2025, 3, 29, 1, 0, tzinfo=UTC)  # 02:00 CET
+        first = next_archive_time(before, "03:50", berlin)
+        assert first == datetime(2025, 3, 29, 2, 50, tzinfo=UTC)
+        second = next_archive_time(first, "03:50", berlin)
+        assert second == datetime(2025, 3, 30, 1, 50, tzinfo=UTC)
+        assert second - first == timedelta(hours=23)
+        # Fall back on 2025-10-26: 25 h.
+        f1 = next_archive_time(datetime(2025, 10, 25, 1, 0, tzinfo=UTC), "03:50", berlin)
+        f2 = next_archive_time(f1, "03:50", berlin)
+        assert f2 - f1 == timedelta(hours=25)
+
+    def test_a_time_in_the_gap_moves_past_it(self):
+        berlin = tz.gettz("Europe/Berlin")
+        at = next_archive_time(datetime(2025, 3, 29, 23, 0, tzinfo=UTC), "02:30", berlin)
+        assert at == datetime(2025, 3, 30, 1, 30, tzinfo=UTC)  # 03:30 CEST
+
+
+async def test_a_week_with_the_vault_down_two_nights(tmp_path, autojump_clock):
+    """Each day reaches the vault exactly once; nothing undelivered is deleted."""
+    from test_daemon import FakeQubes  # noqa: PLC0415
+
+    from sysmon.daemon import Collector  # noqa: PLC0415
+    from sysmon.sinks.tick import commit_tick  # noqa: PLC0415
+
+    berlin = tz.gettz("Europe/Berlin")
+    start = datetime(2025, 3, 26, 12, 0, tzinfo=UTC)  # a week across the DST change
+    days = [date(2025, 3, 25) + timedelta(days=i) for i in range(9)]
+    for d in days:
+        make_day(tmp_path, d)
+    vault = FakeVault(tmp_path / "vault")
+    down = {date(2025, 3, 28), date(2025, 3, 30)}
+    t0 = trio.current_time()
+    deleted_undelivered: list[date] = []
+
+    def wall() -> datetime:
+        return start + timedelta(seconds=trio.current_time() - t0)
+
+    async def copy(vault_name: str, path: Path) -> int:
+        # Down from midnight to 20:00 UTC on those days: the hourly retries fail, then one lands.
+        now = wall()
+        vault.up = not (now.date() in down and now.hour < 20)
+        for d in days:
+            if not (tmp_path / d.isoformat()).exists() and not is_delivered(tmp_path, d):
+                deleted_undelivered.append(d)
+        return await vault.copy(vault_name, path)
+
+    qubes = FakeQubes({})
+    c = Collector(
+        Config(out_dir=tmp_path, retention_days=2),
+        qubes,
+        qubes,
+        wall_now=wall,
+        committer=functools.partial(commit_tick, sync=False),
+        notify=lambda _m: None,
+        offload=inline,
+        stats_stream=None,
+        archive_copier=copy,
+        zone=berlin,
+    )
+    with capture_logs():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.archive_loop)
+            await trio.sleep(7 * 86400)
+            nursery.cancel_scope.cancel()
+    delivered = vault.days()
+    assert delivered == [f"monitor-{d}.tgz" for d in days if d < date(2025, 4, 2)]
+    assert deleted_undelivered == []
+    refused_nights = set(vault.copies) - set(delivered)
+    assert refused_nights == set()
+    assert any("archive of 2025-03-27" in n or "archive of 2025-03-29" in n for n in c.notes)
+
+
+def test_cli_is_idempotent_and_says_why_it_fails(tmp_path):
+    require_tool("sh")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    before = yesterday - timedelta(days=1)
+    make_day(tmp_path / "out", before)
+    env = {**os.environ, **make_world(tmp_path / "world", {}), "PYTHONPATH": str(ROOT)}
+    (tmp_path / "world" / "vault").mkdir()
+    argv = [sys.executable, "-m", "sysmon", "archive", "--out-dir", str(tmp_path / "out")]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*argv, *extra], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert f"{before}  delivered" in first.stdout
+    assert run().stdout.startswith("nothing to archive")
+    forced = run("--day", before.isoformat(), "--force")
+    assert forced.returncode == 0, forced.stderr
+    incoming = tmp_path / "world" / "vault" / "home" / "QubesIncoming" / "sys-monitor"
+    assert sorted(p.name for p in incoming.iterdir()) == [
+        f"monitor-{before}.2.tgz",
+        f"monitor-{before}.tgz",
+    ]
+    make_day(tmp_path / "out", yesterday)
+    (tmp_path / "world" / "vault" / "mode").write_text("refuse\n")
+    refused = run()
+    assert refused.returncode == 1
+    assert "refused" in refused.stderr
+    assert run("--day", "nope").returncode == 2
