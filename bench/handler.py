@@ -13,13 +13,16 @@ journalctl is the handler's one expensive child.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +72,7 @@ def make_journal(directory: Path, entries: int) -> None:
     export.unlink()
 
 
-def run_case(name: str, runs: int, env: dict[str, str] | None, argument: str = "") -> None:
+def run_case(name: str, runs: int, env: dict[str, str] | None, argument: str = "") -> float:
     mounts = mounts_of_handler(env)
     handler_argv = ["sh", str(HANDLER), *([argument] if argument else [])]
     floor_argv = ["sh", str(FLOOR), *mounts]
@@ -91,6 +94,56 @@ def run_case(name: str, runs: int, env: dict[str, str] | None, argument: str = "
         f"  {'ratio':10} {ratio_cpu:8.2f}x {ratio_wall:7.2f}x"
         "   (budget: 1.5x; 5 ms cpu, 10 ms wall)"
     )
+    return med["handler"][0]
+
+
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+
+
+def proc_cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def node_exporter_case(runs: int) -> tuple[float, float, float] | None:
+    """(cpu ms per scrape, wall ms per scrape, resident MB) of node_exporter on loopback."""
+    if not Path(NODE_EXPORTER).exists():
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+    proc = subprocess.Popen(
+        [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        for _ in range(5):
+            urllib.request.urlopen(url, timeout=5).read()
+        before = proc_cpu_ms(proc.pid)
+        walls = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            urllib.request.urlopen(url, timeout=5).read()
+            walls.append((time.perf_counter() - start) * 1000)
+        cpu = (proc_cpu_ms(proc.pid) - before) / runs
+        rss = next(
+            int(line.split()[1]) / 1024
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+        return cpu, statistics.median(walls), rss
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def main() -> int:
@@ -100,7 +153,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
     print(f"handler: {HANDLER} under sh = {shutil.which('sh')}")
-    run_case("this machine as it is", args.runs, None)
+    handler_cpu = run_case("this machine as it is", args.runs, None)
     if Path(REMOTE).exists() and shutil.which("journalctl"):
         with tempfile.TemporaryDirectory() as tmp:
             make_journal(Path(tmp), 1000)
@@ -115,6 +168,20 @@ def main() -> int:
             "\n(systemd-journal-remote or journalctl missing: journal case skipped)",
             file=sys.stderr,
         )
+    peer = node_exporter_case(args.runs)
+    if peer is None:
+        print(
+            f"\n({NODE_EXPORTER} missing: apt-get install prometheus-node-exporter)",
+            file=sys.stderr,
+        )
+        return 0
+    cpu, wall, rss = peer
+    print(f"\nPrometheus node_exporter on loopback, {args.runs} scrapes of /metrics")
+    print(f"  cpu per scrape {cpu:.2f} ms, wall {wall:.2f} ms, resident {rss:.1f} MB all the time")
+    print(
+        f"  handler cpu / node_exporter cpu per scrape: {handler_cpu / cpu:.2f} (budget <= 0.5);"
+        " the handler keeps no resident memory"
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ def run_handler(
     argument: str = "",
     journal_dir: Path | None = None,
     timeout: float = 30,
+    extra_env: dict[str, str] | None = None,
 ) -> bytes:
     """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0)."""
     env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": "C"}
@@ -30,6 +31,7 @@ def run_handler(
         env["SYSMON_JOURNAL_DIR"] = str(journal_dir)
     if argument:
         env["QREXEC_SERVICE_ARGUMENT"] = argument
+    env.update(extra_env or {})
     argv = [*SHELLS[shell], str(HANDLER)] + ([argument] if argument else [])
     done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr

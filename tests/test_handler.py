@@ -110,6 +110,25 @@ class TestRecordedTrees:
         assert r"/tmp/mnt-root/My\040Data" in mounts
         assert len(snap.net) == 31
 
+    def test_a_hung_network_filesystem_costs_only_the_disk_lines(self, tmp_path):
+        """df that never answers on an NFS mount is killed after the time limit."""
+        require_tool("dash")
+        root = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", root)
+        with (root / "self" / "mountinfo").open("a") as f:
+            f.write("99 27 0:77 / /mnt/nfs rw,relatime - nfs4 server:/export rw\n")
+        out = run_handler(
+            "dash",
+            proc_root=root,
+            journal_dir=tmp_path,
+            timeout=10,
+            extra_env={"SYSMON_DF_HANG": "1"},
+        )
+        snap = parse_metrics_untrusted(out)
+        assert snap.disk == ()
+        assert snap.sys is not None
+        assert snap.net
+
     def test_odd_proc_files(self, tmp_path):
         """CurrEstab found by name, -1 neighbours, no MemAvailable, a short cpu line."""
         require_tool("dash")
