@@ -15,7 +15,17 @@ from conftest import IN_CI, ROOT
 from fakequbes.world import make_world
 
 SALT_ROOT = ROOT / "salt"
-STATES = ["sys-monitor", "template-monitor", "template-handler", "uninstall", "template-uninstall"]
+STATES = [
+    "sys-monitor",
+    "template-monitor",
+    "template-handler",
+    "uninstall",
+    "template-uninstall",
+    "netlog",
+    "netlog-template",
+    "netlog-firewall",
+    "netlog-backup-dom0",
+]
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -279,3 +289,26 @@ def test_uninstall_removes_what_install_added(salt, tmp_path):
     assert (stage / "etc/qubes-rpc/qubes.Metrics.Get").stat().st_mode & 0o111
     salt("state.sls", "qubes.monitor.template-uninstall", pillar=pillar)
     assert [p for p in stage.rglob("*") if p.is_file()] == []
+
+
+def test_netlog_file_sets(salt, tmp_path):
+    """netlog's template, firewall and dom0 states install runnable scripts and units."""
+    stage = tmp_path / "stage"
+    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
+    for state in ("netlog-template", "netlog-firewall", "netlog-backup-dom0"):
+        result = salt("state.sls", f"qubes.monitor.{state}", pillar=pillar)
+        assert all(r["result"] for r in result.values()), state
+    for path in (
+        "usr/lib/netlog/netpcap-capture",
+        "usr/lib/netlog/netpcap-prune",
+        "rw/config/qubes-firewall.d/50-netlog",
+        "usr/local/bin/qubes-netlogs-backup",
+    ):
+        assert (stage / path).stat().st_mode & 0o111, path
+    assert (
+        "binds+=( '/var/log/netpcap' )"
+        in (stage / "etc/qubes-bind-dirs.d/50_netlog.conf").read_text()
+    )
+    conf = (stage / "etc/qubes/netlog.conf").read_text()
+    assert 'NETLOG_PCAP_SOURCES="sys-dns sys-vpn"' in conf
+    assert (stage / "etc/systemd/system/qubes-netlogs-backup.timer").exists()

@@ -1,0 +1,42 @@
+{#- netlog nightly backup, in dom0 (seed SLS 2):
+    sudo qubesctl state.show_sls qubes.monitor.netlog-backup-dom0
+    sudo qubesctl --show-output state.sls qubes.monitor.netlog-backup-dom0
+    Only a script and two units: nothing else is installed in dom0. -#}
+{%- from "qubes/monitor/map.jinja" import sysmon with context %}
+{%- set root = sysmon.root %}
+
+netlog-backup-script:
+  file.managed:
+    - name: {{ root }}/usr/local/bin/qubes-netlogs-backup
+    - source: salt://qubes/monitor/files/netlog/qubes-netlogs-backup
+    - mode: '0755'
+    - makedirs: true
+
+netlog-backup-config:
+  file.managed:
+    - name: {{ root }}/etc/qubes/netlog.conf
+    - mode: '0644'
+    - makedirs: true
+    - contents: |
+        # netlog backup settings (salt: qubes.monitor.netlog-backup-dom0).
+        NETLOG_VAULT={{ sysmon.vault }}
+        NETLOG_PCAP_SOURCES="{{ sysmon.netlog_pcap_sources | join(' ') }}"
+        NETLOG_FW_SOURCES="{{ sysmon.netlog_fw_sources | join(' ') }}"
+
+{%- for unit in ['qubes-netlogs-backup.service', 'qubes-netlogs-backup.timer'] %}
+netlog-backup-unit-{{ unit }}:
+  file.managed:
+    - name: {{ root }}/etc/systemd/system/{{ unit }}
+    - source: salt://qubes/monitor/files/systemd/{{ unit }}
+    - mode: '0644'
+    - makedirs: true
+{%- endfor %}
+
+{%- if sysmon.enable_unit %}
+netlog-backup-timer:
+  service.running:
+    - name: qubes-netlogs-backup.timer
+    - enable: true
+    - watch:
+      - file: netlog-backup-unit-qubes-netlogs-backup.timer
+{%- endif %}
