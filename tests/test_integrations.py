@@ -1,0 +1,164 @@
+"""Read every file sysmon writes the way Telegraf and Alloy do."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from fakequbes.world import make_world
+from test_once import LIAR_PAYLOAD
+
+from sysmon.collector.xenstats import DomainStats
+from sysmon.sinks import schemas
+from sysmon.sinks.tick import commit_tick
+
+TELEGRAF = ROOT / "contrib" / "telegraf" / "sysmon.conf"
+ALLOY = ROOT / "contrib" / "alloy" / "sysmon-alerts.alloy"
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def go_csv_records(text: str) -> list[list[str]]:
+    """Go's encoding/csv with LazyQuotes off and FieldsPerRecord 0: a quote in
+    an unquoted field, or a record of another length than the first, fails."""
+    records = []
+    for number, line in enumerate(text.split("\n")[:-1], start=1):
+        fields, i = [], 0
+        while True:
+            if line[i : i + 1] == '"':
+                i += 1
+                value = []
+                while True:
+                    j = line.find('"', i)
+                    assert j >= 0, f"line {number}: unterminated quote"
+                    value.append(line[i:j])
+                    if line[j + 1 : j + 2] == '"':
+                        value.append('"')
+                        i = j + 2
+                        continue
+                    i = j + 1
+                    break
+                fields.append("".join(value))
+                assert i == len(line) or line[i] == ",", (
+                    f"line {number}: extraneous text after quote"
+                )
+            else:
+                j = line.find(",", i)
+                end = len(line) if j < 0 else j
+                assert '"' not in line[i:end], f'line {number}: bare " in non-quoted field'
+                fields.append(line[i:end])
+                i = end
+            if i >= len(line):
+                break
+            i += 1  # the comma
+        if records:
+            assert len(fields) == len(records[0]), f"line {number}: wrong number of fields"
+        records.append(fields)
+    return records
+
+
+def go_parse(kind: str, value: str) -> None:
+    if kind == "int":
+        assert re.fullmatch(r"[+-]?[0-9]+", value), value
+        assert INT64[0] <= int(value) <= INT64[1], value
+    elif kind == "float":
+        assert re.fullmatch(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", value), value
+
+
+@pytest.fixture(name="day", scope="module")
+def _day(tmp_path_factory):
+    """A day folder with every kind of row: healthy qubes, a hostile one, CPU on
+    a second poll, xen rows and sysmon's own alert."""
+    tmp = tmp_path_factory.mktemp("integ")
+    liar = tmp / "liar.txt"
+    liar.write_bytes(LIAR_PAYLOAD)
+    env = make_world(
+        tmp / "world", {"work": "healthy", "liar": f"payload {liar}", "gone": "refused"}
+    )
+    out = tmp / "out"
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "sysmon", "once", "--out-dir", str(out)],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        subprocess.run(["sleep", "1.1"], check=True)
+    xen = [DomainStats("dom0", 3, 6, 123456, 4_000_000), DomainStats("work", 1, 2, 99, 400_000)]
+    commit_tick(
+        out,
+        datetime.now(UTC).replace(microsecond=0),
+        [],
+        None,
+        xen,
+        [("sys-monitor", "sysmon: archive of 2025-08-30 refused: x, y")],
+    )
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    return folder
+
+
+def telegraf_inputs() -> list[dict[str, object]]:
+    return tomllib.loads(TELEGRAF.read_text())["inputs"]["tail"]
+
+
+def test_telegraf_covers_every_file_but_alerts():
+    files = {Path(i["files"][0]).name for i in telegraf_inputs()}
+    assert files == {s.file_name for s in schemas.DAILY_FILES} - {"alerts.csv"}
+
+
+@pytest.mark.parametrize("tail", telegraf_inputs(), ids=lambda t: Path(t["files"][0]).name)
+def test_telegraf_reads_every_row(day, tail):
+    """Column names are the header; every cell parses as its declared type; ts
+    parses with the configured layout; tags are the identifier columns."""
+    assert tail["initial_read_offset"] == "saved-or-beginning"
+    assert tail["path_tag"] == ""
+    assert tail["csv_skip_values"] == [""]
+    path = day / Path(tail["files"][0]).name
+    assert fnmatch.fnmatch(f"/home/user/Monitor/{day.name}/{path.name}", tail["files"][0])
+    records = go_csv_records(path.read_text())
+    assert records[0] == tail["csv_column_names"]
+    assert tail["csv_timestamp_format"] == "2006-01-02T15:04:05Z07:00"
+    assert set(tail["csv_tag_columns"]) <= {"vm", "if", "fs", "mount"}
+    assert len(records) > 1, path.name
+    for row in records[1:]:
+        for value, kind, name in zip(
+            row, tail["csv_column_types"], tail["csv_column_names"], strict=True
+        ):
+            if value == "":
+                continue  # csv_skip_values
+            if name == "ts":
+                datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+            go_parse(kind, value)
+
+
+def test_alloy_reads_alerts(day):
+    text = ALLOY.read_text()
+    drop = re.search(r'stage\.drop \{\s*expression = "([^"]+)"', text)
+    regex = re.search(r'stage\.regex \{\s*expression = "(.+)"\n', text)
+    assert drop and regex
+    lines = (day / "alerts.csv").read_text().splitlines()
+    assert re.search(drop.group(1), lines[0])
+    pattern = re.compile(regex.group(1).replace("\\\\", "\\").replace("?P<", "?P<"))
+    assert len(lines) > 2
+    for line in lines[1:]:
+        assert not re.search(drop.group(1), line)
+        match = pattern.match(line)
+        assert match, line
+        datetime.strptime(match["ts"], "%Y-%m-%dT%H:%M:%SZ")
+    go_csv_records((day / "alerts.csv").read_text())
+
+
+@pytest.mark.parametrize("bad", ['a,b"c\n', "a,b\nc\n", '"a\n', '"a"b,c\n'])
+def test_the_go_rules_reject_what_go_rejects(bad):
+    with pytest.raises(AssertionError):
+        go_csv_records(bad)
