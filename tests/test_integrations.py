@@ -10,6 +10,7 @@ import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT
@@ -28,9 +29,10 @@ INT64 = (-(2**63), 2**63 - 1)
 def go_csv_records(text: str) -> list[list[str]]:
     """Go's encoding/csv with LazyQuotes off and FieldsPerRecord 0: a quote in
     an unquoted field, or a record of another length than the first, fails."""
-    records = []
+    records: list[list[str]] = []
     for number, line in enumerate(text.split("\n")[:-1], start=1):
-        fields, i = [], 0
+        fields: list[str] = []
+        i = 0
         while True:
             if line[i : i + 1] == '"':
                 i += 1
@@ -107,8 +109,9 @@ def _day(tmp_path_factory):
     return folder
 
 
-def telegraf_inputs() -> list[dict[str, object]]:
-    return tomllib.loads(TELEGRAF.read_text())["inputs"]["tail"]
+def telegraf_inputs() -> list[dict[str, Any]]:
+    inputs: list[dict[str, Any]] = tomllib.loads(TELEGRAF.read_text())["inputs"]["tail"]
+    return inputs
 
 
 def test_telegraf_covers_every_file_but_alerts():
@@ -137,7 +140,7 @@ def test_telegraf_reads_every_row(day, tail):
             if value == "":
                 continue  # csv_skip_values
             if name == "ts":
-                datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+                datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             go_parse(kind, value)
 
 
@@ -145,7 +148,8 @@ def test_alloy_reads_alerts(day):
     text = ALLOY.read_text()
     drop = re.search(r'stage\.drop \{\s*expression = "([^"]+)"', text)
     regex = re.search(r'stage\.regex \{\s*expression = "(.+)"\n', text)
-    assert drop and regex
+    assert drop
+    assert regex
     lines = (day / "alerts.csv").read_text().splitlines()
     assert re.search(drop.group(1), lines[0])
     pattern = re.compile(regex.group(1).replace("\\\\", "\\").replace("?P<", "?P<"))
@@ -154,7 +158,7 @@ def test_alloy_reads_alerts(day):
         assert not re.search(drop.group(1), line)
         match = pattern.match(line)
         assert match, line
-        datetime.strptime(match["ts"], "%Y-%m-%dT%H:%M:%SZ")
+        datetime.strptime(match["ts"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     go_csv_records((day / "alerts.csv").read_text())
 
 
