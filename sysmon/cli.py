@@ -127,6 +127,24 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """An offline HTML page with charts from day folders and archives."""
+    from sysmon.report import ReportError, load, parse_when, render  # noqa: PLC0415
+
+    try:
+        start = parse_when(args.start) if args.start else float("-inf")
+        end = parse_when(args.end) if args.end else float("inf")
+        data = load(args.paths, set(args.vm) if args.vm else None, start, end)
+        if data.rows == 0:
+            raise ReportError("no sysmon rows in " + ", ".join(map(str, args.paths)))
+        page = render(data, args.out)
+    except ReportError as exc:
+        print(f"sysmon report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{page} ({data.rows:,} rows)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the real pipeline against this machine presented as a few qubes."""
     from sysmon.demo import run_demo  # noqa: PLC0415 -- only the demo needs it
@@ -179,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
     )
     archive.set_defaults(func=cmd_archive, log_level=logging.WARNING)
+
+    report = sub.add_parser("report", help="HTML page with charts from day folders and archives")
+    report.add_argument("paths", type=Path, nargs="+", help="day folders, out_dirs, monitor-*.tgz")
+    report.add_argument("--out", type=Path, default=Path("sysmon-report"))
+    report.add_argument("--vm", action="append", help="only this qube (repeatable)")
+    report.add_argument("--from", dest="start", help="UTC date or time, e.g. 2025-08-31T06:00")
+    report.add_argument("--to", dest="end", help="UTC date or time")
+    report.set_defaults(func=cmd_report, log_level=logging.WARNING)
 
     demo = sub.add_parser(
         "demo", help="run the real pipeline on this machine, shown as a few qubes"

@@ -1,0 +1,424 @@
+"""``sysmon report``: an offline HTML page with charts, from day folders and archives.
+
+Meant for an offline analysis qube, after restoring archives from the vault.
+matplotlib is an optional extra (``pip install 'sysmon[report]'``, or
+Debian's python3-matplotlib).  Everything read is treated as untrusted text:
+it is parsed as numbers or HTML-escaped, never interpreted.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import sys
+import tarfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+FILES = (
+    "system.csv",
+    "network.csv",
+    "connections.csv",
+    "disk.csv",
+    "alerts.csv",
+    "scrapes.csv",
+    "xen.csv",
+)
+
+
+class ReportError(Exception):
+    """The report cannot be made; the message says why."""
+
+
+@attrs.define
+class Series:
+    """Points of one line: times (epoch s) and values."""
+
+    t: list[float] = attrs.field(factory=list)
+    v: list[float] = attrs.field(factory=list)
+
+
+@attrs.define
+class Data:
+    """What the report shows, per qube."""
+
+    cpu: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    mem: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    rx: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    tx: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    tcp: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    disk: dict[tuple[str, str], Series] = attrs.field(factory=lambda: defaultdict(Series))
+    xen_cpu: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    xen_mem: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    health: dict[str, dict[str, int]] = attrs.field(
+        factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    failures: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
+    alerts: list[tuple[float, str, str]] = attrs.field(factory=list)
+    rows: int = 0
+
+
+def parse_when(text: str) -> float:
+    """``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS][Z]`` (UTC) as epoch seconds."""
+    text = text.rstrip("Z")
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    raise ReportError(f"not a UTC date or time: {text!r}")
+
+
+def _ts(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, _TS_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _num(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@attrs.frozen
+class _Row:
+    """A CSV row read by column name, without a dict per row."""
+
+    cells: list[str]
+    columns: dict[str, int]
+
+    def get(self, column: str) -> str | None:
+        index = self.columns.get(column)
+        return None if index is None else self.cells[index]
+
+
+def _sources(paths: Iterable[Path]) -> Iterator[tuple[str, str, IO[str]]]:
+    """(day, file name, text stream) for every daily file under ``paths``."""
+    for path in paths:
+        if path.is_file() and path.name.endswith((".tgz", ".tar.gz")):
+            with tarfile.open(path, "r:gz") as tar:
+                for member in tar:
+                    name = Path(member.name)
+                    if not member.isfile() or name.name not in FILES:
+                        continue
+                    raw = tar.extractfile(member)
+                    if raw is not None:
+                        yield (
+                            name.parent.name,
+                            name.name,
+                            io.TextIOWrapper(raw, "utf-8", errors="replace", newline=""),
+                        )
+        elif path.is_dir():
+            days = (
+                [path]
+                if (path / "system.csv").exists()
+                else sorted(p for p in path.iterdir() if p.is_dir())
+            )
+            for day in days:
+                for file_name in FILES:
+                    if (day / file_name).exists():
+                        path_in_day = day / file_name
+                        with path_in_day.open(encoding="utf-8", errors="replace", newline="") as f:
+                            yield day.name, file_name, f
+            archives = path / "archives"
+            if path.is_dir() and archives.is_dir():
+                yield from _sources(sorted(archives.glob("monitor-*.tgz")))
+        else:
+            raise ReportError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
+
+
+class _Progress:
+    """A progress line on stderr, once reading takes more than a moment."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.shown = False
+
+    def update(self, rows: int, what: str) -> None:
+        if time.monotonic() - self.start < 1.0:
+            return
+        self.shown = True
+        sys.stderr.write(f"\rreading {what:<30} {rows:>12,} rows")
+        sys.stderr.flush()
+
+    def done(self, rows: int) -> None:
+        if self.shown:
+            sys.stderr.write(f"\rread {rows:,} rows{' ' * 40}\n")
+
+
+def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) -> Data:
+    """Read every file once; keep what the charts need."""
+    data = Data()
+    seen_days: set[tuple[str, str]] = set()
+    last_net: dict[tuple[str, str], tuple[float, float, float]] = {}
+    net_sum: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    progress = _Progress()
+    last_text, last_t = "", None
+    for day, name, stream in _sources(paths):
+        if (day, name) in seen_days:
+            continue  # the same day from a folder and from its archive
+        seen_days.add((day, name))
+        reader = csv.reader(stream)
+        header = next(reader, None)
+        if header is None or "ts" not in header or "vm" not in header:
+            continue
+        columns = {column: i for i, column in enumerate(header)}
+        width, ts_at, vm_at = len(header), columns["ts"], columns["vm"]
+        for cells in reader:
+            if len(cells) != width:
+                continue
+            data.rows += 1
+            if data.rows % 100_000 == 0:
+                progress.update(data.rows, f"{day}/{name}")
+            vm = cells[vm_at]
+            if vms and vm not in vms:
+                continue
+            if cells[ts_at] != last_text:  # every row of a tick shares its ts
+                last_text = cells[ts_at]
+                last_t = _ts(last_text)
+            t = last_t
+            if t is None or not start <= t <= end:
+                continue
+            row = _Row(cells, columns)
+            if name == "system.csv":
+                user, system = _num(row.get("cpu_user")), _num(row.get("cpu_system"))
+                if user is not None and system is not None:
+                    data.cpu[vm].t.append(t)
+                    data.cpu[vm].v.append(user + system)
+                used = _num(row.get("mem_used_kb"))
+                if used is not None:
+                    data.mem[vm].t.append(t)
+                    data.mem[vm].v.append(used / 1024)
+            elif name == "network.csv":
+                iface = row.get("if") or ""
+                rx, tx = _num(row.get("rx_bytes")), _num(row.get("tx_bytes"))
+                if iface == "lo" or rx is None or tx is None:
+                    continue
+                prev = last_net.get((vm, iface))
+                last_net[(vm, iface)] = (t, rx, tx)
+                # Rates only from two samples in order with counters that did
+                # not go back (a restart or a reset): no negative spikes.
+                if prev is None or t <= prev[0] or rx < prev[1] or tx < prev[2]:
+                    continue
+                dt = t - prev[0]
+                acc = net_sum[(vm, t)]
+                acc[0] += (rx - prev[1]) / dt / 1024
+                acc[1] += (tx - prev[2]) / dt / 1024
+            elif name == "connections.csv":
+                tcp = _num(row.get("tcp_established"))
+                if tcp is not None:
+                    data.tcp[vm].t.append(t)
+                    data.tcp[vm].v.append(tcp)
+            elif name == "disk.csv":
+                used, avail = _num(row.get("used_kb")), _num(row.get("avail_kb"))
+                if used is not None and avail is not None and used + avail > 0:
+                    series = data.disk[(vm, row.get("mount") or "?")]
+                    series.t.append(t)
+                    series.v.append(100 * used / (used + avail))
+            elif name == "xen.csv":
+                usage, mem = _num(row.get("cpu_usage")), _num(row.get("memory_kb"))
+                if usage is not None and mem is not None:
+                    data.xen_cpu[vm].t.append(t)
+                    data.xen_cpu[vm].v.append(usage)
+                    data.xen_mem[vm].t.append(t)
+                    data.xen_mem[vm].v.append(mem / 1024)
+            elif name == "scrapes.csv":
+                status = row.get("status") or "?"
+                data.health[vm][status] += 1
+                if status not in {"ok", "skipped"}:
+                    data.failures[vm].t.append(t)
+                    data.failures[vm].v.append(1)
+            elif name == "alerts.csv":
+                data.alerts.append((t, vm, row.get("msg") or ""))
+    progress.done(data.rows)
+    for (vm, t), (rx, tx) in sorted(net_sum.items(), key=lambda item: item[0][1]):
+        data.rx[vm].t.append(t)
+        data.rx[vm].v.append(rx)
+        data.tx[vm].t.append(t)
+        data.tx[vm].v.append(tx)
+    return data
+
+
+def _import_pyplot() -> Any:
+    try:
+        import matplotlib as mpl  # noqa: PLC0415
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        raise ReportError(
+            "sysmon report needs matplotlib: pip install 'sysmon[report]', "
+            "or apt-get install python3-matplotlib"
+        ) from None
+    return plt
+
+
+MAX_POINTS = 1500
+
+
+def downsample(series: Series, max_points: int = MAX_POINTS) -> Series:
+    """At most ``max_points``: the mean of each run of neighbouring points."""
+    n = len(series.t)
+    if n <= max_points:
+        return series
+    step = math.ceil(n / max_points)
+    out = Series()
+    for i in range(0, n, step):
+        chunk_t, chunk_v = series.t[i : i + step], series.v[i : i + step]
+        out.t.append(sum(chunk_t) / len(chunk_t))
+        out.v.append(sum(chunk_v) / len(chunk_v))
+    return out
+
+
+def _panels(
+    plt: Any, title: str, unit: str, groups: dict[str, list[tuple[str, Series]]]
+) -> bytes | None:
+    """One panel per qube, shared UTC time axis; each line labelled."""
+    groups = {vm: lines for vm, lines in sorted(groups.items()) if any(s.t for _, s in lines)}
+    if not groups:
+        return None
+    fig, axes = plt.subplots(
+        len(groups),
+        1,
+        sharex=True,
+        figsize=(11, 1.9 * len(groups) + 0.9),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for ax, (vm, lines) in zip(axes[:, 0], groups.items(), strict=True):
+        for label, full in lines:
+            series = downsample(full)
+            times = [datetime.fromtimestamp(t, tz=UTC) for t in series.t]
+            ax.plot(times, series.v, linewidth=0.9, label=label)
+        ax.set_ylabel(unit)
+        ax.set_title(vm, loc="left", fontsize=10, fontweight="bold")
+        ax.grid(alpha=0.3)
+        top = max((max(s.v) for _, s in lines if s.v), default=1.0)
+        ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+        if len(lines) > 1:
+            ax.legend(loc="upper right", fontsize=8, ncol=min(4, len(lines)))
+    axes[-1, 0].set_xlabel("time (UTC)")
+    import matplotlib.dates as mdates  # noqa: PLC0415
+
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
+    axes[-1, 0].xaxis.set_major_locator(locator)
+    axes[-1, 0].xaxis.set_major_formatter(
+        mdates.ConciseDateFormatter(locator, tz=UTC)  # type: ignore[no-untyped-call]
+    )
+    fig.suptitle(f"{title} — UTC", fontsize=13)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render(data: Data, out: Path) -> Path:
+    """Write the PNG charts and one self-contained ``index.html`` into ``out``."""
+    plt = _import_pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    charts: list[tuple[str, str, bytes | None]] = []
+
+    def one(name: str, title: str, unit: str, groups: dict[str, list[tuple[str, Series]]]) -> None:
+        png = _panels(plt, title, unit, groups)
+        charts.append((name, title, png))
+        if png is not None:
+            (out / f"{name}.png").write_bytes(png)
+
+    one(
+        "cpu",
+        "CPU used (user + system) per qube",
+        "% of its CPUs",
+        {vm: [("cpu", s)] for vm, s in data.cpu.items()},
+    )
+    one(
+        "memory",
+        "Memory used per qube (total - available)",
+        "MiB",
+        {vm: [("used", s)] for vm, s in data.mem.items()},
+    )
+    net: dict[str, list[tuple[str, Series]]] = defaultdict(list)
+    for vm, s in data.rx.items():
+        net[vm].append(("received", s))
+    for vm, s in data.tx.items():
+        net[vm].append(("sent", s))
+    one("network", "Network rate per qube (all interfaces but lo)", "KiB/s", net)
+    disks: dict[str, list[tuple[str, Series]]] = defaultdict(list)
+    for (vm, mount), s in data.disk.items():
+        disks[vm].append((mount.replace("\\040", " "), s))
+    one("disk", "Disk use per filesystem", "% used", disks)
+    one(
+        "connections",
+        "Established TCP connections",
+        "connections",
+        {vm: [("tcp", s)] for vm, s in data.tcp.items()},
+    )
+    one(
+        "xen_cpu",
+        "Hypervisor view: CPU (admin.vm.Stats)",
+        "% of its vCPUs",
+        {vm: [("cpu", s)] for vm, s in data.xen_cpu.items()},
+    )
+    one(
+        "xen_memory",
+        "Hypervisor view: memory assigned by Xen",
+        "MiB",
+        {vm: [("memory", s)] for vm, s in data.xen_mem.items()},
+    )
+    one(
+        "failures",
+        "Failed polls (timeout, refused, no-service, ...)",
+        "failed polls",
+        {vm: [("failed", s)] for vm, s in data.failures.items()},
+    )
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>sysmon report</title>",
+        (
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+            "table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
+            "img{max-width:100%}</style></head><body>"
+        ),
+        f"<h1>sysmon report</h1><p>{data.rows:,} rows read. All times UTC.</p>",
+        "<h2>Poll health</h2><table><tr><th>qube</th><th>status counts</th></tr>",
+    ]
+    for vm, counts in sorted(data.health.items()):
+        shown = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(counts.items()))
+        parts.append(f"<tr><td>{html.escape(vm)}</td><td>{shown}</td></tr>")
+    parts.append("</table>")
+    for name, title, png in charts:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if png is None:
+            parts.append("<p>No data.</p>")
+        else:
+            encoded = base64.b64encode(png).decode()
+            parts.append(f"<img alt='{name}' src='data:image/png;base64,{encoded}'>")
+    parts.append(
+        f"<h2>Alerts ({len(data.alerts)})</h2><table>"
+        "<tr><th>poll (UTC)</th><th>qube</th><th>message</th></tr>"
+    )
+    for t, vm, msg in sorted(data.alerts)[-2000:]:
+        when = datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(
+            f"<tr><td>{when}</td><td>{html.escape(vm)}</td><td>{html.escape(msg)}</td></tr>"
+        )
+    parts.append("</table></body></html>")
+    page = out / "index.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    return page

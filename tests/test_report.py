@@ -1,0 +1,128 @@
+"""``sysmon report``: rates without negative spikes, hostile text escaped, archives read."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import IN_CI, ROOT
+
+from sysmon.collector.scrape import ScrapeResult
+from sysmon.protocol import AlertRecord, ConnRecord, DiskRecord, NetRecord, Snapshot, SysRecord
+from sysmon.report import ReportError, _import_pyplot, load, parse_when
+from sysmon.sinks.archive import build_archive
+from sysmon.sinks.tick import commit_tick
+
+T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+
+
+def snap(n: int, rx: int, boot: str = "b", alerts: tuple[AlertRecord, ...] = ()) -> Snapshot:
+    ticks = {f"cpu_ticks_{k}": n * v for k, v in (("user", 10), ("system", 5), ("idle", 85))}
+    zero = {f"cpu_ticks_{k}": 0 for k in ("nice", "iowait", "irq", "softirq", "steal")}
+    return Snapshot(
+        SysRecord(boot_id=boot, mem_total_kb=4096, mem_avail_kb=1024, **ticks, **zero),
+        (NetRecord("eth0", rx, 0, 0, rx // 2, 0, 0), NetRecord("lo", 10**9 * n, 0, 0, 0, 0, 0)),
+        ConnRecord(3, 1),
+        (DiskRecord("/dev/xvdb", "/rw", 100, 30, 70),),
+        alerts,
+        0,
+        5,
+        5,
+        0,
+    )
+
+
+@pytest.fixture(name="out")
+def _out(tmp_path):
+    """Six polls of one qube; its counters reset (a restart) at the fourth."""
+    rx = [0, 10240, 20480, 100, 10340, 20580]
+    for i, value in enumerate(rx):
+        boot = "b" if i < 3 else "b2"
+        alerts = (
+            (AlertRecord(1_700_000_000_000_000 + i, "x", "<script>alert(1)</script>"),)
+            if i == 1
+            else ()
+        )
+        result = ScrapeResult("work", "ok", 3, snapshot=snap(i + 1, value, boot, alerts))
+        commit_tick(
+            tmp_path,
+            T0 + timedelta(seconds=10 * i),
+            [result, ScrapeResult("dead", "timeout", 8000)],
+            None,
+        )
+    return tmp_path
+
+
+def test_rates_have_no_negative_spike_across_a_reset(out):
+    data = load([out], None, float("-inf"), float("inf"))
+    assert data.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # KiB/s; the reset is a gap
+    assert all(v >= 0 for v in data.tx["work"].v)
+    assert "lo" not in str(data.rx)
+    assert data.health["dead"] == {"timeout": 6}
+    assert data.cpu["work"].v[0] == pytest.approx(15.0)
+
+
+def test_filters(out):
+    only = load([out], {"dead"}, float("-inf"), float("inf"))
+    assert not only.cpu
+    window = load(
+        [out], None, parse_when("2025-08-31T12:00:15"), parse_when("2025-08-31T12:00:35Z")
+    )
+    assert len(window.mem["work"].t) == 2
+    with pytest.raises(ReportError):
+        parse_when("yesterday")
+
+
+def test_archives_and_folders_are_read_once(out):
+    build_archive(out, T0.date())
+    both = load(
+        [out / "2025-08-31", out / "archives" / "monitor-2025-08-31.tgz"],
+        None,
+        float("-inf"),
+        float("inf"),
+    )
+    single = load([out / "2025-08-31"], None, float("-inf"), float("inf"))
+    assert both.rows == single.rows
+
+
+def test_page_and_charts(out, tmp_path):
+    """A self-contained page with every chart, and a qube's text escaped."""
+    try:
+        _import_pyplot()
+    except ReportError:
+        if IN_CI:
+            raise
+        pytest.skip("matplotlib not installed")
+    report = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "sysmon", "report", str(out), "--out", str(report)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    page = (report / "index.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("data:image/png;base64,") >= 5
+    for name in ("cpu", "memory", "network", "disk", "connections", "failures"):
+        assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_missing_matplotlib_is_a_clear_message(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ReportError, match="pip install 'sysmon\\[report\\]'"):
+        _import_pyplot()
