@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from sysmon.names import is_valid_qube_name
+from sysmon.rules import Rule, RuleError, parse_rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
@@ -36,6 +37,7 @@ class Config:
     vault: str = "secrets-vault"
     archive_at: str = "03:50"
     retention_days: int = 14
+    rules: tuple[Rule, ...] = ()
 
 
 def _number(key: str, value: Any, source: str, *, integer: bool = False) -> float:
@@ -76,6 +78,11 @@ def config_from_mapping(data: dict[str, Any], source: str) -> Config:
             values[key] = tuple(_qube_name(key, v, source) for v in value)
         elif key in {"self_name", "vault"}:
             values[key] = _qube_name(key, value, source)
+        elif key == "rules":
+            try:
+                values[key] = parse_rules(value, source)
+            except RuleError as exc:
+                raise ConfigError(str(exc)) from None
         elif key == "archive_at":
             if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
                 raise ConfigError(f"{source}: archive_at must be HH:MM, got {value!r}")

@@ -36,6 +36,7 @@ from sysmon.collector.xenstats import (
 )
 from sysmon.config import Config
 from sysmon.poll import DiscoverySource, discover, read_cursors, utc_now
+from sysmon.rules import Rule
 from sysmon.sinks.tick import TickOutcome, commit_tick
 
 #: Statuses that make a qube wait before its next poll.
@@ -54,6 +55,7 @@ Committer = Callable[
         Sequence[QubeInfo] | None,
         Sequence[DomainStats],
         Sequence[tuple[str, str]],
+        Sequence[Rule],
     ],
     TickOutcome,
 ]
@@ -359,7 +361,14 @@ class Collector:
             notes = [(self.own_name, message) for message in self.notes]
             self.notes.clear()
             outcome = await self.offload(
-                self.committer, self.config.out_dir, ts, results, qubes, self._fresh_xen(), notes
+                self.committer,
+                self.config.out_dir,
+                ts,
+                results,
+                qubes,
+                self._fresh_xen(),
+                notes,
+                self.config.rules,
             )
             assert isinstance(outcome, TickOutcome)  # noqa: S101
             if qubes is not None and outcome.skipped is None:

@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import structlog
 
+from sysmon.rules import RuleState
+
 STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
 
@@ -72,6 +74,7 @@ class State:
     qubes: Mapping[str, QubeState] = attrs.field(factory=dict)
     last_ts: int = 0
     pending: PendingAlerts | None = None
+    rules: Mapping[str, RuleState] = attrs.field(factory=dict)
 
 
 def _cursor_to_json(cursor: AlertCursor | None) -> Any:
@@ -124,6 +127,7 @@ def to_json(state: State) -> dict[str, Any]:
         "last_ts": state.last_ts,
         "qubes": {vm: _qube_to_json(q) for vm, q in sorted(state.qubes.items())},
         "pending_alerts": pending,
+        "rules": {key: [r.since, r.polls, r.firing] for key, r in sorted(state.rules.items())},
     }
 
 
@@ -140,7 +144,11 @@ def from_json(data: Any) -> State:
             for vm, end, q in p["commits"]
         )
         pending = PendingAlerts(file=str(p["file"]), start=int(p["start"]), commits=commits)
-    return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending)
+    rules = {
+        str(key): RuleState(since=float(v[0]), polls=int(v[1]), firing=bool(v[2]))
+        for key, v in data.get("rules", {}).items()
+    }
+    return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending, rules=rules)
 
 
 def load_state(out_dir: Path) -> State:

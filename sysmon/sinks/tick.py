@@ -20,7 +20,8 @@ import structlog
 from sysmon.collector.discover import QubeInfo
 from sysmon.collector.scrape import ScrapeResult
 from sysmon.collector.xenstats import DomainStats
-from sysmon.rows import build_tick_rows
+from sysmon.rows import AlertBatch, build_tick_rows
+from sysmon.rules import Rule, evaluate
 from sysmon.sinks import schemas
 from sysmon.sinks.csv_daily import WriteError, append_rows, ensure_day, locked, truncate_to
 from sysmon.sinks.state import PendingAlerts, QubeState, State, load_state, save_state
@@ -64,7 +65,7 @@ def recover(out_dir: Path, state: State) -> State:
         committed.append(vm)
     if size > keep and path.exists():
         truncate_to(path, keep)
-    recovered = State(qubes=qubes, last_ts=state.last_ts, pending=None)
+    recovered = State(qubes=qubes, last_ts=state.last_ts, pending=None, rules=state.rules)
     save_state(out_dir, recovered)
     structlog.get_logger().warning(
         "tick_recovered", file=str(path), committed=committed, cut_bytes=max(0, size - keep)
@@ -83,6 +84,7 @@ def commit_tick(
     qubes: Sequence[QubeInfo] | None,
     xen: Sequence[DomainStats] = (),
     notes: Sequence[tuple[str, str]] = (),
+    rules: Sequence[Rule] = (),
     *,
     sync: bool = True,
 ) -> TickOutcome:
@@ -93,7 +95,7 @@ def commit_tick(
     the state (off only in simulations).
     """
     try:
-        return _commit_tick(out_dir, ts, results, qubes, xen, notes, sync=sync)
+        return _commit_tick(out_dir, ts, results, qubes, xen, notes, rules, sync=sync)
     except OSError as exc:
         reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
         structlog.get_logger().error("tick_commit_failed", error=reason)
@@ -107,6 +109,7 @@ def _commit_tick(
     qubes: Sequence[QubeInfo] | None,
     xen: Sequence[DomainStats],
     notes: Sequence[tuple[str, str]],
+    rules: Sequence[Rule],
     *,
     sync: bool,
 ) -> TickOutcome:
@@ -120,6 +123,16 @@ def _commit_tick(
                 "(clock behind, or a poll in the same second)"
             )
         built = build_tick_rows(ts, results, qubes, state.qubes, xen, notes)
+        rule_notes, rule_state = evaluate(rules, float(epoch), built.rows, state.rules)
+        if rule_notes:
+            built = attrs.evolve(
+                built,
+                alerts=built.alerts
+                + tuple(
+                    AlertBatch(vm, (schemas.ALERTS.format_row([ts, vm, msg]),), None)
+                    for vm, msg in rule_notes
+                ),
+            )
         written: dict[str, int] = {}
         dropped: dict[str, int] = {}
         errors: list[str] = []
@@ -163,7 +176,9 @@ def _commit_tick(
                 relative = str(alerts_path.relative_to(out_dir))
                 pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
                 save_state(
-                    out_dir, State(qubes=qubes_state, last_ts=epoch, pending=pending), sync=sync
+                    out_dir,
+                    State(qubes=qubes_state, last_ts=epoch, pending=pending, rules=rule_state),
+                    sync=sync,
                 )
                 all_rows = [row for batch in built.alerts for row in batch.rows]
                 try:
@@ -186,7 +201,11 @@ def _commit_tick(
                 qubes_state.update(
                     {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}
                 )
-            save_state(out_dir, State(qubes=qubes_state, last_ts=epoch, pending=None), sync=sync)
+            save_state(
+                out_dir,
+                State(qubes=qubes_state, last_ts=epoch, pending=None, rules=rule_state),
+                sync=sync,
+            )
         except OSError as exc:
             errors.append(f"state: {exc.strerror or exc}")
         return TickOutcome(

@@ -1,0 +1,179 @@
+"""Threshold rules: parsed strictly, firing and resolving once, surviving restarts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from csvcheck import read_day
+
+from sysmon.collector.scrape import ScrapeResult
+from sysmon.config import ConfigError, config_from_mapping
+from sysmon.protocol import Snapshot, SysRecord
+from sysmon.rules import RuleError, RuleState, evaluate, parse_rules
+from sysmon.sinks import schemas
+from sysmon.sinks.state import load_state
+from sysmon.sinks.tick import commit_tick
+
+EXAMPLES = [
+    {
+        "name": "cpu-busy",
+        "file": "system",
+        "expr": "cpu_user + cpu_system",
+        "op": ">",
+        "value": 90,
+        "for": "5m",
+    },
+    {
+        "name": "mem-low",
+        "file": "system",
+        "expr": "mem_avail_kb",
+        "op": "<",
+        "value": 200000,
+        "for": "2m",
+    },
+    {"name": "disk-full", "file": "disk", "expr": "pct_used", "op": ">=", "value": 90},
+    {
+        "name": "polls-failing",
+        "file": "scrapes",
+        "expr": "failed",
+        "op": "==",
+        "value": 1,
+        "for": "3 polls",
+    },
+]
+TS = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+
+
+def system_row(t: float, vm: str, user: float, system: float) -> bytes:
+    ts = datetime.fromtimestamp(t, tz=UTC)
+    return schemas.SYSTEM.format_row([ts, vm, user, system, 100 - user - system] + [0] * 10)
+
+
+class TestParse:
+    def test_the_seed_examples(self):
+        rules = parse_rules(EXAMPLES, "sysmon.toml")
+        assert [r.describe() for r in rules] == [
+            "cpu_user+cpu_system > 90 for 300s",
+            "mem_avail_kb < 200000 for 120s",
+            "pct_used >= 90",
+            "failed == 1 for 3 polls",
+        ]
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"file": "nope"}, "file must be one of"),
+            ({"expr": "cpu_usr"}, "'cpu_usr' is not a numeric column of system.csv"),
+            ({"expr": "vm"}, "'vm' is not a numeric column"),
+            ({"op": "=>"}, "op must be one of"),
+            ({"value": "90"}, "value must be a number"),
+            ({"for": "5 minutes"}, "for must be like"),
+            ({"vm": "../x"}, "vm must be a qube name"),
+            ({"colour": "red"}, "unknown key 'colour'"),
+        ],
+    )
+    def test_a_bad_rule_is_named(self, change, message):
+        bad = {**EXAMPLES[0], **change}
+        with pytest.raises(RuleError, match=f"sysmon.toml: rule 'cpu-busy'.*{message}"):
+            parse_rules([bad], "sysmon.toml")
+
+    def test_duplicate_names_and_config_errors(self):
+        with pytest.raises(RuleError, match="defined twice"):
+            parse_rules([EXAMPLES[0], EXAMPLES[0]], "f")
+        with pytest.raises(ConfigError, match=r"f\.toml: rule 'disk-full'"):
+            config_from_mapping({"rules": [{**EXAMPLES[2], "op": "~"}]}, "f.toml")
+        assert len(config_from_mapping({"rules": EXAMPLES}, "f.toml").rules) == 4
+
+
+class TestEvaluate:
+    def test_five_minutes_at_ten_seconds(self):
+        """Busy from poll 10: fires at poll 40 (300 s on), resolves at 45; idle never fires."""
+        (rule,) = parse_rules([EXAMPLES[0]], "t")
+        state: dict[str, RuleState] = {}
+        said = []
+        for i in range(50):
+            cpu = (60.0, 35.0) if 10 <= i < 45 else (5.0, 5.0)
+            t = 1000 + 10 * i
+            rows = {"system.csv": [system_row(t, "work", *cpu), system_row(t, "idle", 1, 1)]}
+            notes, state = evaluate([rule], t, rows, state)
+            said += [(i, vm, msg.split(" ")[3]) for vm, msg in notes]
+        assert said == [(40, "work", "firing"), (45, "work", "resolved")]
+
+    def test_firing_then_resolved_exactly(self):
+        (rule,) = parse_rules([{**EXAMPLES[0], "for": "30s"}], "t")
+        state: dict[str, RuleState] = {}
+        events = []
+        pattern = [False] * 2 + [True] * 6 + [False] * 3
+        for i, busy in enumerate(pattern):
+            cpu = (60.0, 35.0) if busy else (5.0, 5.0)
+            notes, state = evaluate(
+                [rule], 10.0 * i, {"system.csv": [system_row(10 * i, "work", *cpu)]}, state
+            )
+            events += [(i, msg.split(" ")[3]) for _, msg in notes]
+        assert events == [(5, "firing"), (8, "resolved")]  # holds from i=2: 30 s later is i=5
+
+    def test_a_missing_row_is_unknown_not_resolved(self):
+        (rule,) = parse_rules([{**EXAMPLES[0], "for": "0s"}], "t")
+        notes, state = evaluate([rule], 0, {"system.csv": [system_row(0, "work", 95, 1)]}, {})
+        assert len(notes) == 1
+        notes, state = evaluate([rule], 10, {"system.csv": []}, state)
+        assert notes == []
+        notes, state = evaluate([rule], 20, {"system.csv": [system_row(20, "work", 95, 1)]}, state)
+        assert notes == []
+
+    def test_three_failed_polls_in_a_row(self):
+        (rule,) = parse_rules([EXAMPLES[3]], "t")
+        state: dict[str, RuleState] = {}
+        fired = []
+        for i, status in enumerate(
+            ["timeout", "timeout", "ok", "timeout", "refused", "no-service", "error"]
+        ):
+            ts = datetime.fromtimestamp(10 * i, tz=UTC)
+            row = schemas.SCRAPES.format_row([ts, "flaky", status, 1, 0, 0, 0])
+            notes, state = evaluate([rule], 10.0 * i, {"scrapes.csv": [row]}, state)
+            fired += [i for _ in notes]
+        assert fired == [5]
+
+    def test_disk_rules_are_per_mount(self):
+        (rule,) = parse_rules([EXAMPLES[2]], "t")
+        ts = datetime.fromtimestamp(0, tz=UTC)
+        rows = {
+            "disk.csv": [
+                schemas.DISK.format_row([ts, "work", "/dev/xvda", "/", 100, 95, 5, 95]),
+                schemas.DISK.format_row([ts, "work", "/dev/xvdb", "/rw", 100, 10, 90, 10]),
+            ]
+        }
+        notes, _ = evaluate([rule], 0, rows, {})
+        assert [msg for _, msg in notes] == [
+            "sysmon: rule disk-full firing on work /: pct_used >= 90 (now 95)"
+        ]
+
+
+def test_rule_state_survives_a_restart(tmp_path):
+    """Each commit is a new start (state from the file): one firing row, one resolved row."""
+    rules = parse_rules([EXAMPLES[1]], "t")
+    for i, avail in enumerate([500_000] + [100_000] * 20 + [900_000] * 2):
+        snap = Snapshot(
+            SysRecord(boot_id="b", mem_total_kb=1_000_000, mem_avail_kb=avail),
+            (),
+            None,
+            (),
+            (),
+            0,
+            1,
+            1,
+            0,
+        )
+        result = ScrapeResult("work", "ok", 1, snapshot=snap)
+        commit_tick(
+            tmp_path, TS + timedelta(seconds=10 * i), [result], None, rules=rules, sync=False
+        )
+        if i == 15:
+            assert any(s.firing for s in load_state(tmp_path).rules.values())
+    msgs = [r["msg"] for r in read_day(tmp_path / "2025-08-31")["alerts.csv"]]
+    assert msgs == [
+        "sysmon: rule mem-low firing on work: mem_avail_kb < 200000 for 120s (now 100000)",
+        "sysmon: rule mem-low resolved on work: mem_avail_kb < 200000 for 120s (now 900000)",
+    ]
+    assert load_state(tmp_path).rules == {}
