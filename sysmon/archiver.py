@@ -36,7 +36,6 @@ from sysmon.sinks.archive import (
 )
 
 COPY_TIMEOUT = 600.0
-MIN_FREE_BYTES = 200 * 1024 * 1024
 
 #: Runs the copy of one file to the vault; returns the exit status.
 Copier = Callable[[str, Path], Awaitable[int]]
@@ -84,7 +83,7 @@ async def run_archive(
     force: bool = False,
     copier: Copier = qvm_copy_to_vm,
     offload: Offload = trio.to_thread.run_sync,
-    min_free_bytes: int = MIN_FREE_BYTES,
+    min_free_bytes: int | None = None,
     copy_timeout: float = COPY_TIMEOUT,
 ) -> ArchiveReport:
     """Archive (and unless ``copy`` is False, deliver) days, then prune.
@@ -142,6 +141,8 @@ async def run_archive(
         outcomes.append(DayOutcome(day, "refused" if code == EXIT_REFUSED else "failed", detail))
         log.error("archive_failed", day=day.isoformat(), error=detail)
         break
+    if min_free_bytes is None:
+        min_free_bytes = config.min_free_mb * 1024 * 1024
     pruned = await offload(
         functools.partial(prune, out_dir, today, config.retention_days, min_free_bytes)
     )

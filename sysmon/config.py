@@ -37,6 +37,7 @@ class Config:
     vault: str = "secrets-vault"
     archive_at: str = "03:50"
     retention_days: int = 14
+    min_free_mb: int = 200
     rules: tuple[Rule, ...] = ()
 
 
@@ -70,7 +71,7 @@ def config_from_mapping(data: dict[str, Any], source: str) -> Config:
             values[key] = Path(value).expanduser()
         elif key in {"interval", "scrape_timeout"}:
             values[key] = float(_number(key, value, source))
-        elif key in {"concurrency", "retention_days"}:
+        elif key in {"concurrency", "retention_days", "min_free_mb"}:
             values[key] = int(_number(key, value, source, integer=True))
         elif key == "exclude":
             if not isinstance(value, list):

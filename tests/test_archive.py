@@ -298,3 +298,77 @@ def test_cli_is_idempotent_and_says_why_it_fails(tmp_path):
     assert refused.returncode == 1
     assert "refused" in refused.stderr
     assert run("--day", "nope").returncode == 2
+
+
+FULL_DISK_ARCHIVE = """
+import os, sys
+from datetime import date
+from pathlib import Path
+from sysmon.sinks.archive import ArchiveError, build_archive
+out = Path(sys.argv[1])
+day = out / "2025-09-01"
+day.mkdir(parents=True)
+(day / "system.csv").write_bytes(os.urandom(300_000))  # incompressible
+filler = out / "filler"
+filler.write_bytes(b"x" * 500_000)
+try:
+    build_archive(out, date(2025, 9, 1))
+except ArchiveError as exc:
+    print("failed:", exc)
+print("left:", sorted(p.name for p in (out / "archives").iterdir()))
+filler.unlink()  # space comes back
+print("built:", build_archive(out, date(2025, 9, 1)).name)
+"""
+
+
+def test_full_disk_while_building_the_tar(tmp_path):
+    """On a real, too small filesystem: a clear failure, no partial archive
+    under any name, and a whole one once there is room."""
+    require_tool("unshare")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FULL_DISK_ARCHIVE)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=1m tmpfs {mnt} && {sys.executable} {script} {mnt}",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("failed: writing monitor-2025-09-01.tgz: No space left on device")
+    assert lines[1] == "left: []"
+    assert lines[2] == "built: monitor-2025-09-01.tgz"
+
+
+def test_a_cut_copy_is_resent_under_a_new_name(tmp_path):
+    """The fake vault keeps half a file (no O_TMPFILE): the retry cannot reuse the
+    name, so it lands as .2 and the day is delivered once, whole."""
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    make_day(tmp_path / "out", yesterday)
+    env = {**os.environ, **make_world(tmp_path / "world", {}), "PYTHONPATH": str(ROOT)}
+    (tmp_path / "world" / "vault").mkdir()
+    (tmp_path / "world" / "vault" / "mode").write_text("truncate\n")
+    argv = [sys.executable, "-m", "sysmon", "archive", "--out-dir", str(tmp_path / "out")]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 1
+    assert "qvm-copy-to-vm failed (exit 1)" in first.stderr
+    (tmp_path / "world" / "vault" / "mode").write_text("ok\n")
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 0, second.stderr
+    incoming = tmp_path / "world" / "vault" / "home" / "QubesIncoming" / "sys-monitor"
+    whole = incoming / f"monitor-{yesterday}.2.tgz"
+    with tarfile.open(whole) as tar:
+        assert len(tar.getnames()) == 2
+    assert is_delivered(tmp_path / "out", yesterday)

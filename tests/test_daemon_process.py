@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -167,3 +168,22 @@ def test_once_beside_the_daemon(world):
     assert len(noisy) == 3
     ts = [r["ts"] for r in all_rows(out, "scrapes.csv")]
     assert ts == sorted(ts)
+
+
+def test_sd_notify_ready_then_watchdog(world):
+    """Type=notify: READY=1 after the first tick, WATCHDOG=1 after the next ones."""
+    env, tmp = world
+    sock_path = tmp / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(GUARD)
+    proc = start_daemon({**env, "NOTIFY_SOCKET": str(sock_path)}, tmp / "out", tmp / "log.jsonl")
+    try:
+        messages = [sock.recv(256).decode() for _ in range(3)]
+        assert stop(proc) == 0
+        messages.append(sock.recv(256).decode())
+    finally:
+        proc.kill()
+        sock.close()
+    assert messages[:3] == ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]
+    assert messages[3] in {"WATCHDOG=1", "STOPPING=1"}

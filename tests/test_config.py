@@ -1,0 +1,67 @@
+"""Configuration: every key optional, errors name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sysmon.config import Config, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sysmon.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_seeds(tmp_path):
+    config = load_config(write(tmp_path, ""))
+    assert config == Config()
+    assert (config.interval, config.vault, config.archive_at, config.retention_days) == (
+        10.0,
+        "secrets-vault",
+        "03:50",
+        14,
+    )
+    assert config.out_dir == Path("~/Monitor").expanduser()
+
+
+def test_every_key(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            'out_dir = "/data"\ninterval = 5\nscrape_timeout = 4\nconcurrency = 8\n'
+            'exclude = ["untrusted"]\nself_name = "mon"\nvault = "v"\narchive_at = "04:10"\n'
+            "retention_days = 3\nmin_free_mb = 50\n",
+        )
+    )
+    assert config.out_dir == Path("/data")
+    assert config.exclude == ("untrusted",)
+    assert config.min_free_mb == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1\n", "unknown key 'colour'"),
+        ("interval = -1\n", "interval must be above 0"),
+        ('interval = "10"\n', "interval must be a number"),
+        ("concurrency = 1.5\n", "concurrency must be a whole number"),
+        ('exclude = ["../x"]\n', "exclude must be a qube name"),
+        ('archive_at = "25:00"\n', "archive_at must be HH:MM"),
+        ("interval = 5\n", "scrape_timeout (8) must be below interval (5)"),
+        ("interval = [\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path))
+    assert message in str(error.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "nope.toml")
