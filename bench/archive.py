@@ -28,14 +28,14 @@ from sysmon.sinks.archive import build_archive
 DAY = date(2025, 8, 31)
 
 
-def write_day(out: Path, qubes: int, ifaces: int, disks: int) -> dict[str, int]:
+def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -> dict[str, int]:
     """A realistic day: the same row shapes the daemon writes, appended in bulk."""
-    folder = out / DAY.isoformat()
+    folder = out / day.isoformat()
     folder.mkdir(parents=True)
     files = {s.file_name: (folder / s.file_name).open("wb") for s in schemas.DAILY_FILES}
     for schema in schemas.DAILY_FILES:
         files[schema.file_name].write(schema.header)
-    start = datetime(2025, 8, 31, tzinfo=UTC)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     for tick in range(8640):
         ts = start + timedelta(seconds=10 * tick)
         for q in range(qubes):
