@@ -14,10 +14,8 @@ PROTOCOL_VERSION = 1
 
 #: The ``sys:`` keys the collector understands, with their kind.  Keys a qube
 #: sends beyond these are ignored so that the protocol can grow.
-SYS_INT_KEYS = (
-    "protocol",
-    "btime",
-    "clk_tck",
+#: The cumulative CPU ticks of /proc/stat's ``cpu`` line, in its order.
+CPU_TICK_KEYS = (
     "cpu_ticks_user",
     "cpu_ticks_nice",
     "cpu_ticks_system",
@@ -26,6 +24,12 @@ SYS_INT_KEYS = (
     "cpu_ticks_irq",
     "cpu_ticks_softirq",
     "cpu_ticks_steal",
+)
+SYS_INT_KEYS = (
+    "protocol",
+    "btime",
+    "clk_tck",
+    *CPU_TICK_KEYS,
     "procs_running",
     "procs_blocked",
     "mem_total_kb",

@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import attrs
 
-from sysmon.protocol import SysRecord
+from sysmon.protocol import CPU_TICK_KEYS, SysRecord
 
 #: Order of the ticks kept between samples.
-TICK_FIELDS = (
-    "cpu_ticks_user",
-    "cpu_ticks_nice",
-    "cpu_ticks_system",
-    "cpu_ticks_idle",
-    "cpu_ticks_iowait",
-    "cpu_ticks_irq",
-    "cpu_ticks_softirq",
-    "cpu_ticks_steal",
-)
+TICK_FIELDS = CPU_TICK_KEYS
 
 
 @attrs.frozen

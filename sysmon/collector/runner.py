@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -53,6 +53,50 @@ async def _reap(process: trio.Process, kill_grace: float) -> None:
     await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def _child_in_own_session(
+    argv: Sequence[str], env: Mapping[str, str] | None, kill_grace: float
+) -> AsyncIterator[tuple[trio.Process, trio.abc.ReceiveStream, trio.abc.ReceiveStream]]:
+    """Start ``argv`` (stdin closed) in a session of its own.
+
+    Whatever ends the block, its whole process group is reaped and our ends
+    of its pipes are closed.
+    """
+    process = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(env) if env is not None else None,
+    )
+    assert process.stdout is not None  # noqa: S101 -- PIPE was asked for
+    assert process.stderr is not None  # noqa: S101
+    try:
+        yield process, process.stdout, process.stderr
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _reap(process, kill_grace)
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await process.stdout.aclose()
+            await process.stderr.aclose()
+
+
+async def _wait_then_clear_group(process: trio.Process) -> None:
+    await process.wait()
+    # The child is gone; anything it left in its session could hold our
+    # pipes open forever.
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+def _exit_status(process: trio.Process) -> int:
+    returncode = process.returncode
+    assert returncode is not None  # noqa: S101 -- wait() returned
+    return returncode
+
+
 async def run_bounded(
     argv: Sequence[str],
     *,
@@ -69,58 +113,37 @@ async def run_bounded(
     Cancellation: the process group is terminated and reaped (at most
     ``kill_grace`` seconds more), then ``Cancelled`` propagates.
     """
-    process = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        env=dict(env) if env is not None else None,
-    )
-    assert process.stdout is not None  # noqa: S101 -- PIPE was asked for
-    assert process.stderr is not None  # noqa: S101
-    stdout_stream, stderr_stream = process.stdout, process.stderr
     out = bytearray()
     err = bytearray()
     overflow = False
+    async with _child_in_own_session(argv, env, kill_grace) as (process, stdout, stderr):
 
-    async def read_stdout() -> None:
-        nonlocal overflow
-        while chunk := await stdout_stream.receive_some(READ_CHUNK):
-            out.extend(chunk)
-            if len(out) > max_stdout:
-                overflow = True
-                del out[max_stdout:]
-                _signal_group(process.pid, signal.SIGKILL)
-                return
+        async def read_stdout() -> None:
+            nonlocal overflow
+            while chunk := await stdout.receive_some(READ_CHUNK):
+                out.extend(chunk)
+                if len(out) > max_stdout:
+                    overflow = True
+                    del out[max_stdout:]
+                    _signal_group(process.pid, signal.SIGKILL)
+                    return
 
-    async def read_stderr() -> None:
-        # Keep draining past the cap so the child never blocks on a full pipe.
-        while chunk := await stderr_stream.receive_some(READ_CHUNK):
-            room = max_stderr - len(err)
-            if room > 0:
-                err.extend(chunk[:room])
+        async def read_stderr() -> None:
+            # Keep draining past the cap so the child never blocks on a full pipe.
+            while chunk := await stderr.receive_some(READ_CHUNK):
+                room = max_stderr - len(err)
+                if room > 0:
+                    err.extend(chunk[:room])
 
-    try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_stdout)
             nursery.start_soon(read_stderr)
-            await process.wait()
-            # The child is gone; anything it left in its session could hold
-            # our pipes open forever.
-            _signal_group(process.pid, signal.SIGKILL)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _reap(process, kill_grace)
-        raise
-    finally:
-        with trio.CancelScope(shield=True):
-            await stdout_stream.aclose()
-            await stderr_stream.aclose()
-    returncode = process.returncode
-    assert returncode is not None  # noqa: S101 -- wait() returned
+            await _wait_then_clear_group(process)
     return ProcessResult(
-        returncode=returncode, stdout=bytes(out), stderr=bytes(err), stdout_overflow=overflow
+        returncode=_exit_status(process),
+        stdout=bytes(out),
+        stderr=bytes(err),
+        stdout_overflow=overflow,
     )
 
 
@@ -141,36 +164,15 @@ async def run_streaming(
 
     Cancellation: as :func:`run_bounded`, the group is terminated and reaped.
     """
-    process = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert process.stdout is not None  # noqa: S101 -- PIPE was asked for
-    assert process.stderr is not None  # noqa: S101
-    stdout_stream, stderr_stream = process.stdout, process.stderr
+    async with _child_in_own_session(argv, None, kill_grace) as (process, stdout, stderr):
 
-    async def drain_stderr() -> None:
-        while await stderr_stream.receive_some(READ_CHUNK):
-            pass
+        async def drain_stderr() -> None:
+            while await stderr.receive_some(READ_CHUNK):
+                pass
 
-    try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain_stderr)
-            while chunk := await stdout_stream.receive_some(READ_CHUNK):
+            while chunk := await stdout.receive_some(READ_CHUNK):
                 on_chunk(bytes(chunk))
-            await process.wait()
-            _signal_group(process.pid, signal.SIGKILL)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _reap(process, kill_grace)
-        raise
-    finally:
-        with trio.CancelScope(shield=True):
-            await stdout_stream.aclose()
-            await stderr_stream.aclose()
-    returncode = process.returncode
-    assert returncode is not None  # noqa: S101 -- wait() returned
-    return returncode
+            await _wait_then_clear_group(process)
+    return _exit_status(process)
