@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_sysmon
 from csvcheck import read_day
 from fakequbes.world import make_world
 
@@ -144,21 +144,8 @@ def test_once_beside_the_daemon(world):
         config = tmp / "once.toml"
         config.write_text("scrape_timeout = 0.5\n")
         for _ in range(4):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "sysmon",
-                    "once",
-                    "--config",
-                    str(config),
-                    "--out-dir",
-                    str(out),
-                ],
-                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-                capture_output=True,
-                timeout=GUARD,
-                check=False,
+            done = run_sysmon(
+                "once", "--config", str(config), "--out-dir", str(out), env=env, timeout=GUARD
             )
             assert done.returncode in {0, 1}, done.stderr  # 1: same second as a tick
         assert stop(proc) == 0

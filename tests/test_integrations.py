@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 import subprocess
-import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_sysmon
 from fakequbes.world import make_world
 from test_once import LIAR_PAYLOAD
 
@@ -86,14 +84,7 @@ def _day(tmp_path_factory):
     )
     out = tmp / "out"
     for _ in range(2):
-        done = subprocess.run(
-            [sys.executable, "-m", "sysmon", "once", "--out-dir", str(out)],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_sysmon("once", "--out-dir", out, env=env)
         assert done.returncode == 0, done.stderr
         subprocess.run(["sleep", "1.1"], check=True)
     xen = [DomainStats("dom0", 3, 6, 123456, 4_000_000), DomainStats("work", 1, 2, 99, 400_000)]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import ROOT
+from conftest import run_sysmon
 from csvcheck import read_day
 from fakequbes.world import calls, make_world, vm_list
 
@@ -34,23 +32,15 @@ alert: 1700000000000002 -cmd: +SUM(1)
 def run_once(env: dict[str, str], out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     config = out_dir.parent / "sysmon.toml"
     config.write_text(f"scrape_timeout = {TIMEOUT}\ninterval = 10\nconcurrency = 4\n")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sysmon",
-            "once",
-            "--config",
-            str(config),
-            "--out-dir",
-            str(out_dir),
-            *extra,
-        ],
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
+    return run_sysmon(
+        "once",
+        "--config",
+        str(config),
+        "--out-dir",
+        str(out_dir),
+        *extra,
+        env=env,
         timeout=TIMEOUT + 2 + STARTUP_ALLOWANCE,
-        check=False,
     )
 
 
@@ -253,22 +243,8 @@ class TestExcludeAndSelf:
         out = tmp_path / "out"
         config = tmp_path / "exclude.toml"
         config.write_text('exclude = ["untrusted"]\nscrape_timeout = 2\n')
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sysmon",
-                "once",
-                "--config",
-                str(config),
-                "--out-dir",
-                str(out),
-            ],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
+        done = run_sysmon(
+            "once", "--config", str(config), "--out-dir", str(out), env=env, timeout=20
         )
         assert done.returncode == 0, done.stderr
         targets = {line.split()[0] for line in calls(world_dir) if "Metrics" in line}

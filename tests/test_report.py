@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import IN_CI, ROOT
+from conftest import IN_CI, run_sysmon
 
 from sysmon.collector.scrape import ScrapeResult
 from sysmon.protocol import AlertRecord, ConnRecord, DiskRecord, NetRecord, Snapshot, SysRecord
@@ -98,14 +95,7 @@ def test_page_and_charts(out, tmp_path):
             raise
         pytest.skip("matplotlib not installed")
     report = tmp_path / "report"
-    done = subprocess.run(
-        [sys.executable, "-m", "sysmon", "report", str(out), "--out", str(report)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_sysmon("report", out, "--out", report, timeout=120)
     assert done.returncode == 0, done.stderr
     page = (report / "index.html").read_text()
     assert "<script>" not in page

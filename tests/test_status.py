@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
-from conftest import ROOT
+from conftest import run_sysmon
 
 from sysmon.collector.scrape import ScrapeResult
 from sysmon.protocol import Snapshot, SysRecord
@@ -50,12 +47,10 @@ def test_three_intervals_without_rows_is_not_ok(tmp_path):
 
 
 def test_cli_exit_codes(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "sysmon", "status", "--out-dir", str(tmp_path)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    done = run_sysmon("status", "--out-dir", tmp_path)
     assert done.returncode == 1
     assert "NOT OK: no day folder" in done.stdout
     _fill(tmp_path)  # rows from 2025: stale now
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    done = run_sysmon("status", "--out-dir", tmp_path)
     assert done.returncode == 1
     assert "work" in done.stdout
