@@ -96,16 +96,22 @@ def _num(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-@attrs.frozen
-class _Row:
-    """A CSV row read by column name, without a dict per row."""
-
-    cells: list[str]
-    columns: dict[str, int]
-
-    def get(self, column: str) -> str | None:
-        index = self.columns.get(column)
-        return None if index is None else self.cells[index]
+_WANTED = (
+    "cpu_user",
+    "cpu_system",
+    "mem_used_kb",
+    "if",
+    "rx_bytes",
+    "tx_bytes",
+    "tcp_established",
+    "used_kb",
+    "avail_kb",
+    "mount",
+    "cpu_usage",
+    "memory_kb",
+    "status",
+    "msg",
+)
 
 
 def _sources(paths: Iterable[Path]) -> Iterator[tuple[str, str, IO[str]]]:
@@ -151,7 +157,7 @@ class _Progress:
         self.shown = False
 
     def update(self, rows: int, what: str) -> None:
-        if time.monotonic() - self.start < 1.0:
+        if time.monotonic() - self.start < 1.0 or not sys.stderr.isatty():
             return
         self.shown = True
         sys.stderr.write(f"\rreading {what:<30} {rows:>12,} rows")
@@ -180,9 +186,13 @@ def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) 
             continue
         columns = {column: i for i, column in enumerate(header)}
         width, ts_at, vm_at = len(header), columns["ts"], columns["vm"]
+        # Column name -> position, resolved once per file: cells[...] per row.
+        positions = {column: columns.get(column, width) for column in _WANTED}
         for cells in reader:
             if len(cells) != width:
                 continue
+            cells.append("")  # what a column the file lacks reads as
+
             data.rows += 1
             if data.rows % 100_000 == 0:
                 progress.update(data.rows, f"{day}/{name}")
@@ -195,19 +205,21 @@ def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) 
             t = last_t
             if t is None or not start <= t <= end:
                 continue
-            row = _Row(cells, columns)
             if name == "system.csv":
-                user, system = _num(row.get("cpu_user")), _num(row.get("cpu_system"))
+                user, system = (
+                    _num(cells[positions["cpu_user"]]),
+                    _num(cells[positions["cpu_system"]]),
+                )
                 if user is not None and system is not None:
                     data.cpu[vm].t.append(t)
                     data.cpu[vm].v.append(user + system)
-                used = _num(row.get("mem_used_kb"))
+                used = _num(cells[positions["mem_used_kb"]])
                 if used is not None:
                     data.mem[vm].t.append(t)
                     data.mem[vm].v.append(used / 1024)
             elif name == "network.csv":
-                iface = row.get("if") or ""
-                rx, tx = _num(row.get("rx_bytes")), _num(row.get("tx_bytes"))
+                iface = cells[positions["if"]] or ""
+                rx, tx = _num(cells[positions["rx_bytes"]]), _num(cells[positions["tx_bytes"]])
                 if iface == "lo" or rx is None or tx is None:
                     continue
                 prev = last_net.get((vm, iface))
@@ -221,31 +233,34 @@ def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) 
                 acc[0] += (rx - prev[1]) / dt / 1024
                 acc[1] += (tx - prev[2]) / dt / 1024
             elif name == "connections.csv":
-                tcp = _num(row.get("tcp_established"))
+                tcp = _num(cells[positions["tcp_established"]])
                 if tcp is not None:
                     data.tcp[vm].t.append(t)
                     data.tcp[vm].v.append(tcp)
             elif name == "disk.csv":
-                used, avail = _num(row.get("used_kb")), _num(row.get("avail_kb"))
+                used, avail = _num(cells[positions["used_kb"]]), _num(cells[positions["avail_kb"]])
                 if used is not None and avail is not None and used + avail > 0:
-                    series = data.disk[(vm, row.get("mount") or "?")]
+                    series = data.disk[(vm, cells[positions["mount"]] or "?")]
                     series.t.append(t)
                     series.v.append(100 * used / (used + avail))
             elif name == "xen.csv":
-                usage, mem = _num(row.get("cpu_usage")), _num(row.get("memory_kb"))
+                usage, mem = (
+                    _num(cells[positions["cpu_usage"]]),
+                    _num(cells[positions["memory_kb"]]),
+                )
                 if usage is not None and mem is not None:
                     data.xen_cpu[vm].t.append(t)
                     data.xen_cpu[vm].v.append(usage)
                     data.xen_mem[vm].t.append(t)
                     data.xen_mem[vm].v.append(mem / 1024)
             elif name == "scrapes.csv":
-                status = row.get("status") or "?"
+                status = cells[positions["status"]] or "?"
                 data.health[vm][status] += 1
                 if status not in {"ok", "skipped"}:
                     data.failures[vm].t.append(t)
                     data.failures[vm].v.append(1)
             elif name == "alerts.csv":
-                data.alerts.append((t, vm, row.get("msg") or ""))
+                data.alerts.append((t, vm, cells[positions["msg"]] or ""))
     progress.done(data.rows)
     for (vm, t), (rx, tx) in sorted(net_sum.items(), key=lambda item: item[0][1]):
         data.rx[vm].t.append(t)
