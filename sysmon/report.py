@@ -302,9 +302,17 @@ def downsample(series: Series, max_points: int = MAX_POINTS) -> Series:
 
 
 def _panels(
-    plt: Any, title: str, unit: str, groups: dict[str, list[tuple[str, Series]]]
+    plt: Any,
+    title: str,
+    unit: str,
+    groups: dict[str, list[tuple[str, Series]]],
+    *,
+    points: bool = False,
 ) -> bytes | None:
-    """One panel per qube, shared UTC time axis; each line labelled."""
+    """One panel per qube, shared UTC time axis; each line labelled.
+
+    ``points`` draws separate events (marks, no line between them).
+    """
     groups = {vm: lines for vm, lines in sorted(groups.items()) if any(s.t for _, s in lines)}
     if not groups:
         return None
@@ -320,7 +328,10 @@ def _panels(
         for label, full in lines:
             series = downsample(full)
             times = [datetime.fromtimestamp(t, tz=UTC) for t in series.t]
-            ax.plot(times, series.v, linewidth=0.9, label=label)
+            if points:
+                ax.plot(times, series.v, "o", markersize=3, label=label)
+            else:
+                ax.plot(times, series.v, linewidth=0.9, label=label)
         ax.set_ylabel(unit)
         ax.set_title(vm, loc="left", fontsize=10, fontweight="bold")
         ax.grid(alpha=0.3)
@@ -349,8 +360,15 @@ def render(data: Data, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     charts: list[tuple[str, str, bytes | None]] = []
 
-    def one(name: str, title: str, unit: str, groups: dict[str, list[tuple[str, Series]]]) -> None:
-        png = _panels(plt, title, unit, groups)
+    def one(
+        name: str,
+        title: str,
+        unit: str,
+        groups: dict[str, list[tuple[str, Series]]],
+        *,
+        points: bool = False,
+    ) -> None:
+        png = _panels(plt, title, unit, groups, points=points)
         charts.append((name, title, png))
         if png is not None:
             (out / f"{name}.png").write_bytes(png)
@@ -400,6 +418,22 @@ def render(data: Data, out: Path) -> Path:
         "Failed polls (timeout, refused, no-service, ...)",
         "failed polls",
         {vm: [("failed", s)] for vm, s in data.failures.items()},
+        points=True,
+    )
+
+    per_hour: dict[str, dict[float, int]] = defaultdict(lambda: defaultdict(int))
+    for t, vm, _msg in data.alerts:
+        per_hour[vm][t - t % 3600] += 1
+    timeline = {
+        vm: [("alerts", Series(t=sorted(hours), v=[float(hours[h]) for h in sorted(hours)]))]
+        for vm, hours in per_hour.items()
+    }
+    one(
+        "alerts",
+        "Alerts per hour (journal notice+ and sysmon's own)",
+        "alerts / hour",
+        timeline,
+        points=True,
     )
 
     parts = [
