@@ -127,6 +127,7 @@ class Collector:
     ticks_done: int = 0
     _ordered: trio.Event | None = None
     _discovery_error: str | None = None
+    _self_name: str | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM or SIGINT, then return (exit 0)."""
@@ -320,7 +321,9 @@ class Collector:
         start = trio.current_time()
         try:
             try:
-                discovery, targets = await discover(self.config, self.source)
+                if self._self_name is None:  # once: our name does not change
+                    self._self_name = self.config.self_name or await self.source.own_name()
+                discovery, targets = await discover(self.config, self.source, self._self_name)
             except DiscoveryError as exc:
                 if str(exc) != self._discovery_error:
                     log.error("discovery_failed", error=str(exc))  # noqa: TRY400 -- expected, no traceback
@@ -358,7 +361,7 @@ class Collector:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
-            notes = [(self.own_name, message) for message in self.notes]
+            notes = [(self._self_name or self.own_name, message) for message in self.notes]
             self.notes.clear()
             outcome = await self.offload(
                 self.committer,

@@ -65,8 +65,13 @@ def read_cursors(out_dir: Path) -> dict[str, str]:
     return {vm: q.cursor.argument() for vm, q in state.qubes.items() if q.cursor is not None}
 
 
-async def discover(config: Config, source: DiscoverySource) -> tuple[Discovery, list[str]]:
+async def discover(
+    config: Config, source: DiscoverySource, self_name: str | None = None
+) -> tuple[Discovery, list[str]]:
     """The qubes dom0 lists, and those of them to poll.
+
+    Ourselves excepted: ``self_name`` when known, else the config's, else
+    QubesDB's.
 
     Raises:
         DiscoveryError: with a one-line reason.
@@ -78,7 +83,7 @@ async def discover(config: Config, source: DiscoverySource) -> tuple[Discovery, 
     log = structlog.get_logger()
     for reason in discovery.rejected:
         log.warning("discovery_line_rejected", reason=reason)
-    self_name = config.self_name or await source.own_name()
+    self_name = self_name or config.self_name or await source.own_name()
     return discovery, select_targets(discovery.qubes, self_name, config.exclude)
 
 
