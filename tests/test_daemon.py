@@ -28,11 +28,13 @@ class FakeQubes:
 
     behaviours: dict[str, object]
     calls: dict[str, int] = attrs.field(factory=dict)
+    own_name_asked: int = 0
 
     async def list_qubes(self) -> Discovery:
         return Discovery(tuple(QubeInfo(n, "AppVM", "Running") for n in self.behaviours))
 
     async def own_name(self) -> str | None:
+        self.own_name_asked += 1
         return "sys-monitor"
 
     def metrics_argv(self, target: str, argument: str) -> list[str]:
@@ -171,6 +173,12 @@ class TestMisbehavingQubes:
         assert [e["status"] for e in changes] == ["refused"]
         scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
         assert sum(r["vm"] == "deny" for r in scrapes) == 59  # every tick explained
+
+    async def test_own_name_is_asked_once(self, tmp_path, autojump_clock):
+        """QubesDB is read at the first tick only, not on the poll path."""
+        qubes = FakeQubes({"a": "ok"})
+        await run_for(collector(tmp_path, qubes, datetime(2025, 8, 31, 12, 0, tzinfo=UTC)), 60)
+        assert qubes.own_name_asked == 1
 
     def test_backoff_doubles_and_caps(self):
         assert [backoff_delay(10, n) for n in range(1, 8)] == [0, 20, 40, 80, 160, 300, 300]
