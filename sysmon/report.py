@@ -9,10 +9,12 @@ it is parsed as numbers or HTML-escaped, never interpreted.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import csv
 import html
 import io
 import math
+import os
 import sys
 import tarfile
 import time
@@ -25,6 +27,8 @@ from typing import IO, Any
 import attrs
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_NetKey = tuple[str, str]
+_Sample = tuple[float, float, float]
 FILES = (
     "system.csv",
     "network.csv",
@@ -168,11 +172,21 @@ class _Progress:
             sys.stderr.write(f"\rread {rows:,} rows{' ' * 40}\n")
 
 
-def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) -> Data:
-    """Read every file once; keep what the charts need."""
+def _read(
+    paths: Iterable[Path], vms: set[str] | None, start: float, end: float
+) -> tuple[
+    Data, dict[tuple[str, float], list[float]], dict[_NetKey, _Sample], dict[_NetKey, _Sample]
+]:
+    """Read every file of ``paths`` once; keep what the charts need.
+
+    Returns the data without network rates, the rates summed per qube and
+    time within these files, and each interface's first and last counters
+    (so that rates across two parts read apart can be joined).
+    """
     data = Data()
     seen_days: set[tuple[str, str]] = set()
-    last_net: dict[tuple[str, str], tuple[float, float, float]] = {}
+    last_net: dict[_NetKey, _Sample] = {}
+    first_net: dict[_NetKey, _Sample] = {}
     net_sum: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
     progress = _Progress()
     last_text, last_t = "", None
@@ -224,14 +238,12 @@ def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) 
                     continue
                 prev = last_net.get((vm, iface))
                 last_net[(vm, iface)] = (t, rx, tx)
-                # Rates only from two samples in order with counters that did
-                # not go back (a restart or a reset): no negative spikes.
-                if prev is None or t <= prev[0] or rx < prev[1] or tx < prev[2]:
-                    continue
-                dt = t - prev[0]
-                acc = net_sum[(vm, t)]
-                acc[0] += (rx - prev[1]) / dt / 1024
-                acc[1] += (tx - prev[2]) / dt / 1024
+                first_net.setdefault((vm, iface), (t, rx, tx))
+                rate = None if prev is None else _rate(prev, (t, rx, tx))
+                if rate is not None:
+                    acc = net_sum[(vm, t)]
+                    acc[0] += rate[0]
+                    acc[1] += rate[1]
             elif name == "connections.csv":
                 tcp = _num(cells[positions["tcp_established"]])
                 if tcp is not None:
@@ -262,6 +274,101 @@ def load(paths: Iterable[Path], vms: set[str] | None, start: float, end: float) 
             elif name == "alerts.csv":
                 data.alerts.append((t, vm, cells[positions["msg"]] or ""))
     progress.done(data.rows)
+    return data, dict(net_sum), first_net, last_net
+
+
+def _rate(prev: _Sample, cur: _Sample) -> tuple[float, float] | None:
+    # Rates only from two samples in order with counters that did not go
+    # back (a restart or a reset): no negative spikes.
+    if cur[0] <= prev[0] or cur[1] < prev[1] or cur[2] < prev[2]:
+        return None
+    dt = cur[0] - prev[0]
+    return (cur[1] - prev[1]) / dt / 1024, (cur[2] - prev[2]) / dt / 1024
+
+
+def _units(paths: Iterable[Path]) -> list[Path]:
+    """Day folders and archives, one per day (a folder wins over its archive), by day."""
+    by_day: dict[str, Path] = {}
+    for path in paths:
+        if path.is_file():
+            day = path.name.removeprefix("monitor-")[:10]
+            by_day.setdefault(day, path)
+        elif path.is_dir() and (path / "system.csv").exists():
+            by_day[path.name] = path
+        elif path.is_dir():
+            archives = path / "archives"
+            if archives.is_dir():
+                for tgz in sorted(archives.glob("monitor-*.tgz")):
+                    by_day.setdefault(tgz.name.removeprefix("monitor-")[:10], tgz)
+            for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name != "archives"):
+                by_day[folder.name] = folder
+        else:
+            raise ReportError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
+    return [by_day[day] for day in sorted(by_day)]
+
+
+def _read_plain(
+    unit: Path, vms: set[str] | None, start: float, end: float
+) -> tuple[
+    dict[str, Any],
+    dict[tuple[str, float], list[float]],
+    dict[_NetKey, _Sample],
+    dict[_NetKey, _Sample],
+]:
+    """:func:`_read` for one day, in a form a worker process can send back."""
+    data, net_sum, first, last = _read([unit], vms, start, end)
+    plain = {f.name: getattr(data, f.name) for f in attrs.fields(Data)}
+    for name, value in plain.items():
+        if isinstance(value, defaultdict):
+            plain[name] = {
+                k: dict(v) if isinstance(v, defaultdict) else v for k, v in value.items()
+            }
+    return plain, net_sum, first, last
+
+
+def load(
+    paths: Iterable[Path],
+    vms: set[str] | None,
+    start: float,
+    end: float,
+    *,
+    workers: int | None = None,
+) -> Data:
+    """Read every day once, several days at a time; keep what the charts need."""
+    units = _units(paths)
+    workers = min(workers or os.cpu_count() or 1, len(units))
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            n = len(units)
+            parts = list(pool.map(_read_plain, units, [vms] * n, [start] * n, [end] * n))
+    else:
+        parts = [_read_plain(unit, vms, start, end) for unit in units]
+    data = Data()
+    net_sum: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    last_seen: dict[_NetKey, _Sample] = {}
+    for plain, day_net, first, last in parts:
+        for name in ("cpu", "mem", "tcp", "disk", "xen_cpu", "xen_mem", "failures"):
+            target = getattr(data, name)
+            for key, series in plain[name].items():
+                target[key].t.extend(series.t)
+                target[key].v.extend(series.v)
+        for vm, counts in plain["health"].items():
+            for status, n in counts.items():
+                data.health[vm][status] += n
+        data.alerts.extend(plain["alerts"])
+        data.rows += plain["rows"]
+        for key, value in day_net.items():
+            acc = net_sum[key]
+            acc[0] += value[0]
+            acc[1] += value[1]
+        # The first sample of a day makes a rate with the day before's last.
+        for key, sample in first.items():
+            rate = _rate(last_seen[key], sample) if key in last_seen else None
+            if rate is not None:
+                acc = net_sum[(key[0], sample[0])]
+                acc[0] += rate[0]
+                acc[1] += rate[1]
+        last_seen.update(last)
     for (vm, t), (rx, tx) in sorted(net_sum.items(), key=lambda item: item[0][1]):
         data.rx[vm].t.append(t)
         data.rx[vm].v.append(rx)

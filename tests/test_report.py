@@ -116,3 +116,17 @@ def test_missing_matplotlib_is_a_clear_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ReportError, match="pip install 'sysmon\\[report\\]'"):
         _import_pyplot()
+
+
+def test_days_read_in_parallel_match_one_by_one(tmp_path):
+    """Two days read by two processes give the same series as one process,
+    including the rate across midnight."""
+    base = datetime(2025, 8, 31, 23, 59, 40, tzinfo=UTC)
+    for i in range(5):  # 23:59:40 ... 00:00:20
+        result = ScrapeResult("work", "ok", 3, snapshot=snap(i + 1, 10240 * i))
+        commit_tick(tmp_path, base + timedelta(seconds=10 * i), [result], None)
+    one = load([tmp_path], None, float("-inf"), float("inf"), workers=1)
+    two = load([tmp_path], None, float("-inf"), float("inf"), workers=2)
+    assert one == two
+    assert one.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # 23:59:50, 00:00:00 (across days), :10, :20
+    assert one.rows == two.rows
