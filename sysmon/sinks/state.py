@@ -23,6 +23,14 @@ STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
 
 
+def boot_cursor_id(boot_id: str) -> str:
+    """How the cursor names a boot: the first 16 characters without dashes.
+
+    64 bits tell boots apart; the whole id would make ``SERVICE+ARG`` long.
+    """
+    return boot_id.replace("-", "")[:16]
+
+
 @attrs.frozen
 class AlertCursor:
     """Where a qube's alerts stand.
@@ -41,7 +49,7 @@ class AlertCursor:
         The last part tells the handler how many entries of exactly that
         microsecond to skip, so a burst larger than its line cap still moves.
         """
-        return f"{self.boot_id.replace('-', '')}.{self.ts_us}.{len(self.seen)}"
+        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{len(self.seen)}"
 
 
 @attrs.frozen
