@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_sysmon
 from csvcheck import read_day
-from fakequbes.world import make_world
+from fakequbes.world import leftover_processes, make_world
 
 GUARD = 60.0
 ALERTS = b"""sys: protocol=1 boot_id=fixed-boot btime=1
@@ -64,8 +64,7 @@ def all_rows(out: Path, name: str) -> list[dict[str, str]]:
 
 
 def leftover(world: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
-    return [line for line in ps.stdout.splitlines() if "sleep 1000" in line]
+    return leftover_processes(world)
 
 
 @pytest.fixture(name="world")

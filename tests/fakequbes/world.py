@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +39,9 @@ def make_world(
     (root / "qubes").mkdir(parents=True, exist_ok=True)
     (root / "dom0").mkdir(exist_ok=True)
     (root / "handler").write_text(str(HANDLER))
+    # A hung qube sleeps this long: unique per world, so a test can look for
+    # its own leftovers without seeing another run's.
+    (root / "hang_seconds").write_text(f"1000.{secrets.randbelow(10**6):06d}\n")
     (root / "calls.log").touch()
     for name, behaviour in behaviours.items():
         (root / "qubes" / name).write_text(behaviour + "\n")
@@ -56,3 +61,10 @@ def make_world(
 def calls(root: Path) -> list[str]:
     """Every call the fake received, as ``TARGET SERVICE+ARG``."""
     return (root / "calls.log").read_text().splitlines()
+
+
+def leftover_processes(root: Path) -> list[str]:
+    """Processes a hung qube of this world left behind (should be none)."""
+    token = "sleep " + (root / "hang_seconds").read_text().strip()
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [line for line in ps.stdout.splitlines() if token in line]
