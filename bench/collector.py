@@ -83,31 +83,15 @@ def bench_size(n: int, cycles: int, delay: float, tmp: Path) -> tuple[float, flo
 
 def simulated_day_memory() -> tuple[float, float, float]:
     """RSS at start, after a simulated hour and after a simulated day (30 qubes)."""
-    import functools  # noqa: PLC0415
-    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
 
-    from test_daemon import FakeQubes, inline  # noqa: PLC0415
-
-    from sysmon.daemon import Collector  # noqa: PLC0415
-    from sysmon.sinks.tick import commit_tick  # noqa: PLC0415
+    from test_daemon import FakeQubes, collector  # noqa: PLC0415
 
     marks: list[float] = [rss_mb()]
 
     async def day(tmp: Path) -> None:
-        qubes = FakeQubes({f"q{i:02d}": "ok" for i in range(30)})
-        t0 = trio.current_time()
-        start = datetime(2025, 8, 31, 0, 0, 5, tzinfo=UTC)
-        c = Collector(
-            Config(out_dir=tmp),
-            qubes,
-            qubes,
-            wall_now=lambda: start + timedelta(seconds=trio.current_time() - t0),
-            committer=functools.partial(commit_tick, sync=False),
-            notify=lambda _m: None,
-            offload=inline,
-            stats_stream=None,
-            archive_copier=None,
-        )
+        qubes = FakeQubes(dict.fromkeys((f"q{i:02d}" for i in range(30)), "ok"))
+        c = collector(tmp, qubes, datetime(2025, 8, 31, 0, 0, 5, tzinfo=UTC))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(c.tick_loop, nursery)
             await trio.sleep(3600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -213,10 +212,7 @@ class TestSchedule:
 
 async def test_a_week_with_the_vault_down_two_nights(tmp_path, autojump_clock):
     """Each day reaches the vault exactly once; nothing undelivered is deleted."""
-    from test_daemon import FakeQubes  # noqa: PLC0415
-
-    from sysmon.daemon import Collector  # noqa: PLC0415
-    from sysmon.sinks.tick import commit_tick  # noqa: PLC0415
+    from test_daemon import FakeQubes, collector  # noqa: PLC0415
 
     berlin = tz.gettz("Europe/Berlin")
     start = datetime(2025, 3, 26, 12, 0, tzinfo=UTC)  # a week across the DST change
@@ -240,18 +236,12 @@ async def test_a_week_with_the_vault_down_two_nights(tmp_path, autojump_clock):
                 deleted_undelivered.append(d)
         return await vault.copy(vault_name, path)
 
-    qubes = FakeQubes({})
-    c = Collector(
-        Config(out_dir=tmp_path, retention_days=2),
-        qubes,
-        qubes,
-        wall_now=wall,
-        committer=functools.partial(commit_tick, sync=False),
-        notify=lambda _m: None,
-        offload=inline,
-        stats_stream=None,
-        archive_copier=copy,
-        zone=berlin,
+    c = collector(
+        tmp_path,
+        FakeQubes({}),
+        start,
+        retention_days=2,
+        overrides={"wall_now": wall, "archive_copier": copy, "zone": berlin},
     )
     with capture_logs():
         async with trio.open_nursery() as nursery:

@@ -74,18 +74,27 @@ async def inline(fn, *args):
     return fn(*args)
 
 
-def collector(tmp_path: Path, qubes: FakeQubes, start: datetime, **config: object) -> Collector:
+def collector(
+    tmp_path: Path,
+    qubes: FakeQubes,
+    start: datetime,
+    *,
+    overrides: dict[str, object] | None = None,
+    **config: object,
+) -> Collector:
+    """A Collector on virtual time: wall clock from ``start``, real files
+    without fsync, file work inline; ``overrides`` replace Collector fields."""
     t0 = trio.current_time()
-    return Collector(
-        Config(out_dir=tmp_path, **config),  # type: ignore[arg-type]
-        qubes,
-        qubes,
-        wall_now=lambda: start + timedelta(seconds=trio.current_time() - t0),
-        committer=functools.partial(commit_tick, sync=False),
-        notify=lambda _message: None,
-        offload=inline,
-        stats_stream=None,
-    )
+    fields: dict[str, object] = {
+        "wall_now": lambda: start + timedelta(seconds=trio.current_time() - t0),
+        "committer": functools.partial(commit_tick, sync=False),
+        "notify": lambda _message: None,
+        "offload": inline,
+        "stats_stream": None,
+        "archive_copier": None,
+        **(overrides or {}),
+    }
+    return Collector(Config(out_dir=tmp_path, **config), qubes, qubes, **fields)  # type: ignore[arg-type]
 
 
 async def run_for(c: Collector, seconds: float) -> None:

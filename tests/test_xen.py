@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import trio
@@ -13,7 +12,7 @@ from csvcheck import read_day
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
-from test_daemon import FakeQubes, inline, run_for
+from test_daemon import FakeQubes, collector, run_for
 
 from sysmon.collector.runner import run_streaming
 from sysmon.collector.xenstats import (
@@ -23,9 +22,7 @@ from sysmon.collector.xenstats import (
     EventStreamError,
     domain_stats,
 )
-from sysmon.config import Config
 from sysmon.daemon import Collector
-from sysmon.sinks.tick import commit_tick
 
 
 def encode(event: Event) -> bytes:
@@ -111,19 +108,8 @@ def fake_stream(
 
 
 def xen_collector(tmp_path, stream) -> Collector:
-    t0 = trio.current_time()
     start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
-    qubes = FakeQubes({"work": "ok"})
-    return Collector(
-        Config(out_dir=tmp_path),
-        qubes,
-        qubes,
-        wall_now=lambda: start + timedelta(seconds=trio.current_time() - t0),
-        committer=functools.partial(commit_tick, sync=False),
-        notify=lambda _m: None,
-        offload=inline,
-        stats_stream=stream,
-    )
+    return collector(tmp_path, FakeQubes({"work": "ok"}), start, overrides={"stats_stream": stream})
 
 
 async def test_xen_rows_each_tick_and_reconnect(tmp_path, autojump_clock):
