@@ -37,6 +37,39 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_root(why: str) -> None:
+    """Skip without root, but fail in CI, which runs as root."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail(f"{why} needs root (CI runs as root)")
+        pytest.skip(f"{why} needs root")
+
+
+def run_on_small_tmpfs(
+    script: str, size: str, tmp_path: Path, *, then: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the Python ``script`` with a fresh tmpfs of ``size`` as its first
+    argument, in a mount namespace of its own: a real full disk, no fake.
+    ``then`` is a shell command run after it (the tmpfs path is ``$1``)."""
+    require_tool("unshare")
+    require_root("a tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    program = tmp_path / "script.py"
+    program.write_text(script)
+    shell = f'mount -t tmpfs -o size={size} tmpfs "$1" && {sys.executable} {program} "$1"'
+    if then:
+        shell += f" && {then}"
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell, "sh", str(mnt)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def run_sysmon(
     *args: object, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import ROOT, require_tool
+from conftest import ROOT, require_tool, run_on_small_tmpfs
 from dateutil import tz
 from fakequbes.world import leftover_processes, make_world
 from structlog.testing import capture_logs
@@ -313,27 +313,7 @@ print("built:", build_archive(out, date(2025, 9, 1)).name)
 def test_full_disk_while_building_the_tar(tmp_path):
     """On a real, too small filesystem: a clear failure, no partial archive
     under any name, and a whole one once there is room."""
-    require_tool("unshare")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    script = tmp_path / "fill.py"
-    script.write_text(FULL_DISK_ARCHIVE)
-    done = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            f"mount -t tmpfs -o size=1m tmpfs {mnt} && {sys.executable} {script} {mnt}",
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_on_small_tmpfs(FULL_DISK_ARCHIVE, "1m", tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("failed: writing monitor-2025-09-01.tgz: No space left on device")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_sysmon
 from csvcheck import read_day
 
 from sysmon.demo import demo_names
@@ -15,25 +11,7 @@ from sysmon.names import is_valid_qube_name
 
 def test_demo_runs_the_real_pipeline(tmp_path):
     out = tmp_path / "demo-out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sysmon",
-            "demo",
-            "--duration",
-            "2.5",
-            "--interval",
-            "1",
-            "--out-dir",
-            str(out),
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_sysmon("demo", "--duration", "2.5", "--interval", "1", "--out-dir", out, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert sum("polled 3 qubes: 3 ok" in line for line in lines) >= 2

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT
+from conftest import IN_CI, ROOT, require_tool
 from fakequbes.world import make_world
 
 SALT_ROOT = ROOT / "salt"
@@ -207,8 +207,7 @@ def test_template_file_set_runs_on_debian_packages(salt, tmp_path):
     """Apply template-monitor for real into a staging root, then run
     ``python3 -m sysmon --help`` and a ``once`` from exactly those files with
     /usr/bin/python3 and Debian's python3-* packages."""
-    if not Path(DEBIAN_PYTHON).exists():
-        pytest.skip("no /usr/bin/python3")
+    require_tool(DEBIAN_PYTHON)
     stage = tmp_path / "stage"
     pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
     result = salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, require_tool
+from conftest import ROOT, require_root, require_tool
 from fakequbes.world import BIN
 
 NETLOG = ROOT / "netlog"
@@ -30,16 +30,9 @@ FIREWALL = NETLOG / "qubes-firewall-user-script"
 BACKUP = NETLOG / "qubes-netlogs-backup"
 
 
-def need_root() -> None:
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("netlog tests need root for network namespaces (CI runs as root)")
-        pytest.skip("needs root for network namespaces")
-
-
 @pytest.fixture(name="netns")
 def _netns() -> Iterator[Callable[[str], str]]:
-    need_root()
+    require_root("network namespaces")
     require_tool("ip")
     made: list[str] = []
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import run_on_small_tmpfs
 from csvcheck import read_day, read_strict
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,7 +166,7 @@ from pathlib import Path
 from sysmon.collector.scrape import ScrapeResult
 from sysmon.protocol import AlertRecord, Snapshot, SysRecord
 from sysmon.sinks.tick import commit_tick
-out = Path(sys.argv[1])
+out = Path(sys.argv[1]) / "out"
 filler = out.parent / "filler"
 filler.write_bytes(b"x" * 64 * 1024)
 freed = False
@@ -189,25 +186,8 @@ for second in range(1, 60):
 def test_full_disk_drops_rows_whole_and_keeps_files_clean(tmp_path):
     """On a tiny real filesystem: rows that do not fit are dropped whole, logged,
     and what was written stays strictly parseable; alerts are retried later."""
-    require_tool("unshare")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    script = tmp_path / "fill.py"
-    script.write_text(FULL_DISK_SCRIPT)
-    shell = (
-        f"mount -t tmpfs -o size=256k tmpfs {mnt} && "
-        f"{sys.executable} {script} {mnt}/out && "
-        f"cp -r {mnt}/out {tmp_path}/copy"
-    )
-    done = subprocess.run(
-        ["unshare", "-m", "sh", "-c", shell],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_on_small_tmpfs(
+        FULL_DISK_SCRIPT, "256k", tmp_path, then=f'cp -r "$1/out" {tmp_path}/copy'
     )
     assert done.returncode == 0, done.stderr
     # (structlog's default output shares stdout: keep the script's own lines)
