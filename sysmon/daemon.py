@@ -24,7 +24,7 @@ import structlog
 import trio
 
 from sysmon.archiver import Copier, next_archive_time, qvm_copy_to_vm, run_archive
-from sysmon.collector.discover import DiscoveryError, QubeInfo
+from sysmon.collector.discover import Discovery, DiscoveryError, QubeInfo
 from sysmon.collector.qrexec import EXIT_REFUSED, Qrexec, Transport
 from sysmon.collector.runner import run_streaming
 from sysmon.collector.scrape import ScrapeResult, scrape_round
@@ -128,6 +128,7 @@ class Collector:
     _ordered: trio.Event | None = None
     _discovery_error: str | None = None
     _self_name: str | None = None
+    _rejected_alerted: str | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM or SIGINT, then return (exit 0)."""
@@ -313,12 +314,46 @@ class Collector:
                 )
                 health.status = r.status
 
+    def _note_rejected(self, rejected: Sequence[str]) -> None:
+        """An alert row when dom0's list has lines sysmon cannot use, once per change."""
+        shown = "; ".join(rejected[:3]) if rejected else None
+        if shown and shown != self._rejected_alerted:
+            self._note(f"sysmon: admin.vm.List: {len(rejected)} lines not used ({shown})")
+        self._rejected_alerted = shown
+
+    async def _poll(self, discovery: Discovery, targets: Sequence[str]) -> list[ScrapeResult]:
+        """Poll the targets due now; ``skipped`` results for the others, in list order."""
+        poll, skipped = self._plan(targets)
+        for vm in poll:
+            self.health[vm].in_flight = True
+        try:
+            cursors = await self.offload(read_cursors, self.config.out_dir)
+            assert isinstance(cursors, dict)  # noqa: S101
+            polled = await scrape_round(
+                self.transport,
+                poll,
+                cursors,
+                per_qube_timeout=self.config.scrape_timeout,
+                concurrency=self.config.concurrency,
+                on_result=self._landed,
+                addresses={q.name: q.address for q in discovery.qubes},
+            )
+        finally:
+            for vm in poll:
+                self.health[vm].in_flight = False
+        self._record(polled)
+        for vm in set(self.health) - {q.name for q in discovery.qubes}:
+            del self.health[vm]  # gone from dom0's list: forget it
+        order = {vm: i for i, vm in enumerate(targets)}
+        return sorted([*polled, *skipped], key=lambda r: order[r.vm])
+
     async def run_tick(self, ts: datetime) -> None:
         """One tick: discover, poll, commit after the previous tick committed."""
         previous, mine = self._ordered, trio.Event()
         self._ordered = mine
         log = structlog.get_logger()
         start = trio.current_time()
+        discovery: Discovery | None
         try:
             try:
                 if self._self_name is None:  # once: our name does not change
@@ -327,37 +362,22 @@ class Collector:
             except DiscoveryError as exc:
                 if str(exc) != self._discovery_error:
                     log.error("discovery_failed", error=str(exc))  # noqa: TRY400 -- expected, no traceback
+                    self._note(f"sysmon: discovery failed: {exc}")
                 self._discovery_error = str(exc)
-                return
-            if self._discovery_error is not None:
-                log.info("discovery_recovered")
-                self._discovery_error = None
-            poll, skipped = self._plan(targets)
-            for vm in poll:
-                self.health[vm].in_flight = True
-            try:
-                cursors = await self.offload(read_cursors, self.config.out_dir)
-                assert isinstance(cursors, dict)  # noqa: S101
-                polled = await scrape_round(
-                    self.transport,
-                    poll,
-                    cursors,
-                    per_qube_timeout=self.config.scrape_timeout,
-                    concurrency=self.config.concurrency,
-                    on_result=self._landed,
-                )
-            finally:
-                for vm in poll:
-                    self.health[vm].in_flight = False
-            self._record(polled)
-            for vm in set(self.health) - {q.name for q in discovery.qubes}:
-                del self.health[vm]  # gone from dom0's list: forget it
-            order = {vm: i for i, vm in enumerate(targets)}
-            results = sorted([*polled, *skipped], key=lambda r: order[r.vm])
+                if not self.notes:
+                    return
+                # Nothing to poll, but the alert row is written now.
+                discovery, targets = None, []
+            else:
+                if self._discovery_error is not None:
+                    log.info("discovery_recovered")
+                    self._discovery_error = None
+                self._note_rejected(discovery.rejected)
+            results = await self._poll(discovery, targets) if discovery else []
             # qubes.csv once a minute: at each new minute, so every day
             # folder gets it from its first minute on.
             qubes = None
-            if ts.timestamp() // QUBES_EVERY != self.last_qubes_ts // QUBES_EVERY:
+            if discovery and ts.timestamp() // QUBES_EVERY != self.last_qubes_ts // QUBES_EVERY:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()

@@ -74,7 +74,9 @@ async def discover(
     QubesDB's.
 
     Raises:
-        DiscoveryError: with a one-line reason.
+        DiscoveryError: with a one-line reason, also when dom0 sent lines and
+            none could be used (a format sysmon does not read is a failure,
+            not "no qubes").
     """
     with trio.move_on_after(config.scrape_timeout) as scope:
         discovery = await source.list_qubes()
@@ -83,6 +85,11 @@ async def discover(
     log = structlog.get_logger()
     for reason in discovery.rejected:
         log.warning("discovery_line_rejected", reason=reason)
+    if discovery.unusable:
+        raise DiscoveryError(
+            f"admin.vm.List: none of the {discovery.lines} lines dom0 sent is usable "
+            f"({discovery.rejected[0]})"
+        )
     self_name = self_name or config.self_name or await source.own_name()
     return discovery, select_targets(discovery.qubes, self_name, config.exclude)
 
@@ -125,6 +132,7 @@ async def poll_once(
         cursors,
         per_qube_timeout=config.scrape_timeout,
         concurrency=config.concurrency,
+        addresses={q.name: q.address for q in discovery.qubes},
     )
     log_results(results)
     outcome = await trio.to_thread.run_sync(

@@ -1,9 +1,15 @@
 """Which qubes exist and which to poll: ``admin.vm.List`` from dom0.
 
-The reply is ``NAME class=CLASS state=STATE`` lines after qubesd's
-``0\\0`` frame (qubes-core-admin ``qubes/api/admin.py``).  A line is used
-only when the name passes Qubes' own rule and the class and state are
-known words; anything else is rejected, counted and logged by the caller.
+The reply is one line per qube after qubesd's ``0\\0`` frame: the name, then
+``key=value`` fields.  Qubes 4.2 sends ``NAME class=C state=S``
+(core-admin release4.2 ``qubes/api/admin.py``); 4.3 adds ``uuid=U``
+(release4.3, commit 8039442a).  Fields are read by key: an unknown key is
+ignored, so the next release's additions cost nothing; the keys sysmon uses
+keep their strict rules.  A line is used only when the name passes Qubes'
+own rule for the release that answered (dots are allowed when the reply
+carries UUIDs, that is 4.3 or later), the class and state are known words and
+the UUID, when sent, is well formed; any other line is rejected alone, with
+a reason the caller logs.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ from sysmon.collector.qrexec import (
     classify_exit,
     unframe_admin_reply_untrusted,
 )
-from sysmon.names import is_valid_qube_name
+from sysmon.names import is_valid_qube_name, is_valid_uuid
 
 MAX_LIST_BYTES = 1024 * 1024
 MAX_QUBES = 10_000
+MAX_FIELDS = 32
 #: qubes/vm/qubesvm.py get_power_state; "NA" is what clients show when the
 #: state could not be read.
 STATES = frozenset(
     {"Halted", "Transient", "Running", "Paused", "Suspended", "Halting", "Dying", "Crashed", "NA"}
 )
 _CLASS_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")
+_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class DiscoveryError(Exception):
@@ -39,51 +47,113 @@ class DiscoveryError(Exception):
 
 @attrs.frozen
 class QubeInfo:
-    """One qube as dom0 listed it."""
+    """One qube as dom0 listed it; ``uuid`` only from Qubes 4.3 on."""
 
     name: str
     klass: str
     state: str
+    uuid: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The qrexec target for this qube: ``uuid:U`` when dom0 gave one.
+
+        A UUID names one qube for its whole life, so a qube renamed, or
+        removed and re-created under the same name between discovery and
+        poll, cannot be mistaken for another (the 4.3 policy engine accepts
+        ``uuid:`` targets with the same rules as names).
+        """
+        return f"uuid:{self.uuid}" if self.uuid else self.name
 
 
 @attrs.frozen
 class Discovery:
-    """The qubes dom0 listed, and the lines that were rejected."""
+    """The qubes dom0 listed, the lines that were rejected, and how many lines came."""
 
     qubes: tuple[QubeInfo, ...]
     rejected: tuple[str, ...] = ()
+    lines: int = 0
+
+    @property
+    def unusable(self) -> bool:
+        """dom0 sent lines and none of them could be used: a failure, not "no qubes"."""
+        return self.lines > 0 and not self.qubes
+
+
+def _fields(line: str) -> tuple[str, dict[str, str]] | str:
+    """The name and the fields of one line, or why the line is refused."""
+    name, *tokens = line.split(" ")
+    if len(tokens) > MAX_FIELDS:
+        return "too many fields"
+    fields: dict[str, str] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not _KEY_RE.fullmatch(key):
+            return "not NAME key=value ..."
+        if key in fields:
+            return f"{key} given twice"
+        fields[key] = value
+    return name, fields
 
 
 def parse_vm_list_untrusted(payload: bytes) -> Discovery:
-    """Parse the unframed ``admin.vm.List`` payload, line by line."""
-    qubes: list[QubeInfo] = []
+    """Parse the unframed ``admin.vm.List`` payload, line by line.
+
+    Never raises: every line it cannot use is in ``rejected`` with a reason.
+    """
+    *complete, tail = payload.split(b"\n")
     rejected: list[str] = []
-    seen: set[str] = set()
-    for number, raw in enumerate(payload.split(b"\n")[:MAX_QUBES], start=1):
+    if len(complete) > MAX_QUBES:
+        rejected.append(f"{len(complete) - MAX_QUBES} lines past the cap of {MAX_QUBES} dropped")
+        complete = complete[:MAX_QUBES]
+    if tail:
+        # qubesd ends every line with a newline: this one was cut short.
+        rejected.append(f"line {len(complete) + 1}: cut short (no newline)")
+    parsed: list[tuple[int, tuple[str, dict[str, str]] | str]] = []
+    for number, raw in enumerate(complete, start=1):
         if not raw:
             continue
-        line = raw.decode("ascii", errors="replace")
-        parts = line.split(" ")
-        if (
-            len(parts) != 3
-            or not parts[1].startswith("class=")
-            or not parts[2].startswith("state=")
-        ):
-            rejected.append(f"line {number}: not NAME class=CLASS state=STATE")
+        try:
+            parsed.append((number, _fields(raw.decode("ascii"))))
+        except UnicodeDecodeError:
+            parsed.append((number, "not ASCII"))
+    # dom0 sends UUIDs from 4.3 on; then every line must carry one, and
+    # names follow 4.3's rule.
+    with_uuids = any(isinstance(p, tuple) and "uuid" in p[1] for _, p in parsed)
+    qubes: list[QubeInfo] = []
+    seen: set[str] = set()
+    for number, line in parsed:
+        reason = line if isinstance(line, str) else _check(line, with_uuids, seen)
+        if reason:
+            rejected.append(f"line {number}: {reason}")
             continue
-        name, klass, state = parts[0], parts[1][6:], parts[2][6:]
-        if not (name == "dom0" or is_valid_qube_name(name)):
-            rejected.append(f"line {number}: invalid qube name")
-        elif not _CLASS_RE.fullmatch(klass):
-            rejected.append(f"line {number}: invalid class")
-        elif state not in STATES:
-            rejected.append(f"line {number}: unknown state")
-        elif name in seen:
-            rejected.append(f"line {number}: {name} listed twice")
-        else:
-            seen.add(name)
-            qubes.append(QubeInfo(name=name, klass=klass, state=state))
-    return Discovery(qubes=tuple(qubes), rejected=tuple(rejected))
+        assert not isinstance(line, str)  # noqa: S101 -- _check passed
+        name, fields = line
+        uuid = fields.get("uuid")
+        seen.update({name, f"uuid:{uuid}"} if uuid else {name})
+        qubes.append(QubeInfo(name=name, klass=fields["class"], state=fields["state"], uuid=uuid))
+    return Discovery(qubes=tuple(qubes), rejected=tuple(rejected), lines=len(parsed))
+
+
+def _check(line: tuple[str, dict[str, str]], with_uuids: bool, seen: set[str]) -> str:
+    """Why a parsed line cannot be used, or "" when it can."""
+    name, fields = line
+    if not (name == "dom0" or is_valid_qube_name(name, dots=with_uuids)):
+        return "invalid qube name"
+    for key in ("class", "state", *(("uuid",) if with_uuids else ())):
+        if key not in fields:
+            return f"no {key}="
+    if not _CLASS_RE.fullmatch(fields["class"]):
+        return "invalid class"
+    if fields["state"] not in STATES:
+        return "unknown state"
+    if with_uuids and not is_valid_uuid(fields["uuid"]):
+        return "invalid uuid"
+    if name in seen:
+        return f"{name} listed twice"
+    if with_uuids and f"uuid:{fields['uuid']}" in seen:
+        return "uuid listed twice"
+    return ""
 
 
 def select_targets(

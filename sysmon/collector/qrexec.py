@@ -19,7 +19,7 @@ from typing import Protocol
 import attrs
 
 from sysmon.collector.runner import ProcessResult, run_bounded
-from sysmon.names import is_valid_qube_name
+from sysmon.names import is_valid_qube_name, is_valid_uuid
 
 EXIT_REFUSED = 126
 EXIT_NO_SERVICE = 127
@@ -92,6 +92,11 @@ class Transport(Protocol):
         """Run ``argv`` bounded (no timeout: the caller owns it)."""
 
 
+def _is_uuid_target(target: str) -> bool:
+    prefix, _, uuid = target.partition(":")
+    return prefix == "uuid" and is_valid_uuid(uuid)
+
+
 @attrs.frozen
 class Qrexec:
     """The real thing: ``qrexec-client-vm`` found on PATH."""
@@ -99,8 +104,11 @@ class Qrexec:
     client: str = "qrexec-client-vm"
 
     def service_argv(self, target: str, service: str, argument: str = "") -> list[str]:
-        """Argv for ``SERVICE[+ARG]`` in ``target``; names are checked first."""
-        if target != "dom0" and not is_valid_qube_name(target):
+        """Argv for ``SERVICE[+ARG]`` in ``target``; names are checked first.
+
+        ``target`` is ``dom0``, a qube's name or, on Qubes 4.3, ``uuid:U``.
+        """
+        if not (target == "dom0" or is_valid_qube_name(target) or _is_uuid_target(target)):
             raise ValueError(f"not a qube name: {target!r}")
         argument = safe_service_argument(argument)
         ident = f"{service}+{argument}" if argument else service

@@ -48,9 +48,18 @@ def _stderr_excerpt(stderr: bytes) -> str:
 
 
 async def scrape_qube(
-    transport: Transport, vm: str, cursor: str, limits: Limits = DEFAULT_LIMITS
+    transport: Transport,
+    vm: str,
+    cursor: str,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    address: str | None = None,
 ) -> ScrapeResult:
-    """Call ``qubes.Metrics.Get`` in ``vm`` and parse the reply.  No timeout."""
+    """Call ``qubes.Metrics.Get`` in ``vm`` and parse the reply.  No timeout.
+
+    ``address`` is the qrexec target (``uuid:U`` on Qubes 4.3); the result
+    is filed under ``vm``, the name dom0 listed, whatever the reply says.
+    """
     start = trio.current_time()
 
     def result(status: str, **fields: object) -> ScrapeResult:
@@ -58,7 +67,9 @@ async def scrape_qube(
         return ScrapeResult(vm=vm, status=status, duration_ms=duration_ms, **fields)  # type: ignore[arg-type]
 
     try:
-        proc = await transport.call(transport.metrics_argv(vm, cursor), max_stdout=limits.max_bytes)
+        proc = await transport.call(
+            transport.metrics_argv(address or vm, cursor), max_stdout=limits.max_bytes
+        )
     except OSError as exc:
         return result("error", detail=f"cannot run the qrexec client: {exc.strerror or exc}")
     outcome = classify_exit(proc.returncode)
@@ -108,13 +119,16 @@ async def scrape_round(
     concurrency: int,
     limits: Limits = DEFAULT_LIMITS,
     on_result: Callable[[ScrapeResult], None] | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> list[ScrapeResult]:
     """Poll ``vms`` concurrently, at most ``concurrency`` at a time.
 
     Every qube gets exactly one result, in the order of ``vms``.  A qube
     that overruns ``per_qube_timeout`` is killed and gets ``timeout``.
     ``on_result`` hears of each result as soon as it is known.
+    ``addresses`` maps a name to its qrexec target (default: the name).
     """
+    addresses = addresses or {}
     limiter = trio.CapacityLimiter(concurrency)
     results: dict[str, ScrapeResult] = {}
 
@@ -122,7 +136,9 @@ async def scrape_round(
         async with limiter:
             start = trio.current_time()
             with trio.move_on_after(per_qube_timeout) as scope:
-                results[vm] = await scrape_qube(transport, vm, cursors.get(vm, ""), limits)
+                results[vm] = await scrape_qube(
+                    transport, vm, cursors.get(vm, ""), limits, address=addresses.get(vm)
+                )
             if scope.cancelled_caught:
                 results[vm] = ScrapeResult(
                     vm=vm,

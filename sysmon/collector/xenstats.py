@@ -37,18 +37,19 @@ class Event:
 
 @attrs.frozen
 class DomainStats:
-    """One ``vm-stats`` event.
+    """One ``vm-stats`` event; a key dom0 did not send is None (an empty cell).
 
     ``cpu_time_ms`` since the domain started, ``memory_kb`` assigned by Xen
     (not guest-used), ``cpu_usage`` in % of its vCPUs (the first sample of a
-    connection is 0).
+    connection is 0).  Qubes 4.2 and 4.3 send all four keys; 4.4 (core-admin
+    main, f75776f7) drops ``cpu_usage_raw`` and adds keys sysmon ignores.
     """
 
     vm: str
-    cpu_usage: int
-    cpu_usage_raw: int
-    cpu_time_ms: int
-    memory_kb: int
+    cpu_usage: int | None
+    cpu_usage_raw: int | None
+    cpu_time_ms: int | None
+    memory_kb: int | None
 
 
 class EventReader:
@@ -104,22 +105,30 @@ class EventReader:
         return Event(subject=subject.decode(), name=name.decode(), fields=fields)
 
 
+#: The keys xen.csv reads, by the column they fill.
+STATS_KEYS = {
+    "cpu_usage": "cpu_usage",
+    "cpu_usage_raw": "cpu_usage_raw",
+    "cpu_time_ms": "cpu_time",
+    "memory_kb": "memory_kb",
+}
+
+
 def domain_stats(event: Event) -> DomainStats | None:
-    """The stats of a ``vm-stats`` event with a valid qube and numbers, else None."""
+    """The stats of a ``vm-stats`` event for a valid qube name, else None.
+
+    Each known key is read alone: one absent or malformed leaves its cell
+    empty, never a made-up value; unknown keys are ignored.  An event with
+    none of the known keys usable is dropped.
+    """
     if event.name != "vm-stats":
         return None
     if not (event.subject == "dom0" or is_valid_qube_name(event.subject)):
         return None
-    values = {}
-    for key in ("cpu_usage", "cpu_usage_raw", "cpu_time", "memory_kb"):
+    values: dict[str, int | None] = {}
+    for column, key in STATS_KEYS.items():
         raw = event.fields.get(key, b"")
-        if not _INT_RE.fullmatch(raw):
-            return None
-        values[key] = int(raw)
-    return DomainStats(
-        vm=event.subject,
-        cpu_usage=values["cpu_usage"],
-        cpu_usage_raw=values["cpu_usage_raw"],
-        cpu_time_ms=values["cpu_time"],
-        memory_kb=values["memory_kb"],
-    )
+        values[column] = int(raw) if _INT_RE.fullmatch(raw) else None
+    if all(value is None for value in values.values()):
+        return None
+    return DomainStats(vm=event.subject, **values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,13 +14,34 @@ BIN = Path(__file__).resolve().parent / "bin"
 HANDLER = ROOT / "handler" / "qubes.Metrics.Get"
 
 
-def vm_list(qubes: Mapping[str, str], extra_lines: list[bytes] | None = None) -> bytes:
-    """An ``admin.vm.List`` reply: ``0\\0`` then NAME class=... state=... lines."""
-    lines = [b"dom0 class=AdminVM state=Running"]
-    for name, state in qubes.items():
-        lines.append(f"{name} class=AppVM state={state}".encode())
-    lines += extra_lines or []
-    return b"0\x00" + b"".join(line + b"\n" for line in lines)
+#: The Qubes releases the fake world can answer as.
+RELEASES = ("4.2", "4.3")
+DOM0_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def qube_uuid(name: str) -> str:
+    """A fixed UUID per name, made as the recordings made theirs."""
+    if name == "dom0":
+        return DOM0_UUID
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.qubes.invalid"))
+
+
+def list_line(name: str, klass: str, state: str, release: str) -> bytes:
+    """One ``admin.vm.List`` line as qubesd of ``release`` writes it."""
+    line = f"{name} class={klass} state={state}"
+    if release != "4.2":
+        line += f" uuid={qube_uuid(name)}"
+    return line.encode() + b"\n"
+
+
+def vm_list(
+    qubes: Mapping[str, str], extra_lines: list[bytes] | None = None, *, release: str = "4.3"
+) -> bytes:
+    """An ``admin.vm.List`` reply: ``0\\0`` then one line per qube, dom0 first."""
+    lines = [list_line("dom0", "AdminVM", "Running", release)]
+    lines += [list_line(name, "AppVM", state, release) for name, state in sorted(qubes.items())]
+    lines += [line + b"\n" for line in extra_lines or []]
+    return b"0\x00" + b"".join(lines)
 
 
 def make_world(
@@ -29,15 +51,19 @@ def make_world(
     states: Mapping[str, str] | None = None,
     admin_list: bytes | None = None,
     self_name: str | None = "sys-monitor",
+    release: str = "4.3",
 ) -> dict[str, str]:
     """Write the world under ``root``; return the environment that uses it.
 
     ``behaviours`` maps a qube to its handler's behaviour (see the fake's
     header).  Every qube is listed Running unless ``states`` says otherwise;
-    ``admin_list`` replaces dom0's reply (None: built from the qubes).
+    ``admin_list`` replaces dom0's reply (None: built from the qubes as
+    qubesd of ``release`` lists them).
     """
-    (root / "qubes").mkdir(parents=True, exist_ok=True)
-    (root / "dom0").mkdir(exist_ok=True)
+    if release not in RELEASES:
+        raise ValueError(f"unknown release {release!r}")
+    for folder in ("qubes", "dom0", "state", "uuid"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "handler").write_text(str(HANDLER))
     # A hung qube sleeps this long: unique per world, so a test can look for
     # its own leftovers without seeing another run's.
@@ -50,7 +76,10 @@ def make_world(
     if self_name:
         listed.setdefault(self_name, "Running")
         (root / "self_name").write_text(self_name + "\n")
-    reply = admin_list if admin_list is not None else vm_list(listed)
+    for name, state in listed.items():
+        (root / "state" / name).write_text(state + "\n")
+        (root / "uuid" / qube_uuid(name)).write_text(name + "\n")
+    reply = admin_list if admin_list is not None else vm_list(listed, release=release)
     (root / "dom0" / "admin.vm.List").write_bytes(reply)
     return {
         "SYSMON_FAKE_WORLD": str(root),
@@ -58,9 +87,21 @@ def make_world(
     }
 
 
-def calls(root: Path) -> list[str]:
-    """Every call the fake received, as ``TARGET SERVICE+ARG``."""
+def requested_calls(root: Path) -> list[str]:
+    """Every call the fake received, as ``TARGET SERVICE+ARG``, TARGET as asked."""
     return (root / "calls.log").read_text().splitlines()
+
+
+def calls(root: Path) -> list[str]:
+    """Every call the fake received, with a ``uuid:U`` target as the qube's name."""
+    resolved = []
+    for line in requested_calls(root):
+        target, _, rest = line.partition(" ")
+        by_uuid = root / "uuid" / target.removeprefix("uuid:")
+        if target.startswith("uuid:") and by_uuid.is_file():
+            target = by_uuid.read_text().strip()
+        resolved.append(f"{target} {rest}")
+    return resolved
 
 
 def leftover_processes(root: Path) -> list[str]:
