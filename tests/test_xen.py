@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import trio
 from csvcheck import read_day
+from fakequbes.recordings import read
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -86,6 +87,74 @@ class TestEventReader:
         assert domain_stats(event) is None
 
 
+ROUND = ["dom0", "sys-monitor", "work", "nohandler", "personal", "secrets-vault", "sys-dns"]
+ROUND.append("disp1234")
+
+
+def stats_of(data: bytes) -> list[DomainStats]:
+    return [s for e in EventReader().feed_untrusted(data) if (s := domain_stats(e)) is not None]
+
+
+class TestRecordedStreams:
+    @pytest.mark.parametrize("release", ["4.2", "4.3"])
+    def test_four_rounds_of_eight_domains(self, release):
+        """33 events: connection-established, then 4 rounds in domain-id order."""
+        data = read(f"admin.vm.Stats-{release}.bin")
+        events = EventReader().feed_untrusted(data)
+        assert len(events) == 33
+        assert events[0] == Event("", "connection-established", {})
+        stats = stats_of(data)
+        assert [s.vm for s in stats] == ROUND * 4
+        assert all(s.cpu_usage == 0 and s.cpu_usage_raw == 0 for s in stats[:8])
+
+    @pytest.mark.parametrize("release", ["4.2", "4.3"])
+    def test_values_of_the_recording(self, release):
+        """work runs 0.5 CPU-s/s on 2 vcpus: 50 raw, 25 normalised; memory fixed."""
+        last = {s.vm: s for s in stats_of(read(f"admin.vm.Stats-{release}.bin"))}
+        assert (last["work"].cpu_usage, last["work"].cpu_usage_raw) == (25, 50)
+        assert (last["disp1234"].cpu_usage, last["disp1234"].cpu_usage_raw) == (75, 150)
+        assert last["work"].memory_kb == 1_536_000
+        assert last["dom0"].memory_kb == 4_096_000
+        assert last["personal"].cpu_usage == 0
+
+    @pytest.mark.parametrize(
+        "name", ["admin.vm.Stats-4.2.bin", "admin.vm.Stats-4.3.bin", "vm-stats-4.4-event.bin"]
+    )
+    def test_cut_at_every_byte(self, name):
+        """Fed in two pieces cut anywhere, the stream gives the same events."""
+        data = read(name)
+        whole = EventReader().feed_untrusted(data)
+        for cut in range(len(data) + 1):
+            reader = EventReader()
+            first = reader.feed_untrusted(data[:cut])
+            assert first == whole[: len(first)], cut
+            assert first + reader.feed_untrusted(data[cut:]) == whole, cut
+
+    def test_4_4_event_without_cpu_usage_raw(self):
+        """4.4 drops cpu_usage_raw: its cell is empty, the others are read."""
+        (stats,) = stats_of(read("vm-stats-4.4-event.bin"))
+        assert stats == DomainStats("work", 25, None, 11607, 1_536_000)
+
+    def test_4_4_hvm_event_ignores_new_keys(self):
+        """The *_internal keys (a float among them) are unknown: ignored."""
+        (stats,) = stats_of(read("vm-stats-4.4-event-hvm.bin"))
+        assert stats == DomainStats("sys-net", 10, None, 10643, 409_600)
+
+    def test_halted_target_error_frame_is_a_stream_error(self):
+        """qubesd's 2\\0 exception frame is not an event: the stream must be reopened."""
+        with pytest.raises(EventStreamError):
+            EventReader().feed_untrusted(read("admin.vm.Stats-halted-target.bin"))
+
+    def test_a_malformed_value_leaves_only_its_cell_empty(self):
+        event = encode(
+            Event("work", "vm-stats", {"memory_kb": b"12x", "cpu_time": b"5", "cpu_usage": b"1"})
+        )
+        assert stats_of(event) == [DomainStats("work", 1, None, 5, None)]
+
+    def test_no_known_key_drops_the_event(self):
+        assert stats_of(encode(Event("work", "vm-stats", {"colour": b"red"}))) == []
+
+
 async def test_run_streaming_with_a_real_child():
     chunks: list[bytes] = []
     with trio.fail_after(10):
@@ -144,3 +213,23 @@ async def test_policy_refusal_disables_with_one_line(tmp_path, autojump_clock):
             nursery.cancel_scope.cancel()
     assert [e["event"] for e in logs if e["event"].startswith("xen_")] == ["xen_stats_disabled"]
     assert read_day(tmp_path / "2025-08-31")["xen.csv"] == []
+
+
+async def test_xen_csv_fills_from_4_4_events(tmp_path, autojump_clock):
+    """A 4.4 stream fills xen.csv, cpu_usage_raw left empty."""
+    script = [(0.5, b"1\0\0connection-established\0\0"), (1, read("vm-stats-4.4-event.bin"))]
+    script += [(20, b"")]
+    c = xen_collector(tmp_path, fake_stream(script, 0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.xen_loop)
+        await run_for(c, 11)
+        nursery.cancel_scope.cancel()
+    (row,) = read_day(tmp_path / "2025-08-31")["xen.csv"]
+    assert row == {
+        "ts": "2025-08-31T12:00:10Z",
+        "vm": "work",
+        "cpu_usage": "25",
+        "cpu_usage_raw": "",
+        "cpu_time_ms": "11607",
+        "memory_kb": "1536000",
+    }
