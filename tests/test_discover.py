@@ -181,7 +181,7 @@ class TestHostileBytes:
             payload = unframe_admin_reply_untrusted(raw)
         except AdminCallError as exc:
             message = str(exc)
-            assert message, "the error says why"  # noqa: PT017 -- hypothesis, not pytest.raises
+            assert message, "the error says why"
         else:
             assert raw.startswith(b"0\x00")
             assert payload == raw[2:]
