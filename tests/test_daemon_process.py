@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_sysmon
+from conftest import ROOT, run_sysmon, wait_for
 from csvcheck import read_day
 from fakequbes.world import leftover_processes, make_world
 
@@ -33,15 +32,6 @@ def start_daemon(env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def scrape_rows(out: Path) -> int:
