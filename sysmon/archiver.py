@@ -1,9 +1,12 @@
 """Deliver complete days to the vault: ``sysmon archive`` and the nightly task.
 
 The copy is ``qvm-copy-to-vm <vault> <file>`` (on PATH): 0 is success, 126 a
-policy refusal or a vault that may not be started, anything else a failure
-(``../shared/qubes-facts.md`` §4).  The file lands in the vault at
-``~/QubesIncoming/<this qube>/``.
+policy refusal or a vault that may not be started, 1 a local problem, and an
+error in the vault exits with the vault's errno -- 17 (EEXIST) when the name is
+already in its QubesIncoming, 28 (ENOSPC) or 122 (EDQUOT) when it is full
+(qubes-core-agent-linux ``qubes-rpc/qvm-copy``, qubes-linux-utils
+``qrexec-lib/unpack.c``; recorded in ``tests/fixtures/qubes/qvm-copy-to-vm.json``).
+The file lands in the vault at ``~/QubesIncoming/<this qube>/``.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ async def run_archive(
             await offload(record_refused, out_dir, day)
             detail = f"refused: policy, or {config.vault} may not be started (exit 126)"
         elif code is not None:
-            detail = f"qvm-copy-to-vm failed (exit {code})"
+            detail = f"qvm-copy-to-vm failed (exit {code}{VAULT_ERRNO.get(code, '')})"
         outcomes.append(DayOutcome(day, "refused" if code == EXIT_REFUSED else "failed", detail))
         log.error("archive_failed", day=day.isoformat(), error=detail)
         break
@@ -154,6 +157,14 @@ async def run_archive(
             archives=[d.isoformat() for d in pruned.archives],
         )
     return ArchiveReport(days=tuple(outcomes), pruned=pruned)
+
+
+#: The vault's errno, as qvm-copy-to-vm's exit status, that sysmon can explain.
+VAULT_ERRNO = {
+    17: ": the vault already has a file of that name; the next try sends a new name",
+    28: ": the vault is full",
+    122: ": the vault's quota is full",
+}
 
 
 def next_archive_time(now: datetime, archive_at: str, zone: tzinfo | None = None) -> datetime:

@@ -341,3 +341,32 @@ def test_a_cut_copy_is_resent_under_a_new_name(tmp_path):
     with tarfile.open(whole) as tar:
         assert len(tar.getnames()) == 2
     assert is_delivered(tmp_path / "out", yesterday)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "reason"),
+    [
+        (None, 17, "the vault already has a file of that name"),
+        ("full", 28, "the vault is full"),
+    ],
+)
+def test_the_vaults_errno_is_explained_and_retried(tmp_path, mode, code, reason):
+    """qvm-copy-to-vm exits with the vault's errno (recorded: 17 for a name it has)."""
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    make_day(tmp_path / "out", yesterday)
+    env = {**os.environ, **make_world(tmp_path / "world", {}), "PYTHONPATH": str(ROOT)}
+    incoming = tmp_path / "world" / "vault" / "home" / "QubesIncoming" / "sys-monitor"
+    incoming.mkdir(parents=True)
+    if mode is None:  # an earlier copy landed, but its outcome was lost
+        (incoming / f"monitor-{yesterday}.tgz").write_bytes(b"older copy")
+    else:
+        (tmp_path / "world" / "vault" / "mode").write_text(mode + "\n")
+    argv = [sys.executable, "-m", "sysmon", "archive", "--out-dir", str(tmp_path / "out")]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 1
+    assert f"qvm-copy-to-vm failed (exit {code}: {reason}" in first.stderr
+    (tmp_path / "world" / "vault" / "mode").write_text("ok\n")
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 0, second.stderr
+    assert (incoming / f"monitor-{yesterday}.2.tgz").is_file()
+    assert is_delivered(tmp_path / "out", yesterday)

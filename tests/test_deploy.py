@@ -105,17 +105,31 @@ class TestRendering:
     def test_top_covers_dom0_and_every_template(self, salt):
         top = salt("slsutil.renderer", f"{SALT_ROOT}/qubes/monitor/init.top")
         assert top["base"]["dom0"] == ["qubes.monitor.sys-monitor"]
-        assert top["base"]["debian-12-xfce"] == ["qubes.monitor.template-monitor"]
+        # Qubes 4.3.1's templates; sys-monitor's own also gets the handler.
+        assert top["base"]["debian-13-xfce"] == [
+            "qubes.monitor.template-monitor",
+            "qubes.monitor.template-handler",
+        ]
         handler_templates = [
-            t for t, s in top["base"].items() if s == ["qubes.monitor.template-handler"]
+            t for t, s in top["base"].items() if "qubes.monitor.template-handler" in s
         ]
         assert set(handler_templates) == {
-            "debian-12-hard",
-            "debian-12-hard-min",
-            "debian-12-work",
-            "fedora-41-vpn-min",
-            "whonix-workstation-17",
+            "debian-13-xfce",
+            "fedora-43-xfce",
+            "whonix-gateway-18",
+            "whonix-workstation-18",
         }
+
+    def test_a_4_2_system_names_its_templates_in_pillar(self, salt):
+        """The pillar of docs/deploy.md for Qubes 4.2 targets the 4.2 templates."""
+        pillar = {
+            "sysmon": {
+                "monitor_template": "debian-12-xfce",
+                "handler_templates": ["debian-12-xfce", "fedora-41-xfce"],
+            }
+        }
+        high = salt("state.show_sls", "qubes.monitor.sys-monitor", pillar=pillar)
+        assert {"template": "debian-12-xfce"} in high["sysmon-qube"]["qvm"]
 
     def test_settings_come_from_pillar(self, salt):
         high = salt(

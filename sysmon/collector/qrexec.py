@@ -2,7 +2,8 @@
 
 Pure except for :class:`Qrexec`'s calls, which go through
 :mod:`sysmon.collector.runner`.  Exit codes and framing follow
-qubes-core-qrexec 4.2 (``../shared/qubes-facts.md`` section 1):
+qubes-core-qrexec 4.2 and 4.3 (``agent/qrexec-client-vm.c``, ``libqrexec/qrexec.h``;
+recorded in ``tests/fixtures/qubes/qrexec-client-vm*.json``):
 126 refused, 127 no such service in the target, 125 another qrexec
 failure, anything else the service's own; ``admin.*`` calls exit 0 and
 frame their reply as ``0\\0`` (ok), ``2\\0<type>\\0...`` (qubesd error) or

@@ -2,7 +2,8 @@
 
 qubesd sends, every ``stats_interval`` seconds (3 by default), one
 ``vm-stats`` event per running domain, dom0 included
-(``../shared/qubes-facts.md`` §3).  Each event is
+(qubes-core-admin ``qubes/api/admin.py`` ``vm_stats``; recorded in
+``tests/fixtures/qubes/admin.vm.Stats-*.bin``).  Each event is
 ``1\\0<subject>\\0<event>\\0(<key>\\0<value>\\0)*\\0`` (qubesadmin
 ``events/__init__.py``).  It covers qubes with no handler and cannot be
 faked from inside a qube.  The stream is still parsed as untrusted input.

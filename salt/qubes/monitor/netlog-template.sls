@@ -1,5 +1,5 @@
 {#- netlog in the capture qubes' template:
-    sudo qubesctl --skip-dom0 --targets=debian-12-hard-min state.sls qubes.monitor.netlog-template
+    sudo qubesctl --skip-dom0 --targets=debian-13-xfce state.sls qubes.monitor.netlog-template
     tcpdump from the distribution; the capture and retention scripts; units
     that start only where `qvm-service <qube> netpcap on`; /var/log/netpcap
     kept on the qube's private volume across reboots (bind-dirs). -#}

@@ -1,5 +1,5 @@
 {#- In every template whose qubes sys-monitor polls:
-    sudo qubesctl --skip-dom0 --targets=debian-12-work,fedora-41-vpn-min state.sls qubes.monitor.template-handler
+    sudo qubesctl --skip-dom0 --targets=debian-13-xfce,fedora-43-xfce state.sls qubes.monitor.template-handler
     (the list is `handler_templates` in map.jinja; qubes.monitor.top does all). -#}
 {%- from "qubes/monitor/map.jinja" import sysmon with context %}
 

@@ -1,6 +1,6 @@
 {#- Inside sys-monitor's template (an AppVM's root is discarded at reboot and
     units under /usr/local are not picked up, qubes-issues #6063):
-    sudo qubesctl --skip-dom0 --targets=debian-12-xfce state.sls qubes.monitor.template-monitor
+    sudo qubesctl --skip-dom0 --targets=debian-13-xfce state.sls qubes.monitor.template-monitor
     Debian's own packages, through the updates proxy; sysmon itself as plain
     files in /usr/lib/sysmon; no pip, no PyPI. -#}
 {%- from "qubes/monitor/map.jinja" import sysmon with context %}
