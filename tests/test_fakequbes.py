@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root
 from fakequbes.recordings import Run, read, runs, world
-from fakequbes.world import BIN, make_world
+from fakequbes.world import BIN, make_world, open_to_others
 
 USER = pwd.getpwuid(os.getuid()).pw_name
 
@@ -177,10 +177,7 @@ def qvm_run_world(root: Path) -> tuple[dict[str, str], int]:
     # Owned by another unprivileged user (tcpdump's stand-in), mode 0750.
     os.chown(captures, 65533, 65533)
     captures.chmod(0o750)
-    for parent in [root, *root.parents]:  # pytest's 0700 tmp folders
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o005)
+    open_to_others(root)
     return env, uid
 
 

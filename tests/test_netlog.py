@@ -4,6 +4,7 @@ backup against a fake qvm-run that maps qubes to folders."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import pwd
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, require_root, require_tool
-from fakequbes.world import BIN
+from fakequbes.world import BIN, open_to_others
 
 NETLOG = ROOT / "netlog"
 CAPTURE = NETLOG / "netpcap-capture"
@@ -269,9 +270,17 @@ def _world(tmp_path):
             world / "vm" / "sys-dns" / "root" / "netpcap" / f"pcap-2025083100{hour}000.pcap"
         ).write_bytes(bytes([hour]) * 1000)
     (world / "vm" / "sys-dns" / "root" / "netpcap" / "evil; rm -rf ~").write_bytes(b"")
+    # As on a real qube: captures in tcpdump's 0750 folder (uid 65533 stands
+    # in for tcpdump), the cursor under root's /rw/config, the journal root's;
+    # qvm-run runs a command as the default user (65534) unless --user root.
+    require_root("the owners and modes of a real qube")
+    os.chown(world / "vm" / "sys-dns" / "root" / "netpcap", 65533, 65533)
+    (world / "vm" / "sys-dns" / "root" / "netpcap").chmod(0o750)
+    (world / "vm" / "sys-firewall" / "root" / "cursor").mkdir(mode=0o755)
+    open_to_others(world)
     journal = tmp_path / "journal"
     remote = require_tool("/lib/systemd/systemd-journal-remote")
-    journal.mkdir()
+    journal.mkdir(mode=0o700)
     (tmp_path / "in.export").write_text(
         _export(1_700_000_000_000_000, "netlog-dns: IN=eth0 OUT=eth1 SRC=10.137.0.5 DPT=53", 1)
         + _export(1_700_000_001_000_000, "unrelated kernel line", 2)
@@ -323,6 +332,14 @@ def test_normal_night_ships_closed_files_and_new_log_lines(world):
         world_dir / "vm" / "secrets-vault" / "home" / "NetLogs" / f"sys-dns-{day}.tgz"
     ) as tar:
         assert tar.getnames() == ["pcap-20250831000000.pcap", "pcap-20250831001000.pcap"]
+        shipped = {
+            name: hashlib.sha256(tar.extractfile(name).read()).hexdigest()  # type: ignore[union-attr]
+            for name in tar.getnames()
+        }
+    assert shipped == {  # exactly the captures' bytes
+        f"pcap-2025083100{hour}000.pcap": hashlib.sha256(bytes([hour]) * 1000).hexdigest()
+        for hour in range(2)
+    }
     left = sorted(p.name for p in (world_dir / "vm" / "sys-dns" / "root" / "netpcap").iterdir())
     assert left == ["evil; rm -rf ~", "pcap-20250831002000.pcap"]  # the one being written stays
     log = gzip.decompress(
@@ -381,3 +398,21 @@ def test_scripts_are_shellcheck_clean():
         [shellcheck, *map(str, scripts)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_a_failed_journal_read_is_an_error_not_nothing_new(world, tmp_path):
+    """journalctl failing (as it does on a journal it cannot open) fails the night."""
+    world_dir, env = world
+    conf = Path(env["NETLOG_CONF"])
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "journalctl").write_text(
+        "#!/bin/sh\necho 'Failed to open journal: Permission denied' >&2\nexit 1\n"
+    )
+    (broken / "journalctl").chmod(0o755)
+    conf.write_text(conf.read_text() + f"NETLOG_JOURNALCTL={broken}/journalctl\n")
+    done = run_backup(env)
+    assert done.returncode == 1
+    assert "sys-firewall: cannot read its journal" in done.stderr
+    assert "no new firewall log lines" not in done.stderr
+    assert not (world_dir / "vm" / "sys-firewall" / "root" / "cursor" / "fw.cursor").exists()
