@@ -91,7 +91,10 @@ async def discover(
             f"({discovery.rejected[0]})"
         )
     self_name = self_name or config.self_name or await source.own_name()
-    return discovery, select_targets(discovery.qubes, self_name, config.exclude)
+    # The vault is never polled: the handler would run as root in it and its
+    # journal would flow out (the shipped policy denies it too).
+    exclude = (*config.exclude, config.vault)
+    return discovery, select_targets(discovery.qubes, self_name, exclude)
 
 
 def log_results(results: Sequence[ScrapeResult]) -> None:

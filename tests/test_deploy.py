@@ -201,7 +201,111 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("admin.vm.List", "*", "sys-monitor", "@anyvm", "allow", "target=dom0"),
         ("admin.vm.Stats", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
         ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
+        ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
+        ("*", "*", "@anyvm", "sys-monitor", "deny"),
     }
+
+
+# --- The policy's decisions, against the real engine's recorded ones --------
+
+#: The recorded hardened 30-sysmon.policy (tests/fixtures/qubes/README.md),
+#: to which the table's "30-sysmon.policy:N" refers.
+RECORDED_HARDENED = [
+    "qubes.Metrics.Get * sys-monitor secrets-vault deny notify=no",
+    "qubes.Metrics.Get * sys-monitor @anyvm allow user=root autostart=no",
+    "admin.vm.List * sys-monitor @adminvm allow target=dom0",
+    "admin.vm.List * sys-monitor @anyvm allow target=dom0",
+    "admin.vm.Stats * sys-monitor @adminvm allow target=dom0",
+    "qubes.Filecopy * sys-monitor secrets-vault allow",
+    "* * @anyvm sys-monitor deny",
+]
+#: The default rules the recorded requests reach (core-admin 90-default.policy).
+DEFAULT_RULES = [
+    ("90-default.policy:31", "qubes.Filecopy * @anyvm @anyvm ask"),
+    ("90-default.policy:99", "qubes.VMShell * @anyvm @anyvm deny"),
+    ("90-default.policy:103", "qubes.VMRootShell * @anyvm @anyvm deny"),
+    ("90-default.policy:128", "qubes.VMExec * @anyvm @anyvm deny"),
+]
+
+
+def _matches(pattern: str, name: str, *, target: bool) -> bool:
+    """qrexec's pattern match for the patterns the policy uses (parser.py)."""
+    is_dom0 = name in {"dom0", "@adminvm"}
+    if pattern == "*":
+        return True
+    if pattern == "@anyvm":  # never dom0; as a target also the keywords
+        return not is_dom0 and (target or not name.startswith("@"))
+    if pattern in {"@adminvm", "dom0"}:
+        return is_dom0
+    return pattern == name
+
+
+def evaluate(
+    rules: list[tuple[str, str]], request: str, source: str, target: str, state: str
+) -> tuple[str, str]:
+    """(decision, matched rule) for one request, first match wins, as dom0 decides it."""
+    service, _, argument = request.partition("+")
+    for where, rule in rules:
+        r_service, r_arg, r_source, r_target, action, *params = rule.split()
+        if r_service not in {"*", service} or r_arg not in {"*", "+" + argument}:
+            continue
+        if not (
+            _matches(r_source, source, target=False) and _matches(r_target, target, target=True)
+        ):
+            continue
+        if action == "allow":
+            redirected = any(p.startswith("target=") for p in params)
+            if not redirected:
+                if target in {"@default", source} or target.startswith("@dispvm"):
+                    return "deny", where  # no target given / loopback / a new DispVM
+                if "autostart=no" in params and state != "Running":
+                    return "deny", where
+        return action, where
+    return "deny", "-"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        line.split("\t")
+        for line in (ROOT / "tests/fixtures/qubes/policy-decisions-hardened.tsv")
+        .read_text()
+        .splitlines()[1:]
+    ],
+    ids=lambda row: f"{row[0]}:{row[1]}>{row[2]}",
+)
+def test_shipped_policy_decides_as_the_recorded_engine(shipped_policy, row):
+    """Each of the 42 recorded requests: same decision, same rule, denials included."""
+    request, source, target, state, decision, matched = row[:6]
+    ours = [
+        (line, line)
+        for line in (" ".join(raw.split()) for raw in shipped_policy.splitlines())
+        if line and not line.startswith("#")
+    ]
+    got_decision, got_rule = evaluate([*ours, *DEFAULT_RULES], request, source, target, state)
+    assert got_decision == decision
+    if matched.startswith("30-sysmon.policy:"):
+        assert got_rule == RECORDED_HARDENED[int(matched.split(":")[1]) - 1]
+    else:
+        assert got_rule == matched
+
+
+@pytest.fixture(name="shipped_policy")
+def _shipped_policy(salt, tmp_path):
+    out = tmp_path / "30-sysmon.policy"
+    salt("cp.get_template", "salt://qubes/monitor/files/30-sysmon.policy.jinja", str(out))
+    return out.read_text()
+
+
+def test_policy_file_requires_the_qube(salt):
+    """The policy is written only if the qube was created and set up."""
+    high = salt("state.show_sls", "qubes.monitor.sys-monitor")
+    policy = high["/etc/qubes/policy.d/30-sysmon.policy"]["file"]
+    (require,) = [
+        item["require"] for item in policy if isinstance(item, dict) and "require" in item
+    ]
+    assert {"qvm": "sysmon-qube"} in require
+    assert {"qvm": "sysmon-qube-prefs"} in require
 
 
 def test_the_grammar_check_rejects_what_4_2_rejects():

@@ -21,9 +21,9 @@ from csvcheck import read_day
 from fakequbes.recordings import read, world
 from fakequbes.world import make_world, qube_uuid, requested_calls
 
-#: Running qubes sysmon polls (not dom0, not itself); nohandler lacks the service.
-POLLED = {"disp1234": "ok", "nohandler": "no-service", "secrets-vault": "ok", "sys-dns": "ok"}
-POLLED["work"] = "ok"
+#: Running qubes sysmon polls (not dom0, not itself, not the vault); nohandler
+#: lacks the service.
+POLLED = {"disp1234": "ok", "nohandler": "no-service", "sys-dns": "ok", "work": "ok"}
 STATS = {
     "4.2": read("admin.vm.Stats-4.2.bin"),
     "4.3": read("admin.vm.Stats-4.3.bin"),

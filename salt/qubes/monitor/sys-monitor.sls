@@ -42,3 +42,10 @@ sysmon-qube-service:
     - user: root
     - group: qubes
     - mode: '0664'
+    # qvm.present reports success even when qvm-create failed (recorded on
+    # 4.3.1 with a missing template): only the chain through the prefs,
+    # which fail then, keeps the policy from being written for no qube.
+    - require:
+      - qvm: sysmon-qube
+      - qvm: sysmon-qube-prefs
+      - qvm: sysmon-qube-service
