@@ -22,8 +22,8 @@ from pathlib import Path
 
 import trio
 
-from sysmon.sinks import schemas
-from sysmon.sinks.archive import build_archive
+from sysmon import schema
+from sysmon.store.archive import build_archive
 
 DAY = date(2025, 8, 31)
 
@@ -32,9 +32,9 @@ def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -
     """A realistic day: the same row shapes the daemon writes, appended in bulk."""
     folder = out / day.isoformat()
     folder.mkdir(parents=True)
-    files = {s.file_name: (folder / s.file_name).open("wb") for s in schemas.DAILY_FILES}
-    for schema in schemas.DAILY_FILES:
-        files[schema.file_name].write(schema.header)
+    files = {s.file_name: (folder / s.file_name).open("wb") for s in schema.DAILY_FILES}
+    for daily in schema.DAILY_FILES:
+        files[daily.file_name].write(daily.header)
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     for tick in range(8640):
         ts = start + timedelta(seconds=10 * tick)
@@ -42,7 +42,7 @@ def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -
             vm = f"qube-{q:03d}"
             n = tick + 1
             files["system.csv"].write(
-                schemas.SYSTEM.format_row(
+                schema.SYSTEM.format_row(
                     [
                         ts,
                         vm,
@@ -64,12 +64,12 @@ def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -
             )
             for i in range(ifaces):
                 files["network.csv"].write(
-                    schemas.NETWORK.format_row([ts, vm, f"eth{i}", 1000 * n, 0, 0, 700 * n, 0, 0])
+                    schema.NETWORK.format_row([ts, vm, f"eth{i}", 1000 * n, 0, 0, 700 * n, 0, 0])
                 )
-            files["connections.csv"].write(schemas.CONNECTIONS.format_row([ts, vm, 12, 4]))
+            files["connections.csv"].write(schema.CONNECTIONS.format_row([ts, vm, 12, 4]))
             for d in range(disks):
                 files["disk.csv"].write(
-                    schemas.DISK.format_row(
+                    schema.DISK.format_row(
                         [
                             ts,
                             vm,
@@ -82,11 +82,11 @@ def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -
                         ]
                     )
                 )
-            files["scrapes.csv"].write(schemas.SCRAPES.format_row([ts, vm, "ok", 12, 950, 9, 0]))
-            files["xen.csv"].write(schemas.XEN.format_row([ts, vm, 3, 6, 1000 * n, 4_000_000]))
+            files["scrapes.csv"].write(schema.SCRAPES.format_row([ts, vm, "ok", 12, 950, 9, 0]))
+            files["xen.csv"].write(schema.XEN.format_row([ts, vm, 3, 6, 1000 * n, 4_000_000]))
         if tick % 6 == 0:
             for q in range(qubes):
-                files["qubes.csv"].write(schemas.QUBES.format_row([ts, f"qube-{q:03d}", "Running"]))
+                files["qubes.csv"].write(schema.QUBES.format_row([ts, f"qube-{q:03d}", "Running"]))
     for f in files.values():
         f.close()
     return {name: (folder / name).stat().st_size for name in files}

@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakequbes.world import make_world  # noqa: E402
 
-from sysmon.collector.discover import QrexecDiscovery  # noqa: E402
-from sysmon.collector.qrexec import Qrexec  # noqa: E402
+from sysmon.collect.qrexec import Qrexec, QrexecDiscovery  # noqa: E402
 from sysmon.config import Config  # noqa: E402
 from sysmon.logconfig import configure_logging  # noqa: E402
 from sysmon.poll import poll_once  # noqa: E402

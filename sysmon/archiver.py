@@ -21,10 +21,10 @@ import structlog
 import trio
 from dateutil import tz
 
-from sysmon.collector.qrexec import EXIT_REFUSED
-from sysmon.collector.runner import run_bounded
+from sysmon.collect.process import run_bounded
 from sysmon.config import Config
-from sysmon.sinks.archive import (
+from sysmon.protocol.admin import EXIT_REFUSED
+from sysmon.store.archive import (
     ArchiveError,
     Pruned,
     build_archive,

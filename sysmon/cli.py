@@ -13,11 +13,11 @@ import attrs
 import trio
 
 from sysmon import __version__
-from sysmon.collector.discover import DiscoveryError, QrexecDiscovery
-from sysmon.collector.qrexec import Qrexec
+from sysmon.collect.qrexec import Qrexec, QrexecDiscovery
 from sysmon.config import Config, ConfigError, load_config
 from sysmon.logconfig import configure_logging
 from sysmon.poll import PollReport, poll_once
+from sysmon.protocol.admin import DiscoveryError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

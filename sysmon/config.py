@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-from sysmon.names import is_valid_qube_name
-from sysmon.rules import Rule, RuleError, parse_rules
+from sysmon.protocol.names import is_valid_qube_name
+from sysmon.transform.rules import Rule, RuleError, parse_rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")

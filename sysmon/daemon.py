@@ -24,20 +24,16 @@ import structlog
 import trio
 
 from sysmon.archiver import Copier, next_archive_time, qvm_copy_to_vm, run_archive
-from sysmon.collector.discover import Discovery, DiscoveryError, QubeInfo
-from sysmon.collector.qrexec import EXIT_REFUSED, Qrexec, Transport
-from sysmon.collector.runner import run_streaming
-from sysmon.collector.scrape import ScrapeResult, scrape_round
-from sysmon.collector.xenstats import (
-    DomainStats,
-    EventReader,
-    EventStreamError,
-    domain_stats,
-)
+from sysmon.collect.process import run_streaming
+from sysmon.collect.qrexec import DiscoverySource, Qrexec, Transport
+from sysmon.collect.scrape import scrape_round
 from sysmon.config import Config
-from sysmon.poll import DiscoverySource, discover, read_cursors, utc_now
-from sysmon.rules import Rule
-from sysmon.sinks.tick import TickOutcome, commit_tick
+from sysmon.poll import discover, read_cursors, utc_now
+from sysmon.protocol.admin import EXIT_REFUSED, Discovery, DiscoveryError, QubeInfo
+from sysmon.protocol.xen_events import DomainStats, EventReader, EventStreamError, domain_stats
+from sysmon.records import ScrapeResult, TickOutcome
+from sysmon.store.commit import commit_tick
+from sysmon.transform.rules import Rule
 
 #: Statuses that make a qube wait before its next poll.
 BACKOFF_STATUSES = frozenset({"refused", "no-service", "timeout"})

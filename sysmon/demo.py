@@ -19,10 +19,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from sysmon.collector.discover import Discovery, QubeInfo
-from sysmon.collector.runner import ProcessResult, run_bounded
+from sysmon.collect.process import ProcessResult, run_bounded
 from sysmon.config import Config
 from sysmon.poll import PollReport, poll_once
+from sysmon.protocol.admin import Discovery, QubeInfo
 
 HANDLER_ENV = "SYSMON_HANDLER"
 

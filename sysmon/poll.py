@@ -14,13 +14,14 @@ import attrs
 import structlog
 import trio
 
-from sysmon.collector.discover import Discovery, DiscoveryError, QubeInfo, select_targets
-from sysmon.collector.qrexec import Transport
-from sysmon.collector.scrape import ScrapeResult, scrape_round
+from sysmon.collect.qrexec import Transport
+from sysmon.collect.scrape import scrape_round
 from sysmon.config import Config
-from sysmon.sinks.csv_daily import locked
-from sysmon.sinks.state import load_state
-from sysmon.sinks.tick import TickOutcome, commit_tick
+from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
+from sysmon.records import ScrapeResult, TickOutcome
+from sysmon.store.commit import commit_tick
+from sysmon.store.daily import locked
+from sysmon.store.state import load_state
 
 
 class DiscoverySource(Protocol):

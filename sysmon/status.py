@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from sysmon.sinks import schemas
+from sysmon import schema
 
 _DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 STALE_INTERVALS = 3
@@ -79,18 +79,18 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     if folder is None:
         return StatusReport(None, {}, (), healthy=False, reason=f"no day folder under {out_dir}")
     ages: dict[str, float | None] = {}
-    for schema in schemas.DAILY_FILES:
-        ts = _last_ts(folder / schema.file_name)
-        ages[schema.file_name] = None if ts is None else (now - ts).total_seconds()
+    for daily in schema.DAILY_FILES:
+        ts = _last_ts(folder / daily.file_name)
+        ages[daily.file_name] = None if ts is None else (now - ts).total_seconds()
     last: dict[str, dict[str, str]] = {}
     failures: dict[str, int] = {}
-    for row in _rows(folder / schemas.SCRAPES.file_name):
+    for row in _rows(folder / schema.SCRAPES.file_name):
         vm = row.get("vm", "?")
         last[vm] = row
         if row.get("status") not in {"ok", "skipped"}:
             failures[vm] = failures.get(vm, 0) + 1
     values: dict[str, dict[str, str]] = {}
-    for row in _rows(folder / schemas.SYSTEM.file_name):
+    for row in _rows(folder / schema.SYSTEM.file_name):
         values[row.get("vm", "?")] = row
     qubes = tuple(
         QubeLine(
@@ -103,7 +103,7 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         )
         for vm, row in sorted(last.items())
     )
-    newest = ages.get(schemas.SCRAPES.file_name)
+    newest = ages.get(schema.SCRAPES.file_name)
     limit = STALE_INTERVALS * interval
     if newest is None:
         return StatusReport(folder, ages, qubes, healthy=False, reason="no poll recorded yet")

@@ -5,25 +5,25 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sysmon.sinks import schemas
+from sysmon import schema
 from sysmon.text import FORMULA_START
 
 
 def read_strict(path: Path) -> list[dict[str, str]]:
     """Every row of ``path``; fails on a ragged row, a bad quote or a stray CR."""
-    schema = next(s for s in schemas.DAILY_FILES if s.file_name == path.name)
+    daily = next(s for s in schema.DAILY_FILES if s.file_name == path.name)
     data = path.read_bytes()
     assert data.endswith(b"\n"), f"{path}: last line not terminated"
     assert b"\r" not in data, f"{path}: carriage return"
     text = data.decode("utf-8")
     reader = csv.reader(text.splitlines(keepends=True), strict=True)
     header = next(reader)
-    assert header == [c.name for c in schema.columns], f"{path}: header {header}"
+    assert header == [c.name for c in daily.columns], f"{path}: header {header}"
     rows = []
     for row in reader:
         assert len(row) == len(header), f"{path}: {len(row)} fields in {row}"
         record = dict(zip(header, row, strict=True))
-        for column in schema.text_columns:
+        for column in daily.text_columns:
             assert not record[column].startswith(FORMULA_START), f"{path}: formula in {record}"
         rows.append(record)
     # One physical line per row: no field holds a newline.
@@ -33,4 +33,4 @@ def read_strict(path: Path) -> list[dict[str, str]]:
 
 def read_day(folder: Path) -> dict[str, list[dict[str, str]]]:
     """Every file of a day folder, strictly read."""
-    return {s.file_name: read_strict(folder / s.file_name) for s in schemas.DAILY_FILES}
+    return {s.file_name: read_strict(folder / s.file_name) for s in schema.DAILY_FILES}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import attrs
 from hypothesis import strategies as st
 
-from sysmon.collector.parse import IDENT_RE
-from sysmon.protocol import (
+from sysmon.protocol.metrics import (
     SYS_INT_KEYS,
     AlertRecord,
     ConnRecord,
@@ -15,6 +14,7 @@ from sysmon.protocol import (
     Snapshot,
     SysRecord,
 )
+from sysmon.protocol.parse import IDENT_RE
 
 counters = st.integers(min_value=0, max_value=2**64 - 1)
 # Plain decimals with at most two places survive text and back exactly.

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from sysmon.archiver import next_archive_time, qvm_copy_to_vm, run_archive
 from sysmon.config import Config
-from sysmon.sinks.archive import (
+from sysmon.store.archive import (
     ArchiveError,
     build_archive,
     is_delivered,
@@ -293,7 +293,7 @@ FULL_DISK_ARCHIVE = """
 import os, sys
 from datetime import date
 from pathlib import Path
-from sysmon.sinks.archive import ArchiveError, build_archive
+from sysmon.store.archive import ArchiveError, build_archive
 out = Path(sys.argv[1])
 day = out / "2025-09-01"
 day.mkdir(parents=True)

@@ -14,12 +14,12 @@ import trio
 from csvcheck import read_day
 from structlog.testing import capture_logs
 
-from sysmon.collector.discover import Discovery, QubeInfo
-from sysmon.collector.runner import ProcessResult
+from sysmon.collect.process import ProcessResult
 from sysmon.config import Config
 from sysmon.daemon import Collector, backoff_delay
-from sysmon.protocol import DiskRecord, NetRecord, Snapshot, SysRecord, render
-from sysmon.sinks.tick import commit_tick
+from sysmon.protocol.admin import Discovery, QubeInfo
+from sysmon.protocol.metrics import DiskRecord, NetRecord, Snapshot, SysRecord, render
+from sysmon.store.commit import commit_tick
 
 
 @attrs.define

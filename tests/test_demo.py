@@ -6,7 +6,7 @@ from conftest import run_sysmon
 from csvcheck import read_day
 
 from sysmon.demo import demo_names
-from sysmon.names import is_valid_qube_name
+from sysmon.protocol.names import is_valid_qube_name
 
 
 def test_demo_runs_the_real_pipeline(tmp_path):

@@ -8,8 +8,13 @@ from fakequbes.world import qube_uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysmon.collector.discover import QubeInfo, parse_vm_list_untrusted, select_targets
-from sysmon.collector.qrexec import AdminCallError, unframe_admin_reply_untrusted
+from sysmon.protocol.admin import (
+    AdminCallError,
+    QubeInfo,
+    parse_vm_list_untrusted,
+    select_targets,
+    unframe_admin_reply_untrusted,
+)
 
 RELEASES = ("4.2", "4.3")
 

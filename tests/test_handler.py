@@ -11,8 +11,8 @@ import pytest
 from conftest import FIXTURES, HANDLER, require_tool
 from handler_run import SHELLS, run_handler
 
-from sysmon.collector.parse import parse_metrics_untrusted
-from sysmon.protocol import AlertRecord
+from sysmon.protocol.metrics import AlertRecord
+from sysmon.protocol.parse import parse_metrics_untrusted
 
 TREES = sorted(p.name for p in (FIXTURES / "proc").iterdir() if p.is_dir())
 UPDATE_GOLDEN = os.environ.get("SYSMON_UPDATE_GOLDEN") == "1"

@@ -15,9 +15,9 @@ from conftest import ROOT, run_sysmon
 from fakequbes.world import make_world
 from test_once import LIAR_PAYLOAD
 
-from sysmon.collector.xenstats import DomainStats
-from sysmon.sinks import schemas
-from sysmon.sinks.tick import commit_tick
+from sysmon import schema
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.store.commit import commit_tick
 
 TELEGRAF = ROOT / "contrib" / "telegraf" / "sysmon.conf"
 ALLOY = ROOT / "contrib" / "alloy" / "sysmon-alerts.alloy"
@@ -107,7 +107,7 @@ def telegraf_inputs() -> list[dict[str, Any]]:
 
 def test_telegraf_covers_every_file_but_alerts():
     files = {Path(i["files"][0]).name for i in telegraf_inputs()}
-    assert files == {s.file_name for s in schemas.DAILY_FILES} - {"alerts.csv"}
+    assert files == {s.file_name for s in schema.DAILY_FILES} - {"alerts.csv"}
 
 
 @pytest.mark.parametrize("tail", telegraf_inputs(), ids=lambda t: Path(t["files"][0]).name)

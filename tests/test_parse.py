@@ -7,8 +7,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import records_only, snapshots
 
-from sysmon.collector.parse import Limits, MetricsParseError, parse_metrics_untrusted
-from sysmon.protocol import Snapshot, render
+from sysmon.protocol.metrics import Snapshot, render
+from sysmon.protocol.parse import Limits, MetricsParseError, parse_metrics_untrusted
 
 SYS = b"sys: protocol=1 boot_id=abc btime=100 mem_total_kb=1000\n"
 NET = b"net: if=eth0 rx_bytes=1 rx_errs=2 rx_drop=3 tx_bytes=4 tx_errs=5 tx_drop=6\n"

@@ -8,11 +8,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import IN_CI, run_sysmon
 
-from sysmon.collector.scrape import ScrapeResult
-from sysmon.protocol import AlertRecord, ConnRecord, DiskRecord, NetRecord, Snapshot, SysRecord
+from sysmon.protocol.metrics import (
+    AlertRecord,
+    ConnRecord,
+    DiskRecord,
+    NetRecord,
+    Snapshot,
+    SysRecord,
+)
+from sysmon.records import ScrapeResult
 from sysmon.report import ReportError, _import_pyplot, load, parse_when
-from sysmon.sinks.archive import build_archive
-from sysmon.sinks.tick import commit_tick
+from sysmon.store.archive import build_archive
+from sysmon.store.commit import commit_tick
 
 T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 

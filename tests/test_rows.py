@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysmon.collector.scrape import ScrapeResult
-from sysmon.protocol import AlertRecord, Snapshot, SysRecord
-from sysmon.rates import cpu_percent
-from sysmon.rows import alert_key, build_tick_rows, new_alerts
-from sysmon.sinks.state import AlertCursor, QubeState
+from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
+from sysmon.records import AlertCursor, QubeState, ScrapeResult
+from sysmon.transform.rates import cpu_percent
+from sysmon.transform.rows import alert_key, build_tick_rows, new_alerts
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 

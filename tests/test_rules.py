@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from csvcheck import read_day
 
-from sysmon.collector.scrape import ScrapeResult
+from sysmon import schema
 from sysmon.config import ConfigError, config_from_mapping
-from sysmon.protocol import Snapshot, SysRecord
-from sysmon.rules import RuleError, RuleState, evaluate, parse_rules
-from sysmon.sinks import schemas
-from sysmon.sinks.state import load_state
-from sysmon.sinks.tick import commit_tick
+from sysmon.protocol.metrics import Snapshot, SysRecord
+from sysmon.records import RuleState, ScrapeResult
+from sysmon.store.commit import commit_tick
+from sysmon.store.state import load_state
+from sysmon.transform.rules import RuleError, evaluate, parse_rules
 
 EXAMPLES = [
     {
@@ -47,7 +47,7 @@ TS = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 
 def system_row(t: float, vm: str, user: float, system: float) -> bytes:
     ts = datetime.fromtimestamp(t, tz=UTC)
-    return schemas.SYSTEM.format_row([ts, vm, user, system, 100 - user - system] + [0] * 10)
+    return schema.SYSTEM.format_row([ts, vm, user, system, 100 - user - system] + [0] * 10)
 
 
 class TestParse:
@@ -130,7 +130,7 @@ class TestEvaluate:
             ["timeout", "timeout", "ok", "timeout", "refused", "no-service", "error"]
         ):
             ts = datetime.fromtimestamp(10 * i, tz=UTC)
-            row = schemas.SCRAPES.format_row([ts, "flaky", status, 1, 0, 0, 0])
+            row = schema.SCRAPES.format_row([ts, "flaky", status, 1, 0, 0, 0])
             notes, state = evaluate([rule], 10.0 * i, {"scrapes.csv": [row]}, state)
             fired += [i for _ in notes]
         assert fired == [5]
@@ -140,8 +140,8 @@ class TestEvaluate:
         ts = datetime.fromtimestamp(0, tz=UTC)
         rows = {
             "disk.csv": [
-                schemas.DISK.format_row([ts, "work", "/dev/xvda", "/", 100, 95, 5, 95]),
-                schemas.DISK.format_row([ts, "work", "/dev/xvdb", "/rw", 100, 10, 90, 10]),
+                schema.DISK.format_row([ts, "work", "/dev/xvda", "/", 100, 95, 5, 95]),
+                schema.DISK.format_row([ts, "work", "/dev/xvdb", "/rw", 100, 10, 90, 10]),
             ]
         }
         notes, _ = evaluate([rule], 0, rows, {})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from sysmon.collector.runner import run_bounded
+from sysmon.collect.process import run_bounded
 
 GUARD = 10  # seconds: a hang fails the test instead of the suite
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 import trio
 
-from sysmon.collector.runner import ProcessResult
-from sysmon.collector.scrape import scrape_round
+from sysmon.collect.process import ProcessResult
+from sysmon.collect.scrape import scrape_round
 
 GOOD = b"sys: protocol=1 boot_id=b btime=1\n"
 

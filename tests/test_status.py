@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import run_sysmon
 
-from sysmon.collector.scrape import ScrapeResult
-from sysmon.protocol import Snapshot, SysRecord
-from sysmon.sinks.tick import commit_tick
+from sysmon.protocol.metrics import Snapshot, SysRecord
+from sysmon.records import ScrapeResult
 from sysmon.status import build_status, render_status
+from sysmon.store.commit import commit_tick
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 

@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from test_daemon import FakeQubes, collector, run_for
 
-from sysmon.collector.runner import run_streaming
-from sysmon.collector.xenstats import (
+from sysmon.collect.process import run_streaming
+from sysmon.daemon import Collector
+from sysmon.protocol.xen_events import (
     DomainStats,
     Event,
     EventReader,
     EventStreamError,
     domain_stats,
 )
-from sysmon.daemon import Collector
 
 
 def encode(event: Event) -> bytes:

@@ -12,7 +12,7 @@ import re
 
 import attrs
 
-from sysmon.protocol import (
+from sysmon.protocol.metrics import (
     CONN_KEYS,
     DISK_KEYS,
     NET_KEYS,

@@ -15,7 +15,7 @@ import re
 
 import attrs
 
-from sysmon.names import is_valid_qube_name
+from sysmon.protocol.names import is_valid_qube_name
 
 MAX_EVENT_BYTES = 4096
 MAX_FIELDS = 32

@@ -1,4 +1,13 @@
-"""Which qubes exist and which to poll: ``admin.vm.List`` from dom0.
+"""dom0's Admin API and qrexec's exit codes: pure, for hostile bytes.
+
+``qrexec-client-vm`` exit codes follow qubes-core-qrexec 4.2 and 4.3
+(``agent/qrexec-client-vm.c``, ``libqrexec/qrexec.h``; recorded in
+``tests/fixtures/qubes/qrexec-client-vm*.json``): 126 refused, 127 no such
+service in the target, 125 another qrexec failure, anything else the
+service's own; ``admin.*`` calls exit 0 and frame their reply as ``0\\0``
+(ok), ``2\\0<type>\\0...`` (qubesd error) or nothing (qubesd refused).
+
+Which qubes exist and which to poll: ``admin.vm.List`` from dom0.
 
 The reply is one line per qube after qubesd's ``0\\0`` frame: the name, then
 ``key=value`` fields.  Qubes 4.2 sends ``NAME class=C state=S``
@@ -14,20 +23,72 @@ a reason the caller logs.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable
 
 import attrs
-import trio
 
-from sysmon.collector.qrexec import (
-    AdminCallError,
-    CallOutcome,
-    Qrexec,
-    classify_exit,
-    unframe_admin_reply_untrusted,
-)
-from sysmon.names import is_valid_qube_name, is_valid_uuid
+from sysmon.protocol.names import is_valid_qube_name, is_valid_uuid
+
+EXIT_REFUSED = 126
+EXIT_NO_SERVICE = 127
+EXIT_QREXEC_FAILED = 125
+
+METRICS_SERVICE = "qubes.Metrics.Get"
+_ARGUMENT_RE = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+_ERROR_TYPE_RE = re.compile(rb"[A-Za-z0-9_.]{1,100}")
+
+
+class CallOutcome(enum.Enum):
+    """What a qrexec call's exit status means."""
+
+    OK = "ok"
+    REFUSED = "refused"
+    NO_SERVICE = "no-service"
+    QREXEC_FAILED = "qrexec-failed"
+    SERVICE_FAILED = "service-failed"
+
+
+def classify_exit(returncode: int) -> CallOutcome:
+    """Map ``qrexec-client-vm``'s exit status to its meaning."""
+    if returncode == 0:
+        return CallOutcome.OK
+    if returncode == EXIT_REFUSED:
+        return CallOutcome.REFUSED
+    if returncode == EXIT_NO_SERVICE:
+        return CallOutcome.NO_SERVICE
+    if returncode == EXIT_QREXEC_FAILED:
+        return CallOutcome.QREXEC_FAILED
+    return CallOutcome.SERVICE_FAILED
+
+
+class AdminCallError(Exception):
+    """An ``admin.*`` call did not succeed; the message says why."""
+
+
+def unframe_admin_reply_untrusted(raw: bytes) -> bytes:
+    """Strip qubesd's ``0\\0`` frame, or raise for an error or a refusal.
+
+    Raises:
+        AdminCallError: qubesd refused (empty reply), reported an exception
+            (``2\\0<type>\\0...``), or the reply is not framed at all.
+    """
+    if not raw:
+        raise AdminCallError("qubesd refused the call (empty reply): check the admin policy")
+    if raw.startswith(b"0\x00"):
+        return raw[2:]
+    if raw.startswith(b"2\x00"):
+        exc_type = raw[2:].split(b"\x00", 1)[0]
+        shown = exc_type.decode() if _ERROR_TYPE_RE.fullmatch(exc_type) else "unknown"
+        raise AdminCallError(f"qubesd raised {shown}")
+    raise AdminCallError("reply is not framed as qubesd replies are")
+
+
+def safe_service_argument(argument: str) -> str:
+    """Return ``argument`` if qrexec would pass it unchanged, else ``""``."""
+    return argument if _ARGUMENT_RE.fullmatch(argument) else ""
+
 
 MAX_LIST_BYTES = 1024 * 1024
 MAX_QUBES = 10_000
@@ -164,50 +225,3 @@ def select_targets(
     if self_name:
         skip.add(self_name)
     return [q.name for q in qubes if q.state == "Running" and q.name not in skip]
-
-
-@attrs.frozen
-class QrexecDiscovery:
-    """Discovery through dom0's Admin API and QubesDB, as in a real qube."""
-
-    qrexec: Qrexec = attrs.field(factory=Qrexec)
-    qubesdb_read: str = "qubesdb-read"
-
-    async def list_qubes(self) -> Discovery:
-        """Ask dom0 for every qube.  The caller owns the timeout.
-
-        Raises:
-            DiscoveryError: refused by policy or qubesd, qubesd error, no
-                ``qrexec-client-vm``, or an unusable reply.
-        """
-        argv = self.qrexec.service_argv("dom0", "admin.vm.List")
-        try:
-            result = await self.qrexec.call(argv, max_stdout=MAX_LIST_BYTES)
-        except OSError as exc:
-            raise DiscoveryError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
-        if result.stdout_overflow:
-            raise DiscoveryError(f"admin.vm.List replied more than {MAX_LIST_BYTES} bytes")
-        outcome = classify_exit(result.returncode)
-        if outcome is CallOutcome.REFUSED:
-            raise DiscoveryError("admin.vm.List refused by qrexec policy (exit 126)")
-        if outcome is not CallOutcome.OK:
-            raise DiscoveryError(
-                f"admin.vm.List failed: {outcome.value} (exit {result.returncode})"
-            )
-        try:
-            payload = unframe_admin_reply_untrusted(result.stdout)
-        except AdminCallError as exc:
-            raise DiscoveryError(f"admin.vm.List: {exc}") from exc
-        return parse_vm_list_untrusted(payload)
-
-    async def own_name(self) -> str | None:
-        """This qube's name from QubesDB, or None when it cannot be read."""
-        try:
-            with trio.move_on_after(5):
-                result = await self.qrexec.call([self.qubesdb_read, "/name"], max_stdout=256)
-                name = result.stdout.decode("ascii", errors="replace").strip()
-                if result.returncode == 0 and is_valid_qube_name(name):
-                    return name
-        except OSError:
-            pass
-        return None

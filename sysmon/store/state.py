@@ -10,79 +10,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import structlog
 
-from sysmon.rules import RuleState
+from sysmon.records import AlertCursor, PendingAlerts, QubeState, RuleState, State
 
 STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
-
-
-def boot_cursor_id(boot_id: str) -> str:
-    """How the cursor names a boot: the first 16 characters without dashes.
-
-    64 bits tell boots apart; the whole id would make ``SERVICE+ARG`` long.
-    """
-    return boot_id.replace("-", "")[:16]
-
-
-@attrs.frozen
-class AlertCursor:
-    """Where a qube's alerts stand.
-
-    Its boot, the newest entry's time, and the entries already filed at
-    exactly that microsecond.
-    """
-
-    boot_id: str
-    ts_us: int
-    seen: frozenset[str] = frozenset()
-
-    def argument(self) -> str:
-        """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``).
-
-        The last part tells the handler how many entries of exactly that
-        microsecond to skip, so a burst larger than its line cap still moves.
-        """
-        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{len(self.seen)}"
-
-
-@attrs.frozen
-class QubeState:
-    """What the collector remembers of one qube between polls."""
-
-    boot_id: str | None = None
-    cpu_ticks: tuple[int, ...] | None = None
-    cursor: AlertCursor | None = None
-
-
-@attrs.frozen
-class PendingAlerts:
-    """Alert rows being appended, and each qube's state to commit after them.
-
-    ``commits`` are (vm, end offset, new state) in write order; after a crash
-    a qube's new state (alert cursor, boot id) is committed only if the file
-    reaches its end offset, so its alerts are filed exactly once.
-    """
-
-    file: str
-    start: int
-    commits: tuple[tuple[str, int, QubeState | None], ...]
-
-
-@attrs.frozen
-class State:
-    """The whole state file."""
-
-    qubes: Mapping[str, QubeState] = attrs.field(factory=dict)
-    last_ts: int = 0
-    pending: PendingAlerts | None = None
-    rules: Mapping[str, RuleState] = attrs.field(factory=dict)
 
 
 def _cursor_to_json(cursor: AlertCursor | None) -> Any:

@@ -13,36 +13,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-import attrs
-
-from sysmon.collector.discover import QubeInfo
-from sysmon.collector.scrape import ScrapeResult
-from sysmon.collector.xenstats import DomainStats
-from sysmon.protocol import AlertRecord, Snapshot
-from sysmon.rates import cpu_percent, ticks_of
-from sysmon.sinks import schemas
-from sysmon.sinks.state import AlertCursor, QubeState
+from sysmon import schema
+from sysmon.protocol.admin import QubeInfo
+from sysmon.protocol.metrics import AlertRecord, Snapshot
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import AlertBatch, AlertCursor, QubeState, ScrapeResult, TickRows
+from sysmon.transform.rates import cpu_percent, ticks_of
 
 UNKNOWN_BOOT = "unknown"
-
-
-@attrs.frozen
-class AlertBatch:
-    """One qube's alert rows of a tick and the state to commit after them."""
-
-    vm: str
-    rows: tuple[bytes, ...]
-    next_state: QubeState | None
-
-
-@attrs.frozen
-class TickRows:
-    """Everything a tick writes.  ``rows`` maps file name to rows (no alerts)."""
-
-    rows: Mapping[str, tuple[bytes, ...]]
-    alerts: tuple[AlertBatch, ...]
-    states: Mapping[str, QubeState]
-    restarted: tuple[str, ...] = ()
 
 
 def alert_key(alert: AlertRecord) -> str:
@@ -104,8 +82,8 @@ def _snapshot_rows(
     ticks = ticks_of(sys)
     same_boot = prev is not None and prev.boot_id == boot_id
     cpu = cpu_percent(prev.cpu_ticks if same_boot and prev else None, ticks)
-    rows[schemas.SYSTEM.file_name] = [
-        schemas.SYSTEM.format_row(
+    rows[schema.SYSTEM.file_name] = [
+        schema.SYSTEM.format_row(
             [
                 ts,
                 vm,
@@ -125,8 +103,8 @@ def _snapshot_rows(
             ]
         )
     ]
-    rows[schemas.NETWORK.file_name] = [
-        schemas.NETWORK.format_row(
+    rows[schema.NETWORK.file_name] = [
+        schema.NETWORK.format_row(
             [
                 ts,
                 vm,
@@ -142,13 +120,13 @@ def _snapshot_rows(
         for n in snap.net
     ]
     if snap.conn is not None:
-        rows[schemas.CONNECTIONS.file_name] = [
-            schemas.CONNECTIONS.format_row(
+        rows[schema.CONNECTIONS.file_name] = [
+            schema.CONNECTIONS.format_row(
                 [ts, vm, snap.conn.tcp_established, snap.conn.udp_sockets]
             )
         ]
-    rows[schemas.DISK.file_name] = [
-        schemas.DISK.format_row(
+    rows[schema.DISK.file_name] = [
+        schema.DISK.format_row(
             [
                 ts,
                 vm,
@@ -180,17 +158,17 @@ def build_tick_rows(
     ``notes`` are sysmon's own alerts, (vm, message), filed with the tick.
     """
     out: dict[str, list[bytes]] = {
-        s.file_name: [] for s in schemas.DAILY_FILES if s is not schemas.ALERTS
+        s.file_name: [] for s in schema.DAILY_FILES if s is not schema.ALERTS
     }
     batches: list[AlertBatch] = [
-        AlertBatch(vm=vm, rows=(schemas.ALERTS.format_row([ts, vm, msg]),), next_state=None)
+        AlertBatch(vm=vm, rows=(schema.ALERTS.format_row([ts, vm, msg]),), next_state=None)
         for vm, msg in notes
     ]
     states: dict[str, QubeState] = {}
     restarted: list[str] = []
     for result in results:
-        out[schemas.SCRAPES.file_name].append(
-            schemas.SCRAPES.format_row(
+        out[schema.SCRAPES.file_name].append(
+            schema.SCRAPES.format_row(
                 [
                     ts,
                     result.vm,
@@ -213,10 +191,10 @@ def build_tick_rows(
         if was_restarted:
             restarted.append(result.vm)
             alert_rows.append(
-                schemas.ALERTS.format_row([ts, result.vm, f"sysmon: {result.vm} restarted"])
+                schema.ALERTS.format_row([ts, result.vm, f"sysmon: {result.vm} restarted"])
             )
         alert_rows.extend(
-            schemas.ALERTS.format_row(
+            schema.ALERTS.format_row(
                 [ts, result.vm, f"{format_entry_time(a.ts_us)} {a.identifier}: {a.message}"]
             )
             for a in fresh
@@ -225,13 +203,13 @@ def build_tick_rows(
             batches.append(AlertBatch(vm=result.vm, rows=tuple(alert_rows), next_state=state))
         else:
             states[result.vm] = state
-    out[schemas.XEN.file_name].extend(
-        schemas.XEN.format_row([ts, s.vm, s.cpu_usage, s.cpu_usage_raw, s.cpu_time_ms, s.memory_kb])
+    out[schema.XEN.file_name].extend(
+        schema.XEN.format_row([ts, s.vm, s.cpu_usage, s.cpu_usage_raw, s.cpu_time_ms, s.memory_kb])
         for s in xen
     )
     if qubes is not None:
-        out[schemas.QUBES.file_name].extend(
-            schemas.QUBES.format_row([ts, q.name, q.state]) for q in qubes
+        out[schema.QUBES.file_name].extend(
+            schema.QUBES.format_row([ts, q.name, q.state]) for q in qubes
         )
     return TickRows(
         rows={name: tuple(rows) for name, rows in out.items()},

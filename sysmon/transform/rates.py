@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from sysmon.protocol import CPU_TICK_KEYS, SysRecord
+from sysmon.protocol.metrics import CPU_TICK_KEYS, SysRecord
 
 #: Order of the ticks kept between samples.
 TICK_FIELDS = CPU_TICK_KEYS

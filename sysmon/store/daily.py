@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 import structlog
 
-from sysmon.sinks.schemas import DAILY_FILES, Schema
+from sysmon.schema import DAILY_FILES, Schema
 
 LOCK_NAME = ".sysmon.lock"
 FILE_MODE = 0o640

@@ -10,35 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import attrs
 import trio
 
-from sysmon.collector.parse import (
-    DEFAULT_LIMITS,
-    Limits,
-    MetricsParseError,
-    parse_metrics_untrusted,
-)
-from sysmon.collector.qrexec import CallOutcome, Transport, classify_exit
-from sysmon.protocol import Snapshot
+from sysmon.collect.qrexec import Transport
+from sysmon.protocol.admin import CallOutcome, classify_exit
+from sysmon.protocol.parse import DEFAULT_LIMITS, Limits, MetricsParseError, parse_metrics_untrusted
+from sysmon.records import ScrapeResult
 
-#: The status words of scrapes.csv.
-STATUSES = ("ok", "timeout", "refused", "no-service", "too-big", "bad-output", "error", "skipped")
 _STDERR_SHOWN = 200
-
-
-@attrs.frozen
-class ScrapeResult:
-    """The outcome of polling one qube once."""
-
-    vm: str
-    status: str
-    duration_ms: int
-    n_bytes: int = 0
-    lines_ok: int = 0
-    lines_rejected: int = 0
-    snapshot: Snapshot | None = None
-    detail: str = ""
 
 
 def _stderr_excerpt(stderr: bytes) -> str:

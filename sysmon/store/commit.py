@@ -17,30 +17,14 @@ from pathlib import Path
 import attrs
 import structlog
 
-from sysmon.collector.discover import QubeInfo
-from sysmon.collector.scrape import ScrapeResult
-from sysmon.collector.xenstats import DomainStats
-from sysmon.rows import AlertBatch, build_tick_rows
-from sysmon.rules import Rule, evaluate
-from sysmon.sinks import schemas
-from sysmon.sinks.csv_daily import WriteError, append_rows, ensure_day, locked, truncate_to
-from sysmon.sinks.state import PendingAlerts, QubeState, State, load_state, save_state
-
-
-@attrs.frozen
-class TickOutcome:
-    """What a commit did.  ``skipped`` says why nothing was written."""
-
-    written: dict[str, int] = attrs.field(factory=dict)
-    dropped: dict[str, int] = attrs.field(factory=dict)
-    errors: tuple[str, ...] = ()
-    restarted: tuple[str, ...] = ()
-    skipped: str | None = None
-
-    @property
-    def rows_dropped(self) -> int:
-        """Rows of this tick that could not be written."""
-        return sum(self.dropped.values())
+from sysmon import schema
+from sysmon.protocol.admin import QubeInfo
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import AlertBatch, PendingAlerts, QubeState, ScrapeResult, State, TickOutcome
+from sysmon.store.daily import WriteError, append_rows, ensure_day, locked, truncate_to
+from sysmon.store.state import load_state, save_state
+from sysmon.transform.rows import build_tick_rows
+from sysmon.transform.rules import Rule, evaluate
 
 
 def recover(out_dir: Path, state: State) -> State:
@@ -119,7 +103,7 @@ def _commit_tick(
         if epoch <= state.last_ts:
             last = datetime.fromtimestamp(state.last_ts, tz=UTC)
             return TickOutcome(
-                skipped=f"rows up to {schemas.format_ts(last)} are written already "
+                skipped=f"rows up to {schema.format_ts(last)} are written already "
                 "(clock behind, or a poll in the same second)"
             )
         built = build_tick_rows(ts, results, qubes, state.qubes, xen, notes)
@@ -129,7 +113,7 @@ def _commit_tick(
                 built,
                 alerts=built.alerts
                 + tuple(
-                    AlertBatch(vm, (schemas.ALERTS.format_row([ts, vm, msg]),), None)
+                    AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, msg]),), None)
                     for vm, msg in rule_notes
                 ),
             )
@@ -143,7 +127,7 @@ def _commit_tick(
                     dropped[name] = len(rows)
             alert_rows = sum(len(b.rows) for b in built.alerts)
             if alert_rows:
-                dropped[schemas.ALERTS.file_name] = alert_rows
+                dropped[schema.ALERTS.file_name] = alert_rows
             return TickOutcome(dropped=dropped, errors=(reason,))
 
         try:
@@ -151,20 +135,20 @@ def _commit_tick(
         except OSError as exc:
             return drop_all(f"day folder: {exc.strerror or exc}")
 
-        for schema in schemas.DAILY_FILES:
-            rows = built.rows.get(schema.file_name, ())
-            if schema is schemas.ALERTS or not rows:
+        for daily in schema.DAILY_FILES:
+            rows = built.rows.get(daily.file_name, ())
+            if daily is schema.ALERTS or not rows:
                 continue
             try:
-                append_rows(folder / schema.file_name, schema, rows, sync=sync)
-                written[schema.file_name] = len(rows)
+                append_rows(folder / daily.file_name, daily, rows, sync=sync)
+                written[daily.file_name] = len(rows)
             except WriteError as exc:
-                written[schema.file_name] = exc.written
-                dropped[schema.file_name] = len(rows) - exc.written
+                written[daily.file_name] = exc.written
+                dropped[daily.file_name] = len(rows) - exc.written
                 errors.append(str(exc))
 
         qubes_state: dict[str, QubeState] = {**state.qubes, **built.states}
-        alerts_path = folder / schemas.ALERTS.file_name
+        alerts_path = folder / schema.ALERTS.file_name
         try:
             if built.alerts:
                 start = _size(alerts_path)
@@ -182,8 +166,8 @@ def _commit_tick(
                 )
                 all_rows = [row for batch in built.alerts for row in batch.rows]
                 try:
-                    append_rows(alerts_path, schemas.ALERTS, all_rows, sync=sync)
-                    written[schemas.ALERTS.file_name] = len(all_rows)
+                    append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
+                    written[schema.ALERTS.file_name] = len(all_rows)
                 except WriteError as exc:
                     errors.append(str(exc))
                     # Keep whole qubes only: a qube whose rows are cut is
@@ -195,8 +179,8 @@ def _commit_tick(
                         if batch_end <= size:
                             keep, kept_rows = batch_end, rows_seen
                     truncate_to(alerts_path, keep)
-                    written[schemas.ALERTS.file_name] = kept_rows
-                    dropped[schemas.ALERTS.file_name] = len(all_rows) - kept_rows
+                    written[schema.ALERTS.file_name] = kept_rows
+                    dropped[schema.ALERTS.file_name] = len(all_rows) - kept_rows
                 on_disk = _size(alerts_path)
                 qubes_state.update(
                     {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}

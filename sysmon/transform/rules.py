@@ -20,8 +20,9 @@ from typing import Any
 
 import attrs
 
-from sysmon.names import is_valid_qube_name
-from sysmon.sinks import schemas
+from sysmon import schema
+from sysmon.protocol.names import is_valid_qube_name
+from sysmon.records import RuleState
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -33,7 +34,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _FILES = {
     s.file_name[:-4]: s
-    for s in schemas.DAILY_FILES
+    for s in schema.DAILY_FILES
     if s.file_name not in {"alerts.csv", "qubes.csv"}
 }
 #: A row's identity beyond its qube: one rule state per interface or mount.
@@ -66,15 +67,6 @@ class Rule:
         if self.for_seconds:
             span = f" for {self.for_seconds:g}s"
         return f"{'+'.join(self.columns)} {self.op} {self.value:g}{span}"
-
-
-@attrs.frozen
-class RuleState:
-    """Where one rule stands for one qube (and interface or mount)."""
-
-    since: float
-    polls: int
-    firing: bool = False
 
 
 def _column_kinds(file: str) -> dict[str, str]:

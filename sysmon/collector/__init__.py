@@ -1,1 +1,0 @@
-"""Everything between a qube and the collector: qrexec calls, discovery, parsing."""

@@ -1,0 +1,1 @@
+"""One module per command of the README's table; they wire the layers below."""

@@ -1,0 +1,150 @@
+"""The nouns every layer shares.
+
+A poll's result, a qube's remembered state, a tick's rows and what committing
+them did.  Pure: no I/O, no trio.
+
+What the protocol parses (``Snapshot``, ``QubeInfo``, ``DomainStats``) is
+defined in :mod:`sysmon.protocol`; what is built from it lives here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from sysmon.protocol.metrics import Snapshot
+
+
+class Status(enum.StrEnum):
+    """A poll's outcome: the ``status`` column of scrapes.csv."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"  # qrexec 126
+    NO_SERVICE = "no-service"  # qrexec 127
+    TOO_BIG = "too-big"  # over a cap; rows within the caps are kept
+    BAD_OUTPUT = "bad-output"  # no valid sys: line
+    ERROR = "error"  # any other exit, 125, a signal
+    SKIPPED = "skipped"  # not polled this tick: in flight, or backing off
+
+
+@attrs.frozen
+class ScrapeResult:
+    """The outcome of polling one qube once."""
+
+    vm: str
+    status: Status = attrs.field(converter=Status)
+    duration_ms: int
+    n_bytes: int = 0
+    lines_ok: int = 0
+    lines_rejected: int = 0
+    snapshot: Snapshot | None = None
+    detail: str = ""
+
+
+def boot_cursor_id(boot_id: str) -> str:
+    """How the cursor names a boot: the first 16 characters without dashes.
+
+    64 bits tell boots apart; the whole id would make ``SERVICE+ARG`` long.
+    """
+    return boot_id.replace("-", "")[:16]
+
+
+@attrs.frozen
+class AlertCursor:
+    """Where a qube's alerts stand.
+
+    Its boot, the newest entry's time, and the entries already filed at
+    exactly that microsecond.
+    """
+
+    boot_id: str
+    ts_us: int
+    seen: frozenset[str] = frozenset()
+
+    def argument(self) -> str:
+        """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``).
+
+        The last part tells the handler how many entries of exactly that
+        microsecond to skip, so a burst larger than its line cap still moves.
+        """
+        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{len(self.seen)}"
+
+
+@attrs.frozen
+class QubeState:
+    """What the collector remembers of one qube between polls."""
+
+    boot_id: str | None = None
+    cpu_ticks: tuple[int, ...] | None = None
+    cursor: AlertCursor | None = None
+
+
+@attrs.frozen
+class PendingAlerts:
+    """Alert rows being appended, and each qube's state to commit after them.
+
+    ``commits`` are (vm, end offset, new state) in write order; after a crash
+    a qube's new state (alert cursor, boot id) is committed only if the file
+    reaches its end offset, so its alerts are filed exactly once.
+    """
+
+    file: str
+    start: int
+    commits: tuple[tuple[str, int, QubeState | None], ...]
+
+
+@attrs.frozen
+class State:
+    """The whole state file."""
+
+    qubes: Mapping[str, QubeState] = attrs.field(factory=dict)
+    last_ts: int = 0
+    pending: PendingAlerts | None = None
+    rules: Mapping[str, RuleState] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RuleState:
+    """Where one rule stands for one qube (and interface or mount)."""
+
+    since: float
+    polls: int
+    firing: bool = False
+
+
+@attrs.frozen
+class AlertBatch:
+    """One qube's alert rows of a tick and the state to commit after them."""
+
+    vm: str
+    rows: tuple[bytes, ...]
+    next_state: QubeState | None
+
+
+@attrs.frozen
+class TickRows:
+    """Everything a tick writes.  ``rows`` maps file name to rows (no alerts)."""
+
+    rows: Mapping[str, tuple[bytes, ...]]
+    alerts: tuple[AlertBatch, ...]
+    states: Mapping[str, QubeState]
+    restarted: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class TickOutcome:
+    """What a commit did.  ``skipped`` says why nothing was written."""
+
+    written: dict[str, int] = attrs.field(factory=dict)
+    dropped: dict[str, int] = attrs.field(factory=dict)
+    errors: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    @property
+    def rows_dropped(self) -> int:
+        """Rows of this tick that could not be written."""
+        return sum(self.dropped.values())

@@ -1,1 +1,0 @@
-"""Where rows go: the daily CSV files and the state beside them."""
