@@ -26,6 +26,8 @@ from pathlib import Path
 
 import attrs
 
+from sysmon.store.fs import fsync_dir, write_file
+
 ARCHIVE_DIR = "archives"
 _DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -69,23 +71,8 @@ def days_to_deliver(out_dir: Path, today: date) -> list[date]:
     return [d for d in day_folders(out_dir) if d < today and not is_delivered(out_dir, d)]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_marker(path: Path, text: str, *, append: bool = False) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o640)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
+    write_file(path, text.encode(), append=append)
 
 
 def _expected_members(folder: Path) -> dict[str, int]:
@@ -149,7 +136,7 @@ def build_archive(out_dir: Path, day: date) -> Path:
             raw.flush()
             os.fsync(raw.fileno())
         tmp.replace(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -16,17 +16,16 @@ daemon never interleave.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
 
-import attrs
 import structlog
 
 from sysmon.schema import DAILY_FILES, Schema
+from sysmon.store.fs import write_all
 
 LOCK_NAME = ".sysmon.lock"
 FILE_MODE = 0o640
@@ -59,15 +58,6 @@ def day_dir(out_dir: Path, day: date) -> Path:
     return out_dir / day.isoformat()
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n == 0:  # pragma: no cover -- regular files don't do this
-            raise OSError(errno.EIO, "write returned 0")
-        view = view[n:]
-
-
 def _open_appending(path: Path, schema: Schema) -> tuple[int, int]:
     """Open ``path`` for appending; create it with its header if new or empty."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -79,7 +69,7 @@ def _open_appending(path: Path, schema: Schema) -> tuple[int, int]:
         finally:
             os.close(rfd)
         if size == 0:
-            _write_all(fd, schema.header)
+            write_all(fd, schema.header)
             size = len(schema.header)
     except BaseException:
         os.close(fd)
@@ -107,18 +97,7 @@ def _repair_tail_rw(path: Path, rfd: int, wfd: int) -> int:
     return keep
 
 
-@attrs.frozen
-class Appended:
-    """What one append did: rows written and the file's size before and after."""
-
-    rows: int
-    start: int
-    end: int
-
-
-def append_rows(
-    path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool = True
-) -> Appended:
+def append_rows(path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool = True) -> None:
     """Append whole rows to ``path``, creating it with its header if needed.
 
     Raises:
@@ -130,7 +109,7 @@ def append_rows(
     try:
         for index, row in enumerate(rows):
             try:
-                _write_all(fd, row)
+                write_all(fd, row)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
@@ -142,7 +121,6 @@ def append_rows(
             os.fsync(fd)
     finally:
         os.close(fd)
-    return Appended(rows=len(rows), start=start, end=size)
 
 
 def ensure_day(out_dir: Path, day: date) -> Path:

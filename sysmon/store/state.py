@@ -8,7 +8,6 @@ only under the out_dir lock (:func:`sysmon.sinks.csv_daily.locked`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import structlog
 
 from sysmon.records import AlertCursor, PendingAlerts, QubeState, RuleState, State
+from sysmon.store.fs import replace_atomically
 
 STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
@@ -114,23 +114,5 @@ def load_state(out_dir: Path) -> State:
 
 def save_state(out_dir: Path, state: State, *, sync: bool = True) -> None:
     """Replace the state file atomically (and durably, with ``sync``)."""
-    path = out_dir / STATE_NAME
-    tmp = path.with_name(STATE_NAME + ".tmp")
     data = json.dumps(to_json(state), separators=(",", ":")).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    if not sync:
-        return
-    dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_atomically(out_dir / STATE_NAME, data, sync=sync)
