@@ -4,8 +4,9 @@
 
 Each fake qube answers after --delay seconds with a recorded handler payload
 (the fake is sh + sleep + cat, so its own start-up stays small).  For each
-size it runs the real `poll_once` (discovery, concurrent scrape under the
-default concurrency cap and timeout, parse, rows, fsynced files, state) for
+size it runs the daemon's own tick, `Daemon.poll` -- what `sysmon once` runs
+(discovery, health, concurrent scrape under the default concurrency cap and
+timeout, parse, rows, rules, fsynced files, state) -- for
 --cycles cycles and prints the median cycle wall time and the collector's own
 CPU per qube-scrape (utime+stime of this process; children excluded).  Beside
 it, the seed's shell loop: `qrexec-client-vm` for each qube, one after another.
@@ -33,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fakequbes.world import make_world  # noqa: E402
 
 from sysmon.collect.qrexec import Qrexec, QrexecDiscovery  # noqa: E402
+from sysmon.commands.once import run_once  # noqa: E402
 from sysmon.config import Config  # noqa: E402
 from sysmon.logconfig import configure_logging  # noqa: E402
-from sysmon.poll import poll_once  # noqa: E402
 
 PAYLOAD = ROOT / "tests" / "fixtures" / "golden" / "this-machine.txt"
 
@@ -60,7 +61,7 @@ def bench_size(n: int, cycles: int, delay: float, tmp: Path) -> tuple[float, flo
     walls, cpus = [], []
     for _ in range(cycles):
         start_cpu, start = cpu_self(), time.perf_counter()
-        report = trio.run(poll_once, config, QrexecDiscovery(), Qrexec())
+        report = trio.run(run_once, config, QrexecDiscovery(), Qrexec())
         walls.append(time.perf_counter() - start)
         cpus.append(cpu_self() - start_cpu)
         assert {r.status for r in report.results} == {"ok"}, {r.status for r in report.results}
@@ -84,13 +85,13 @@ def simulated_day_memory() -> tuple[float, float, float]:
     """RSS at start, after a simulated hour and after a simulated day (30 qubes)."""
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from test_daemon import FakeQubes, collector  # noqa: PLC0415
+    from fakes import FakeQubes, daemon_on_virtual_time  # noqa: PLC0415
 
     marks: list[float] = [rss_mb()]
 
     async def day(tmp: Path) -> None:
         qubes = FakeQubes(dict.fromkeys((f"q{i:02d}" for i in range(30)), "ok"))
-        c = collector(tmp, qubes, datetime(2025, 8, 31, 0, 0, 5, tzinfo=UTC))
+        c = daemon_on_virtual_time(tmp, qubes, datetime(2025, 8, 31, 0, 0, 5, tzinfo=UTC))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(c.tick_loop, nursery)
             await trio.sleep(3600)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archive import write_day
 
-from sysmon.report import load, render
+from sysmon.commands.report import load, render
 
 
 def main() -> int:

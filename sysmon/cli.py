@@ -1,4 +1,8 @@
-"""Command line: ``python -m sysmon once|demo ...``."""
+"""Command line: ``python -m sysmon once|run|status|archive|report|demo``.
+
+Each command lives in :mod:`sysmon.commands`; this module parses, configures
+logging and loads the configuration (errors exit 2, naming the key).
+"""
 
 from __future__ import annotations
 
@@ -13,141 +17,72 @@ import attrs
 import trio
 
 from sysmon import __version__
-from sysmon.collect.qrexec import Qrexec, QrexecDiscovery
 from sysmon.config import Config, ConfigError, load_config
 from sysmon.logconfig import configure_logging
-from sysmon.poll import PollReport, poll_once
-from sysmon.protocol.admin import DiscoveryError
 
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    if getattr(args, "out_dir", None) is not None:
-        config = attrs.evolve(config, out_dir=args.out_dir.expanduser())
+    if args.out_dir is not None:
+        config = attrs.evolve(config, out_dir=args.out_dir)
     return config
 
 
-def print_report(report: PollReport, out_dir: Path) -> None:
-    """One line per qube, then a total."""
-    for r in report.results:
-        detail = f"  {r.detail}" if r.detail and r.status != "ok" else ""
-        print(f"{r.vm:<32} {r.status:<10} {r.duration_ms:>6} ms {r.n_bytes:>8} B{detail}")
-    failed = [r for r in report.results if r.status != "ok"]
-    rows = sum(report.outcome.written.values())
-    ok = len(report.results) - len(failed)
-    print(
-        f"{len(report.results)} qubes polled: {ok} ok, {len(failed)} not ok; "
-        f"{rows} rows under {out_dir}"
-    )
-    if report.outcome.skipped:
-        print(f"nothing written: {report.outcome.skipped}")
-    for error in report.outcome.errors:
-        print(f"write error: {error}", file=sys.stderr)
-
-
 def cmd_once(args: argparse.Namespace) -> int:
-    """Poll every running qube once."""
-    config = _config(args)
-    try:
-        report = trio.run(
-            functools.partial(poll_once, config, QrexecDiscovery(), Qrexec()),
-            strict_exception_groups=True,
-        )
-    except DiscoveryError as exc:
-        print(f"sysmon once: discovery failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print_report(report, config.out_dir)
-    return EXIT_FAILED if report.outcome.skipped or report.outcome.errors else 0
+    """Poll every running qube once: one tick of the daemon's pipeline."""
+    from sysmon.commands import once  # noqa: PLC0415 -- each command loads what it needs
+
+    return once.main(_config(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: poll every interval until SIGTERM."""
-    from sysmon.daemon import Collector  # noqa: PLC0415 -- keeps `once` light
+    from sysmon.collect.qrexec import Qrexec, QrexecDiscovery  # noqa: PLC0415
+    from sysmon.collect.xen import XenFollower  # noqa: PLC0415
+    from sysmon.commands.archive import NightlyArchive  # noqa: PLC0415
+    from sysmon.commands.daemon import Daemon, utc_now  # noqa: PLC0415
 
     config = _config(args)
     if args.interval is not None:
-        config = attrs.evolve(config, interval=args.interval)
-        if config.scrape_timeout >= config.interval:
-            config = attrs.evolve(config, scrape_timeout=config.interval * 0.8)
-    collector = Collector(
-        config, QrexecDiscovery(), Qrexec(), own_name=config.self_name or "sys-monitor"
-    )
-    trio.run(collector.serve, strict_exception_groups=True)
+        timeout = config.scrape_timeout
+        if timeout >= args.interval:
+            timeout = args.interval * 0.8
+        config = attrs.evolve(config, interval=args.interval, scrape_timeout=timeout)
+    daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
+    daemon.archive = NightlyArchive(config, note=daemon.note, wall_now=utc_now)
+    trio.run(daemon.serve, strict_exception_groups=True)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """From the files alone: is it running, and how is each qube."""
-    from sysmon.poll import utc_now  # noqa: PLC0415
-    from sysmon.status import build_status, render_status  # noqa: PLC0415
+    from sysmon.commands import status  # noqa: PLC0415
+    from sysmon.commands.daemon import utc_now  # noqa: PLC0415
 
     config = _config(args)
-    report = build_status(config.out_dir, utc_now(), config.interval)
-    print(render_status(report))
-    return 0 if report.healthy else EXIT_FAILED
+    return status.main(config.out_dir, config.interval, utc_now())
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
     """Archive complete days now (and deliver them to the vault)."""
-    from datetime import date  # noqa: PLC0415
+    from sysmon.commands import archive  # noqa: PLC0415
+    from sysmon.commands.daemon import utc_now  # noqa: PLC0415
 
-    from sysmon.archiver import run_archive  # noqa: PLC0415
-    from sysmon.poll import utc_now  # noqa: PLC0415
-
-    config = _config(args)
-    days = None
-    if args.day is not None:
-        try:
-            days = [date.fromisoformat(args.day)]
-        except ValueError:
-            print(f"sysmon archive: --day wants YYYY-MM-DD, got {args.day!r}", file=sys.stderr)
-            return EXIT_USAGE
-    today = utc_now().date()
-    report = trio.run(
-        functools.partial(
-            run_archive, config, today, days=days, copy=not args.no_copy, force=args.force
-        ),
-        strict_exception_groups=True,
-    )
-    for outcome in report.days:
-        print(f"{outcome.day}  {outcome.status:<9}  {outcome.detail}")
-    if not report.days:
-        print("nothing to archive: every complete day is delivered")
-    for day in report.pruned.folders:
-        print(f"{day}  pruned     day folder removed (delivered, past retention)")
-    if report.pruned.low_on_space_undelivered:
-        print("warning: disk low and only undelivered days are left", file=sys.stderr)
-    failed = [o for o in report.days if o.status not in {"delivered", "built", "already"}]
-    if failed:
-        print(f"sysmon archive: {failed[0].day}: {failed[0].detail}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    return archive.main(_config(args), args, utc_now().date())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """An offline HTML page with charts from day folders and archives."""
-    from sysmon.report import ReportError, load, parse_when, render  # noqa: PLC0415
+    from sysmon.commands import report  # noqa: PLC0415
 
-    try:
-        start = parse_when(args.start) if args.start else float("-inf")
-        end = parse_when(args.end) if args.end else float("inf")
-        data = load(args.paths, set(args.vm) if args.vm else None, start, end)
-        if data.rows == 0:
-            raise ReportError("no sysmon rows in " + ", ".join(map(str, args.paths)))
-        page = render(data, args.out)
-    except ReportError as exc:
-        print(f"sysmon report: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{page} ({data.rows:,} rows)")
-    return 0
+    return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the real pipeline against this machine presented as a few qubes."""
-    from sysmon.demo import run_demo  # noqa: PLC0415 -- only the demo needs it
+    """Run the daemon's pipeline against this machine presented as a few qubes."""
+    from sysmon.commands.demo import run_demo  # noqa: PLC0415
 
     return trio.run(
         functools.partial(run_demo, args.out_dir.expanduser(), args.duration, args.interval),
@@ -164,41 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=["json", "console"], help="default: console on a tty, else JSON"
     )
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument(
+        "--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)"
+    )
+    files.add_argument("--out-dir", type=Path, help="where the day folders are (default ~/Monitor)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    once = sub.add_parser("once", help="poll every running qube once into the daily files")
-    once.add_argument(
-        "--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)"
-    )
-    once.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
+    def command(name: str, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, **kwargs)  # type: ignore[arg-type]
+
+    once = command("once", "poll every running qube once into the daily files", parents=[files])
     once.set_defaults(func=cmd_once, log_level=logging.WARNING)
 
-    run = sub.add_parser("run", help="the collector daemon: poll every interval until SIGTERM")
-    run.add_argument(
-        "--config", type=Path, help="TOML file (default /etc/sysmon/sysmon.toml if present)"
-    )
-    run.add_argument("--out-dir", type=Path, help="where the day folders go (default ~/Monitor)")
+    run = command("run", "the collector daemon: poll every interval until SIGTERM", parents=[files])
     run.add_argument("--interval", type=float, help="seconds between polls (default 10)")
     run.set_defaults(func=cmd_run, log_level=logging.INFO, log_stream="stdout")
 
-    status = sub.add_parser("status", help="newest rows and each qube's last poll, from the files")
-    status.add_argument("--config", type=Path, help="TOML file (for out_dir and interval)")
-    status.add_argument(
-        "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
+    status = command(
+        "status", "newest rows and each qube's last poll, from the files", parents=[files]
     )
     status.set_defaults(func=cmd_status, log_level=logging.WARNING)
 
-    archive = sub.add_parser("archive", help="archive complete UTC days and copy them to the vault")
+    archive = command(
+        "archive", "archive complete UTC days and copy them to the vault", parents=[files]
+    )
     archive.add_argument("--day", help="only this day (YYYY-MM-DD)")
     archive.add_argument("--no-copy", action="store_true", help="build and verify, do not copy")
     archive.add_argument("--force", action="store_true", help="deliver again a delivered day")
-    archive.add_argument("--config", type=Path, help="TOML file (for out_dir, vault, retention)")
-    archive.add_argument(
-        "--out-dir", type=Path, help="where the day folders are (default ~/Monitor)"
-    )
     archive.set_defaults(func=cmd_archive, log_level=logging.WARNING)
 
-    report = sub.add_parser("report", help="HTML page with charts from day folders and archives")
+    report = command("report", "HTML page with charts from day folders and archives")
     report.add_argument("paths", type=Path, nargs="+", help="day folders, out_dirs, monitor-*.tgz")
     report.add_argument("--out", type=Path, default=Path("sysmon-report"))
     report.add_argument("--vm", action="append", help="only this qube (repeatable)")
@@ -206,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--to", dest="end", help="UTC date or time")
     report.set_defaults(func=cmd_report, log_level=logging.WARNING)
 
-    demo = sub.add_parser(
-        "demo", help="run the real pipeline on this machine, shown as a few qubes"
-    )
+    demo = command("demo", "run the real pipeline on this machine, shown as a few qubes")
     demo.add_argument("--out-dir", type=Path, default=Path("demo-out"))
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
     demo.add_argument(

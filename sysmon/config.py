@@ -1,13 +1,16 @@
 """Configuration: a TOML file, every key optional, seed 002's defaults.
 
-An unknown key or a bad value is a :class:`ConfigError` naming the key and
-the file.
+:class:`Config` validates itself: every way one is made -- from the file,
+from command-line flags, with ``attrs.evolve`` -- rejects a bad value with a
+:class:`ConfigError` naming the key (and the file, when it came from one).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,82 +22,109 @@ from sysmon.transform.rules import Rule, RuleError, parse_rules
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
 
 class ConfigError(Exception):
     """The configuration is not usable; the message names the key and file."""
 
 
+def _positive(*, integer: bool = False) -> Validator:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{attribute.name} must be a number, got {value!r}")
+        if integer and not isinstance(value, int):
+            raise ConfigError(f"{attribute.name} must be a whole number, got {value!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{attribute.name} must be above 0, got {value!r}")
+
+    return check
+
+
+def _qube_name(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not is_valid_qube_name(value):
+        raise ConfigError(f"{attribute.name} must be a qube name, got {value!r}")
+
+
+def _optional_qube_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _qube_name(instance, attribute, value)
+
+
+def _qube_names(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for name in value:
+        _qube_name(instance, attribute, name)
+
+
+def _names_tuple(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"exclude must be a list of qube names, got {value!r}")
+    return tuple(value)
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value.expanduser()
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"out_dir must be a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _hhmm(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
+        raise ConfigError(f"{attribute.name} must be HH:MM, got {value!r}")
+
+
+def _rules(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(r, Rule) for r in value):
+        raise ConfigError(f"{attribute.name} must be a tuple of rules")
+
+
 @attrs.frozen
 class Config:
-    """Everything the collector can be told."""
+    """Everything the collector can be told, checked on construction."""
 
-    out_dir: Path = attrs.field(factory=lambda: Path("~/Monitor").expanduser())
-    interval: float = 10.0
-    scrape_timeout: float = 8.0
-    concurrency: int = 16
-    exclude: tuple[str, ...] = ()
-    self_name: str | None = None
-    vault: str = "secrets-vault"
-    archive_at: str = "03:50"
-    retention_days: int = 14
-    min_free_mb: int = 200
-    rules: tuple[Rule, ...] = ()
+    out_dir: Path = attrs.field(factory=lambda: Path("~/Monitor").expanduser(), converter=_path)
+    interval: float = attrs.field(default=10.0, validator=_positive())
+    scrape_timeout: float = attrs.field(default=8.0, validator=_positive())
+    concurrency: int = attrs.field(default=16, validator=_positive(integer=True))
+    exclude: tuple[str, ...] = attrs.field(
+        default=(), converter=_names_tuple, validator=_qube_names
+    )
+    self_name: str | None = attrs.field(default=None, validator=_optional_qube_name)
+    vault: str = attrs.field(default="secrets-vault", validator=_qube_name)
+    archive_at: str = attrs.field(default="03:50", validator=_hhmm)
+    retention_days: int = attrs.field(default=14, validator=_positive(integer=True))
+    min_free_mb: int = attrs.field(default=200, validator=_positive(integer=True))
+    rules: tuple[Rule, ...] = attrs.field(default=(), validator=_rules)
 
-
-def _number(key: str, value: Any, source: str, *, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{source}: {key} must be a number")
-    if integer and not isinstance(value, int):
-        raise ConfigError(f"{source}: {key} must be a whole number")
-    if value <= 0:
-        raise ConfigError(f"{source}: {key} must be above 0")
-    return value
-
-
-def _qube_name(key: str, value: Any, source: str) -> str:
-    if not isinstance(value, str) or not is_valid_qube_name(value):
-        raise ConfigError(f"{source}: {key} must be a qube name, got {value!r}")
-    return value
+    def __attrs_post_init__(self) -> None:
+        if self.scrape_timeout >= self.interval:
+            raise ConfigError(
+                f"scrape_timeout ({self.scrape_timeout:g}) must be below "
+                f"interval ({self.interval:g})"
+            )
 
 
 def config_from_mapping(data: dict[str, Any], source: str) -> Config:
-    """Validate ``data`` (a parsed TOML table) into a Config."""
-    fields = {f.name for f in attrs.fields(Config)}
-    unknown = sorted(set(data) - fields)
+    """``data`` (a parsed TOML table) as a Config; errors name ``source``."""
+    known = {f.name for f in attrs.fields(Config)}
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "out_dir":
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{source}: out_dir must be a path")
-            values[key] = Path(value).expanduser()
-        elif key in {"interval", "scrape_timeout"}:
-            values[key] = float(_number(key, value, source))
-        elif key in {"concurrency", "retention_days", "min_free_mb"}:
-            values[key] = int(_number(key, value, source, integer=True))
-        elif key == "exclude":
-            if not isinstance(value, list):
-                raise ConfigError(f"{source}: exclude must be a list of qube names")
-            values[key] = tuple(_qube_name(key, v, source) for v in value)
-        elif key in {"self_name", "vault"}:
-            values[key] = _qube_name(key, value, source)
-        elif key == "rules":
-            try:
-                values[key] = parse_rules(value, source)
-            except RuleError as exc:
-                raise ConfigError(str(exc)) from None
-        elif key == "archive_at":
-            if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
-                raise ConfigError(f"{source}: archive_at must be HH:MM, got {value!r}")
-            values[key] = value
-    config = Config(**values)
-    if config.scrape_timeout >= config.interval:
-        raise ConfigError(
-            f"{source}: scrape_timeout ({config.scrape_timeout:g}) must be below "
-            f"interval ({config.interval:g})"
-        )
-    return config
+    values = dict(data)
+    try:
+        if "rules" in values:
+            values["rules"] = parse_rules(values["rules"], source)
+        numbers = {"interval", "scrape_timeout"} & set(values)
+        for key in numbers:  # TOML writes 10 for 10.0
+            if isinstance(values[key], int) and not isinstance(values[key], bool):
+                values[key] = float(values[key])
+        return Config(**values)
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_config(path: Path | None) -> Config:

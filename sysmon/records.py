@@ -132,6 +132,8 @@ class TickRows:
     alerts: tuple[AlertBatch, ...]
     states: Mapping[str, QubeState]
     restarted: tuple[str, ...] = ()
+    #: Where every threshold rule stands after this tick.
+    rule_state: Mapping[str, RuleState] = attrs.field(factory=dict)
 
 
 @attrs.frozen

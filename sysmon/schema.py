@@ -70,6 +70,15 @@ def format_ts(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_ts(text: str) -> datetime | None:
+    """A ``ts`` cell back to an aware datetime, or None if it is not one."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def _cell(kind: str, value: object) -> str:
     if value is None:
         return ""

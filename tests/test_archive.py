@@ -14,9 +14,10 @@ import trio
 from conftest import ROOT, require_tool, run_on_small_tmpfs
 from dateutil import tz
 from fakequbes.world import leftover_processes, make_world
+from fakes import inline
 from structlog.testing import capture_logs
 
-from sysmon.archiver import next_archive_time, qvm_copy_to_vm, run_archive
+from sysmon.commands.archive import NightlyArchive, next_archive_time, qvm_copy_to_vm, run_archive
 from sysmon.config import Config
 from sysmon.store.archive import (
     ArchiveError,
@@ -64,10 +65,6 @@ class FakeVault:
 
     def days(self) -> list[str]:
         return sorted(p.name for p in self.incoming.iterdir()) if self.incoming.exists() else []
-
-
-async def inline(fn, *args):
-    return fn(*args)
 
 
 class TestBuild:
@@ -212,8 +209,6 @@ class TestSchedule:
 
 async def test_a_week_with_the_vault_down_two_nights(tmp_path, autojump_clock):
     """Each day reaches the vault exactly once; nothing undelivered is deleted."""
-    from test_daemon import FakeQubes, collector  # noqa: PLC0415
-
     berlin = tz.gettz("Europe/Berlin")
     start = datetime(2025, 3, 26, 12, 0, tzinfo=UTC)  # a week across the DST change
     days = [date(2025, 3, 25) + timedelta(days=i) for i in range(9)]
@@ -236,24 +231,23 @@ async def test_a_week_with_the_vault_down_two_nights(tmp_path, autojump_clock):
                 deleted_undelivered.append(d)
         return await vault.copy(vault_name, path)
 
-    c = collector(
-        tmp_path,
-        FakeQubes({}),
-        start,
-        retention_days=2,
-        overrides={"wall_now": wall, "archive_copier": copy, "zone": berlin},
+    notes: list[str] = []
+    nightly = NightlyArchive(
+        Config(out_dir=tmp_path, retention_days=2),
+        note=notes.append,
+        wall_now=wall,
+        copier=copy,
+        offload=inline,
+        zone=berlin,
     )
-    with capture_logs():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(c.archive_loop)
-            await trio.sleep(7 * 86400)
-            nursery.cancel_scope.cancel()
+    with capture_logs(), trio.move_on_after(7 * 86400):
+        await nightly.run()
     delivered = vault.days()
     assert delivered == [f"monitor-{d}.tgz" for d in days if d < date(2025, 4, 2)]
     assert deleted_undelivered == []
     refused_nights = set(vault.copies) - set(delivered)
     assert refused_nights == set()
-    assert any("archive of 2025-03-27" in n or "archive of 2025-03-29" in n for n in c.notes)
+    assert any("archive of 2025-03-27" in n or "archive of 2025-03-29" in n for n in notes)
 
 
 def test_cli_is_idempotent_and_says_why_it_fails(tmp_path):

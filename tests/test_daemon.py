@@ -2,106 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import sys
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import attrs
 import trio
 from csvcheck import read_day
+from fakes import FakeQubes, daemon_on_virtual_time, run_for
 from structlog.testing import capture_logs
 
-from sysmon.collect.process import ProcessResult
-from sysmon.config import Config
-from sysmon.daemon import Collector, backoff_delay
-from sysmon.protocol.admin import Discovery, QubeInfo
-from sysmon.protocol.metrics import DiskRecord, NetRecord, Snapshot, SysRecord, render
-from sysmon.store.commit import commit_tick
-
-
-@attrs.define
-class FakeQubes:
-    """Discovery plus transport: each qube "ok", "refused", ("slow", s) or "hang"."""
-
-    behaviours: dict[str, object]
-    calls: dict[str, int] = attrs.field(factory=dict)
-    own_name_asked: int = 0
-
-    async def list_qubes(self) -> Discovery:
-        return Discovery(tuple(QubeInfo(n, "AppVM", "Running") for n in self.behaviours))
-
-    async def own_name(self) -> str | None:
-        self.own_name_asked += 1
-        return "sys-monitor"
-
-    def metrics_argv(self, target: str, argument: str) -> list[str]:
-        return [target, argument]
-
-    async def call(
-        self, argv: Sequence[str], *, max_stdout: int, env: Mapping[str, str] | None = None
-    ) -> ProcessResult:
-        vm = argv[0]
-        n = self.calls[vm] = self.calls.get(vm, 0) + 1
-        behaviour = self.behaviours[vm]
-        if behaviour == "hang":
-            await trio.sleep_forever()
-        if behaviour == "refused":
-            return ProcessResult(126, b"", b"Request refused\n")
-        if isinstance(behaviour, tuple):
-            await trio.sleep(behaviour[1])
-        ticks = {f"cpu_ticks_{k}": n * v for k, v in (("user", 10), ("system", 5), ("idle", 85))}
-        zero = {f"cpu_ticks_{k}": 0 for k in ("nice", "iowait", "irq", "softirq", "steal")}
-        snap = Snapshot(
-            SysRecord(
-                boot_id="b-" + vm, protocol=1, mem_total_kb=1000, mem_avail_kb=600, **ticks, **zero
-            ),
-            (NetRecord("eth0", n * 100, 0, 0, n * 50, 0, 0),),
-            None,
-            (DiskRecord("/dev/xvdb", "/rw", 1000, 10 * n, 990 - 10 * n),),
-            (),
-            0,
-            3,
-            3,
-            0,
-        )
-        return ProcessResult(0, render(snap), b"")
-
-
-async def inline(fn, *args):
-    return fn(*args)
-
-
-def collector(
-    tmp_path: Path,
-    qubes: FakeQubes,
-    start: datetime,
-    *,
-    overrides: dict[str, object] | None = None,
-    **config: object,
-) -> Collector:
-    """A Collector on virtual time: wall clock from ``start``, real files
-    without fsync, file work inline; ``overrides`` replace Collector fields."""
-    t0 = trio.current_time()
-    fields: dict[str, object] = {
-        "wall_now": lambda: start + timedelta(seconds=trio.current_time() - t0),
-        "committer": functools.partial(commit_tick, sync=False),
-        "notify": lambda _message: None,
-        "offload": inline,
-        "stats_stream": None,
-        "archive_copier": None,
-        **(overrides or {}),
-    }
-    return Collector(Config(out_dir=tmp_path, **config), qubes, qubes, **fields)  # type: ignore[arg-type]
-
-
-async def run_for(c: Collector, seconds: float) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(c.tick_loop, nursery)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
+collector = daemon_on_virtual_time
 
 
 class TestScheduling:
@@ -188,9 +98,6 @@ class TestMisbehavingQubes:
         qubes = FakeQubes({"a": "ok"})
         await run_for(collector(tmp_path, qubes, datetime(2025, 8, 31, 12, 0, tzinfo=UTC)), 60)
         assert qubes.own_name_asked == 1
-
-    def test_backoff_doubles_and_caps(self):
-        assert [backoff_delay(10, n) for n in range(1, 8)] == [0, 20, 40, 80, 160, 300, 300]
 
     async def test_hung_qube_does_not_stall_others(self, tmp_path, autojump_clock):
         qubes = FakeQubes({"hang": "hang", "a": "ok"})

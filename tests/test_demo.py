@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import run_sysmon
 from csvcheck import read_day
 
-from sysmon.demo import demo_names
+from sysmon.commands.demo import demo_names
 from sysmon.protocol.names import is_valid_qube_name
 
 

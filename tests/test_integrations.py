@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from conftest import ROOT, run_sysmon
 from fakequbes.world import make_world
-from test_once import LIAR_PAYLOAD
+from fakes import LIAR_PAYLOAD, write_tick
 
 from sysmon import schema
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.store.commit import commit_tick
 
 TELEGRAF = ROOT / "contrib" / "telegraf" / "sysmon.conf"
 ALLOY = ROOT / "contrib" / "alloy" / "sysmon-alerts.alloy"
@@ -88,7 +87,7 @@ def _day(tmp_path_factory):
         assert done.returncode == 0, done.stderr
         subprocess.run(["sleep", "1.1"], check=True)
     xen = [DomainStats("dom0", 3, 6, 123456, 4_000_000), DomainStats("work", 1, 2, 99, 400_000)]
-    commit_tick(
+    write_tick(
         out,
         datetime.now(UTC).replace(microsecond=0),
         [],

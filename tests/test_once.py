@@ -11,22 +11,12 @@ import pytest
 from conftest import run_sysmon
 from csvcheck import read_day
 from fakequbes.world import calls, leftover_processes, make_world, vm_list
+from fakes import LIAR_PAYLOAD
 
 TIMEOUT = 2.0
 # Process start-up and imports come on top of the bound the issue sets
 # (per-qube timeout + 2 s); this is a hang guard, not a speed budget.
 STARTUP_ALLOWANCE = 3.0
-
-LIAR_PAYLOAD = b"""sys: protocol=1 boot_id=liar-boot btime=1 mem_total_kb=5 vm=dom0
-vm: dom0
-net: if=eth0,dom0 rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
-net: if=-eth0 rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
-net: if=@evil rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
-disk: fs=+cmd mount=/x size_kb=10 used_kb=5 avail_kb=5
-alert: 1700000000000000 evil: =HYPERLINK("http://x","y")
-alert: 1700000000000001 dom0: pretend,"quoted"\r\x1b[2Jtext
-alert: 1700000000000002 -cmd: +SUM(1)
-"""
 
 
 def run_once(env: dict[str, str], out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import IN_CI, run_sysmon
+from fakes import write_tick
 
+from sysmon.commands.report import ReportError, _import_pyplot, load, parse_when
 from sysmon.protocol.metrics import (
     AlertRecord,
     ConnRecord,
@@ -17,9 +19,7 @@ from sysmon.protocol.metrics import (
     SysRecord,
 )
 from sysmon.records import ScrapeResult
-from sysmon.report import ReportError, _import_pyplot, load, parse_when
 from sysmon.store.archive import build_archive
-from sysmon.store.commit import commit_tick
 
 T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 
@@ -52,7 +52,7 @@ def _out(tmp_path):
             else ()
         )
         result = ScrapeResult("work", "ok", 3, snapshot=snap(i + 1, value, boot, alerts))
-        commit_tick(
+        write_tick(
             tmp_path,
             T0 + timedelta(seconds=10 * i),
             [result, ScrapeResult("dead", "timeout", 8000)],
@@ -131,7 +131,7 @@ def test_days_read_in_parallel_match_one_by_one(tmp_path):
     base = datetime(2025, 8, 31, 23, 59, 40, tzinfo=UTC)
     for i in range(5):  # 23:59:40 ... 00:00:20
         result = ScrapeResult("work", "ok", 3, snapshot=snap(i + 1, 10240 * i))
-        commit_tick(tmp_path, base + timedelta(seconds=10 * i), [result], None)
+        write_tick(tmp_path, base + timedelta(seconds=10 * i), [result], None)
     one = load([tmp_path], None, float("-inf"), float("inf"), workers=1)
     two = load([tmp_path], None, float("-inf"), float("inf"), workers=2)
     assert one == two

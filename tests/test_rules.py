@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from csvcheck import read_day
+from fakes import write_tick
 
 from sysmon import schema
 from sysmon.config import ConfigError, config_from_mapping
 from sysmon.protocol.metrics import Snapshot, SysRecord
 from sysmon.records import RuleState, ScrapeResult
-from sysmon.store.commit import commit_tick
 from sysmon.store.state import load_state
 from sysmon.transform.rules import RuleError, evaluate, parse_rules
 
@@ -166,7 +166,7 @@ def test_rule_state_survives_a_restart(tmp_path):
             0,
         )
         result = ScrapeResult("work", "ok", 1, snapshot=snap)
-        commit_tick(
+        write_tick(
             tmp_path, TS + timedelta(seconds=10 * i), [result], None, rules=rules, sync=False
         )
         if i == 15:

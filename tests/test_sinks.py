@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from conftest import run_on_small_tmpfs
 from csvcheck import read_day, read_strict
+from fakes import write_tick
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
 from sysmon.records import AlertCursor, PendingAlerts, QubeState, ScrapeResult, State
-from sysmon.store.commit import commit_tick
 from sysmon.store.daily import append_rows, ensure_day
 from sysmon.store.state import load_state, save_state
 from sysmon.text import FORMULA_START, strip_controls
@@ -95,24 +95,24 @@ class TestCommitTick:
         """23:59:59.9 and 00:00:00.1 land in their own UTC day folders."""
         before = datetime(2025, 8, 31, 23, 59, 59, 900000, tzinfo=UTC).replace(microsecond=0)
         after = datetime(2025, 9, 1, 0, 0, 0, 100000, tzinfo=UTC).replace(microsecond=0)
-        commit_tick(tmp_path, before, [_alert_result("a", 0)], None)
-        commit_tick(tmp_path, after, [_alert_result("a", 0)], None)
+        write_tick(tmp_path, before, [_alert_result("a", 0)], None)
+        write_tick(tmp_path, after, [_alert_result("a", 0)], None)
         day1 = read_day(tmp_path / "2025-08-31")["system.csv"]
         day2 = read_day(tmp_path / "2025-09-01")["system.csv"]
         assert [r["ts"] for r in day1] == ["2025-08-31T23:59:59Z"]
         assert [r["ts"] for r in day2] == ["2025-09-01T00:00:00Z"]
 
     def test_same_or_earlier_second_is_not_written_twice(self, tmp_path):
-        assert commit_tick(tmp_path, TS, [_alert_result("a", 0)], None).skipped is None
-        again = commit_tick(tmp_path, TS, [_alert_result("a", 0)], None)
+        assert write_tick(tmp_path, TS, [_alert_result("a", 0)], None).skipped is None
+        again = write_tick(tmp_path, TS, [_alert_result("a", 0)], None)
         assert again.skipped is not None
         assert len(read_day(tmp_path / "2025-08-31")["system.csv"]) == 1
 
     def test_alerts_once_across_polls(self, tmp_path):
-        commit_tick(tmp_path, TS, [_alert_result("a", 3)], None)
+        write_tick(tmp_path, TS, [_alert_result("a", 3)], None)
         later = TS.replace(second=58, minute=58, hour=23, day=31)
-        commit_tick(tmp_path, later.replace(day=31, hour=23, minute=59, second=59), [], None)
-        commit_tick(tmp_path, datetime(2025, 9, 1, tzinfo=UTC), [_alert_result("a", 4)], None)
+        write_tick(tmp_path, later.replace(day=31, hour=23, minute=59, second=59), [], None)
+        write_tick(tmp_path, datetime(2025, 9, 1, tzinfo=UTC), [_alert_result("a", 4)], None)
         msgs = [r["msg"] for r in read_day(tmp_path / "2025-08-31")["alerts.csv"]]
         msgs += [r["msg"] for r in read_day(tmp_path / "2025-09-01")["alerts.csv"]]
         assert [m.split(" ", 1)[1] for m in msgs] == [f"k: a {i}" for i in range(4)]
@@ -139,7 +139,7 @@ class TestCommitTick:
         written = {"nothing": b"", "half-of-b": row_a + row_b[:7], "all": row_a + row_b}[cut]
         with alerts.open("ab") as f:
             f.write(written)
-        commit_tick(tmp_path, TS, [], None)  # any next tick recovers first
+        write_tick(tmp_path, TS, [], None)  # any next tick recovers first
         state = load_state(tmp_path)
         rows = read_strict(alerts)
         if cut == "nothing":
@@ -160,12 +160,13 @@ class TestCommitTick:
 
 
 FULL_DISK_SCRIPT = """
-import sys
+import functools, sys
 from datetime import UTC, datetime
 from pathlib import Path
 from sysmon.records import ScrapeResult
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
 from sysmon.store.commit import commit_tick
+from sysmon.transform.tick import build_tick
 out = Path(sys.argv[1]) / "out"
 filler = out.parent / "filler"
 filler.write_bytes(b"x" * 64 * 1024)
@@ -175,7 +176,9 @@ for second in range(1, 60):
     big = tuple(AlertRecord(base + i, "k", "x" * 900) for i in range(20))
     snap = Snapshot(SysRecord(boot_id="b"), (), None, (), big, 0, 1, 1, 0)
     ts = datetime(2025, 8, 31, 12, 0, second, tzinfo=UTC)
-    outcome = commit_tick(out, ts, [ScrapeResult("a", "ok", 1, snapshot=snap)], None)
+    results = [ScrapeResult("a", "ok", 1, snapshot=snap)]
+    plan = functools.partial(build_tick, ts=ts, results=results, qubes=None)
+    outcome = commit_tick(out, ts, plan)
     print(second, outcome.rows_dropped, len(outcome.errors), int(freed))
     if outcome.rows_dropped and not freed:
         filler.unlink()  # space comes back

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from conftest import run_sysmon
+from fakes import write_tick
 
+from sysmon.commands.status import build_status, render_status
 from sysmon.protocol.metrics import Snapshot, SysRecord
 from sysmon.records import ScrapeResult
-from sysmon.status import build_status, render_status
-from sysmon.store.commit import commit_tick
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 
@@ -18,7 +18,7 @@ def _fill(out):
     snap = Snapshot(
         SysRecord(boot_id="b", mem_total_kb=10, mem_avail_kb=4), (), None, (), (), 0, 1, 1, 0
     )
-    commit_tick(
+    write_tick(
         out,
         TS,
         [ScrapeResult("work", "ok", 5, snapshot=snap), ScrapeResult("bad", "timeout", 8000)],

@@ -10,13 +10,14 @@ import pytest
 import trio
 from csvcheck import read_day
 from fakequbes.recordings import read
+from fakes import FakeQubes, daemon_on_virtual_time, run_for
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
-from test_daemon import FakeQubes, collector, run_for
 
 from sysmon.collect.process import run_streaming
-from sysmon.daemon import Collector
+from sysmon.collect.xen import XenFollower
+from sysmon.commands.daemon import Daemon
 from sysmon.protocol.xen_events import (
     DomainStats,
     Event,
@@ -176,9 +177,12 @@ def fake_stream(
     return stream
 
 
-def xen_collector(tmp_path, stream) -> Collector:
+def xen_collector(tmp_path, stream) -> Daemon:
     start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
-    return collector(tmp_path, FakeQubes({"work": "ok"}), start, overrides={"stats_stream": stream})
+    xen = XenFollower(stream=stream)
+    return daemon_on_virtual_time(
+        tmp_path, FakeQubes({"work": "ok"}), start, overrides={"xen": xen}
+    )
 
 
 async def test_xen_rows_each_tick_and_reconnect(tmp_path, autojump_clock):
@@ -188,7 +192,7 @@ async def test_xen_rows_each_tick_and_reconnect(tmp_path, autojump_clock):
     c = xen_collector(tmp_path, fake_stream(script, 0))
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(c.xen_loop)
+            nursery.start_soon(c.xen.run)  # type: ignore[union-attr]
             await run_for(c, 61)
             nursery.cancel_scope.cancel()
     xen = read_day(tmp_path / "2025-08-31")["xen.csv"]
@@ -208,7 +212,7 @@ async def test_policy_refusal_disables_with_one_line(tmp_path, autojump_clock):
     c = xen_collector(tmp_path, fake_stream([], 126))
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(c.xen_loop)
+            nursery.start_soon(c.xen.run)  # type: ignore[union-attr]
             await run_for(c, 30)
             nursery.cancel_scope.cancel()
     assert [e["event"] for e in logs if e["event"].startswith("xen_")] == ["xen_stats_disabled"]
@@ -221,7 +225,7 @@ async def test_xen_csv_fills_from_4_4_events(tmp_path, autojump_clock):
     script += [(20, b"")]
     c = xen_collector(tmp_path, fake_stream(script, 0))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(c.xen_loop)
+        nursery.start_soon(c.xen.run)  # type: ignore[union-attr]
         await run_for(c, 11)
         nursery.cancel_scope.cancel()
     (row,) = read_day(tmp_path / "2025-08-31")["xen.csv"]
@@ -233,3 +237,23 @@ async def test_xen_csv_fills_from_4_4_events(tmp_path, autojump_clock):
         "cpu_time_ms": "11607",
         "memory_kb": "1536000",
     }
+
+
+async def test_an_error_frame_is_logged_and_reopened_never_fatal(autojump_clock):
+    """qubesd's 2\\0 frame (recorded) breaks the framing: logged, reopened with backoff."""
+    opened = 0
+
+    async def stream(on_chunk: Callable[[bytes], None]) -> int:
+        nonlocal opened
+        opened += 1
+        on_chunk(read("admin.vm.Stats-halted-target.bin"))
+        await trio.sleep_forever()  # the follower cancels it
+        raise AssertionError  # pragma: no cover
+
+    follower = XenFollower(stream=stream)
+    with capture_logs() as logs, trio.move_on_after(10):
+        await follower.run()
+    assert opened == 4  # at 0, 1, 3 and 7 s
+    broken = [e for e in logs if e["event"] == "xen_stats_broken"]
+    assert len(broken) == 4
+    assert broken[0]["error"] == "not an event header"

@@ -1,6 +1,6 @@
 """Protocol v1 of ``qubes.Metrics.Get``: the records and how they are written.
 
-Pure: no I/O.  The parser lives in :mod:`sysmon.collector.parse`; this
+Pure: no I/O.  The parser lives in :mod:`sysmon.protocol.parse`; this
 module holds the records it produces and :func:`render`, the inverse of the
 parser, used by tests and by fake qubes.  The wire format is described in
 ``docs/protocol.md``.
@@ -9,8 +9,6 @@ parser, used by tests and by fake qubes.  The wire format is described in
 from __future__ import annotations
 
 import attrs
-
-PROTOCOL_VERSION = 1
 
 #: The ``sys:`` keys the collector understands, with their kind.  Keys a qube
 #: sends beyond these are ignored so that the protocol can grow.

@@ -1,7 +1,7 @@
 """Parse what a qube's ``qubes.Metrics.Get`` printed.  Every byte is hostile.
 
 Pure and synchronous.  :func:`parse_metrics_untrusted` either returns a
-:class:`~sysmon.protocol.Snapshot` or raises :class:`MetricsParseError`;
+:class:`~sysmon.protocol.metrics.Snapshot` or raises :class:`MetricsParseError`;
 no input makes it raise anything else (a hypothesis test holds it to that).
 The payload never says which qube it is from: the caller knows.
 """

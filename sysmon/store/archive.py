@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tarfile
 from datetime import date, timedelta
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import attrs
 
+from sysmon.store.daily import day_folders
 from sysmon.store.fs import fsync_dir, write_file
 
 ARCHIVE_DIR = "archives"
-_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class ArchiveError(Exception):
@@ -50,15 +49,14 @@ def _marker(out_dir: Path, day: date, kind: str) -> Path:
     return archive_dir(out_dir) / f"monitor-{day.isoformat()}.{kind}"
 
 
-def day_folders(out_dir: Path) -> list[date]:
-    """Every day folder, oldest first."""
-    if not out_dir.is_dir():
-        return []
-    return sorted(
-        date.fromisoformat(p.name)
-        for p in out_dir.iterdir()
-        if p.is_dir() and _DAY_RE.fullmatch(p.name)
-    )
+def archive_day(name: str) -> date | None:
+    """The day of an archive named ``monitor-YYYY-MM-DD[.N].tgz``, else None."""
+    if not (name.startswith("monitor-") and name.endswith(".tgz")):
+        return None
+    try:
+        return date.fromisoformat(name.removeprefix("monitor-")[:10])
+    except ValueError:
+        return None
 
 
 def is_delivered(out_dir: Path, day: date) -> bool:
@@ -247,8 +245,4 @@ def _archived_days(out_dir: Path) -> list[date]:
     folder = archive_dir(out_dir)
     if not folder.is_dir():
         return []
-    days = []
-    for p in folder.glob("monitor-*.tgz"):
-        with contextlib.suppress(ValueError):
-            days.append(date.fromisoformat(p.name[len("monitor-") : len("monitor-") + 10]))
-    return days
+    return [day for p in folder.glob("monitor-*.tgz") if (day := archive_day(p.name)) is not None]

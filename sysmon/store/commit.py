@@ -1,16 +1,18 @@
 """Commit one tick's rows to the daily files and the state, under the lock.
 
-Synchronous (run it in a thread).  Alert rows are written between two state
-saves: first the new states of the qubes without alerts plus a *pending*
-record of each alerting qube's end offset and new state, then the rows, then
-the commit.  After a crash, :func:`recover` commits exactly the qubes whose
-rows reached the disk whole and cuts off the rest, so no journal entry is
-filed twice or lost.
+Synchronous (run it in a thread).  The commit is handed a *plan*: a function
+that builds the tick's rows from the state before it (loaded here, under the
+lock); it never builds rows itself.  Alert rows are written between two
+state saves: first the new states of the qubes without alerts plus a
+*pending* record of each alerting qube's end offset and new state, then the
+rows, then the commit.  After a crash, :func:`recover` commits exactly the
+qubes whose rows reached the disk whole and cuts off the rest, so no journal
+entry is filed twice or lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,13 +20,12 @@ import attrs
 import structlog
 
 from sysmon import schema
-from sysmon.protocol.admin import QubeInfo
-from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, PendingAlerts, QubeState, ScrapeResult, State, TickOutcome
+from sysmon.records import PendingAlerts, QubeState, State, TickOutcome, TickRows
 from sysmon.store.daily import WriteError, append_rows, ensure_day, locked, truncate_to
 from sysmon.store.state import load_state, save_state
-from sysmon.transform.rows import build_tick_rows
-from sysmon.transform.rules import Rule, evaluate
+
+#: Builds a tick's rows from the state before it.
+Plan = Callable[[State], TickRows]
 
 
 def recover(out_dir: Path, state: State) -> State:
@@ -57,21 +58,7 @@ def recover(out_dir: Path, state: State) -> State:
     return recovered
 
 
-def _size(path: Path) -> int:
-    return path.stat().st_size
-
-
-def commit_tick(
-    out_dir: Path,
-    ts: datetime,
-    results: Sequence[ScrapeResult],
-    qubes: Sequence[QubeInfo] | None,
-    xen: Sequence[DomainStats] = (),
-    notes: Sequence[tuple[str, str]] = (),
-    rules: Sequence[Rule] = (),
-    *,
-    sync: bool = True,
-) -> TickOutcome:
+def commit_tick(out_dir: Path, ts: datetime, plan: Plan, *, sync: bool = True) -> TickOutcome:
     """Write one tick (``ts``: its wall-clock time) and advance the state.
 
     Never raises for a full disk or an I/O error: the outcome says what was
@@ -79,119 +66,134 @@ def commit_tick(
     the state (off only in simulations).
     """
     try:
-        return _commit_tick(out_dir, ts, results, qubes, xen, notes, rules, sync=sync)
+        with locked(out_dir):
+            state = recover(out_dir, load_state(out_dir))
+            epoch = int(ts.timestamp())
+            if epoch <= state.last_ts:
+                last = datetime.fromtimestamp(state.last_ts, tz=UTC)
+                return TickOutcome(
+                    skipped=f"rows up to {schema.format_ts(last)} are written already "
+                    "(clock behind, or a poll in the same second)"
+                )
+            return _write(out_dir, ts, plan(state), state, sync=sync)
     except OSError as exc:
         reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
         structlog.get_logger().error("tick_commit_failed", error=reason)
-        return TickOutcome(dropped={"tick (all files)": len(results)}, errors=(reason,))
+        return TickOutcome(errors=(reason,))
 
 
-def _commit_tick(
+@attrs.define
+class _Tally:
+    """Rows written and dropped per file, and the errors, as the commit goes."""
+
+    written: dict[str, int] = attrs.field(factory=dict)
+    dropped: dict[str, int] = attrs.field(factory=dict)
+    errors: list[str] = attrs.field(factory=list)
+
+    def outcome(self, built: TickRows) -> TickOutcome:
+        return TickOutcome(
+            written=self.written,
+            dropped=self.dropped,
+            errors=tuple(self.errors),
+            restarted=built.restarted,
+        )
+
+
+def _write(
+    out_dir: Path, ts: datetime, built: TickRows, state: State, *, sync: bool
+) -> TickOutcome:
+    tally = _Tally()
+    try:
+        folder = ensure_day(out_dir, ts.astimezone(UTC).date())
+    except OSError as exc:
+        for name, rows in built.rows.items():
+            if rows:
+                tally.dropped[name] = len(rows)
+        alert_rows = sum(len(b.rows) for b in built.alerts)
+        if alert_rows:
+            tally.dropped[schema.ALERTS.file_name] = alert_rows
+        tally.errors.append(f"day folder: {exc.strerror or exc}")
+        return tally.outcome(built)
+    _append_files(folder, built, tally, sync=sync)
+    epoch = int(ts.timestamp())
+    qubes = {**state.qubes, **built.states}
+    try:
+        if built.alerts:
+            qubes = _append_alerts(out_dir, folder, built, qubes, epoch, tally, sync=sync)
+        save_state(
+            out_dir,
+            State(qubes=qubes, last_ts=epoch, pending=None, rules=built.rule_state),
+            sync=sync,
+        )
+    except OSError as exc:
+        tally.errors.append(f"state: {exc.strerror or exc}")
+    return tally.outcome(built)
+
+
+def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -> None:
+    """Every file but alerts.csv: each row whole, or cut back off."""
+    for daily in schema.DAILY_FILES:
+        rows = built.rows.get(daily.file_name, ())
+        if daily is schema.ALERTS or not rows:
+            continue
+        try:
+            append_rows(folder / daily.file_name, daily, rows, sync=sync)
+            tally.written[daily.file_name] = len(rows)
+        except WriteError as exc:
+            tally.written[daily.file_name] = exc.written
+            tally.dropped[daily.file_name] = len(rows) - exc.written
+            tally.errors.append(str(exc))
+
+
+def _append_alerts(
     out_dir: Path,
-    ts: datetime,
-    results: Sequence[ScrapeResult],
-    qubes: Sequence[QubeInfo] | None,
-    xen: Sequence[DomainStats],
-    notes: Sequence[tuple[str, str]],
-    rules: Sequence[Rule],
+    folder: Path,
+    built: TickRows,
+    qubes: dict[str, QubeState],
+    epoch: int,
+    tally: _Tally,
     *,
     sync: bool,
-) -> TickOutcome:
-    with locked(out_dir):
-        state = recover(out_dir, load_state(out_dir))
-        epoch = int(ts.timestamp())
-        if epoch <= state.last_ts:
-            last = datetime.fromtimestamp(state.last_ts, tz=UTC)
-            return TickOutcome(
-                skipped=f"rows up to {schema.format_ts(last)} are written already "
-                "(clock behind, or a poll in the same second)"
-            )
-        built = build_tick_rows(ts, results, qubes, state.qubes, xen, notes)
-        rule_notes, rule_state = evaluate(rules, float(epoch), built.rows, state.rules)
-        if rule_notes:
-            built = attrs.evolve(
-                built,
-                alerts=built.alerts
-                + tuple(
-                    AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, msg]),), None)
-                    for vm, msg in rule_notes
-                ),
-            )
-        written: dict[str, int] = {}
-        dropped: dict[str, int] = {}
-        errors: list[str] = []
+) -> dict[str, QubeState]:
+    """alerts.csv between two state saves; the qubes' states as they stand after it.
 
-        def drop_all(reason: str) -> TickOutcome:
-            for name, rows in built.rows.items():
-                if rows:
-                    dropped[name] = len(rows)
-            alert_rows = sum(len(b.rows) for b in built.alerts)
-            if alert_rows:
-                dropped[schema.ALERTS.file_name] = alert_rows
-            return TickOutcome(dropped=dropped, errors=(reason,))
+    Raises:
+        OSError: the pending state could not be saved (nothing was appended).
+    """
+    alerts_path = folder / schema.ALERTS.file_name
+    start = _size(alerts_path)
+    commits = []
+    end = start
+    for batch in built.alerts:
+        end += sum(len(r) for r in batch.rows)
+        commits.append((batch.vm, end, batch.next_state))
+    relative = str(alerts_path.relative_to(out_dir))
+    pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
+    save_state(
+        out_dir,
+        State(qubes=qubes, last_ts=epoch, pending=pending, rules=built.rule_state),
+        sync=sync,
+    )
+    all_rows = [row for batch in built.alerts for row in batch.rows]
+    try:
+        append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
+        tally.written[schema.ALERTS.file_name] = len(all_rows)
+    except WriteError as exc:
+        tally.errors.append(str(exc))
+        # Keep whole qubes only: a qube whose rows are cut is filed again,
+        # entire, at its next poll.
+        size = start + sum(len(r) for r in all_rows[: exc.written])
+        keep, kept_rows, rows_seen = start, 0, 0
+        for batch, (_vm, batch_end, _state) in zip(built.alerts, commits, strict=True):
+            rows_seen += len(batch.rows)
+            if batch_end <= size:
+                keep, kept_rows = batch_end, rows_seen
+        truncate_to(alerts_path, keep)
+        tally.written[schema.ALERTS.file_name] = kept_rows
+        tally.dropped[schema.ALERTS.file_name] = len(all_rows) - kept_rows
+    on_disk = _size(alerts_path)
+    return qubes | {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}
 
-        try:
-            folder = ensure_day(out_dir, ts.astimezone(UTC).date())
-        except OSError as exc:
-            return drop_all(f"day folder: {exc.strerror or exc}")
 
-        for daily in schema.DAILY_FILES:
-            rows = built.rows.get(daily.file_name, ())
-            if daily is schema.ALERTS or not rows:
-                continue
-            try:
-                append_rows(folder / daily.file_name, daily, rows, sync=sync)
-                written[daily.file_name] = len(rows)
-            except WriteError as exc:
-                written[daily.file_name] = exc.written
-                dropped[daily.file_name] = len(rows) - exc.written
-                errors.append(str(exc))
-
-        qubes_state: dict[str, QubeState] = {**state.qubes, **built.states}
-        alerts_path = folder / schema.ALERTS.file_name
-        try:
-            if built.alerts:
-                start = _size(alerts_path)
-                commits = []
-                end = start
-                for batch in built.alerts:
-                    end += sum(len(r) for r in batch.rows)
-                    commits.append((batch.vm, end, batch.next_state))
-                relative = str(alerts_path.relative_to(out_dir))
-                pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
-                save_state(
-                    out_dir,
-                    State(qubes=qubes_state, last_ts=epoch, pending=pending, rules=rule_state),
-                    sync=sync,
-                )
-                all_rows = [row for batch in built.alerts for row in batch.rows]
-                try:
-                    append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
-                    written[schema.ALERTS.file_name] = len(all_rows)
-                except WriteError as exc:
-                    errors.append(str(exc))
-                    # Keep whole qubes only: a qube whose rows are cut is
-                    # filed again, entire, at its next poll.
-                    size = start + sum(len(r) for r in all_rows[: exc.written])
-                    keep, kept_rows, rows_seen = start, 0, 0
-                    for batch, (_vm, batch_end, _state) in zip(built.alerts, commits, strict=True):
-                        rows_seen += len(batch.rows)
-                        if batch_end <= size:
-                            keep, kept_rows = batch_end, rows_seen
-                    truncate_to(alerts_path, keep)
-                    written[schema.ALERTS.file_name] = kept_rows
-                    dropped[schema.ALERTS.file_name] = len(all_rows) - kept_rows
-                on_disk = _size(alerts_path)
-                qubes_state.update(
-                    {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}
-                )
-            save_state(
-                out_dir,
-                State(qubes=qubes_state, last_ts=epoch, pending=None, rules=rule_state),
-                sync=sync,
-            )
-        except OSError as exc:
-            errors.append(f"state: {exc.strerror or exc}")
-        return TickOutcome(
-            written=written, dropped=dropped, errors=tuple(errors), restarted=built.restarted
-        )
+def _size(path: Path) -> int:
+    return path.stat().st_size

@@ -53,6 +53,18 @@ def locked(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def day_folders(out_dir: Path) -> list[date]:
+    """Every day folder under ``out_dir``, oldest first."""
+    if not out_dir.is_dir():
+        return []
+    days = []
+    for path in out_dir.iterdir():
+        with contextlib.suppress(ValueError):
+            if path.is_dir() and len(path.name) == len("YYYY-MM-DD"):
+                days.append(date.fromisoformat(path.name))
+    return sorted(days)
+
+
 def day_dir(out_dir: Path, day: date) -> Path:
     """The folder of one UTC day."""
     return out_dir / day.isoformat()

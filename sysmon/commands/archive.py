@@ -1,4 +1,4 @@
-"""Deliver complete days to the vault: ``sysmon archive`` and the nightly task.
+"""``sysmon archive`` and the nightly task: deliver complete days to the vault.
 
 The copy is ``qvm-copy-to-vm <vault> <file>`` (on PATH): 0 is success, 126 a
 policy refusal or a vault that may not be started, 1 a local problem, and an
@@ -11,7 +11,9 @@ The file lands in the vault at ``~/QubesIncoming/<this qube>/``.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
@@ -39,6 +41,8 @@ from sysmon.store.archive import (
 )
 
 COPY_TIMEOUT = 600.0
+RETRY = 3600.0
+MAX_RETRY = 6 * 3600.0
 
 #: Runs the copy of one file to the vault; returns the exit status.
 Copier = Callable[[str, Path], Awaitable[int]]
@@ -71,10 +75,6 @@ class ArchiveReport:
     def ok(self) -> bool:
         """No day failed."""
         return all(d.status in {"delivered", "built", "already"} for d in self.days)
-
-
-async def _inline(fn: Callable[..., object], *args: object) -> object:
-    return fn(*args)
 
 
 async def run_archive(
@@ -185,3 +185,78 @@ def next_archive_time(now: datetime, archive_at: str, zone: tzinfo | None = None
         if candidate > now.astimezone(UTC):
             return candidate
     raise AssertionError("unreachable: a day later is always later")  # pragma: no cover
+
+
+@attrs.define
+class NightlyArchive:
+    """The daemon's archive task: every day at ``archive_at`` (local time).
+
+    On start it catches up on days missed while the qube was off.  A failure
+    is retried hourly, then less often, and told once through ``note`` (an
+    alert row: ``sysmon: archive ...``).
+    """
+
+    config: Config
+    note: Callable[[str], None]
+    wall_now: Callable[[], datetime]
+    copier: Copier = qvm_copy_to_vm
+    offload: Offload = trio.to_thread.run_sync
+    zone: tzinfo | None = None
+    _alerted: str | None = None
+
+    async def run(self) -> None:
+        """Deliver, then sleep until the next ``archive_at``, until cancelled."""
+        retry = RETRY
+        due = True  # catch up first
+        while True:
+            if not due:
+                now = self.wall_now()
+                at = next_archive_time(now, self.config.archive_at, self.zone)
+                await trio.sleep((at - now).total_seconds())
+            today = self.wall_now().astimezone(UTC).date()
+            report = await run_archive(self.config, today, copier=self.copier, offload=self.offload)
+            if report.pruned.low_on_space_undelivered:
+                self.note("sysmon: disk low and only undelivered days are left")
+            failed = next(
+                (d for d in report.days if d.status not in {"delivered", "already"}), None
+            )
+            if failed is None:
+                self._alerted = None
+                retry, due = RETRY, False
+                continue
+            message = f"sysmon: archive of {failed.day} {failed.status}: {failed.detail}"
+            if message != self._alerted:
+                self.note(message)
+                self._alerted = message
+            await trio.sleep(retry)
+            retry = min(MAX_RETRY, retry * 2)
+
+
+def main(config: Config, args: argparse.Namespace, today: date) -> int:
+    """``sysmon archive``: complete days now, delivered unless ``--no-copy``."""
+    days = None
+    if args.day is not None:
+        try:
+            days = [date.fromisoformat(args.day)]
+        except ValueError:
+            print(f"sysmon archive: --day wants YYYY-MM-DD, got {args.day!r}", file=sys.stderr)
+            return 2
+    report = trio.run(
+        functools.partial(
+            run_archive, config, today, days=days, copy=not args.no_copy, force=args.force
+        ),
+        strict_exception_groups=True,
+    )
+    for outcome in report.days:
+        print(f"{outcome.day}  {outcome.status:<9}  {outcome.detail}")
+    if not report.days:
+        print("nothing to archive: every complete day is delivered")
+    for day in report.pruned.folders:
+        print(f"{day}  pruned     day folder removed (delivered, past retention)")
+    if report.pruned.low_on_space_undelivered:
+        print("warning: disk low and only undelivered days are left", file=sys.stderr)
+    failed = [o for o in report.days if o.status not in {"delivered", "built", "already"}]
+    if failed:
+        print(f"sysmon archive: {failed[0].day}: {failed[0].detail}", file=sys.stderr)
+        return 1
+    return 0

@@ -26,18 +26,14 @@ from typing import IO, Any
 
 import attrs
 
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+from sysmon import schema
+from sysmon.store.archive import archive_day
+from sysmon.store.daily import day_folders
+
 _NetKey = tuple[str, str]
 _Sample = tuple[float, float, float]
-FILES = (
-    "system.csv",
-    "network.csv",
-    "connections.csv",
-    "disk.csv",
-    "alerts.csv",
-    "scrapes.csv",
-    "xen.csv",
-)
+#: Every daily file but qubes.csv, which the page does not draw.
+FILES = tuple(s.file_name for s in schema.DAILY_FILES if s is not schema.QUBES)
 
 
 class ReportError(Exception):
@@ -74,20 +70,20 @@ class Data:
 
 def parse_when(text: str) -> float:
     """``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS][Z]`` (UTC) as epoch seconds."""
-    text = text.rstrip("Z")
-    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            continue
-    raise ReportError(f"not a UTC date or time: {text!r}")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ReportError(f"not a UTC date or time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    elif when.utcoffset():
+        raise ReportError(f"not a UTC date or time: {text!r}")
+    return when.timestamp()
 
 
 def _ts(text: str) -> float | None:
-    try:
-        return datetime.strptime(text, _TS_FORMAT).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
+    ts = schema.parse_ts(text)
+    return None if ts is None else ts.timestamp()
 
 
 def _num(text: str | None) -> float | None:
@@ -291,17 +287,18 @@ def _units(paths: Iterable[Path]) -> list[Path]:
     by_day: dict[str, Path] = {}
     for path in paths:
         if path.is_file():
-            day = path.name.removeprefix("monitor-")[:10]
-            by_day.setdefault(day, path)
+            day = archive_day(path.name)
+            by_day.setdefault(day.isoformat() if day else path.name, path)
         elif path.is_dir() and (path / "system.csv").exists():
             by_day[path.name] = path
         elif path.is_dir():
             archives = path / "archives"
             if archives.is_dir():
                 for tgz in sorted(archives.glob("monitor-*.tgz")):
-                    by_day.setdefault(tgz.name.removeprefix("monitor-")[:10], tgz)
-            for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name != "archives"):
-                by_day[folder.name] = folder
+                    if (day := archive_day(tgz.name)) is not None:
+                        by_day.setdefault(day.isoformat(), tgz)
+            for folder_day in day_folders(path):
+                by_day[folder_day.isoformat()] = path / folder_day.isoformat()
         else:
             raise ReportError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
     return [by_day[day] for day in sorted(by_day)]
@@ -578,3 +575,21 @@ def render(data: Data, out: Path) -> Path:
     page = out / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
+
+
+def main(
+    paths: list[Path], out: Path, vms: list[str] | None, start: str | None, end: str | None
+) -> int:
+    """``sysmon report``: exit 2 with the reason when there is nothing to draw."""
+    try:
+        since = parse_when(start) if start else float("-inf")
+        until = parse_when(end) if end else float("inf")
+        data = load(paths, set(vms) if vms else None, since, until)
+        if data.rows == 0:
+            raise ReportError("no sysmon rows in " + ", ".join(map(str, paths)))
+        page = render(data, out)
+    except ReportError as exc:
+        print(f"sysmon report: {exc}", file=sys.stderr)
+        return 2
+    print(f"{page} ({data.rows:,} rows)")
+    return 0

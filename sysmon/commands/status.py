@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
-import re
+from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import attrs
 
 from sysmon import schema
+from sysmon.records import Status
+from sysmon.store.daily import day_dir, day_folders
 
-_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 STALE_INTERVALS = 3
 
 
@@ -41,10 +42,8 @@ class StatusReport:
 
 def latest_day(out_dir: Path) -> Path | None:
     """The newest day folder."""
-    if not out_dir.is_dir():
-        return None
-    days = sorted(p for p in out_dir.iterdir() if p.is_dir() and _DAY_RE.fullmatch(p.name))
-    return days[-1] if days else None
+    days = day_folders(out_dir)
+    return day_dir(out_dir, days[-1]) if days else None
 
 
 def _last_ts(path: Path) -> datetime | None:
@@ -57,11 +56,9 @@ def _last_ts(path: Path) -> datetime | None:
     except OSError:
         return None
     for line in reversed(tail[1:] if len(tail) > 1 else tail):
-        ts = line.split(b",", 1)[0].decode("ascii", errors="replace")
-        try:
-            return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            continue
+        ts = schema.parse_ts(line.split(b",", 1)[0].decode("ascii", errors="replace"))
+        if ts is not None:
+            return ts
     return None
 
 
@@ -83,12 +80,12 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         ts = _last_ts(folder / daily.file_name)
         ages[daily.file_name] = None if ts is None else (now - ts).total_seconds()
     last: dict[str, dict[str, str]] = {}
-    failures: dict[str, int] = {}
+    failures: Counter[str] = Counter()
     for row in _rows(folder / schema.SCRAPES.file_name):
         vm = row.get("vm", "?")
         last[vm] = row
-        if row.get("status") not in {"ok", "skipped"}:
-            failures[vm] = failures.get(vm, 0) + 1
+        if row.get("status") not in {Status.OK, Status.SKIPPED}:
+            failures[vm] += 1
     values: dict[str, dict[str, str]] = {}
     for row in _rows(folder / schema.SYSTEM.file_name):
         values[row.get("vm", "?")] = row
@@ -133,3 +130,10 @@ def render_status(report: StatusReport) -> str:
     lines.append("")
     lines.append(("OK: " if report.healthy else "NOT OK: ") + report.reason)
     return "\n".join(lines)
+
+
+def main(out_dir: Path, interval: float, now: datetime) -> int:
+    """``sysmon status``: exit 1 when nothing was written for three intervals."""
+    report = build_status(out_dir, now, interval)
+    print(render_status(report))
+    return 0 if report.healthy else 1

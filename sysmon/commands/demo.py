@@ -2,8 +2,10 @@
 
 This machine is presented as a few qubes: discovery is a fixed list named
 after the host, and each qube's "qrexec call" runs the real handler
-locally.  Everything after that -- limits, parser, rates, rows, files,
-state -- is the code a sys-monitor qube runs.
+locally.  Everything after that is the daemon a sys-monitor qube runs -- its
+tick loop, health and backoff, limits, parser, rates, rules, rows, files and
+state -- without dom0's stats stream and the nightly archive, which need
+Qubes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import socket
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,8 +23,8 @@ import attrs
 import trio
 
 from sysmon.collect.process import ProcessResult, run_bounded
+from sysmon.commands.daemon import Daemon, PollReport
 from sysmon.config import Config
-from sysmon.poll import PollReport, poll_once
 from sysmon.protocol.admin import Discovery, QubeInfo
 
 HANDLER_ENV = "SYSMON_HANDLER"
@@ -33,7 +36,7 @@ def find_handler() -> Path:
     if os.environ.get(HANDLER_ENV):
         candidates.append(Path(os.environ[HANDLER_ENV]))
     candidates += [
-        Path(__file__).resolve().parent.parent / "handler" / "qubes.Metrics.Get",
+        Path(__file__).resolve().parents[2] / "handler" / "qubes.Metrics.Get",
         Path(sys.prefix) / "share" / "sysmon" / "qubes.Metrics.Get",
         Path("/etc/qubes-rpc/qubes.Metrics.Get"),
     ]
@@ -91,9 +94,7 @@ class DemoDiscovery:
 
 
 def _print_poll(report: PollReport) -> None:
-    counts: dict[str, int] = {}
-    for r in report.results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = Counter(str(r.status) for r in report.results)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     rows = sum(report.outcome.written.values())
     extra = f"  (skipped: {report.outcome.skipped})" if report.outcome.skipped else ""
@@ -119,7 +120,7 @@ def latest_table(out_dir: Path, day_folder: Path) -> str:
 
 
 async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
-    """Poll this machine as a few qubes every ``interval`` s for ``duration`` s."""
+    """Run the daemon on this machine, as a few qubes, for ``duration`` s."""
     handler = find_handler()
     config = Config(out_dir=out_dir, interval=interval, scrape_timeout=min(8.0, interval * 0.8))
     names = demo_names()
@@ -128,19 +129,26 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         f"writing daily CSV files under {out_dir}/<UTC day>/"
         f" every {interval:g} s for {duration:g} s"
     )
-    transport = LocalHandler(handler)
-    discovery = DemoDiscovery(tuple(names))
-    deadline = trio.current_time() + duration
-    report = None
-    while True:
-        started = trio.current_time()
-        report = await poll_once(config, discovery, transport)
+    reports: list[PollReport] = []
+
+    def on_tick(report: PollReport) -> None:
         _print_poll(report)
-        next_tick = started + interval
-        if next_tick > deadline:
-            break
-        await trio.sleep_until(next_tick)
-    folder = out_dir / f"{report.ts:%Y-%m-%d}"
+        reports.append(report)
+
+    daemon = Daemon(
+        config,
+        DemoDiscovery(tuple(names)),
+        LocalHandler(handler),
+        notify=lambda _message: None,
+        on_tick=on_tick,
+    )
+    async with trio.open_nursery() as ticks:  # ticks under way finish after the deadline
+        with trio.move_on_after(duration):
+            await daemon.tick_loop(ticks)
+    if not reports:
+        print("no tick within the duration")
+        return 1
+    folder = out_dir / f"{reports[-1].ts:%Y-%m-%d}"
     print()
     print(latest_table(out_dir, folder))
     return 0

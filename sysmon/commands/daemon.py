@@ -1,0 +1,365 @@
+"""``sysmon run``: the collector daemon, and the one tick ``once`` and ``demo`` run too.
+
+A tick is discover -> plan -> scrape -> commit: dom0 lists the qubes, the
+health of each decides which are polled now (a qube still in flight or
+backing off is ``skipped``), the polls run under a concurrency cap and a
+per-qube timeout, and the commit writes the rows, the rules' alerts and
+sysmon's own notes in one go.  The daemon adds the loops around it: ticks
+scheduled on trio's monotonic clock and aligned to wall-clock multiples of
+the interval (every row of a tick shares one ``ts``), committed in ``ts``
+order, missed ticks skipped rather than bunched; dom0's stats stream; the
+nightly archive; SIGTERM; and one canonical log line per tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+
+from sysmon.collect.health import Health
+from sysmon.collect.qrexec import DiscoverySource, Transport
+from sysmon.collect.scrape import scrape_round
+from sysmon.collect.xen import XenFollower
+from sysmon.commands.archive import NightlyArchive
+from sysmon.config import Config
+from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
+from sysmon.records import ScrapeResult, Status, TickOutcome
+from sysmon.schema import format_ts
+from sysmon.store.commit import Plan, commit_tick
+from sysmon.store.daily import locked
+from sysmon.store.state import load_state
+from sysmon.transform.tick import build_tick
+
+QUBES_EVERY = 60.0
+
+#: How blocking file work runs: ``trio.to_thread.run_sync``, or inline in
+#: tests on virtual time (a thread would let autojump_clock run ahead).
+Offload = Callable[..., Awaitable[object]]
+Committer = Callable[[Path, datetime, Plan], TickOutcome]
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd ``message`` (READY=1, WATCHDOG=1...) if it listens."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        structlog.get_logger().warning("sd_notify_failed", error=str(exc))
+
+
+def read_cursors(out_dir: Path) -> dict[str, str]:
+    """Each qube's alert cursor as the handler's argument.
+
+    Without them (unreadable state) the handlers send recent entries, and
+    the commit drops those already filed: nothing is filed twice.
+    """
+    if not out_dir.exists():
+        return {}
+    try:
+        with locked(out_dir):
+            state = load_state(out_dir)
+    except OSError as exc:
+        structlog.get_logger().error("state_unreadable", error=str(exc))
+        return {}
+    return {vm: q.cursor.argument() for vm, q in state.qubes.items() if q.cursor is not None}
+
+
+@attrs.frozen
+class PollReport:
+    """What one tick did."""
+
+    ts: datetime
+    qubes: tuple[QubeInfo, ...]
+    results: tuple[ScrapeResult, ...]
+    outcome: TickOutcome
+
+
+@attrs.define
+class Daemon:
+    """The collector: one tick (:meth:`poll`), and the loops that repeat it."""
+
+    config: Config
+    source: DiscoverySource
+    transport: Transport
+    wall_now: Callable[[], datetime] = utc_now
+    committer: Committer = commit_tick
+    notify: Callable[[str], None] = sd_notify
+    offload: Offload = trio.to_thread.run_sync
+    xen: XenFollower | None = None
+    archive: NightlyArchive | None = None
+    on_tick: Callable[[PollReport], None] | None = None
+    health: Health = attrs.field()
+    notes: list[str] = attrs.field(factory=list)
+    ticks_done: int = 0
+    last_qubes_ts: float = -math.inf
+    _ordered: trio.Event | None = None
+    _discovery_error: str | None = None
+    _rejected_alerted: str | None = None
+    _self_name: str | None = None
+
+    @health.default
+    def _health(self) -> Health:
+        return Health(self.config.interval)
+
+    # -- one tick ---------------------------------------------------------
+
+    async def poll(self, ts: datetime) -> PollReport:
+        """One tick at ``ts``: discover, plan, scrape, commit (rules and notes included).
+
+        Raises:
+            DiscoveryError: the qubes could not be listed; nothing was written.
+        """
+        async with self._in_order() as previous:
+            discovery, targets = await self._discover()
+            results = await self._scrape(discovery, targets)
+            # qubes.csv once a minute: at each new minute, so every day
+            # folder gets it from its first minute on.
+            qubes = None
+            if ts.timestamp() // QUBES_EVERY != self.last_qubes_ts // QUBES_EVERY:
+                qubes = discovery.qubes
+            if previous is not None:
+                await previous.wait()
+            outcome = await self._commit(ts, results, qubes)
+            if qubes is not None and outcome.skipped is None:
+                self.last_qubes_ts = ts.timestamp()
+        return PollReport(ts, discovery.qubes, tuple(results), outcome)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self) -> AsyncIterator[trio.Event | None]:
+        """Ticks overlap while polling but commit in the order they started."""
+        previous, mine = self._ordered, trio.Event()
+        self._ordered = mine
+        try:
+            yield previous
+        finally:
+            mine.set()
+
+    async def _discover(self) -> tuple[Discovery, list[str]]:
+        """The qubes dom0 lists, and those of them to poll.
+
+        Running, not dom0, not ourselves, not excluded, and never the vault:
+        the handler would run as root in it and its journal would flow out
+        (the shipped policy denies it too).
+        """
+        config = self.config
+        with trio.move_on_after(config.scrape_timeout) as scope:
+            discovery = await self.source.list_qubes()
+        if scope.cancelled_caught:
+            raise DiscoveryError(f"admin.vm.List: no reply within {config.scrape_timeout:g} s")
+        log = structlog.get_logger()
+        for reason in discovery.rejected:
+            log.warning("discovery_line_rejected", reason=reason)
+        if discovery.unusable:
+            raise DiscoveryError(
+                f"admin.vm.List: none of the {discovery.lines} lines dom0 sent is usable "
+                f"({discovery.rejected[0]})"
+            )
+        if self._self_name is None:  # our name does not change: asked once
+            self._self_name = config.self_name or await self.source.own_name()
+        self._note_rejected(discovery.rejected)
+        exclude = (*config.exclude, config.vault)
+        return discovery, select_targets(discovery.qubes, self._self_name, exclude)
+
+    async def _scrape(self, discovery: Discovery, targets: Sequence[str]) -> list[ScrapeResult]:
+        """Poll the targets due now; ``skipped`` for the others; in list order."""
+        poll, skipped = self.health.plan(targets, trio.current_time())
+        self.health.set_in_flight(poll, in_flight=True)
+        try:
+            cursors = await self.offload(read_cursors, self.config.out_dir)
+            assert isinstance(cursors, dict)  # noqa: S101
+            polled = await scrape_round(
+                self.transport,
+                poll,
+                cursors,
+                per_qube_timeout=self.config.scrape_timeout,
+                concurrency=self.config.concurrency,
+                on_result=lambda r: self.health.set_in_flight([r.vm], in_flight=False),
+                addresses={q.name: q.address for q in discovery.qubes},
+            )
+        finally:
+            self.health.set_in_flight(poll, in_flight=False)
+        log = structlog.get_logger()
+        for r in polled:
+            emit = log.info if r.status is Status.OK else log.warning
+            emit(
+                "scrape_done",
+                vm=r.vm,
+                status=r.status,
+                duration_ms=r.duration_ms,
+                bytes=r.n_bytes,
+                lines_ok=r.lines_ok,
+                lines_rejected=r.lines_rejected,
+                detail=r.detail or None,
+            )
+        for change in self.health.record(polled, trio.current_time()):
+            emit = log.info if change.status is Status.OK else log.warning
+            emit(
+                "qube_status_changed",
+                vm=change.vm,
+                status=change.status,
+                was=change.was,
+                detail=change.detail or None,
+            )
+        self.health.keep_only(q.name for q in discovery.qubes)
+        order = {vm: i for i, vm in enumerate(targets)}
+        return sorted([*polled, *skipped], key=lambda r: order[r.vm])
+
+    async def _commit(
+        self, ts: datetime, results: Sequence[ScrapeResult], qubes: Sequence[QubeInfo] | None
+    ) -> TickOutcome:
+        """Hand the commit this tick's plan, with the notes gathered since the last."""
+        me = self._self_name or self.config.self_name or "sys-monitor"
+        notes = [(me, message) for message in self.notes]
+        self.notes.clear()
+        xen = self.xen.fresh(trio.current_time()) if self.xen is not None else ()
+        plan = functools.partial(
+            build_tick,
+            ts=ts,
+            results=results,
+            qubes=qubes,
+            xen=xen,
+            notes=notes,
+            rules=self.config.rules,
+        )
+        outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
+        assert isinstance(outcome, TickOutcome)  # noqa: S101
+        return outcome
+
+    def note(self, message: str) -> None:
+        """An alert row of sysmon's own, written with the next tick."""
+        self.notes.append(message)
+
+    def _note_rejected(self, rejected: Sequence[str]) -> None:
+        """An alert row when dom0's list has lines sysmon cannot use, once per change."""
+        shown = "; ".join(rejected[:3]) if rejected else None
+        if shown and shown != self._rejected_alerted:
+            self.note(f"sysmon: admin.vm.List: {len(rejected)} lines not used ({shown})")
+        self._rejected_alerted = shown
+
+    # -- the loops ----------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until SIGTERM or SIGINT, then return (exit 0)."""
+        log = structlog.get_logger()
+        log.info(
+            "sysmon_started",
+            out_dir=str(self.config.out_dir),
+            interval=self.config.interval,
+            scrape_timeout=self.config.scrape_timeout,
+            concurrency=self.config.concurrency,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._watch_signals, nursery.cancel_scope)
+            if self.xen is not None:
+                nursery.start_soon(self.xen.run)
+            if self.archive is not None:
+                nursery.start_soon(self.archive.run)
+            nursery.start_soon(self.tick_loop, nursery)
+            task_status.started()
+        log.info("sysmon_stopped", ticks=self.ticks_done)
+
+    async def _watch_signals(
+        self, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                structlog.get_logger().info("signal_received", signal=signal.Signals(signum).name)
+                self.notify("STOPPING=1")
+                cancel_scope.cancel()
+                return
+
+    async def tick_loop(self, nursery: trio.Nursery) -> None:
+        """Start a tick at every wall-clock multiple of the interval."""
+        log = structlog.get_logger()
+        interval = self.config.interval
+        while True:
+            wall = self.wall_now().timestamp()
+            due = (math.floor(wall / interval) + 1) * interval
+            await trio.sleep(due - wall)
+            now = self.wall_now().timestamp()
+            tick = math.floor(now / interval) * interval
+            if tick < due:
+                # The wall clock went back while we slept: wait for the tick again.
+                log.warning("clock_stepped", direction="back", seconds=round(due - now, 3))
+                continue
+            if tick > due:
+                missed = round((tick - due) / interval)
+                log.warning("ticks_missed", count=missed, seconds=round(tick - due, 3))
+            nursery.start_soon(self.run_tick, datetime.fromtimestamp(tick, tz=UTC))
+
+    async def run_tick(self, ts: datetime) -> None:
+        """One tick of the loop: :meth:`poll`, its log line, systemd's watchdog."""
+        log = structlog.get_logger()
+        start = trio.current_time()
+        try:
+            report = await self.poll(ts)
+        except DiscoveryError as exc:
+            if str(exc) != self._discovery_error:
+                log.error("discovery_failed", error=str(exc))  # noqa: TRY400 -- expected, no traceback
+                self.note(f"sysmon: discovery failed: {exc}")
+            self._discovery_error = str(exc)
+            if not self.notes:
+                return
+            # Nothing to poll, but the alert row is written now.
+            async with self._in_order() as previous:
+                if previous is not None:
+                    await previous.wait()
+                outcome = await self._commit(ts, [], None)
+            report = PollReport(ts, (), (), outcome)
+        else:
+            if self._discovery_error is not None:
+                log.info("discovery_recovered")
+                self._discovery_error = None
+        self._log_tick(report, trio.current_time() - start)
+        self.ticks_done += 1
+        self.notify("READY=1" if self.ticks_done == 1 else "WATCHDOG=1")
+        if self.on_tick is not None:
+            self.on_tick(report)
+
+    def _log_tick(self, report: PollReport, seconds: float) -> None:
+        """The tick's canonical log line."""
+        results, outcome = report.results, report.outcome
+        slowest = max(results, key=lambda r: r.duration_ms, default=None)
+        fields = {
+            "ts": format_ts(report.ts),
+            "qubes": len(results),
+            "ok": sum(r.status is Status.OK for r in results),
+            "failed": sum(r.status not in {Status.OK, Status.SKIPPED} for r in results),
+            "skipped": sum(r.status is Status.SKIPPED for r in results),
+            "slowest": slowest.vm if slowest else None,
+            "slowest_ms": slowest.duration_ms if slowest else None,
+            "duration_ms": round(seconds * 1000),
+            "rows": sum(outcome.written.values()),
+        }
+        log = structlog.get_logger()
+        if outcome.skipped:
+            log.warning("tick_not_written", reason=outcome.skipped, **fields)
+        elif outcome.errors:
+            log.error(
+                "tick_write_failed", dropped=outcome.dropped, errors=list(outcome.errors), **fields
+            )
+        else:
+            log.info("tick_done", **fields)

@@ -1,0 +1,42 @@
+"""A tick's plan: the rows of its poll results and where the rules stand.  Pure.
+
+:func:`build_tick` is what the commit is handed (bound to this tick's
+results): the commit loads the state under its lock and calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import attrs
+
+from sysmon import schema
+from sysmon.protocol.admin import QubeInfo
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import AlertBatch, ScrapeResult, State, TickRows
+from sysmon.transform.rows import build_tick_rows
+from sysmon.transform.rules import Rule, evaluate
+
+
+def build_tick(
+    previous: State,
+    *,
+    ts: datetime,
+    results: Sequence[ScrapeResult],
+    qubes: Sequence[QubeInfo] | None,
+    xen: Sequence[DomainStats] = (),
+    notes: Sequence[tuple[str, str]] = (),
+    rules: Sequence[Rule] = (),
+) -> TickRows:
+    """Every row of the tick, its alerts, the rules' alerts and next state.
+
+    ``notes`` are sysmon's own alerts, (vm, message), filed with the tick.
+    """
+    built = build_tick_rows(ts, results, qubes, previous.qubes, xen, notes)
+    fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
+    rule_alerts = tuple(
+        AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
+        for vm, message in fired
+    )
+    return attrs.evolve(built, alerts=built.alerts + rule_alerts, rule_state=rule_state)

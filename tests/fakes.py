@@ -1,0 +1,134 @@
+"""Doubles and helpers shared by the tests (and the benchmarks)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import attrs
+import trio
+
+from sysmon.collect.process import ProcessResult
+from sysmon.commands.daemon import Daemon
+from sysmon.config import Config
+from sysmon.protocol.admin import Discovery, QubeInfo
+from sysmon.protocol.metrics import DiskRecord, NetRecord, Snapshot, SysRecord, render
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import ScrapeResult, TickOutcome
+from sysmon.store.commit import commit_tick
+from sysmon.transform.rules import Rule
+from sysmon.transform.tick import build_tick
+
+#: A hostile handler's reply: impersonation, CSV breaking and formula injection.
+LIAR_PAYLOAD = b"""sys: protocol=1 boot_id=liar-boot btime=1 mem_total_kb=5 vm=dom0
+vm: dom0
+net: if=eth0,dom0 rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
+net: if=-eth0 rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
+net: if=@evil rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0
+disk: fs=+cmd mount=/x size_kb=10 used_kb=5 avail_kb=5
+alert: 1700000000000000 evil: =HYPERLINK("http://x","y")
+alert: 1700000000000001 dom0: pretend,"quoted"\r\x1b[2Jtext
+alert: 1700000000000002 -cmd: +SUM(1)
+"""
+
+
+def write_tick(
+    out_dir: Path,
+    ts: datetime,
+    results: Sequence[ScrapeResult],
+    qubes: Sequence[QubeInfo] | None,
+    xen: Sequence[DomainStats] = (),
+    notes: Sequence[tuple[str, str]] = (),
+    rules: Sequence[Rule] = (),
+    *,
+    sync: bool = True,
+) -> TickOutcome:
+    """Commit one tick of these results, as the daemon's commit does."""
+    plan = functools.partial(
+        build_tick, ts=ts, results=results, qubes=qubes, xen=xen, notes=notes, rules=rules
+    )
+    return commit_tick(out_dir, ts, plan, sync=sync)
+
+
+@attrs.define
+class FakeQubes:
+    """Discovery plus transport: each qube "ok", "refused", ("slow", s) or "hang"."""
+
+    behaviours: dict[str, object]
+    calls: dict[str, int] = attrs.field(factory=dict)
+    own_name_asked: int = 0
+
+    async def list_qubes(self) -> Discovery:
+        return Discovery(tuple(QubeInfo(n, "AppVM", "Running") for n in self.behaviours))
+
+    async def own_name(self) -> str | None:
+        self.own_name_asked += 1
+        return "sys-monitor"
+
+    def metrics_argv(self, target: str, argument: str) -> list[str]:
+        return [target, argument]
+
+    async def call(
+        self, argv: Sequence[str], *, max_stdout: int, env: Mapping[str, str] | None = None
+    ) -> ProcessResult:
+        vm = argv[0]
+        n = self.calls[vm] = self.calls.get(vm, 0) + 1
+        behaviour = self.behaviours[vm]
+        if behaviour == "hang":
+            await trio.sleep_forever()
+        if behaviour == "refused":
+            return ProcessResult(126, b"", b"Request refused\n")
+        if isinstance(behaviour, tuple):
+            await trio.sleep(behaviour[1])
+        ticks = {f"cpu_ticks_{k}": n * v for k, v in (("user", 10), ("system", 5), ("idle", 85))}
+        zero = {f"cpu_ticks_{k}": 0 for k in ("nice", "iowait", "irq", "softirq", "steal")}
+        snap = Snapshot(
+            SysRecord(
+                boot_id="b-" + vm, protocol=1, mem_total_kb=1000, mem_avail_kb=600, **ticks, **zero
+            ),
+            (NetRecord("eth0", n * 100, 0, 0, n * 50, 0, 0),),
+            None,
+            (DiskRecord("/dev/xvdb", "/rw", 1000, 10 * n, 990 - 10 * n),),
+            (),
+            0,
+            3,
+            3,
+            0,
+        )
+        return ProcessResult(0, render(snap), b"")
+
+
+async def inline(fn: Callable[..., object], *args: object) -> object:
+    """Offload that runs inline: a thread would let autojump_clock run ahead."""
+    return fn(*args)
+
+
+def daemon_on_virtual_time(
+    tmp_path: Path,
+    qubes: FakeQubes,
+    start: datetime,
+    *,
+    overrides: dict[str, object] | None = None,
+    **config: object,
+) -> Daemon:
+    """A Daemon on virtual time: wall clock from ``start``, real files without
+    fsync, file work inline; ``overrides`` replace Daemon fields."""
+    t0 = trio.current_time()
+    fields: dict[str, object] = {
+        "wall_now": lambda: start + timedelta(seconds=trio.current_time() - t0),
+        "committer": functools.partial(commit_tick, sync=False),
+        "notify": lambda _message: None,
+        "offload": inline,
+        **(overrides or {}),
+    }
+    return Daemon(Config(out_dir=tmp_path, **config), qubes, qubes, **fields)  # type: ignore[arg-type]
+
+
+async def run_for(c: Daemon, seconds: float) -> None:
+    """Run the daemon's tick loop for ``seconds`` (virtual)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.tick_loop, nursery)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
