@@ -39,10 +39,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: poll every interval until SIGTERM."""
-    from sysmon.collect.qrexec import Qrexec, QrexecDiscovery  # noqa: PLC0415
-    from sysmon.collect.xen import XenFollower  # noqa: PLC0415
-    from sysmon.commands.archive import NightlyArchive  # noqa: PLC0415
-    from sysmon.commands.daemon import Daemon, utc_now  # noqa: PLC0415
+    from sysmon.commands import daemon  # noqa: PLC0415
 
     config = _config(args)
     if args.interval is not None:
@@ -50,10 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if timeout >= args.interval:
             timeout = args.interval * 0.8
         config = attrs.evolve(config, interval=args.interval, scrape_timeout=timeout)
-    daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
-    daemon.archive = NightlyArchive(config, note=daemon.note, wall_now=utc_now)
-    trio.run(daemon.serve, strict_exception_groups=True)
-    return 0
+    return daemon.main(config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-from sysmon.text import clean_text, neutralise_formula
+from sysmon.protocol.text import clean_text, neutralise_formula
 
 #: A row is one write(); tailers read one physical line at a time, and a
 #: line under a page never tears for a reader.

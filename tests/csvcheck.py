@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from sysmon import schema
-from sysmon.text import FORMULA_START
+from sysmon.protocol.text import FORMULA_START
 
 
 def read_strict(path: Path) -> list[dict[str, str]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import attrs
 import pytest
+from conftest import run_sysmon
 
 from sysmon.config import Config, ConfigError, load_config
 
@@ -65,3 +68,33 @@ def test_errors_name_the_key_and_the_file(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="No such file"):
         load_config(tmp_path / "nope.toml")
+
+
+class TestEveryConstructionPath:
+    """The file, the command line and ``attrs.evolve`` all go through the validators."""
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"interval": 0}, "interval must be above 0, got 0"),
+            ({"interval": math.inf}, "interval must be above 0, got inf"),
+            ({"concurrency": 0}, "concurrency must be above 0"),
+            ({"vault": "../etc"}, "vault must be a qube name"),
+            ({"exclude": ("ok", "-rf")}, "exclude must be a qube name, got '-rf'"),
+            ({"archive_at": "3:50"}, "archive_at must be HH:MM"),
+            ({"scrape_timeout": 10.0}, "scrape_timeout (10) must be below interval (10)"),
+            ({"out_dir": ""}, "out_dir must be a path"),
+        ],
+    )
+    def test_evolve_rejects_a_bad_value_naming_the_key(self, change, message):
+        with pytest.raises(ConfigError) as error:
+            attrs.evolve(Config(), **change)
+        assert message in str(error.value)
+
+    @pytest.mark.parametrize("command", ["run", "demo"])
+    def test_interval_zero_on_the_command_line_exits_2(self, tmp_path, command):
+        """`run --interval 0` crashed with ZeroDivisionError; `demo --interval 0` busy-looped."""
+        done = run_sysmon(command, "--interval", "0", "--out-dir", tmp_path, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert "interval must be above 0" in done.stderr
+        assert "Traceback" not in done.stderr

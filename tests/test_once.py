@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,7 +12,11 @@ import pytest
 from conftest import run_sysmon
 from csvcheck import read_day
 from fakequbes.world import calls, leftover_processes, make_world, vm_list
-from fakes import LIAR_PAYLOAD
+from fakes import LIAR_PAYLOAD, FakeQubes, daemon_on_virtual_time, inline
+
+from sysmon.commands.once import run_once as one_tick
+from sysmon.config import Config
+from sysmon.transform.rules import parse_rules
 
 TIMEOUT = 2.0
 # Process start-up and imports come on top of the bound the issue sets
@@ -250,3 +255,45 @@ class TestSecondPoll:
         assert len(files["alerts.csv"]) == 1  # "journal not readable", once per boot
         second_call = [c for c in calls(world_dir) if "Metrics" in c][1]
         assert "+" in second_call
+
+
+class TestOneTickPath:
+    """``once`` is one tick of the daemon's pipeline, not a pipeline of its own."""
+
+    RULE: ClassVar[dict[str, object]] = {
+        "name": "mem-low",
+        "file": "system",
+        "expr": "mem_avail_kb",
+        "op": "<",
+        "value": 1000,
+        "for": "0s",
+    }
+
+    async def test_once_writes_what_a_daemon_tick_writes(self, tmp_path, autojump_clock):
+        """Same world, same second: the same bytes in every file and the same state."""
+        ts = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
+        rules = parse_rules([self.RULE], "t")
+        world = {"work": "ok", "deny": "refused", "slow": ("slow", 20)}
+        once_out, daemon_out = tmp_path / "once", tmp_path / "daemon"
+        qubes = FakeQubes(dict(world))
+        await one_tick(
+            Config(out_dir=once_out, rules=rules), qubes, qubes, now=lambda: ts, offload=inline
+        )
+        daemon = daemon_on_virtual_time(daemon_out, FakeQubes(dict(world)), ts, rules=rules)
+        await daemon.run_tick(ts)
+        for name in sorted(p.name for p in (once_out / "2025-08-31").iterdir()):
+            assert (once_out / "2025-08-31" / name).read_bytes() == (
+                daemon_out / "2025-08-31" / name
+            ).read_bytes(), name
+        assert (once_out / "sysmon-state.json").read_bytes() == (
+            daemon_out / "sysmon-state.json"
+        ).read_bytes()
+
+    async def test_once_fires_a_rule(self, tmp_path, autojump_clock):
+        """The rule the daemon would fire, once fires too (it never did before)."""
+        ts = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
+        qubes = FakeQubes({"work": "ok"})
+        config = Config(out_dir=tmp_path, rules=parse_rules([self.RULE], "t"))
+        await one_tick(config, qubes, qubes, now=lambda: ts, offload=inline)
+        (alert,) = read_day(tmp_path / "2025-08-31")["alerts.csv"]
+        assert alert["msg"].startswith("sysmon: rule mem-low firing on work")

@@ -28,7 +28,7 @@ import structlog
 import trio
 
 from sysmon.collect.health import Health
-from sysmon.collect.qrexec import DiscoverySource, Transport
+from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
 from sysmon.collect.scrape import scrape_round
 from sysmon.collect.xen import XenFollower
 from sysmon.commands.archive import NightlyArchive
@@ -363,3 +363,11 @@ class Daemon:
             )
         else:
             log.info("tick_done", **fields)
+
+
+def main(config: Config) -> int:
+    """``sysmon run``: qrexec to the qubes, dom0's stats stream, the nightly archive."""
+    daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
+    daemon.archive = NightlyArchive(config, note=daemon.note, wall_now=daemon.wall_now)
+    trio.run(daemon.serve, strict_exception_groups=True)
+    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
-from sysmon.commands.daemon import Daemon, PollReport, utc_now
+from sysmon.commands.daemon import Daemon, Offload, PollReport, utc_now
 from sysmon.config import Config
 from sysmon.protocol.admin import DiscoveryError
 from sysmon.records import Status
@@ -27,13 +27,16 @@ async def run_once(
     transport: Transport,
     *,
     now: Callable[[], datetime] = utc_now,
+    offload: Offload = trio.to_thread.run_sync,
 ) -> PollReport:
     """One tick at the current second.
 
     Raises:
         DiscoveryError: the qubes could not be listed; nothing was written.
     """
-    daemon = Daemon(config, source, transport, wall_now=now, notify=lambda _message: None)
+    daemon = Daemon(
+        config, source, transport, wall_now=now, notify=lambda _message: None, offload=offload
+    )
     return await daemon.poll(now().astimezone(UTC).replace(microsecond=0))
 
 

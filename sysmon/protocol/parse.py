@@ -25,7 +25,7 @@ from sysmon.protocol.metrics import (
     Snapshot,
     SysRecord,
 )
-from sysmon.text import clean_text
+from sysmon.protocol.text import clean_text
 
 MAX_COUNTER = 2**64 - 1
 MAX_TS_US = 2**63 - 1

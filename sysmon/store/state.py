@@ -2,7 +2,7 @@
 
 Written atomically (temporary file, fsync, rename, fsync of the folder), so a
 crash leaves the old state or the new one, never a mix.  Read and written
-only under the out_dir lock (:func:`sysmon.sinks.csv_daily.locked`).
+only under the out_dir lock (:func:`sysmon.store.daily.locked`).
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
+from sysmon.protocol.text import FORMULA_START, strip_controls
 from sysmon.records import AlertCursor, PendingAlerts, QubeState, ScrapeResult, State
 from sysmon.store.daily import append_rows, ensure_day
 from sysmon.store.state import load_state, save_state
-from sysmon.text import FORMULA_START, strip_controls
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
 
