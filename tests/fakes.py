@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import attrs
 import trio
+from conftest import ROOT
 
 from sysmon.collect.process import ProcessResult
 from sysmon.commands.daemon import Daemon
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
 from sysmon.protocol.metrics import DiskRecord, NetRecord, Snapshot, SysRecord, render
-from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import ScrapeResult, TickOutcome
 from sysmon.store.commit import commit_tick
-from sysmon.transform.rules import Rule
 from sysmon.transform.tick import build_tick
 
 #: A hostile handler's reply: impersonation, CSV breaking and formula injection.
@@ -39,17 +41,27 @@ def write_tick(
     ts: datetime,
     results: Sequence[ScrapeResult],
     qubes: Sequence[QubeInfo] | None,
-    xen: Sequence[DomainStats] = (),
-    notes: Sequence[tuple[str, str]] = (),
-    rules: Sequence[Rule] = (),
     *,
     sync: bool = True,
+    **tick: object,
 ) -> TickOutcome:
-    """Commit one tick of these results, as the daemon's commit does."""
-    plan = functools.partial(
-        build_tick, ts=ts, results=results, qubes=qubes, xen=xen, notes=notes, rules=rules
-    )
+    """Commit one tick of these results (``tick``: xen, notes, rules), as the daemon does."""
+    plan = functools.partial(build_tick, ts=ts, results=results, qubes=qubes, **tick)  # type: ignore[arg-type]
     return commit_tick(out_dir, ts, plan, sync=sync)
+
+
+def start_daemon(
+    env: dict[str, str], out: Path, log: Path, interval: float = 1
+) -> subprocess.Popen[bytes]:
+    """``python -m sysmon run`` as a real process, its log lines into ``log``."""
+    argv = [sys.executable, "-m", "sysmon", "run", "--interval", f"{interval:g}"]
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [*argv, "--out-dir", str(out)],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @attrs.define

@@ -3,18 +3,17 @@ and ``once`` running beside it.  Each test has a hard time guard."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_sysmon, wait_for
+from conftest import run_sysmon, wait_for
 from csvcheck import read_day
 from fakequbes.world import leftover_processes, make_world
+from fakes import start_daemon
 
 GUARD = 60.0
 ALERTS = b"""sys: protocol=1 boot_id=fixed-boot btime=1
@@ -22,16 +21,6 @@ alert: 1700000000000000 kernel: one
 alert: 1700000000000000 kernel: two at the same microsecond
 alert: 1700000000000001 sshd[1]: three
 """
-
-
-def start_daemon(env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "sysmon", "run", "--interval", "1", "--out-dir", str(out)],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def scrape_rows(out: Path) -> int:

@@ -92,8 +92,8 @@ def _day(tmp_path_factory):
         datetime.now(UTC).replace(microsecond=0),
         [],
         None,
-        xen,
-        [("sys-monitor", "sysmon: archive of 2025-08-30 refused: x, y")],
+        xen=xen,
+        notes=[("sys-monitor", "sysmon: archive of 2025-08-30 refused: x, y")],
     )
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     return folder

@@ -7,19 +7,18 @@ recording's.  On 4.3 every qube is called by the UUID dom0 listed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_sysmon, wait_for
+from conftest import run_sysmon, wait_for
 from csvcheck import read_day
 from fakequbes.recordings import read, world
 from fakequbes.world import make_world, qube_uuid, requested_calls
+from fakes import start_daemon
 
 #: Running qubes sysmon polls (not dom0, not itself, not the vault); nohandler
 #: lacks the service.
@@ -112,16 +111,6 @@ class TestUnusableList:
         assert done.returncode == 0, done.stderr
         assert "discovery_line_rejected" in done.stderr
         assert {r["vm"] for r in rows(tmp_path / "out", "scrapes.csv")} == set(POLLED)
-
-
-def start_daemon(env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "sysmon", "run", "--interval", "1", "--out-dir", str(out)],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @pytest.mark.parametrize(("release", "stats"), [("4.2", "4.2"), ("4.3", "4.3"), ("4.3", "4.4")])

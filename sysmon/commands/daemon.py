@@ -86,6 +86,12 @@ def read_cursors(out_dir: Path) -> dict[str, str]:
     return {vm: q.cursor.argument() for vm, q in state.qubes.items() if q.cursor is not None}
 
 
+def _log_by_status(event: str, status: Status, **fields: object) -> None:
+    """Info when ``status`` is ok, a warning otherwise."""
+    log = structlog.get_logger()
+    (log.info if status is Status.OK else log.warning)(event, status=status, **fields)
+
+
 @attrs.frozen
 class PollReport:
     """What one tick did."""
@@ -200,13 +206,11 @@ class Daemon:
             )
         finally:
             self.health.set_in_flight(poll, in_flight=False)
-        log = structlog.get_logger()
-        for r in polled:
-            emit = log.info if r.status is Status.OK else log.warning
-            emit(
+        for r in polled:  # the canonical line of each qube's poll
+            _log_by_status(
                 "scrape_done",
+                r.status,
                 vm=r.vm,
-                status=r.status,
                 duration_ms=r.duration_ms,
                 bytes=r.n_bytes,
                 lines_ok=r.lines_ok,
@@ -214,11 +218,10 @@ class Daemon:
                 detail=r.detail or None,
             )
         for change in self.health.record(polled, trio.current_time()):
-            emit = log.info if change.status is Status.OK else log.warning
-            emit(
+            _log_by_status(
                 "qube_status_changed",
+                change.status,
                 vm=change.vm,
-                status=change.status,
                 was=change.was,
                 detail=change.detail or None,
             )
