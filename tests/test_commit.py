@@ -2,86 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime
 
 import pytest
 from conftest import run_on_small_tmpfs
 from csvcheck import read_day, read_strict
 from fakes import write_tick
-from hypothesis import given
-from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.protocol.text import FORMULA_START, strip_controls
 from sysmon.records import AlertCursor, PendingAlerts, QubeState, ScrapeResult, State
-from sysmon.store.daily import append_rows, ensure_day
+from sysmon.store.daily import ensure_day
 from sysmon.store.state import load_state, save_state
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
-
-
-class TestRowFormat:
-    @given(st.text(max_size=2000))
-    def test_any_text_is_one_line_and_reads_back_cleaned(self, text):
-        """Whatever a qube says ends up as exactly one parseable line."""
-        row = schema.ALERTS.format_row([TS, "work", text])
-        assert row.endswith(b"\n")
-        assert row.count(b"\n") == 1
-        assert b"\r" not in row
-        assert len(row) <= schema.MAX_ROW_BYTES
-        (fields,) = list(csv.reader(io.StringIO(row.decode()), strict=True))
-        expected = strip_controls(text)[: schema.MAX_TEXT_CHARS]
-        if expected.startswith(FORMULA_START):
-            expected = "'" + expected
-        assert fields == ["2025-08-31T23:59:59Z", "work", expected]
-
-    def test_seed_formats(self):
-        row = schema.DISK.format_row(
-            [TS, "work", "/dev/xvda3", "/rw", 52428800, 1000000, 51428800, 2]
-        )
-        assert row == b"2025-08-31T23:59:59Z,work,/dev/xvda3,/rw,52428800,1000000,51428800,2%\n"
-        sysrow = schema.SYSTEM.format_row(
-            [TS, "w", 3.14, 1.66, 95.0, 0.37, 0.28, 0.22, 1, 2, 3, 0, 0, 1, 0]
-        )
-        assert sysrow == b"2025-08-31T23:59:59Z,w,3.1,1.7,95.0,0.37,0.28,0.22,1,2,3,0,0,1,0\n"
-
-    def test_nan_is_an_empty_cell(self):
-        row = schema.SYSTEM.format_row([TS, "w", float("nan"), None, float("inf")] + [0] * 10)
-        assert row.startswith(b"2025-08-31T23:59:59Z,w,,,,")
-
-
-class TestAppend:
-    def test_header_once_then_rows(self, tmp_path):
-        path = tmp_path / "alerts.csv"
-        append_rows(path, schema.ALERTS, [schema.ALERTS.format_row([TS, "a", "x"])])
-        append_rows(path, schema.ALERTS, [schema.ALERTS.format_row([TS, "a", "y"])])
-        assert path.read_text() == "ts,vm,msg\n2025-08-31T23:59:59Z,a,x\n2025-08-31T23:59:59Z,a,y\n"
-
-    def test_torn_last_line_is_cut_before_appending(self, tmp_path):
-        path = tmp_path / "alerts.csv"
-        path.write_bytes(b"ts,vm,msg\n2025-08-31T23:59:58Z,a,whole\n2025-08-31T23:5")
-        append_rows(path, schema.ALERTS, [schema.ALERTS.format_row([TS, "a", "next"])])
-        assert read_strict(path) == [
-            {"ts": "2025-08-31T23:59:58Z", "vm": "a", "msg": "whole"},
-            {"ts": "2025-08-31T23:59:59Z", "vm": "a", "msg": "next"},
-        ]
-
-    def test_torn_header_is_rewritten_once(self, tmp_path):
-        path = tmp_path / "alerts.csv"
-        path.write_bytes(b"ts,v")
-        append_rows(path, schema.ALERTS, [])
-        assert path.read_bytes() == b"ts,vm,msg\n"
-
-    def test_all_files_exist_from_the_first_poll(self, tmp_path):
-        folder = ensure_day(tmp_path, TS.date())
-        assert sorted(p.name for p in folder.iterdir()) == sorted(
-            s.file_name for s in schema.DAILY_FILES
-        )
-        for data in read_day(folder).values():
-            assert data == []
 
 
 def _alert_result(vm: str, n: int, boot: str = "b") -> ScrapeResult:
@@ -152,11 +86,6 @@ class TestCommitTick:
             assert [r["msg"] for r in rows] == ["a0", "b0"]
             assert state.qubes == {"a": cursor_a, "b": cursor_b}
         assert state.pending is None
-
-    def test_damaged_state_is_set_aside(self, tmp_path):
-        (tmp_path / "sysmon-state.json").write_text("{not json")
-        assert load_state(tmp_path) == State()
-        assert any(p.name.startswith("sysmon-state.json.damaged-") for p in tmp_path.iterdir())
 
 
 FULL_DISK_SCRIPT = """
