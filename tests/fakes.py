@@ -73,7 +73,9 @@ class FakeQubes:
     own_name_asked: int = 0
 
     async def list_qubes(self) -> Discovery:
-        return Discovery(tuple(QubeInfo(n, "AppVM", "Running") for n in self.behaviours))
+        listed = [QubeInfo("dom0", "AdminVM", "Running")]  # dom0 lists itself first
+        listed += [QubeInfo(n, "AppVM", "Running") for n in self.behaviours]
+        return Discovery(tuple(listed))
 
     async def own_name(self) -> str | None:
         self.own_name_asked += 1

@@ -257,3 +257,18 @@ async def test_an_error_frame_is_logged_and_reopened_never_fatal(autojump_clock)
     broken = [e for e in logs if e["event"] == "xen_stats_broken"]
     assert len(broken) == 4
     assert broken[0]["error"] == "not an event header"
+
+
+async def test_a_flood_of_new_names_keeps_only_listed_domains(tmp_path, autojump_clock):
+    """Events with ever-new names neither grow memory nor xen.csv past dom0's list."""
+    flood = b"".join(stats_event(f"fake{i}", 1) for i in range(20_000))
+    script = [(0.5, b"1\0\0connection-established\0\0" + stats_event("work", 3) + flood)]
+    script += [(60, b"")]
+    c = xen_collector(tmp_path, fake_stream(script, 0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.xen.run)  # type: ignore[union-attr]
+        await run_for(c, 11)
+        assert len(c.xen.latest) <= 1024  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+    xen = read_day(tmp_path / "2025-08-31")["xen.csv"]
+    assert [r["vm"] for r in xen] == ["work"]  # of what dom0 listed, only work sent stats

@@ -10,7 +10,7 @@ reopened, never fatal.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import attrs
 import structlog
@@ -24,6 +24,8 @@ from sysmon.protocol.xen_events import DomainStats, EventReader, EventStreamErro
 #: Runs dom0's admin.vm.Stats stream, feeding each chunk; returns its exit code.
 StatsStream = Callable[[Callable[[bytes], None]], Awaitable[int]]
 STALE_AFTER = 30.0
+#: Domains remembered at most: a stream naming ever-new domains cannot grow memory.
+MAX_DOMAINS = 1024
 MAX_BACKOFF = 60.0
 
 
@@ -62,7 +64,9 @@ class XenFollower:
                         return
                     for event in events:
                         stats = domain_stats(event)
-                        if stats is not None:
+                        if stats is None:
+                            continue
+                        if stats.vm in self.latest or len(self.latest) < MAX_DOMAINS:
                             self.latest[stats.vm] = (now, stats)
 
                 try:
@@ -89,8 +93,16 @@ class XenFollower:
             await trio.sleep(delay)
             delay = min(MAX_BACKOFF, delay * 2)
 
-    def fresh(self, now: float) -> list[DomainStats]:
-        """Each domain's latest stats, by name; domains silent for a while are dropped."""
-        for vm in [vm for vm, (seen, _) in self.latest.items() if now - seen > STALE_AFTER]:
-            del self.latest[vm]  # a stopped domain sends no more events
+    def fresh(self, now: float, listed: Collection[str]) -> list[DomainStats]:
+        """The latest stats of each domain dom0 listed, by name.
+
+        Domains silent for a while, or not listed, are forgotten: only
+        domains dom0 listed reach xen.csv, one row each per tick.
+        """
+        for vm in [
+            vm
+            for vm, (seen, _) in self.latest.items()
+            if now - seen > STALE_AFTER or vm not in listed
+        ]:
+            del self.latest[vm]  # stopped, or never a qube
         return [stats for _, stats in sorted(self.latest.values(), key=lambda item: item[1].vm)]

@@ -124,6 +124,7 @@ class Daemon:
     _discovery_error: str | None = None
     _rejected_alerted: str | None = None
     _self_name: str | None = None
+    _listed: frozenset[str] = frozenset()
 
     @health.default
     def _health(self) -> Health:
@@ -185,6 +186,7 @@ class Daemon:
         if self._self_name is None:  # our name does not change: asked once
             self._self_name = config.self_name or await self.source.own_name()
         self._note_rejected(discovery.rejected)
+        self._listed = frozenset(q.name for q in discovery.qubes)
         exclude = (*config.exclude, config.vault)
         return discovery, select_targets(discovery.qubes, self._self_name, exclude)
 
@@ -236,7 +238,7 @@ class Daemon:
         me = self._self_name or self.config.self_name or "sys-monitor"
         notes = [(me, message) for message in self.notes]
         self.notes.clear()
-        xen = self.xen.fresh(trio.current_time()) if self.xen is not None else ()
+        xen = self.xen.fresh(trio.current_time(), self._listed) if self.xen is not None else ()
         plan = functools.partial(
             build_tick,
             ts=ts,
