@@ -145,6 +145,9 @@ class TickOutcome:
     errors: tuple[str, ...] = ()
     restarted: tuple[str, ...] = ()
     skipped: str | None = None
+    #: Seconds the clock had stepped back past the newest row, when this
+    #: commit wrote anyway (the clock that ran ahead was wrong).
+    stepped_back: float | None = None
 
     @property
     def rows_dropped(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import run_on_small_tmpfs
@@ -12,6 +12,7 @@ from fakes import write_tick
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
 from sysmon.records import AlertCursor, PendingAlerts, QubeState, ScrapeResult, State
+from sysmon.store.commit import MAX_STEP_BACK
 from sysmon.store.daily import ensure_day
 from sysmon.store.state import load_state, save_state
 
@@ -135,3 +136,32 @@ def test_full_disk_drops_rows_whole_and_keeps_files_clean(tmp_path):
     files = read_day(tmp_path / "copy" / "2025-08-31")
     msgs = [r["msg"] for r in files["alerts.csv"]]
     assert len(msgs) == len(set(msgs)), "an alert was filed twice"
+
+
+class TestClockAheadOnce:
+    """One tick taken with the wall clock far ahead must not stop recording."""
+
+    def test_a_large_step_back_resumes_at_the_next_tick_and_says_so(self, tmp_path):
+        ahead = TS.replace(year=2031)
+        write_tick(tmp_path, ahead, [_alert_result("a", 0)], None, me="sys-monitor")
+        back = write_tick(tmp_path, TS, [_alert_result("a", 1)], None, me="sys-monitor")
+        assert back.skipped is None
+        assert back.stepped_back == (ahead - TS).total_seconds()
+        day = read_day(tmp_path / "2025-08-31")
+        assert [r["ts"] for r in day["system.csv"]] == [schema.format_ts(TS)]
+        stepped = [r for r in day["alerts.csv"] if r["msg"].startswith("sysmon: clock")]
+        assert [(r["vm"], r["msg"]) for r in stepped] == [
+            (
+                "sys-monitor",
+                f"sysmon: clock stepped back {int((ahead - TS).total_seconds())} s; "
+                "rows resume at this tick",
+            )
+        ]
+
+    def test_a_small_step_back_waits_to_keep_rows_in_order(self, tmp_path):
+        write_tick(tmp_path, TS, [_alert_result("a", 0)], None)
+        earlier = write_tick(
+            tmp_path, TS - timedelta(seconds=MAX_STEP_BACK), [_alert_result("a", 1)], None
+        )
+        assert earlier.skipped is not None
+        assert len(read_day(tmp_path / "2025-08-31")["system.csv"]) == 1

@@ -54,3 +54,23 @@ def test_cli_exit_codes(tmp_path):
     done = run_sysmon("status", "--out-dir", tmp_path)
     assert done.returncode == 1
     assert "work" in done.stdout
+
+
+def test_a_newest_row_in_the_future_is_a_fault(tmp_path):
+    """Rows stamped ahead of now mean a wrong clock, not "rows are coming"."""
+    _fill(tmp_path)
+    report = build_status(tmp_path, TS - timedelta(hours=1), 10)
+    assert not report.healthy
+    assert "in the future" in report.reason
+
+
+def test_after_the_clock_came_back_the_real_day_is_judged(tmp_path):
+    """A day folder left in the future by a clock that ran ahead does not mask today's."""
+    _fill(tmp_path)
+    snap = Snapshot(SysRecord(boot_id="b"), (), None, (), (), 0, 1, 1, 0)
+    write_tick(
+        tmp_path, TS.replace(year=2031), [ScrapeResult("work", "ok", 5, snapshot=snap)], None
+    )
+    report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
+    assert report.healthy, report.reason
+    assert report.folder is not None and report.folder.name == "2025-08-31"

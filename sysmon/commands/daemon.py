@@ -247,9 +247,14 @@ class Daemon:
             xen=xen,
             notes=notes,
             rules=self.config.rules,
+            me=me,
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
+        if outcome.stepped_back is not None:
+            structlog.get_logger().warning(
+                "clock_stepped", direction="back", seconds=outcome.stepped_back, rows="resumed"
+            )
         return outcome
 
     def note(self, message: str) -> None:

@@ -15,6 +15,8 @@ from sysmon.records import Status
 from sysmon.store.daily import day_dir, day_folders
 
 STALE_INTERVALS = 3
+#: A row this far ahead of now means a wrong clock, then or now.
+FUTURE_TOLERANCE = 60
 
 
 @attrs.frozen
@@ -40,9 +42,15 @@ class StatusReport:
     reason: str
 
 
-def latest_day(out_dir: Path) -> Path | None:
-    """The newest day folder."""
+def latest_day(out_dir: Path, now: datetime | None = None) -> Path | None:
+    """The newest day folder, not after ``now``'s day when there is one.
+
+    A folder from the future is left by a clock that ran ahead; the folder
+    being written now is the one to judge.
+    """
     days = day_folders(out_dir)
+    if now is not None:
+        days = [d for d in days if d <= now.date()] or days
     return day_dir(out_dir, days[-1]) if days else None
 
 
@@ -72,7 +80,7 @@ def _rows(path: Path) -> Iterator[dict[str, str]]:
 
 def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     """Read the newest day folder and judge whether rows are still coming."""
-    folder = latest_day(out_dir)
+    folder = latest_day(out_dir, now)
     if folder is None:
         return StatusReport(None, {}, (), healthy=False, reason=f"no day folder under {out_dir}")
     ages: dict[str, float | None] = {}
@@ -104,6 +112,9 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     limit = STALE_INTERVALS * interval
     if newest is None:
         return StatusReport(folder, ages, qubes, healthy=False, reason="no poll recorded yet")
+    if newest < -FUTURE_TOLERANCE:
+        reason = f"the newest row is {-newest:.0f} s in the future: is the clock right?"
+        return StatusReport(folder, ages, qubes, healthy=False, reason=reason)
     if newest > limit:
         reason = f"nothing written for {newest:.0f} s (more than {STALE_INTERVALS} intervals)"
         return StatusReport(folder, ages, qubes, healthy=False, reason=reason)

@@ -26,6 +26,11 @@ from sysmon.store.state import load_state, save_state
 
 #: Builds a tick's rows from the state before it.
 Plan = Callable[[State], TickRows]
+#: How far back the wall clock may step and rows still wait for it to pass
+#: the newest written second, so they stay in time order (an NTP correction,
+#: a stepped clock).  Past this the clock that ran ahead was wrong: rows
+#: resume at once, at most this many seconds of ticks lost.
+MAX_STEP_BACK = 120
 
 
 def recover(out_dir: Path, state: State) -> State:
@@ -69,13 +74,17 @@ def commit_tick(out_dir: Path, ts: datetime, plan: Plan, *, sync: bool = True) -
         with locked(out_dir):
             state = recover(out_dir, load_state(out_dir))
             epoch = int(ts.timestamp())
-            if epoch <= state.last_ts:
+            behind = state.last_ts - epoch
+            if 0 <= behind <= MAX_STEP_BACK:
                 last = datetime.fromtimestamp(state.last_ts, tz=UTC)
                 return TickOutcome(
                     skipped=f"rows up to {schema.format_ts(last)} are written already "
                     "(clock behind, or a poll in the same second)"
                 )
-            return _write(out_dir, ts, plan(state), state, sync=sync)
+            outcome = _write(out_dir, ts, plan(state), state, sync=sync)
+            if behind > 0:
+                return attrs.evolve(outcome, stepped_back=float(behind))
+            return outcome
     except OSError as exc:
         reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
         structlog.get_logger().error("tick_commit_failed", error=reason)

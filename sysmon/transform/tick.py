@@ -28,11 +28,17 @@ def build_tick(
     xen: Sequence[DomainStats] = (),
     notes: Sequence[tuple[str, str]] = (),
     rules: Sequence[Rule] = (),
+    me: str = "sys-monitor",
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
-    ``notes`` are sysmon's own alerts, (vm, message), filed with the tick.
+    ``notes`` are sysmon's own alerts, (vm, message), filed with the tick
+    under ``me``; so is the news that the clock stepped back past rows
+    already written (the commit writes such a tick only after a large step).
     """
+    behind = previous.last_ts - int(ts.timestamp())
+    if behind >= 0:
+        notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
     built = build_tick_rows(ts, results, qubes, previous.qubes, xen, notes)
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
