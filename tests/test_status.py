@@ -73,4 +73,5 @@ def test_after_the_clock_came_back_the_real_day_is_judged(tmp_path):
     )
     report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
     assert report.healthy, report.reason
-    assert report.folder is not None and report.folder.name == "2025-08-31"
+    assert report.folder is not None
+    assert report.folder.name == "2025-08-31"
