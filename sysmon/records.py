@@ -148,6 +148,9 @@ class TickOutcome:
     #: Seconds the clock had stepped back past the newest row, when this
     #: commit wrote anyway (the clock that ran ahead was wrong).
     stepped_back: float | None = None
+    #: Daily files that were not sysmon's (a symlink, a FIFO, a wrong
+    #: header), moved aside under these names in the day's folder.
+    moved_aside: tuple[str, ...] = ()
 
     @property
     def rows_dropped(self) -> int:

@@ -131,3 +131,17 @@ async def test_a_whole_day_keeps_memory_flat(tmp_path, autojump_clock):
     scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
     assert len(scrapes) == 8639 * 30
     assert {r["status"] for r in scrapes} == {"ok"}
+
+
+async def test_a_planted_file_is_said_in_alerts_csv(tmp_path, autojump_clock):
+    """The daemon moves a planted symlink aside and files an alert row about it."""
+    start = datetime(2025, 8, 31, 12, 0, 5, tzinfo=UTC)
+    folder = tmp_path / "2025-08-31"
+    folder.mkdir()
+    (folder / "network.csv").symlink_to(tmp_path / "elsewhere")
+    c = collector(tmp_path, FakeQubes({"a": "ok"}), start)
+    await run_for(c, 21)
+    (alert,) = read_day(folder)["alerts.csv"]
+    assert alert["vm"] == "sys-monitor"
+    assert "network.csv.bad-" in alert["msg"]
+    assert not (tmp_path / "elsewhere").exists()

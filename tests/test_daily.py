@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+import threading
+from datetime import UTC, date, datetime
 
 from csvcheck import read_day, read_strict
 
 from sysmon import schema
+from sysmon.records import State
 from sysmon.store.daily import append_rows, ensure_day
+from sysmon.store.state import load_state, save_state
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -41,3 +45,55 @@ class TestAppend:
         )
         for data in read_day(folder).values():
             assert data == []
+
+
+class TestPlantedFiles:
+    """What someone plants in the out dir is moved aside, never followed or appended to."""
+
+    def test_a_symlink_is_not_followed(self, tmp_path):
+        victim = tmp_path / "victim.txt"
+        victim.write_text("precious\n")
+        folder = tmp_path / "out" / "2025-08-31"
+        folder.mkdir(parents=True)
+        (folder / "system.csv").symlink_to(victim)
+        moved: list[str] = []
+        ensure_day(tmp_path / "out", date(2025, 8, 31), moved)
+        assert victim.read_text() == "precious\n"
+        assert not (folder / "system.csv").is_symlink()
+        assert (folder / "system.csv").read_bytes() == schema.SYSTEM.header
+        (aside,) = moved
+        assert aside.startswith("system.csv.bad-")
+        assert (folder / aside).is_symlink()
+
+    def test_a_fifo_does_not_hang_the_commit(self, tmp_path):
+        folder = tmp_path / "2025-08-31"
+        folder.mkdir()
+        os.mkfifo(folder / "alerts.csv")
+        moved: list[str] = []
+        # A plain open blocks forever: run it where a hang fails the test instead.
+        worker = threading.Thread(
+            target=ensure_day, args=(tmp_path, date(2025, 8, 31), moved), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "opening the FIFO hung"
+        assert (folder / "alerts.csv").is_file()
+        assert len(moved) == 1
+
+    def test_a_wrong_header_is_moved_aside_not_appended_to(self, tmp_path):
+        folder = tmp_path / "2025-08-31"
+        folder.mkdir()
+        (folder / "disk.csv").write_text("ts,vm,evil\n1,2,3\n")
+        moved: list[str] = []
+        ensure_day(tmp_path, date(2025, 8, 31), moved)
+        assert (folder / "disk.csv").read_bytes() == schema.DISK.header
+        (aside,) = moved
+        assert (folder / aside).read_text() == "ts,vm,evil\n1,2,3\n"
+
+    def test_a_planted_state_tmp_symlink_is_not_overwritten(self, tmp_path):
+        victim = tmp_path / "victim.txt"
+        victim.write_text("precious\n")
+        (tmp_path / "sysmon-state.json.tmp").symlink_to(victim)
+        save_state(tmp_path, State())
+        assert victim.read_text() == "precious\n"
+        assert load_state(tmp_path) == State()

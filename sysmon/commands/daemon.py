@@ -251,6 +251,11 @@ class Daemon:
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
+        for aside in outcome.moved_aside:
+            self.note(
+                f"sysmon: a daily file was not sysmon's (a link, a FIFO or a wrong header): "
+                f"moved aside as {format_ts(ts)[:10]}/{aside}, a fresh one started"
+            )
         if outcome.stepped_back is not None:
             structlog.get_logger().warning(
                 "clock_stepped", direction="back", seconds=outcome.stepped_back, rows="resumed"

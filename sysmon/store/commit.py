@@ -98,6 +98,7 @@ class _Tally:
     written: dict[str, int] = attrs.field(factory=dict)
     dropped: dict[str, int] = attrs.field(factory=dict)
     errors: list[str] = attrs.field(factory=list)
+    moved: list[str] = attrs.field(factory=list)
 
     def outcome(self, built: TickRows) -> TickOutcome:
         return TickOutcome(
@@ -105,6 +106,7 @@ class _Tally:
             dropped=self.dropped,
             errors=tuple(self.errors),
             restarted=built.restarted,
+            moved_aside=tuple(self.moved),
         )
 
 
@@ -113,7 +115,7 @@ def _write(
 ) -> TickOutcome:
     tally = _Tally()
     try:
-        folder = ensure_day(out_dir, ts.astimezone(UTC).date())
+        folder = ensure_day(out_dir, ts.astimezone(UTC).date(), tally.moved)
     except OSError as exc:
         for name, rows in built.rows.items():
             if rows:

@@ -16,8 +16,11 @@ daemon never interleave.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -70,14 +73,69 @@ def day_dir(out_dir: Path, day: date) -> Path:
     return out_dir / day.isoformat()
 
 
-def _open_appending(path: Path, schema: Schema) -> tuple[int, int]:
-    """Open ``path`` for appending; create it with its header if new or empty."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+class _NotOursError(Exception):
+    """A daily file that sysmon did not make: not a regular file, or a wrong header."""
+
+
+def _open_regular(path: Path) -> int:
+    """``path`` opened for appending, only if it is a regular file (or new).
+
+    O_NOFOLLOW: a planted symlink is never followed.  O_NONBLOCK: a planted
+    FIFO cannot block the commit (which holds the lock).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in {errno.ELOOP, errno.ENXIO}:  # a symlink; a FIFO with no reader
+            raise _NotOursError(exc.strerror) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotOursError("not a regular file")
+    return fd
+
+
+def _move_aside(path: Path, why: str) -> str:
+    """Rename what is at ``path`` to ``NAME.bad-<time>`` (a rename never follows a link)."""
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    n = 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
+    path.rename(aside)
+    structlog.get_logger().error("daily_file_moved_aside", file=str(path), to=aside.name, why=why)
+    return aside.name
+
+
+def _open_appending(path: Path, schema: Schema, moved: list[str] | None = None) -> tuple[int, int]:
+    """Open ``path`` for appending; create it with its header if new or empty.
+
+    A file sysmon did not make -- a symlink, a FIFO, anything not regular, or
+    a header that is not the schema's -- is moved aside (its new name added
+    to ``moved``) and a fresh file started.
+    """
+    try:
+        fd = _open_regular(path)
+    except _NotOursError as exc:
+        aside = _move_aside(path, str(exc))
+        if moved is not None:
+            moved.append(aside)
+        fd = _open_regular(path)
     try:
         # O_APPEND ignores offsets for writes; pread needs a readable fd.
-        rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            size = _repair_tail_rw(path, rfd, fd)
+            size = os.fstat(rfd).st_size
+            if size and not os.pread(rfd, len(schema.header), 0).startswith(schema.header):
+                os.close(fd)
+                aside = _move_aside(path, "a header that is not sysmon's")
+                if moved is not None:
+                    moved.append(aside)
+                fd = _open_regular(path)
+                size = 0
+            else:
+                size = _repair_tail_rw(path, rfd, fd)
         finally:
             os.close(rfd)
         if size == 0:
@@ -135,12 +193,19 @@ def append_rows(path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool
         os.close(fd)
 
 
-def ensure_day(out_dir: Path, day: date) -> Path:
-    """Create the day's folder and all its files with headers (tailers look for them)."""
+def ensure_day(out_dir: Path, day: date, moved: list[str] | None = None) -> Path:
+    """Create the day's folder and all its files with headers (tailers look for them).
+
+    Files moved aside (see :func:`_open_appending`) are added to ``moved``.
+    """
     folder = day_dir(out_dir, day)
+    if folder.is_symlink():
+        aside = _move_aside(folder, "a symlink, not a folder")
+        if moved is not None:
+            moved.append(aside)
     folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     for schema in DAILY_FILES:
-        fd, _ = _open_appending(folder / schema.file_name, schema)
+        fd, _ = _open_appending(folder / schema.file_name, schema, moved)
         os.close(fd)
     return folder
 

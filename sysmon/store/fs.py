@@ -8,6 +8,7 @@ never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -49,9 +50,22 @@ def write_file(path: Path, data: bytes, *, append: bool = False, sync: bool = Tr
 
 
 def replace_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``data``: the old content or the new, never a mix."""
+    """Replace ``path`` with ``data``: the old content or the new, never a mix.
+
+    The temporary file is created afresh (O_EXCL | O_NOFOLLOW): whatever was
+    left or planted under its name -- a symlink to somewhere else -- is
+    removed, never written through.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    write_file(tmp, data, sync=False)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
     if sync:
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
