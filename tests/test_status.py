@@ -75,3 +75,19 @@ def test_after_the_clock_came_back_the_real_day_is_judged(tmp_path):
     assert report.healthy, report.reason
     assert report.folder is not None
     assert report.folder.name == "2025-08-31"
+
+
+def test_hostile_cells_reach_the_terminal_escaped_and_never_crash(tmp_path):
+    """A name with terminal escapes is shown inert; a field over 128 KiB is skipped, counted."""
+    _fill(tmp_path)
+    scrapes = tmp_path / "2025-08-31" / "scrapes.csv"
+    with scrapes.open("a") as f:
+        f.write("2025-08-31T12:00:10Z,\x1b]0;owned\x07\x1b[2Jevil,ok,1,1,1,0\n")
+        f.write('2025-08-31T12:00:10Z,"' + "x" * 200_000 + '",ok,1,1,1,0\n')
+    report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
+    shown = render_status(report)
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "evil" in shown
+    assert report.skipped_rows == 1
+    assert "1 row could not be read" in shown

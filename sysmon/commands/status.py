@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from sysmon import schema
+from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.store.daily import day_dir, day_folders
 
@@ -40,6 +41,7 @@ class StatusReport:
     qubes: tuple[QubeLine, ...]
     healthy: bool
     reason: str
+    skipped_rows: int = 0
 
 
 def latest_day(out_dir: Path, now: datetime | None = None) -> Path | None:
@@ -70,12 +72,27 @@ def _last_ts(path: Path) -> datetime | None:
     return None
 
 
-def _rows(path: Path) -> Iterator[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8", errors="replace") as f:
-            yield from csv.DictReader(f)
-    except OSError:
-        return
+@attrs.define
+class _Reader:
+    """Rows of the day's files, skipping (and counting) what cannot be read."""
+
+    skipped: int = 0
+
+    def rows(self, path: Path) -> Iterator[dict[str, str]]:
+        try:
+            with path.open(newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                while True:
+                    try:
+                        row = next(reader)
+                    except StopIteration:
+                        return
+                    except csv.Error:  # a field over the csv module's limit
+                        self.skipped += 1
+                        continue
+                    yield {k: strip_controls(v or "") for k, v in row.items() if k}
+        except OSError:
+            return
 
 
 def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
@@ -89,13 +106,14 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         ages[daily.file_name] = None if ts is None else (now - ts).total_seconds()
     last: dict[str, dict[str, str]] = {}
     failures: Counter[str] = Counter()
-    for row in _rows(folder / schema.SCRAPES.file_name):
+    reader = _Reader()
+    for row in reader.rows(folder / schema.SCRAPES.file_name):
         vm = row.get("vm", "?")
         last[vm] = row
         if row.get("status") not in {Status.OK, Status.SKIPPED}:
             failures[vm] += 1
     values: dict[str, dict[str, str]] = {}
-    for row in _rows(folder / schema.SYSTEM.file_name):
+    for row in reader.rows(folder / schema.SYSTEM.file_name):
         values[row.get("vm", "?")] = row
     qubes = tuple(
         QubeLine(
@@ -110,15 +128,14 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     )
     newest = ages.get(schema.SCRAPES.file_name)
     limit = STALE_INTERVALS * interval
-    if newest is None:
-        return StatusReport(folder, ages, qubes, healthy=False, reason="no poll recorded yet")
-    if newest < -FUTURE_TOLERANCE:
+    healthy, reason = False, "no poll recorded yet"
+    if newest is not None and newest < -FUTURE_TOLERANCE:
         reason = f"the newest row is {-newest:.0f} s in the future: is the clock right?"
-        return StatusReport(folder, ages, qubes, healthy=False, reason=reason)
-    if newest > limit:
+    elif newest is not None and newest > limit:
         reason = f"nothing written for {newest:.0f} s (more than {STALE_INTERVALS} intervals)"
-        return StatusReport(folder, ages, qubes, healthy=False, reason=reason)
-    return StatusReport(folder, ages, qubes, healthy=True, reason="rows are coming")
+    elif newest is not None:
+        healthy, reason = True, "rows are coming"
+    return StatusReport(folder, ages, qubes, healthy, reason, skipped_rows=reader.skipped)
 
 
 def render_status(report: StatusReport) -> str:
@@ -139,6 +156,9 @@ def render_status(report: StatusReport) -> str:
         for q in report.qubes
     )
     lines.append("")
+    if report.skipped_rows:
+        rows = "1 row" if report.skipped_rows == 1 else f"{report.skipped_rows} rows"
+        lines.append(f"{rows} could not be read (a field over the csv module's limit)")
     lines.append(("OK: " if report.healthy else "NOT OK: ") + report.reason)
     return "\n".join(lines)
 
