@@ -92,6 +92,30 @@ class TestBuild:
 
 
 class TestDeliver:
+    async def test_two_runs_at_once_deliver_each_day_once(self, tmp_path):
+        """The nightly task and a `sysmon archive` at once: one delivers, the other is busy."""
+        make_day(tmp_path, date(2025, 9, 7))
+        vault = FakeVault(tmp_path / "vault")
+
+        async def slow_copy(vault_name: str, path: Path) -> int:
+            await trio.sleep(0.2)  # both runs are now past "not yet delivered"
+            return await vault.copy(vault_name, path)
+
+        reports = []
+
+        async def one() -> None:
+            reports.append(
+                await run_archive(Config(out_dir=tmp_path), TODAY, copier=slow_copy, offload=inline)
+            )
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one)
+                nursery.start_soon(one)
+        assert vault.days() == ["monitor-2025-09-07.tgz"]
+        assert len(vault.copies) == 1
+        assert sorted(r.busy for r in reports) == [False, True]
+
     async def test_three_missed_days_caught_up_in_order(self, tmp_path):
         for d in (5, 6, 7, 8):
             make_day(tmp_path, date(2025, 9, d))

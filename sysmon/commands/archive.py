@@ -29,6 +29,7 @@ from sysmon.protocol.admin import EXIT_REFUSED
 from sysmon.store.archive import (
     ArchiveError,
     Pruned,
+    archive_lock,
     build_archive,
     days_to_deliver,
     is_delivered,
@@ -70,6 +71,8 @@ class ArchiveReport:
 
     days: tuple[DayOutcome, ...]
     pruned: Pruned
+    #: Another run held the archive lock: this one did nothing.
+    busy: bool = False
 
     @property
     def ok(self) -> bool:
@@ -92,8 +95,39 @@ async def run_archive(
     """Archive (and unless ``copy`` is False, deliver) days, then prune.
 
     Without ``days``, every complete UTC day not yet delivered.  Stops at the
-    first failed copy: the vault is down or refusing, the rest waits.
+    first failed copy: the vault is down or refusing, the rest waits.  Only
+    one run at a time: another one finds the archive lock held and returns
+    ``busy`` at once.
     """
+    with archive_lock(config.out_dir) as held:
+        if not held:
+            structlog.get_logger().warning("archive_busy", out_dir=str(config.out_dir))
+            return ArchiveReport(days=(), pruned=Pruned(), busy=True)
+        return await _run_archive(
+            config,
+            today,
+            days=days,
+            copy=copy,
+            force=force,
+            copier=copier,
+            offload=offload,
+            min_free_bytes=min_free_bytes,
+            copy_timeout=copy_timeout,
+        )
+
+
+async def _run_archive(
+    config: Config,
+    today: date,
+    *,
+    days: list[date] | None,
+    copy: bool,
+    force: bool,
+    copier: Copier,
+    offload: Offload,
+    min_free_bytes: int | None,
+    copy_timeout: float,
+) -> ArchiveReport:
     out_dir = config.out_dir
     log = structlog.get_logger()
     todo = days if days is not None else days_to_deliver(out_dir, today)
@@ -215,6 +249,9 @@ class NightlyArchive:
                 await trio.sleep((at - now).total_seconds())
             today = self.wall_now().astimezone(UTC).date()
             report = await run_archive(self.config, today, copier=self.copier, offload=self.offload)
+            if report.busy:  # a `sysmon archive` is delivering: look again later
+                await trio.sleep(retry)
+                continue
             if report.pruned.low_on_space_undelivered:
                 self.note("sysmon: disk low and only undelivered days are left")
             failed = next(
@@ -247,6 +284,9 @@ def main(config: Config, args: argparse.Namespace, today: date) -> int:
         ),
         strict_exception_groups=True,
     )
+    if report.busy:
+        print("sysmon archive: another archive run is under way; try again later", file=sys.stderr)
+        return 1
     for outcome in report.days:
         print(f"{outcome.day}  {outcome.status:<9}  {outcome.detail}")
     if not report.days:

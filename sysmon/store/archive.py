@@ -17,9 +17,11 @@ vault itself is :func:`sysmon.archiver.deliver`.  Files under
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -47,6 +49,30 @@ def tgz_path(out_dir: Path, day: date) -> Path:
 
 def _marker(out_dir: Path, day: date, kind: str) -> Path:
     return archive_dir(out_dir) / f"monitor-{day.isoformat()}.{kind}"
+
+
+ARCHIVE_LOCK = ".sysmon-archive.lock"
+
+
+@contextlib.contextmanager
+def archive_lock(out_dir: Path) -> Iterator[bool]:
+    """Hold the archive lock for a whole run, if no other run holds it.
+
+    Yields False when another run (the nightly task, a ``sysmon archive``)
+    is under way: two runs at once would deliver a day twice.  Separate from
+    the commit's lock, which a copy of up to minutes must not hold.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd = os.open(out_dir / ARCHIVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def archive_day(name: str) -> date | None:
