@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from sysmon.protocol.names import is_valid_qube_name
+from sysmon.records import Budget
 from sysmon.transform.rules import Rule, RuleError, parse_rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
@@ -96,7 +97,15 @@ class Config:
     archive_at: str = attrs.field(default="03:50", validator=_hhmm)
     retention_days: int = attrs.field(default=14, validator=_positive(integer=True))
     min_free_mb: int = attrs.field(default=200, validator=_positive(integer=True))
+    #: Each qube's share of the disk per UTC day, and of distinct names.
+    qube_mb_per_day: int = attrs.field(default=16, validator=_positive(integer=True))
+    qube_names_per_day: int = attrs.field(default=256, validator=_positive(integer=True))
     rules: tuple[Rule, ...] = attrs.field(default=(), validator=_rules)
+
+    @property
+    def budget(self) -> Budget:
+        """Each qube's share of the day, as the transform takes it."""
+        return Budget(self.qube_mb_per_day * 1024 * 1024, self.qube_names_per_day)
 
     def __attrs_post_init__(self) -> None:
         if self.scrape_timeout >= self.interval:

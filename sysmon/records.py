@@ -28,6 +28,21 @@ class Status(enum.StrEnum):
     BAD_OUTPUT = "bad-output"  # no valid sys: line
     ERROR = "error"  # any other exit, 125, a signal
     SKIPPED = "skipped"  # not polled this tick: in flight, or backing off
+    OVER_BUDGET = "over-budget"  # polled, but past its daily budget: no metric rows
+
+
+@attrs.frozen
+class Budget:
+    """Each qube's share of sys-monitor per UTC day.
+
+    ``bytes_per_day``: the bytes its rows may take (metric rows and journal
+    alerts); past it, its metric rows stop until midnight UTC.
+    ``names_per_day``: distinct interface and filesystem names; rows for a
+    new name past it are dropped.
+    """
+
+    bytes_per_day: int = 16 * 1024 * 1024
+    names_per_day: int = 256
 
 
 @attrs.frozen
@@ -75,11 +90,21 @@ class AlertCursor:
 
 @attrs.frozen
 class QubeState:
-    """What the collector remembers of one qube between polls."""
+    """What the collector remembers of one qube between polls.
+
+    ``day`` (UTC, ``YYYY-MM-DD``), ``day_bytes`` and ``over_budget`` are its
+    share of the disk today; ``day_names`` the interface and filesystem
+    names it used today, each as an 8-hex-digit digest (the cap on names
+    bounds what it adds to the state file: 11 bytes a name).
+    """
 
     boot_id: str | None = None
     cpu_ticks: tuple[int, ...] | None = None
     cursor: AlertCursor | None = None
+    day: str = ""
+    day_bytes: int = 0
+    over_budget: bool = False
+    day_names: frozenset[str] = frozenset()
 
 
 @attrs.frozen

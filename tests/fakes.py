@@ -18,7 +18,14 @@ from sysmon.collect.process import ProcessResult
 from sysmon.commands.daemon import Daemon
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
-from sysmon.protocol.metrics import DiskRecord, NetRecord, Snapshot, SysRecord, render
+from sysmon.protocol.metrics import (
+    AlertRecord,
+    DiskRecord,
+    NetRecord,
+    Snapshot,
+    SysRecord,
+    render,
+)
 from sysmon.records import ScrapeResult, TickOutcome
 from sysmon.store.commit import commit_tick
 from sysmon.transform.tick import build_tick
@@ -66,7 +73,8 @@ def start_daemon(
 
 @attrs.define
 class FakeQubes:
-    """Discovery plus transport: each qube "ok", "refused", ("slow", s) or "hang"."""
+    """Discovery plus transport: each qube "ok", "refused", ("slow", s), "hang", or
+    "huge" (a reply near every per-poll cap: 200 interfaces, 100 long alerts)."""
 
     behaviours: dict[str, object]
     calls: dict[str, int] = attrs.field(factory=dict)
@@ -111,6 +119,13 @@ class FakeQubes:
             3,
             0,
         )
+        if behaviour == "huge":
+            wide = tuple(NetRecord(f"if{i:03d}-{'x' * 50}", n, 0, 0, n, 0, 0) for i in range(200))
+            alerts = tuple(
+                AlertRecord(1_700_000_000_000_000 + n * 1000 + i, "kernel", "x" * 1000)
+                for i in range(100)
+            )
+            snap = attrs.evolve(snap, net=wide, alerts=alerts)
         return ProcessResult(0, render(snap), b"")
 
 

@@ -145,3 +145,31 @@ async def test_a_planted_file_is_said_in_alerts_csv(tmp_path, autojump_clock):
     assert alert["vm"] == "sys-monitor"
     assert "network.csv.bad-" in alert["msg"]
     assert not (tmp_path / "elsewhere").exists()
+
+
+async def test_a_qube_flooding_within_its_caps_gets_its_share_and_no_more(tmp_path, autojump_clock):
+    """The largest reply the caps allow, every poll: that qube's rows stop at its budget."""
+    start = datetime(2025, 8, 31, 12, 0, 5, tzinfo=UTC)
+    c = collector(
+        tmp_path,
+        FakeQubes({"hog": "huge", "work": "ok"}),
+        start,
+        qube_mb_per_day=1,
+    )
+    await run_for(c, 600)
+    day = tmp_path / "2025-08-31"
+    files = read_day(day)
+    hog_status = [r["status"] for r in files["scrapes.csv"] if r["vm"] == "hog"]
+    assert hog_status[0] == "ok"
+    assert hog_status[-1] == "over-budget"
+    assert sum(r["vm"] == "work" for r in files["system.csv"]) == 60  # nothing lost
+    hog_bytes = sum(
+        len(line)
+        for path in day.iterdir()
+        if path.name != "scrapes.csv"
+        for line in path.read_bytes().splitlines(keepends=True)
+        if b",hog," in line
+    )
+    assert hog_bytes <= 1024 * 1024 + 2000  # its budget, and the alert saying so
+    said = [r for r in files["alerts.csv"] if "daily budget" in r["msg"]]
+    assert len(said) == 1

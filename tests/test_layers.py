@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "sysmon.collect": {"sysmon.protocol", "sysmon.records"},
     "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
     "sysmon.store": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
-    "sysmon.config": {"sysmon.protocol", "sysmon.transform"},
+    "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform"},
     "sysmon.logconfig": set(),
     "sysmon.commands": {
         "sysmon.protocol",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.records import AlertCursor, QubeState, ScrapeResult
+from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
+from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, TickRows
 from sysmon.transform.rows import alert_key, build_tick_rows, new_alerts
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
@@ -106,3 +108,82 @@ def test_new_boot_starts_afresh():
 def test_nothing_new_keeps_the_cursor():
     old = AlertCursor("b", 10, frozenset())
     assert new_alerts([AlertRecord(9, "k", "old")], old, "b") == ([], old)
+
+
+def _wide(boot: str, names: list[str]) -> Snapshot:
+    """A snapshot with an interface per name and a long alert: a big reply."""
+    net = tuple(NetRecord(n, 1, 0, 0, 1, 0, 0) for n in names)
+    alerts = (AlertRecord(1_700_000_000_000_000, "kernel", "x" * 900),)
+    return attrs.evolve(_snap(boot, alerts=alerts), net=net)
+
+
+def _run_day(
+    polls: int, budget: Budget, snaps: dict[str, Callable[[int], Snapshot]]
+) -> tuple[list[TickRows], dict[str, QubeState]]:
+    """``polls`` ticks 10 s apart, each qube answering ``snaps[vm](i)``, state carried over."""
+    state: dict[str, QubeState] = {}
+    ticks = []
+    for i in range(polls):
+        ts = TS + timedelta(seconds=10 * i)
+        built = build_tick_rows(
+            ts, [_result(vm, make(i)) for vm, make in snaps.items()], None, state, budget=budget
+        )
+        state = {**state, **built.states}
+        state.update({b.vm: b.next_state for b in built.alerts if b.next_state is not None})
+        ticks.append(built)
+    return ticks, state
+
+
+class TestDailyBudget:
+    """A qube inside every per-poll cap still gets only its share of the day."""
+
+    def test_past_its_bytes_a_qube_stops_and_no_other_loses_anything(self):
+        budget = Budget(bytes_per_day=20_000, names_per_day=1024)
+        big = [f"eth{i}" for i in range(40)]
+        ticks, state = _run_day(
+            30, budget, {"hog": lambda _i: _wide("b", big), "work": lambda _i: _snap("w")}
+        )
+        statuses = [
+            row.split(b",")[2].decode()
+            for t in ticks
+            for row in t.rows["scrapes.csv"]
+            if b",hog," in row
+        ]
+        assert statuses[0] == "ok"
+        assert statuses[-1] == "over-budget"
+        hog_bytes = sum(
+            len(r) for t in ticks for rows in t.rows.values() for r in rows if b",hog," in r
+        )
+        assert hog_bytes <= budget.bytes_per_day + 30 * 100  # its rows, plus scrapes rows
+        work_rows = [r for t in ticks for r in t.rows["system.csv"] if b",work," in r]
+        assert len(work_rows) == 30
+        notes = [r for t in ticks for b in t.alerts for r in b.rows if b"budget" in r]
+        assert len(notes) == 1  # said once
+        assert state["hog"].over_budget
+
+    def test_the_budget_starts_afresh_each_utc_day(self):
+        budget = Budget(bytes_per_day=5_000, names_per_day=1024)
+        prev = {"hog": QubeState(boot_id="b", day="2025-08-30", day_bytes=10**9, over_budget=True)}
+        built = build_tick_rows(TS, [_result("hog", _snap("b"))], None, prev, budget=budget)
+        assert built.rows["system.csv"]
+        assert built.states["hog"].day == "2025-08-31"
+        assert not built.states["hog"].over_budget
+
+    def test_an_over_budget_qube_keeps_its_alert_cursor(self):
+        """Its journal entries are not filed today, so they are filed tomorrow, not lost."""
+        cursor = AlertCursor("b", 5)
+        prev = {"hog": QubeState(boot_id="b", cursor=cursor, day="2025-08-31", over_budget=True)}
+        snap = _snap("b", alerts=(AlertRecord(9, "k", "m"),))
+        built = build_tick_rows(TS, [_result("hog", snap)], None, prev, budget=Budget())
+        assert built.states["hog"].cursor == cursor
+        assert not built.alerts
+
+    def test_new_names_past_the_cap_are_dropped_and_said_once(self):
+        budget = Budget(bytes_per_day=10**9, names_per_day=5)
+        ticks, _ = _run_day(
+            3, budget, {"inventor": lambda i: _wide("b", [f"n{i}-{j}" for j in range(4)])}
+        )
+        names = {r.split(b",")[2] for t in ticks for r in t.rows["network.csv"]}
+        assert len(names) == 5
+        notes = [r for t in ticks for b in t.alerts for r in b.rows if b"names" in r]
+        assert len(notes) == 1

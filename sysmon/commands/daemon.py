@@ -248,6 +248,7 @@ class Daemon:
             notes=notes,
             rules=self.config.rules,
             me=me,
+            budget=self.config.budget,
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101

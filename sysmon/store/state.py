@@ -42,6 +42,10 @@ def _qube_to_json(q: QubeState) -> Any:
         "boot_id": q.boot_id,
         "cpu_ticks": list(q.cpu_ticks) if q.cpu_ticks is not None else None,
         "cursor": _cursor_to_json(q.cursor),
+        "day": q.day,
+        "day_bytes": q.day_bytes,
+        "over_budget": q.over_budget,
+        "day_names": sorted(q.day_names),
     }
 
 
@@ -51,6 +55,10 @@ def _qube_from_json(q: Any) -> QubeState:
         boot_id=str(boot_id) if boot_id is not None else None,
         cpu_ticks=tuple(int(t) for t in q["cpu_ticks"]) if q["cpu_ticks"] is not None else None,
         cursor=_cursor_from_json(q["cursor"]),
+        day=str(q.get("day", "")),
+        day_bytes=int(q.get("day_bytes", 0)),
+        over_budget=bool(q.get("over_budget", False)),
+        day_names=frozenset(map(str, q.get("day_names", ()))),
     )
 
 

@@ -13,14 +13,25 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+import attrs
+
 from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.metrics import AlertRecord, Snapshot
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, AlertCursor, QubeState, ScrapeResult, TickRows
+from sysmon.records import (
+    AlertBatch,
+    AlertCursor,
+    Budget,
+    QubeState,
+    ScrapeResult,
+    Status,
+    TickRows,
+)
 from sysmon.transform.rates import cpu_percent, ticks_of
 
 UNKNOWN_BOOT = "unknown"
+DEFAULT_BUDGET = Budget()
 
 
 def alert_key(alert: AlertRecord) -> str:
@@ -145,6 +156,59 @@ def _snapshot_rows(
     return rows, fresh, state, restarted
 
 
+def name_digest(name: str) -> str:
+    """How a name a qube used today is remembered: 32 bits tell a day's names apart."""
+    return hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+
+
+def _admit_names(
+    snap: Snapshot, names: frozenset[str], cap: int
+) -> tuple[Snapshot, frozenset[str], int]:
+    """The snapshot without records of new names past ``cap``; the names; how many dropped."""
+    known = set(names)
+    dropped = 0
+
+    def admit(key: str) -> bool:
+        nonlocal dropped
+        if key in known or len(known) < cap:
+            known.add(key)
+            return True
+        dropped += 1
+        return False
+
+    net = tuple(n for n in snap.net if admit(name_digest(f"if:{n.interface}")))
+    disk = tuple(d for d in snap.disk if admit(name_digest(f"fs:{d.mount}")))
+    return attrs.evolve(snap, net=net, disk=disk), frozenset(known), dropped
+
+
+def _names_note(vm: str, budget: Budget) -> str:
+    return (
+        f"sysmon: {vm} used more than {budget.names_per_day} interface and filesystem "
+        "names today: rows for new names are dropped until midnight UTC"
+    )
+
+
+def _budget_note(vm: str, budget: Budget) -> str:
+    return (
+        f"sysmon: {vm} is over its daily budget of {budget.bytes_per_day:,} bytes: "
+        "its metric rows stop until midnight UTC"
+    )
+
+
+def _scrape_row(ts: datetime, result: ScrapeResult, status: Status) -> bytes:
+    return schema.SCRAPES.format_row(
+        [
+            ts,
+            result.vm,
+            status,
+            result.duration_ms,
+            result.n_bytes,
+            result.lines_ok,
+            result.lines_rejected,
+        ]
+    )
+
+
 def build_tick_rows(
     ts: datetime,
     results: Sequence[ScrapeResult],
@@ -152,10 +216,16 @@ def build_tick_rows(
     previous: Mapping[str, QubeState],
     xen: Sequence[DomainStats] = (),
     notes: Sequence[tuple[str, str]] = (),
+    budget: Budget = DEFAULT_BUDGET,
 ) -> TickRows:
     """All rows of one tick, in file order, and every polled qube's next state.
 
     ``notes`` are sysmon's own alerts, (vm, message), filed with the tick.
+    Each qube gets its ``budget`` of the UTC day: past its bytes, its metric
+    rows and journal alerts stop until midnight (its scrapes row says
+    ``over-budget``, an alert row says it once; its cursor waits, so no entry
+    is lost); rows for interface and filesystem names past its names cap are
+    dropped (said once a day).
     """
     out: dict[str, list[bytes]] = {
         s.file_name: [] for s in schema.DAILY_FILES if s is not schema.ALERTS
@@ -166,27 +236,26 @@ def build_tick_rows(
     ]
     states: dict[str, QubeState] = {}
     restarted: list[str] = []
+    day = ts.astimezone(UTC).date().isoformat()
     for result in results:
-        out[schema.SCRAPES.file_name].append(
-            schema.SCRAPES.format_row(
-                [
-                    ts,
-                    result.vm,
-                    result.status,
-                    result.duration_ms,
-                    result.n_bytes,
-                    result.lines_ok,
-                    result.lines_rejected,
-                ]
+        prev = previous.get(result.vm)
+        if prev is not None and prev.day != day:  # a new UTC day: a fresh share
+            prev = attrs.evolve(
+                prev, day=day, day_bytes=0, over_budget=False, day_names=frozenset()
             )
-        )
         if result.snapshot is None:
+            out[schema.SCRAPES.file_name].append(_scrape_row(ts, result, result.status))
             continue
-        rows, fresh, state, was_restarted = _snapshot_rows(
-            ts, result.vm, result.snapshot, previous.get(result.vm)
-        )
-        for name, file_rows in rows.items():
-            out[name].extend(file_rows)
+        names = prev.day_names if prev else frozenset()
+        snap, names, dropped = _admit_names(result.snapshot, names, budget.names_per_day)
+        rows, fresh, state, was_restarted = _snapshot_rows(ts, result.vm, snap, prev)
+        said: list[bytes] = []
+        if (
+            dropped
+            and len(names) >= budget.names_per_day
+            and not (prev and len(prev.day_names) >= budget.names_per_day)
+        ):
+            said.append(schema.ALERTS.format_row([ts, result.vm, _names_note(result.vm, budget)]))
         alert_rows = []
         if was_restarted:
             restarted.append(result.vm)
@@ -199,8 +268,33 @@ def build_tick_rows(
             )
             for a in fresh
         )
-        if alert_rows:
-            batches.append(AlertBatch(vm=result.vm, rows=tuple(alert_rows), next_state=state))
+        used = prev.day_bytes if prev else 0
+        size = sum(len(r) for file_rows in rows.values() for r in file_rows)
+        size += sum(len(r) for r in alert_rows)
+        over = (prev is not None and prev.over_budget) or used + size > budget.bytes_per_day
+        status = Status.OVER_BUDGET if over else result.status
+        out[schema.SCRAPES.file_name].append(_scrape_row(ts, result, status))
+        if over:
+            # Nothing of it today: the sample still counts for the next CPU
+            # share, but the cursor waits for tomorrow.
+            state = attrs.evolve(
+                state,
+                cursor=prev.cursor if prev else None,
+                day=day,
+                day_bytes=used,
+                over_budget=True,
+                day_names=names,
+            )
+            if not (prev and prev.over_budget):
+                note = _budget_note(result.vm, budget)
+                said.append(schema.ALERTS.format_row([ts, result.vm, note]))
+            alert_rows = []
+        else:
+            for name, file_rows in rows.items():
+                out[name].extend(file_rows)
+            state = attrs.evolve(state, day=day, day_bytes=used + size, day_names=names)
+        if alert_rows or said:
+            batches.append(AlertBatch(vm=result.vm, rows=(*said, *alert_rows), next_state=state))
         else:
             states[result.vm] = state
     out[schema.XEN.file_name].extend(

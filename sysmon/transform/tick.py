@@ -14,8 +14,8 @@ import attrs
 from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, ScrapeResult, State, TickRows
-from sysmon.transform.rows import build_tick_rows
+from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
+from sysmon.transform.rows import DEFAULT_BUDGET, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
 
 
@@ -29,6 +29,7 @@ def build_tick(
     notes: Sequence[tuple[str, str]] = (),
     rules: Sequence[Rule] = (),
     me: str = "sys-monitor",
+    budget: Budget = DEFAULT_BUDGET,
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
@@ -39,7 +40,7 @@ def build_tick(
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
         notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
-    built = build_tick_rows(ts, results, qubes, previous.qubes, xen, notes)
+    built = build_tick_rows(ts, results, qubes, previous.qubes, xen, notes, budget)
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
         AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
