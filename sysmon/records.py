@@ -138,6 +138,14 @@ class RuleState:
     since: float
     polls: int
     firing: bool = False
+    #: When its row was last seen (defaults to ``since``): an instance whose
+    #: row stops coming -- a qube gone, a name vanished -- is dropped after a
+    #: grace period.
+    seen: float = attrs.field()
+
+    @seen.default
+    def _seen(self) -> float:
+        return self.since
 
 
 @attrs.frozen
@@ -159,6 +167,8 @@ class TickRows:
     restarted: tuple[str, ...] = ()
     #: Where every threshold rule stands after this tick.
     rule_state: Mapping[str, RuleState] = attrs.field(factory=dict)
+    #: Qubes not sampled for days (a DispVM gone): their state is dropped.
+    forget: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -187,3 +187,13 @@ class TestDailyBudget:
         assert len(names) == 5
         notes = [r for t in ticks for b in t.alerts for r in b.rows if b"names" in r]
         assert len(notes) == 1
+
+
+def test_qubes_gone_for_days_are_forgotten():
+    """A DispVM's state does not stay in the state file forever."""
+    prev = {
+        "disp1234": QubeState(boot_id="b", day="2025-08-28"),
+        "work": QubeState(boot_id="w", day="2025-08-30"),
+    }
+    built = build_tick_rows(TS, [_result("work", _snap("w"))], None, prev)
+    assert built.forget == ("disp1234",)

@@ -13,7 +13,7 @@ from sysmon.config import ConfigError, config_from_mapping
 from sysmon.protocol.metrics import Snapshot, SysRecord
 from sysmon.records import RuleState, ScrapeResult
 from sysmon.store.state import load_state
-from sysmon.transform.rules import RuleError, evaluate, parse_rules
+from sysmon.transform.rules import GRACE, MAX_INSTANCES, RuleError, evaluate, parse_rules
 
 EXAMPLES = [
     {
@@ -177,3 +177,35 @@ def test_rule_state_survives_a_restart(tmp_path):
         "sysmon: rule mem-low resolved on work: mem_avail_kb < 200000 for 120s (now 900000)",
     ]
     assert load_state(tmp_path).rules == {}
+
+
+class TestBoundedState:
+    """A qube inventing names cannot grow the rule state without bound."""
+
+    @staticmethod
+    def disk_rows(t: float, vm: str, mounts: list[str]) -> dict[str, list[bytes]]:
+        ts = datetime.fromtimestamp(t, tz=UTC)
+        return {
+            "disk.csv": [
+                schema.DISK.format_row([ts, vm, "/dev/x", m, 100, 95, 5, 95]) for m in mounts
+            ]
+        }
+
+    def test_instances_per_rule_and_qube_are_capped(self):
+        (rule,) = parse_rules([EXAMPLES[2]], "t")
+        state: dict[str, RuleState] = {}
+        for poll in range(50):
+            mounts = [f"/m{poll}-{i}" for i in range(10)]
+            _, state = evaluate(
+                [rule], 10.0 * poll, self.disk_rows(10.0 * poll, "evil", mounts), state
+            )
+        assert len(state) <= MAX_INSTANCES
+
+    def test_instances_of_vanished_names_and_gone_qubes_are_dropped_after_the_grace(self):
+        (rule,) = parse_rules([EXAMPLES[2]], "t")
+        _, state = evaluate([rule], 0.0, self.disk_rows(0, "disp1234", ["/"]), {})
+        assert len(state) == 1
+        _, state = evaluate([rule], GRACE - 1, {}, state)
+        assert len(state) == 1  # a failed poll is unknown, not resolved
+        _, state = evaluate([rule], GRACE + 1, {}, state)
+        assert state == {}

@@ -128,6 +128,8 @@ def _write(
     _append_files(folder, built, tally, sync=sync)
     epoch = int(ts.timestamp())
     qubes = {**state.qubes, **built.states}
+    for vm in built.forget:
+        qubes.pop(vm, None)
     try:
         if built.alerts:
             qubes = _append_alerts(out_dir, folder, built, qubes, epoch, tally, sync=sync)

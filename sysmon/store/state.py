@@ -79,7 +79,9 @@ def to_json(state: State) -> dict[str, Any]:
         "last_ts": state.last_ts,
         "qubes": {vm: _qube_to_json(q) for vm, q in sorted(state.qubes.items())},
         "pending_alerts": pending,
-        "rules": {key: [r.since, r.polls, r.firing] for key, r in sorted(state.rules.items())},
+        "rules": {
+            key: [r.since, r.polls, r.firing, r.seen] for key, r in sorted(state.rules.items())
+        },
     }
 
 
@@ -97,7 +99,12 @@ def from_json(data: Any) -> State:
         )
         pending = PendingAlerts(file=str(p["file"]), start=int(p["start"]), commits=commits)
     rules = {
-        str(key): RuleState(since=float(v[0]), polls=int(v[1]), firing=bool(v[2]))
+        str(key): RuleState(
+            since=float(v[0]),
+            polls=int(v[1]),
+            firing=bool(v[2]),
+            seen=float(v[3] if len(v) > 3 else v[0]),
+        )
         for key, v in data.get("rules", {}).items()
     }
     return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending, rules=rules)

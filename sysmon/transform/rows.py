@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -32,6 +32,8 @@ from sysmon.transform.rates import cpu_percent, ticks_of
 
 UNKNOWN_BOOT = "unknown"
 DEFAULT_BUDGET = Budget()
+#: Days without a sample after which a qube's state (cursor, budget) is dropped.
+FORGET_AFTER_DAYS = 2
 
 
 def alert_key(alert: AlertRecord) -> str:
@@ -305,7 +307,10 @@ def build_tick_rows(
         out[schema.QUBES.file_name].extend(
             schema.QUBES.format_row([ts, q.name, q.state]) for q in qubes
         )
+    cutoff = (ts.astimezone(UTC).date() - timedelta(days=FORGET_AFTER_DAYS)).isoformat()
+    forget = tuple(sorted(vm for vm, q in previous.items() if q.day and q.day < cutoff))
     return TickRows(
+        forget=forget,
         rows={name: tuple(rows) for name, rows in out.items()},
         alerts=tuple(batches),
         states=states,

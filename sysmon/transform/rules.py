@@ -15,6 +15,7 @@ import io
 import math
 import operator
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,12 @@ _INSTANCE = {"network": "if", "disk": "mount"}
 _DURATION_RE = re.compile(r"(\d+)\s*(s|m|h|polls?)")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+#: Seconds an instance is kept without a row (a failed poll is not a resolve).
+GRACE = 3600.0
+#: Interfaces or mounts one rule tracks per qube.
+MAX_INSTANCES = 64
 
 
 class RuleError(Exception):
@@ -168,10 +175,14 @@ def evaluate(
 
     Returns the alert notes (vm, message) and the rules' next state.  A qube
     with no row this tick (a failed poll) keeps its state: unknown is not
-    resolved.
+    resolved -- for :data:`GRACE` seconds, after which the instance is
+    dropped (a DispVM gone, a mount vanished).  Each rule tracks at most
+    :data:`MAX_INSTANCES` interfaces or mounts per qube: the state cannot
+    grow with names a qube invents.
     """
     notes: list[tuple[str, str]] = []
-    new_state = dict(state)
+    new_state = {key: r for key, r in state.items() if ts - r.seen <= GRACE}
+    per_qube = Counter(key.rsplit("\0", 1)[0] for key in new_state)
     parsed: dict[str, list[dict[str, str]]] = {}
     for rule in rules:
         file_name = f"{rule.file}.csv"
@@ -191,11 +202,13 @@ def evaluate(
             where = f"{vm}" + (f" {instance}" if instance else "")
             before = new_state.get(key)
             if _OPS[rule.op](value, rule.value):
-                current = (
-                    RuleState(since=ts, polls=1)
-                    if before is None
-                    else attrs.evolve(before, polls=before.polls + 1)
-                )
+                if before is None:
+                    if per_qube[f"{rule.name}\0{vm}"] >= MAX_INSTANCES:
+                        continue  # a qube naming ever-new instances gets no more
+                    per_qube[f"{rule.name}\0{vm}"] += 1
+                    current = RuleState(since=ts, polls=1)
+                else:
+                    current = attrs.evolve(before, polls=before.polls + 1, seen=ts)
                 held = ts - current.since >= rule.for_seconds and current.polls >= rule.for_polls
                 if held and not current.firing:
                     current = attrs.evolve(current, firing=True)
@@ -205,4 +218,5 @@ def evaluate(
                 if before.firing:
                     notes.append((vm, _message(rule, "resolved", where, value)))
                 del new_state[key]
+                per_qube[f"{rule.name}\0{vm}"] -= 1
     return notes, new_state
