@@ -97,6 +97,9 @@ class Config:
     archive_at: str = attrs.field(default="03:50", validator=_hhmm)
     retention_days: int = attrs.field(default=14, validator=_positive(integer=True))
     min_free_mb: int = attrs.field(default=200, validator=_positive(integer=True))
+    #: The day folders and archives together never take more (oldest
+    #: delivered days go first); sized below the private volume Salt gives.
+    max_data_mb: int = attrs.field(default=8192, validator=_positive(integer=True))
     #: Each qube's share of the disk per UTC day, and of distinct names.
     qube_mb_per_day: int = attrs.field(default=16, validator=_positive(integer=True))
     qube_names_per_day: int = attrs.field(default=256, validator=_positive(integer=True))

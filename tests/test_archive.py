@@ -388,3 +388,59 @@ def test_the_vaults_errno_is_explained_and_retried(tmp_path, mode, code, reason)
     assert second.returncode == 0, second.stderr
     assert (incoming / f"monitor-{yesterday}.2.tgz").is_file()
     assert is_delivered(tmp_path / "out", yesterday)
+
+
+class TestByteCeiling:
+    def test_over_the_ceiling_oldest_delivered_days_go_first_and_it_says_so(self, tmp_path):
+        """Retention by size: only delivered days, oldest first, until under the ceiling."""
+        for d in range(1, 8):
+            folder = make_day(tmp_path, date(2025, 9, d))
+            (folder / "network.csv").write_bytes(b"x" * 100_000)
+            if d <= 5:
+                (tmp_path / "archives").mkdir(exist_ok=True)
+                (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
+        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=350_000)
+        assert pruned.over_ceiling == (
+            date(2025, 9, 1),
+            date(2025, 9, 2),
+            date(2025, 9, 3),
+            date(2025, 9, 4),
+        )
+        assert [d.name for d in sorted(tmp_path.iterdir()) if d.name[0] == "2"] == [
+            "2025-09-05",
+            "2025-09-06",
+            "2025-09-07",
+        ]
+        assert not pruned.ceiling_undelivered
+
+    def test_undelivered_days_are_never_deleted_but_it_is_said(self, tmp_path):
+        for d in (6, 7):
+            (make_day(tmp_path, date(2025, 9, d)) / "network.csv").write_bytes(b"x" * 100_000)
+        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=150_000)
+        assert pruned.over_ceiling == ()
+        assert pruned.ceiling_undelivered
+        assert (tmp_path / "2025-09-06").is_dir()
+
+    def test_under_the_ceiling_nothing_goes(self, tmp_path):
+        make_day(tmp_path, date(2025, 9, 1))
+        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=10**9)
+        assert pruned.over_ceiling == ()
+
+
+async def test_the_nightly_task_says_what_the_ceiling_deleted(tmp_path, autojump_clock):
+    """alerts.csv hears of delivered days deleted for the byte ceiling."""
+    for d in (5, 6, 7):
+        (make_day(tmp_path, date(2025, 9, d)) / "network.csv").write_bytes(b"x" * 600_000)
+    vault = FakeVault(tmp_path / "vault")
+    notes: list[str] = []
+    nightly = NightlyArchive(
+        Config(out_dir=tmp_path, max_data_mb=1),
+        note=notes.append,
+        wall_now=lambda: datetime(2025, 9, 8, 4, 0, tzinfo=UTC),
+        copier=vault.copy,
+        offload=inline,
+    )
+    with trio.move_on_after(60):
+        await nightly.run()
+    assert any(n.startswith("sysmon: data over its ceiling of 1 MB: deleted") for n in notes)
+    assert [p.name for p in sorted(tmp_path.iterdir()) if p.name[0] == "2"] == ["2025-09-07"]

@@ -14,6 +14,8 @@ import pytest
 from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, require_root, require_tool
 from fakequbes.world import make_world
 
+from sysmon.config import load_config
+
 SALT_ROOT = ROOT / "salt"
 STATES = [
     "sys-monitor",
@@ -451,3 +453,18 @@ def test_netlog_file_sets(salt, tmp_path):
     conf = (stage / "etc/qubes/netlog.conf").read_text()
     assert 'NETLOG_PCAP_SOURCES="sys-dns sys-vpn"' in conf
     assert (stage / "etc/systemd/system/qubes-netlogs-backup.timer").exists()
+
+
+def test_the_private_volume_is_sized_for_the_data_ceiling(salt, tmp_path):
+    """Salt extends sys-monitor's private volume; the daemon's ceiling stays below it."""
+    high = salt("state.show_sls", "qubes.monitor.sys-monitor")
+    volume = high["sysmon-qube-volume"]["cmd"]
+    name = next(item["name"] for item in volume if isinstance(item, dict) and "name" in item)
+    assert name == f"qvm-volume extend sys-monitor:private {10 * 1024**3}"
+    out = tmp_path / "sysmon.toml"
+    salt("cp.get_template", "salt://qubes/monitor/files/sysmon.toml.jinja", str(out))
+    config = load_config(out)
+    assert config.max_data_mb == 8192
+    assert config.max_data_mb * 1024**2 < 10 * 1024**3
+    # 30 qubes at their full daily budget for two days fit under the ceiling.
+    assert 30 * config.qube_mb_per_day * 2 < config.max_data_mb

@@ -181,7 +181,14 @@ async def _run_archive(
     if min_free_bytes is None:
         min_free_bytes = config.min_free_mb * 1024 * 1024
     pruned = await offload(
-        functools.partial(prune, out_dir, today, config.retention_days, min_free_bytes)
+        functools.partial(
+            prune,
+            out_dir,
+            today,
+            config.retention_days,
+            min_free_bytes,
+            config.max_data_mb * 1024 * 1024,
+        )
     )
     assert isinstance(pruned, Pruned)  # noqa: S101
     if pruned.folders or pruned.archives:
@@ -254,6 +261,17 @@ class NightlyArchive:
                 continue
             if report.pruned.low_on_space_undelivered:
                 self.note("sysmon: disk low and only undelivered days are left")
+            if report.pruned.over_ceiling:
+                days = ", ".join(d.isoformat() for d in report.pruned.over_ceiling)
+                self.note(
+                    f"sysmon: data over its ceiling of {self.config.max_data_mb} MB: "
+                    f"deleted delivered days {days}"
+                )
+            if report.pruned.ceiling_undelivered:
+                self.note(
+                    f"sysmon: data over its ceiling of {self.config.max_data_mb} MB "
+                    "and only undelivered days are left"
+                )
             failed = next(
                 (d for d in report.days if d.status not in {"delivered", "already"}), None
             )
@@ -295,6 +313,11 @@ def main(config: Config, args: argparse.Namespace, today: date) -> int:
         print(f"{day}  pruned     day folder removed (delivered, past retention)")
     if report.pruned.low_on_space_undelivered:
         print("warning: disk low and only undelivered days are left", file=sys.stderr)
+    if report.pruned.ceiling_undelivered:
+        print(
+            f"warning: over max_data_mb ({config.max_data_mb}) with only undelivered days left",
+            file=sys.stderr,
+        )
     failed = [o for o in report.days if o.status not in {"delivered", "built", "already"}]
     if failed:
         print(f"sysmon archive: {failed[0].day}: {failed[0].detail}", file=sys.stderr)

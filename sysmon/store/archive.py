@@ -222,6 +222,10 @@ class Pruned:
     folders: tuple[date, ...] = ()
     archives: tuple[date, ...] = ()
     low_on_space_undelivered: bool = False
+    #: Delivered days removed because the data was over its byte ceiling.
+    over_ceiling: tuple[date, ...] = ()
+    #: Still over the ceiling with only undelivered days (and today) left.
+    ceiling_undelivered: bool = False
 
 
 def free_bytes(path: Path) -> int:
@@ -230,11 +234,20 @@ def free_bytes(path: Path) -> int:
     return vfs.f_bavail * vfs.f_frsize
 
 
-def prune(out_dir: Path, today: date, retention_days: int, min_free_bytes: int) -> Pruned:
-    """Retention, then the disk guard.  Never today, never an undelivered day.
+def prune(
+    out_dir: Path,
+    today: date,
+    retention_days: int,
+    min_free_bytes: int,
+    max_bytes: int | None = None,
+) -> Pruned:
+    """Retention, the byte ceiling, then the disk guard.  Never today, never undelivered.
 
     - a delivered archive's local ``.tgz`` is removed;
     - a delivered day folder older than ``retention_days`` is removed;
+    - while the day folders and archives take more than ``max_bytes``, the
+      oldest delivered day folders go (retention by size: a day is 163 MB
+      for 30 qubes, so days alone cannot bound the volume);
     - while free space is below ``min_free_bytes``, the oldest delivered day
       folders go first; if only undelivered data is left, say so.
     """
@@ -252,6 +265,20 @@ def prune(out_dir: Path, today: date, retention_days: int, min_free_bytes: int) 
         if day < cutoff and folder.is_dir():
             shutil.rmtree(folder)
             folders.append(day)
+    over_ceiling: list[date] = []
+    ceiling_undelivered = False
+    if max_bytes is not None:
+        size = data_bytes(out_dir)
+        for day in day_folders(out_dir):
+            if size <= max_bytes:
+                break
+            if day >= today or not is_delivered(out_dir, day):
+                continue
+            folder = out_dir / day.isoformat()
+            size -= _tree_bytes(folder)
+            shutil.rmtree(folder)
+            over_ceiling.append(day)
+        ceiling_undelivered = size > max_bytes
     low = False
     if out_dir.is_dir() and free_bytes(out_dir) < min_free_bytes:
         for day in day_folders(out_dir):
@@ -263,8 +290,23 @@ def prune(out_dir: Path, today: date, retention_days: int, min_free_bytes: int) 
             folders.append(day)
         low = free_bytes(out_dir) < min_free_bytes
     return Pruned(
-        folders=tuple(sorted(set(folders))), archives=tuple(archives), low_on_space_undelivered=low
+        folders=tuple(sorted(set(folders) | set(over_ceiling))),
+        archives=tuple(archives),
+        low_on_space_undelivered=low,
+        over_ceiling=tuple(over_ceiling),
+        ceiling_undelivered=ceiling_undelivered,
     )
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def data_bytes(out_dir: Path) -> int:
+    """What the day folders and the local archives take, in bytes."""
+    total = sum(_tree_bytes(out_dir / day.isoformat()) for day in day_folders(out_dir))
+    folder = archive_dir(out_dir)
+    return total + (_tree_bytes(folder) if folder.is_dir() else 0)
 
 
 def _archived_days(out_dir: Path) -> list[date]:

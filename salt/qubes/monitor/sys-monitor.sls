@@ -25,6 +25,16 @@ sysmon-qube-prefs:
     - require:
       - qvm: sysmon-qube
 
+# The private volume holds every day folder and archive: 2 GiB by default,
+# less than 30 qubes' 14 days.  Extended (never shrunk) to private_gib; the
+# daemon's max_data_mb ceiling stays below it.
+sysmon-qube-volume:
+  cmd.run:
+    - name: qvm-volume extend {{ sysmon.monitor }}:private {{ sysmon.private_gib * 1024 ** 3 }}
+    - unless: test "$(qvm-volume info {{ sysmon.monitor }}:private size)" -ge {{ sysmon.private_gib * 1024 ** 3 }}
+    - require:
+      - qvm: sysmon-qube
+
 sysmon-qube-service:
   qvm.features:
     - name: {{ sysmon.monitor }}
@@ -49,3 +59,4 @@ sysmon-qube-service:
       - qvm: sysmon-qube
       - qvm: sysmon-qube-prefs
       - qvm: sysmon-qube-service
+      - cmd: sysmon-qube-volume
