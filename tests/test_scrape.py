@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import attrs
 import trio
+import trio.lowlevel
 
 from sysmon.collect.process import ProcessResult
+from sysmon.collect import scrape
 from sysmon.collect.scrape import scrape_round
 
 GOOD = b"sys: protocol=1 boot_id=b btime=1\n"
@@ -106,3 +109,44 @@ class TestScrapeRound:
             transport, ["a", "b"], {"a": "abc.1.0"}, per_qube_timeout=1, concurrency=2
         )
         assert sorted(transport.argv_seen) == [["a", "abc.1.0"], ["b", ""]]
+
+
+async def _loop_turns_during_scrape(transport: FakeTransport) -> int:
+    """How often another task ran while ``evil`` was scraped (and its reply parsed)."""
+    ran = 0
+
+    async def other_qubes() -> None:
+        nonlocal ran
+        while True:
+            await trio.sleep(0)
+            ran += 1
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_qubes)
+            await trio.sleep(0)
+            before = ran
+            await scrape_round(transport, ["evil"], {}, per_qube_timeout=20, concurrency=1)
+            during = ran - before
+            nursery.cancel_scope.cancel()
+    return during
+
+
+async def test_a_hostile_payload_is_parsed_off_the_event_loop(monkeypatch):
+    """A reply at the caps (~300x a normal parse) does not hold the loop the other
+    qubes' polls run on: other tasks keep running while it is parsed (real clock)."""
+    lines = [GOOD.rstrip()]
+    lines += [b"net: if=eth%04d rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1" % i for i in range(512)]
+    lines += [b"alert: %d kernel: %s" % (1_700_000_000_000_000 + i, b"y" * 900) for i in range(200)]
+    lines += [b"junk %d =====" % i for i in range(3000)]
+    transport = FakeTransport({"evil": b"\n".join(lines)[: 256 * 1024]})
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)  # the GIL changes hands often enough to see it
+    try:
+        monkeypatch.setattr(scrape, "PARSE_INLINE_MAX", 10**9)
+        inline = await _loop_turns_during_scrape(transport)
+        monkeypatch.setattr(scrape, "PARSE_INLINE_MAX", 16 * 1024)
+        offloaded = await _loop_turns_during_scrape(transport)
+    finally:
+        sys.setswitchinterval(interval)
+    assert offloaded >= 5 * max(inline, 1), (inline, offloaded)
