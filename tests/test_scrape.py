@@ -9,8 +9,8 @@ import attrs
 import trio
 import trio.lowlevel
 
-from sysmon.collect.process import ProcessResult
 from sysmon.collect import scrape
+from sysmon.collect.process import ProcessResult
 from sysmon.collect.scrape import scrape_round
 
 GOOD = b"sys: protocol=1 boot_id=b btime=1\n"
@@ -118,13 +118,13 @@ async def _loop_turns_during_scrape(transport: FakeTransport) -> int:
     async def other_qubes() -> None:
         nonlocal ran
         while True:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             ran += 1
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(other_qubes)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             before = ran
             await scrape_round(transport, ["evil"], {}, per_qube_timeout=20, concurrency=1)
             during = ran - before
