@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 from conftest import IN_CI, run_sysmon
 from fakes import write_tick
@@ -137,3 +138,44 @@ def test_days_read_in_parallel_match_one_by_one(tmp_path):
     assert one == two
     assert one.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # 23:59:50, 00:00:00 (across days), :10, :20
     assert one.rows == two.rows
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_names_a_qube_chose_cannot_break_or_swell_the_report(tmp_path):
+    """40 qubes, fresh mount names every poll, `$` mathtext, a 200 KiB field, years 1 and
+    9999: the page is drawn, charts stay a bounded size, and skipped rows are counted."""
+    try:
+        _import_pyplot()
+    except ReportError:
+        if IN_CI:
+            raise
+        pytest.skip("matplotlib not installed")
+    out = tmp_path / "out"
+    for i in range(6):
+        results = []
+        for q in range(40):
+            disks = tuple(DiskRecord("/dev/x", f"/m{i}-{j}", 100, 50, 50) for j in range(20))
+            s = attrs.evolve(snap(i + 1, 1024 * i), disk=disks)
+            results.append(
+                ScrapeResult(f"q{q:02d}-$x^2$" if q == 0 else f"q{q:02d}", "ok", 3, snapshot=s)
+            )
+        write_tick(out, T0 + timedelta(seconds=10 * i), results, None)
+    day = out / "2025-08-31"
+    with (day / "system.csv").open("a") as f:
+        f.write('2025-08-31T12:01:00Z,"' + "x" * 200_000 + '",1,1,1,,,,,,,,,,\n')
+        f.write("0001-01-01T00:00:00Z,old,1,1,98,,,,,,,,,,\n")
+        f.write("9999-12-31T23:59:59Z,future,1,1,98,,,,,,,,,,\n")
+    report = tmp_path / "report"
+    done = run_sysmon("report", out, "--out", report, timeout=300)
+    assert done.returncode == 0, done.stderr
+    page = (report / "index.html").read_text()
+    assert "3 rows skipped" in page
+    _, height = _png_size(report / "cpu.png")
+    assert height < 4000, height  # 12 panels at most; the rest in a table
+    assert "q39" in page  # the qubes not drawn are listed
+    _, height = _png_size(report / "disk.png")
+    assert height < 4000, height

@@ -18,15 +18,16 @@ import os
 import sys
 import tarfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
 from sysmon import schema
+from sysmon.protocol.text import strip_controls
 from sysmon.store.archive import archive_day
 from sysmon.store.daily import day_folders
 
@@ -66,6 +67,11 @@ class Data:
     failures: dict[str, Series] = attrs.field(factory=lambda: defaultdict(Series))
     alerts: list[tuple[float, str, str]] = attrs.field(factory=list)
     rows: int = 0
+    #: Rows that could not be read: a field over the csv module's limit, a
+    #: time that is not one or outside 1970-2199.
+    skipped: int = 0
+    #: Interfaces or mounts past :data:`MAX_SERIES` of a qube, not drawn.
+    cut_series: int = 0
 
 
 def parse_when(text: str) -> float:
@@ -81,9 +87,31 @@ def parse_when(text: str) -> float:
     return when.timestamp()
 
 
+#: Times a report can draw: 1970 up to 2200 (matplotlib has no year 0 or 10000).
+_FIRST_T, _LAST_T = 0.0, 7_258_118_400.0
+#: Lines one qube may have in one panel (mounts); a qube inventing names gets no more.
+MAX_SERIES = 8
+#: Qubes drawn per chart, the busiest first; the others are listed below it.
+MAX_PANELS = 12
+
+
 def _ts(text: str) -> float | None:
     ts = schema.parse_ts(text)
-    return None if ts is None else ts.timestamp()
+    if ts is None:
+        return None
+    t = ts.timestamp()
+    return t if _FIRST_T <= t < _LAST_T else None
+
+
+def _rows(reader: Iterator[list[str]], data: Data) -> Iterator[list[str]]:
+    """The reader's rows; one it cannot read (a field over 128 KiB) is counted and skipped."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            data.skipped += 1
 
 
 def _num(text: str | None) -> float | None:
@@ -185,6 +213,7 @@ def _read(
     first_net: dict[_NetKey, _Sample] = {}
     net_sum: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
     progress = _Progress()
+    mounts: Counter[str] = Counter()
     last_text, last_t = "", None
     for day, name, stream in _sources(paths):
         if (day, name) in seen_days:
@@ -198,8 +227,9 @@ def _read(
         width, ts_at, vm_at = len(header), columns["ts"], columns["vm"]
         # Column name -> position, resolved once per file: cells[...] per row.
         positions = {column: columns.get(column, width) for column in _WANTED}
-        for cells in reader:
+        for cells in _rows(reader, data):
             if len(cells) != width:
+                data.skipped += 1
                 continue
             cells.append("")  # what a column the file lacks reads as
 
@@ -213,7 +243,10 @@ def _read(
                 last_text = cells[ts_at]
                 last_t = _ts(last_text)
             t = last_t
-            if t is None or not start <= t <= end:
+            if t is None:
+                data.skipped += 1
+                continue
+            if not start <= t <= end:
                 continue
             if name == "system.csv":
                 user, system = (
@@ -248,7 +281,13 @@ def _read(
             elif name == "disk.csv":
                 used, avail = _num(cells[positions["used_kb"]]), _num(cells[positions["avail_kb"]])
                 if used is not None and avail is not None and used + avail > 0:
-                    series = data.disk[(vm, cells[positions["mount"]] or "?")]
+                    key = (vm, cells[positions["mount"]] or "?")
+                    if key not in data.disk and mounts[vm] >= MAX_SERIES:
+                        data.cut_series += 1
+                        continue
+                    if key not in data.disk:
+                        mounts[vm] += 1
+                    series = data.disk[key]
                     series.t.append(t)
                     series.v.append(100 * used / (used + avail))
             elif name == "xen.csv":
@@ -354,6 +393,8 @@ def load(
                 data.health[vm][status] += n
         data.alerts.extend(plain["alerts"])
         data.rows += plain["rows"]
+        data.skipped += plain["skipped"]
+        data.cut_series += plain["cut_series"]
         for key, value in day_net.items():
             acc = net_sum[key]
             acc[0] += value[0]
@@ -379,6 +420,8 @@ def _import_pyplot() -> Any:
         import matplotlib as mpl  # noqa: PLC0415
 
         mpl.use("Agg")
+        # Names come from qubes: drawn as plain text, never parsed as mathtext.
+        mpl.rcParams["text.parse_math"] = False
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         raise ReportError(
@@ -417,9 +460,13 @@ def _panels(
 
     ``points`` draws separate events (marks, no line between them).
     """
-    groups = {vm: lines for vm, lines in sorted(groups.items()) if any(s.t for _, s in lines)}
-    if not groups:
+    busy = sorted(
+        ((vm, lines) for vm, lines in groups.items() if any(s.t for _, s in lines)),
+        key=lambda item: (-sum(sum(s.v) for _, s in item[1]), item[0]),
+    )
+    if not busy:
         return None
+    groups = dict(sorted(busy[:MAX_PANELS]))
     fig, axes = plt.subplots(
         len(groups),
         1,
@@ -432,18 +479,23 @@ def _panels(
         for label, full in lines:
             series = downsample(full)
             times = [datetime.fromtimestamp(t, tz=UTC) for t in series.t]
-            if points:
-                ax.plot(times, series.v, "o", markersize=3, label=label)
+            shown = strip_controls(label)
+            if points or len(series.t) == 1:  # a lone sample is a mark, not an empty line
+                ax.plot(times, series.v, "o", markersize=3, label=shown)
             else:
-                ax.plot(times, series.v, linewidth=0.9, label=label)
+                ax.plot(times, series.v, linewidth=0.9, label=shown)
         ax.set_ylabel(unit)
-        ax.set_title(vm, loc="left", fontsize=10, fontweight="bold")
+        ax.set_title(strip_controls(vm), loc="left", fontsize=10, fontweight="bold")
         ax.grid(alpha=0.3)
         top = max((max(s.v) for _, s in lines if s.v), default=1.0)
         ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
         if len(lines) > 1:
             ax.legend(loc="upper right", fontsize=8, ncol=min(4, len(lines)))
     axes[-1, 0].set_xlabel("time (UTC)")
+    span = [t for lines in groups.values() for _, series in lines for t in series.t]
+    if max(span) - min(span) < 600:  # matplotlib would widen a single instant to years
+        middle = datetime.fromtimestamp((max(span) + min(span)) / 2, tz=UTC)
+        axes[-1, 0].set_xlim(middle - timedelta(minutes=5), middle + timedelta(minutes=5))
     import matplotlib.dates as mdates  # noqa: PLC0415
 
     locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
@@ -458,11 +510,20 @@ def _panels(
     return buffer.getvalue()
 
 
+def _not_drawn(groups: dict[str, list[tuple[str, Series]]]) -> list[str]:
+    """The qubes of a chart past the :data:`MAX_PANELS` busiest."""
+    busy = sorted(
+        (vm for vm, lines in groups.items() if any(s.t for _, s in lines)),
+        key=lambda vm: (-sum(sum(s.v) for _, s in groups[vm]), vm),
+    )
+    return sorted(busy[MAX_PANELS:])
+
+
 def render(data: Data, out: Path) -> Path:
     """Write the PNG charts and one self-contained ``index.html`` into ``out``."""
     plt = _import_pyplot()
     out.mkdir(parents=True, exist_ok=True)
-    charts: list[tuple[str, str, bytes | None]] = []
+    charts: list[tuple[str, str, bytes | None, list[str]]] = []
 
     def one(
         name: str,
@@ -473,7 +534,7 @@ def render(data: Data, out: Path) -> Path:
         points: bool = False,
     ) -> None:
         png = _panels(plt, title, unit, groups, points=points)
-        charts.append((name, title, png))
+        charts.append((name, title, png, _not_drawn(groups)))
         if png is not None:
             (out / f"{name}.png").write_bytes(png)
 
@@ -555,13 +616,24 @@ def render(data: Data, out: Path) -> Path:
         shown = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(counts.items()))
         parts.append(f"<tr><td>{html.escape(vm)}</td><td>{shown}</td></tr>")
     parts.append("</table>")
-    for name, title, png in charts:
+    if data.skipped or data.cut_series:
+        parts.append(
+            f"<p>{data.skipped:,} rows skipped (unreadable, or a time outside 1970-2199); "
+            f"{data.cut_series:,} rows of interfaces or mounts past {MAX_SERIES} per qube "
+            "not drawn.</p>"
+        )
+    for name, title, png, rest in charts:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if png is None:
             parts.append("<p>No data.</p>")
         else:
             encoded = base64.b64encode(png).decode()
             parts.append(f"<img alt='{name}' src='data:image/png;base64,{encoded}'>")
+        if rest:
+            shown = ", ".join(html.escape(vm) for vm in rest)
+            parts.append(
+                f"<p>The {MAX_PANELS} busiest qubes are drawn; {len(rest)} more: {shown}</p>"
+            )
     parts.append(
         f"<h2>Alerts ({len(data.alerts)})</h2><table>"
         "<tr><th>poll (UTC)</th><th>qube</th><th>message</th></tr>"
