@@ -108,17 +108,17 @@ class QubeState:
 
 
 @attrs.frozen
-class PendingAlerts:
-    """Alert rows being appended, and each qube's state to commit after them.
+class PendingTick:
+    """A tick being written: each daily file's size before it.
 
-    ``commits`` are (vm, end offset, new state) in write order; after a crash
-    a qube's new state (alert cursor, boot id) is committed only if the file
-    reaches its end offset, so its alerts are filed exactly once.
+    Saved before the first row is appended and cleared by the final save;
+    found after a crash, every file is cut back to these sizes -- the tick
+    is rolled back whole, in every file, and no qube's state (alert cursor)
+    moved, so its entries are filed at the next poll, once.
     """
 
-    file: str
-    start: int
-    commits: tuple[tuple[str, int, QubeState | None], ...]
+    folder: str
+    sizes: tuple[tuple[str, int], ...]
 
 
 @attrs.frozen
@@ -127,7 +127,7 @@ class State:
 
     qubes: Mapping[str, QubeState] = attrs.field(factory=dict)
     last_ts: int = 0
-    pending: PendingAlerts | None = None
+    pending: PendingTick | None = None
     rules: Mapping[str, RuleState] = attrs.field(factory=dict)
 
 

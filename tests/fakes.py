@@ -150,6 +150,7 @@ def daemon_on_virtual_time(
         "committer": functools.partial(commit_tick, sync=False),
         "notify": lambda _message: None,
         "offload": inline,
+        "parse_offload": inline,
         **(overrides or {}),
     }
     return Daemon(Config(out_dir=tmp_path, **config), qubes, qubes, **fields)  # type: ignore[arg-type]

@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import run_on_small_tmpfs
-from csvcheck import read_day, read_strict
+from csvcheck import read_day
 from fakes import write_tick
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.records import AlertCursor, PendingAlerts, QubeState, ScrapeResult, State
+from sysmon.records import ScrapeResult
+from sysmon.store import commit
 from sysmon.store.commit import MAX_STEP_BACK
-from sysmon.store.daily import ensure_day
-from sysmon.store.state import load_state, save_state
+from sysmon.store.state import load_state
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -52,41 +52,37 @@ class TestCommitTick:
         msgs += [r["msg"] for r in read_day(tmp_path / "2025-09-01")["alerts.csv"]]
         assert [m.split(" ", 1)[1] for m in msgs] == [f"k: a {i}" for i in range(4)]
 
-    @pytest.mark.parametrize("cut", ["nothing", "half-of-b", "all"])
-    def test_crash_between_alert_rows_and_commit(self, tmp_path, cut):
-        """After a crash, exactly the qubes whose rows are whole keep them."""
-        folder = ensure_day(tmp_path, TS.date())
-        alerts = folder / "alerts.csv"
-        start = alerts.stat().st_size
-        row_a = schema.ALERTS.format_row([TS, "a", "a0"])
-        row_b = schema.ALERTS.format_row([TS, "b", "b0"])
-        cursor_a = QubeState("b", None, AlertCursor("b", 1, frozenset({"ka"})))
-        cursor_b = QubeState("b", None, AlertCursor("b", 1, frozenset({"kb"})))
-        pending = PendingAlerts(
-            file="2025-08-31/alerts.csv",
-            start=start,
-            commits=(
-                ("a", start + len(row_a), cursor_a),
-                ("b", start + len(row_a + row_b), cursor_b),
-            ),
-        )
-        save_state(tmp_path, State(qubes={}, last_ts=0, pending=pending))
-        written = {"nothing": b"", "half-of-b": row_a + row_b[:7], "all": row_a + row_b}[cut]
-        with alerts.open("ab") as f:
-            f.write(written)
-        write_tick(tmp_path, TS, [], None)  # any next tick recovers first
-        state = load_state(tmp_path)
-        rows = read_strict(alerts)
-        if cut == "nothing":
-            assert rows == []
-            assert state.qubes == {}
-        elif cut == "half-of-b":
-            assert [r["msg"] for r in rows] == ["a0"]
-            assert state.qubes == {"a": cursor_a}
-        else:
-            assert [r["msg"] for r in rows] == ["a0", "b0"]
-            assert state.qubes == {"a": cursor_a, "b": cursor_b}
-        assert state.pending is None
+    @pytest.mark.parametrize("killed_after", ["system.csv", "scrapes.csv", "alerts.csv"])
+    def test_a_kill_during_a_commit_rolls_the_whole_tick_back(self, tmp_path, killed_after):
+        """A tick is in every file or in none: a kill mid-commit is rolled back whole,
+        and the qubes' cursors stay where they were, so its alerts are filed later, once."""
+        first = write_tick(tmp_path, TS - timedelta(seconds=10), [_alert_result("a", 0)], None)
+        assert first.errors == ()
+        folder = tmp_path / "2025-08-31"
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        state_before = load_state(tmp_path)
+
+        class Killed(BaseException):
+            pass
+
+        real_append = commit.append_rows  # type: ignore[attr-defined]
+
+        def append_then_die(path, daily, rows, *, sync=True):
+            real_append(path, daily, rows, sync=sync)
+            if path.name == killed_after:
+                raise Killed  # as kill -9 would leave it: nothing after this ran
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(commit, "append_rows", append_then_die)
+            with pytest.raises(Killed):
+                write_tick(tmp_path, TS, [_alert_result("a", 1)], None)
+        write_tick(tmp_path, TS + timedelta(seconds=10), [], None)  # recovers first
+        after = {p.name: p.read_bytes() for p in folder.iterdir()}
+        for name, data in before.items():
+            assert after[name].startswith(data)
+            assert schema.format_ts(TS).encode() not in after[name][len(data) :], name
+        assert load_state(tmp_path).qubes == state_before.qubes
+        assert load_state(tmp_path).pending is None
 
 
 FULL_DISK_SCRIPT = """

@@ -8,7 +8,7 @@ neither stall nor break the others' polls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -27,16 +27,28 @@ PARSE_INLINE_MAX = 16 * 1024
 _PARSE_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("parse")
 
 
-async def _parse(stdout: bytes, limits: Limits) -> Snapshot:
-    """``parse_metrics_untrusted``, off the event loop for a large reply."""
-    if len(stdout) <= PARSE_INLINE_MAX:
-        return parse_metrics_untrusted(stdout, limits)
+#: How a large reply is parsed off the loop: in a worker thread by default,
+#: inline in tests on virtual time (a thread would let autojump_clock run ahead).
+ParseOffload = Callable[[Callable[[bytes, Limits], Snapshot], bytes, Limits], Awaitable[Snapshot]]
+
+
+async def in_worker_thread(
+    parse: Callable[[bytes, Limits], Snapshot], stdout: bytes, limits: Limits
+) -> Snapshot:
+    """One parse at a time in a worker thread."""
     try:
         limiter = _PARSE_LIMITER.get()
     except LookupError:
         limiter = trio.CapacityLimiter(1)
         _PARSE_LIMITER.set(limiter)
-    return await trio.to_thread.run_sync(parse_metrics_untrusted, stdout, limits, limiter=limiter)
+    return await trio.to_thread.run_sync(parse, stdout, limits, limiter=limiter)
+
+
+async def _parse(stdout: bytes, limits: Limits, offload: ParseOffload) -> Snapshot:
+    """``parse_metrics_untrusted``, off the event loop for a large reply."""
+    if len(stdout) <= PARSE_INLINE_MAX:
+        return parse_metrics_untrusted(stdout, limits)
+    return await offload(parse_metrics_untrusted, stdout, limits)
 
 
 def _stderr_excerpt(stderr: bytes) -> str:
@@ -52,6 +64,7 @@ async def scrape_qube(
     limits: Limits = DEFAULT_LIMITS,
     *,
     address: str | None = None,
+    parse_offload: ParseOffload = in_worker_thread,
 ) -> ScrapeResult:
     """Call ``qubes.Metrics.Get`` in ``vm`` and parse the reply.  No timeout.
 
@@ -86,7 +99,7 @@ async def scrape_qube(
             detail=f"exit {proc.returncode}" + (f": {stderr}" if stderr else ""),
         )
     try:
-        snapshot = await _parse(proc.stdout, limits)
+        snapshot = await _parse(proc.stdout, limits, parse_offload)
     except MetricsParseError as exc:
         return result(
             "too-big" if proc.stdout_overflow else "bad-output",
@@ -118,6 +131,7 @@ async def scrape_round(
     limits: Limits = DEFAULT_LIMITS,
     on_result: Callable[[ScrapeResult], None] | None = None,
     addresses: Mapping[str, str] | None = None,
+    parse_offload: ParseOffload = in_worker_thread,
 ) -> list[ScrapeResult]:
     """Poll ``vms`` concurrently, at most ``concurrency`` at a time.
 
@@ -135,7 +149,12 @@ async def scrape_round(
             start = trio.current_time()
             with trio.move_on_after(per_qube_timeout) as scope:
                 results[vm] = await scrape_qube(
-                    transport, vm, cursors.get(vm, ""), limits, address=addresses.get(vm)
+                    transport,
+                    vm,
+                    cursors.get(vm, ""),
+                    limits,
+                    address=addresses.get(vm),
+                    parse_offload=parse_offload,
                 )
             if scope.cancelled_caught:
                 results[vm] = ScrapeResult(

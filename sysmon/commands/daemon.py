@@ -29,7 +29,7 @@ import trio
 
 from sysmon.collect.health import Health
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
-from sysmon.collect.scrape import scrape_round
+from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
 from sysmon.collect.xen import XenFollower
 from sysmon.commands.archive import NightlyArchive
 from sysmon.config import Config
@@ -113,6 +113,8 @@ class Daemon:
     committer: Committer = commit_tick
     notify: Callable[[str], None] = sd_notify
     offload: Offload = trio.to_thread.run_sync
+    #: How a large (hostile) reply is parsed: a worker thread, inline in tests.
+    parse_offload: ParseOffload = in_worker_thread
     xen: XenFollower | None = None
     archive: NightlyArchive | None = None
     on_tick: Callable[[PollReport], None] | None = None
@@ -205,6 +207,7 @@ class Daemon:
                 concurrency=self.config.concurrency,
                 on_result=lambda r: self.health.set_in_flight([r.vm], in_flight=False),
                 addresses={q.name: q.address for q in discovery.qubes},
+                parse_offload=self.parse_offload,
             )
         finally:
             self.health.set_in_flight(poll, in_flight=False)

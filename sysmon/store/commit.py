@@ -2,12 +2,11 @@
 
 Synchronous (run it in a thread).  The commit is handed a *plan*: a function
 that builds the tick's rows from the state before it (loaded here, under the
-lock); it never builds rows itself.  Alert rows are written between two
-state saves: first the new states of the qubes without alerts plus a
-*pending* record of each alerting qube's end offset and new state, then the
-rows, then the commit.  After a crash, :func:`recover` commits exactly the
-qubes whose rows reached the disk whole and cuts off the rest, so no journal
-entry is filed twice or lost.
+lock); it never builds rows itself.  A tick is written between two state
+saves: first a *pending* record of every daily file's size, then the rows of
+every file, then the new state.  After a crash, :func:`recover` cuts every
+file back to those sizes: the tick is in every file or in none, and no qube's
+alert cursor moved, so no journal entry is filed twice or lost.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import attrs
 import structlog
 
 from sysmon import schema
-from sysmon.records import PendingAlerts, QubeState, State, TickOutcome, TickRows
+from sysmon.records import PendingTick, QubeState, State, TickOutcome, TickRows
 from sysmon.store.daily import WriteError, append_rows, ensure_day, locked, truncate_to
 from sysmon.store.state import load_state, save_state
 
@@ -34,32 +33,24 @@ MAX_STEP_BACK = 120
 
 
 def recover(out_dir: Path, state: State) -> State:
-    """Finish a tick that a crash interrupted between alert rows and commit."""
+    """Roll back whole a tick that a crash interrupted: every file to its size before it."""
     pending = state.pending
     if pending is None:
         return state
-    path = out_dir / pending.file
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        size = 0
-    qubes = dict(state.qubes)
-    keep = pending.start
-    committed = []
-    for vm, end, qube_state in pending.commits:
-        if size < end:
-            break
-        if qube_state is not None:
-            qubes[vm] = qube_state
-        keep = end
-        committed.append(vm)
-    if size > keep and path.exists():
-        truncate_to(path, keep)
-    recovered = State(qubes=qubes, last_ts=state.last_ts, pending=None, rules=state.rules)
+    folder = out_dir / pending.folder
+    cut: dict[str, int] = {}
+    for name, size in pending.sizes:
+        path = folder / name
+        try:
+            over = path.stat().st_size - size
+        except FileNotFoundError:
+            continue
+        if over > 0:
+            truncate_to(path, size)
+            cut[name] = over
+    recovered = attrs.evolve(state, pending=None)
     save_state(out_dir, recovered)
-    structlog.get_logger().warning(
-        "tick_recovered", file=str(path), committed=committed, cut_bytes=max(0, size - keep)
-    )
+    structlog.get_logger().warning("tick_rolled_back", folder=str(folder), cut_bytes=cut)
     return recovered
 
 
@@ -117,22 +108,23 @@ def _write(
     try:
         folder = ensure_day(out_dir, ts.astimezone(UTC).date(), tally.moved)
     except OSError as exc:
-        for name, rows in built.rows.items():
-            if rows:
-                tally.dropped[name] = len(rows)
-        alert_rows = sum(len(b.rows) for b in built.alerts)
-        if alert_rows:
-            tally.dropped[schema.ALERTS.file_name] = alert_rows
-        tally.errors.append(f"day folder: {exc.strerror or exc}")
+        _drop_all(built, tally, f"day folder: {exc.strerror or exc}")
         return tally.outcome(built)
-    _append_files(folder, built, tally, sync=sync)
     epoch = int(ts.timestamp())
     qubes = {**state.qubes, **built.states}
     for vm in built.forget:
         qubes.pop(vm, None)
+    sizes = tuple((d.file_name, _size(folder / d.file_name)) for d in schema.DAILY_FILES)
+    try:
+        # Before the first row: a crash from here on is rolled back whole.
+        save_state(out_dir, attrs.evolve(state, pending=PendingTick(folder.name, sizes)), sync=sync)
+    except OSError as exc:
+        _drop_all(built, tally, f"state: {exc.strerror or exc}")
+        return tally.outcome(built)
+    _append_files(folder, built, tally, sync=sync)
     try:
         if built.alerts:
-            qubes = _append_alerts(out_dir, folder, built, qubes, epoch, tally, sync=sync)
+            qubes = _append_alerts(folder, built, qubes, tally, sync=sync)
         save_state(
             out_dir,
             State(qubes=qubes, last_ts=epoch, pending=None, rules=built.rule_state),
@@ -141,6 +133,17 @@ def _write(
     except OSError as exc:
         tally.errors.append(f"state: {exc.strerror or exc}")
     return tally.outcome(built)
+
+
+def _drop_all(built: TickRows, tally: _Tally, reason: str) -> None:
+    """Nothing of this tick is written: count every row as dropped."""
+    for name, rows in built.rows.items():
+        if rows:
+            tally.dropped[name] = len(rows)
+    alert_rows = sum(len(b.rows) for b in built.alerts)
+    if alert_rows:
+        tally.dropped[schema.ALERTS.file_name] = alert_rows
+    tally.errors.append(reason)
 
 
 def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -> None:
@@ -159,19 +162,17 @@ def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -
 
 
 def _append_alerts(
-    out_dir: Path,
     folder: Path,
     built: TickRows,
     qubes: dict[str, QubeState],
-    epoch: int,
     tally: _Tally,
     *,
     sync: bool,
 ) -> dict[str, QubeState]:
-    """alerts.csv between two state saves; the qubes' states as they stand after it.
+    """alerts.csv; the qubes' states as they stand after it.
 
-    Raises:
-        OSError: the pending state could not be saved (nothing was appended).
+    A qube whose rows a full disk cut is cut back whole and keeps its old
+    state: its entries are filed again, entire, at its next poll.
     """
     alerts_path = folder / schema.ALERTS.file_name
     start = _size(alerts_path)
@@ -180,21 +181,12 @@ def _append_alerts(
     for batch in built.alerts:
         end += sum(len(r) for r in batch.rows)
         commits.append((batch.vm, end, batch.next_state))
-    relative = str(alerts_path.relative_to(out_dir))
-    pending = PendingAlerts(file=relative, start=start, commits=tuple(commits))
-    save_state(
-        out_dir,
-        State(qubes=qubes, last_ts=epoch, pending=pending, rules=built.rule_state),
-        sync=sync,
-    )
     all_rows = [row for batch in built.alerts for row in batch.rows]
     try:
         append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
         tally.written[schema.ALERTS.file_name] = len(all_rows)
     except WriteError as exc:
         tally.errors.append(str(exc))
-        # Keep whole qubes only: a qube whose rows are cut is filed again,
-        # entire, at its next poll.
         size = start + sum(len(r) for r in all_rows[: exc.written])
         keep, kept_rows, rows_seen = start, 0, 0
         for batch, (_vm, batch_end, _state) in zip(built.alerts, commits, strict=True):

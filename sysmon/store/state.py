@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from sysmon.records import AlertCursor, PendingAlerts, QubeState, RuleState, State
+from sysmon.records import AlertCursor, PendingTick, QubeState, RuleState, State
+from sysmon.schema import DAILY_FILES
 from sysmon.store.fs import replace_atomically
 
 STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
+DAILY_NAMES = frozenset(s.file_name for s in DAILY_FILES)
 
 
 def _cursor_to_json(cursor: AlertCursor | None) -> Any:
@@ -66,19 +69,12 @@ def to_json(state: State) -> dict[str, Any]:
     """The state as JSON-ready data."""
     pending = None
     if state.pending is not None:
-        pending = {
-            "file": state.pending.file,
-            "start": state.pending.start,
-            "commits": [
-                [vm, end, None if q is None else _qube_to_json(q)]
-                for vm, end, q in state.pending.commits
-            ],
-        }
+        pending = {"folder": state.pending.folder, "sizes": [list(x) for x in state.pending.sizes]}
     return {
         "version": STATE_VERSION,
         "last_ts": state.last_ts,
         "qubes": {vm: _qube_to_json(q) for vm, q in sorted(state.qubes.items())},
-        "pending_alerts": pending,
+        "pending_tick": pending,
         "rules": {
             key: [r.since, r.polls, r.firing, r.seen] for key, r in sorted(state.rules.items())
         },
@@ -91,13 +87,14 @@ def from_json(data: Any) -> State:
         raise ValueError(f"state version {data.get('version')!r}")
     qubes = {str(vm): _qube_from_json(q) for vm, q in data["qubes"].items()}
     pending = None
-    if data.get("pending_alerts") is not None:
-        p = data["pending_alerts"]
-        commits = tuple(
-            (str(vm), int(end), None if q is None else _qube_from_json(q))
-            for vm, end, q in p["commits"]
-        )
-        pending = PendingAlerts(file=str(p["file"]), start=int(p["start"]), commits=commits)
+    if data.get("pending_tick") is not None:
+        p = data["pending_tick"]
+        folder = str(p["folder"])
+        date.fromisoformat(folder)  # a day folder's name, nothing else
+        sizes = tuple((str(name), int(size)) for name, size in p["sizes"])
+        if not {name for name, _ in sizes} <= DAILY_NAMES:
+            raise ValueError("pending tick names a file that is not a daily file")
+        pending = PendingTick(folder=folder, sizes=sizes)
     rules = {
         str(key): RuleState(
             since=float(v[0]),
