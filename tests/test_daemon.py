@@ -173,3 +173,29 @@ async def test_a_qube_flooding_within_its_caps_gets_its_share_and_no_more(tmp_pa
     assert hog_bytes <= 1024 * 1024 + 2000  # its budget, and the alert saying so
     said = [r for r in files["alerts.csv"] if "daily budget" in r["msg"]]
     assert len(said) == 1
+
+
+async def test_a_state_that_cannot_be_saved_rolls_the_tick_back_and_says_so(
+    tmp_path, autojump_clock, monkeypatch
+):
+    """No tick stays half-committed: rolled back at the next tick, and alerts.csv says why."""
+    from sysmon.store import commit  # noqa: PLC0415
+
+    real_save = commit.save_state  # type: ignore[attr-defined]
+    saves = 0
+
+    def flaky_save(out_dir, state, *, sync=True):
+        nonlocal saves
+        saves += 1
+        if saves == 4:  # the final save of the second tick
+            raise OSError(28, "No space left on device")
+        real_save(out_dir, state, sync=sync)
+
+    monkeypatch.setattr(commit, "save_state", flaky_save)
+    c = collector(tmp_path, FakeQubes({"a": "ok"}), datetime(2025, 8, 31, 12, 0, 5, tzinfo=UTC))
+    await run_for(c, 31)
+    files = read_day(tmp_path / "2025-08-31")
+    assert [r["ts"][11:19] for r in files["system.csv"]] == ["12:00:10", "12:00:30"]
+    (said,) = [r for r in files["alerts.csv"] if "state" in r["msg"]]
+    assert "could not be saved" in said["msg"]
+    assert "12:00:20" in said["msg"]

@@ -272,3 +272,22 @@ async def test_a_flood_of_new_names_keeps_only_listed_domains(tmp_path, autojump
         nursery.cancel_scope.cancel()
     xen = read_day(tmp_path / "2025-08-31")["xen.csv"]
     assert [r["vm"] for r in xen] == ["work"]  # of what dom0 listed, only work sent stats
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8))
+async def test_any_stream_bytes_are_survived(chunks):
+    """A fuzzer on the stream: whatever dom0's side sends, the follower logs and reopens."""
+    opened = 0
+
+    async def stream(on_chunk: Callable[[bytes], None]) -> int:
+        nonlocal opened
+        opened += 1
+        for chunk in chunks:
+            on_chunk(chunk)
+        return 0
+
+    follower = XenFollower(stream=stream)
+    with trio.move_on_after(0.05):  # real clock: a few reopenings at most
+        await follower.run()
+    assert opened >= 1
+    assert len(follower.latest) <= 1024

@@ -255,6 +255,12 @@ class Daemon:
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
+        for error in outcome.errors:
+            if error.startswith("state: "):  # the tick is dropped, or rolled back at the next
+                self.note(
+                    f"sysmon: the state could not be saved ({error.removeprefix('state: ')}): "
+                    f"the tick of {format_ts(ts)} is not kept"
+                )
         for aside in outcome.moved_aside:
             self.note(
                 f"sysmon: a daily file was not sysmon's (a link, a FIFO or a wrong header): "
