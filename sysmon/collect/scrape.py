@@ -16,7 +16,7 @@ from sysmon.collect.qrexec import Transport
 from sysmon.protocol.admin import CallOutcome, classify_exit
 from sysmon.protocol.metrics import Snapshot
 from sysmon.protocol.parse import DEFAULT_LIMITS, Limits, MetricsParseError, parse_metrics_untrusted
-from sysmon.records import ScrapeResult
+from sysmon.records import ScrapeResult, Status
 
 _STDERR_SHOWN = 200
 #: Replies up to this size are parsed on the event loop (a normal one, about
@@ -73,7 +73,7 @@ async def scrape_qube(
     """
     start = trio.current_time()
 
-    def result(status: str, **fields: object) -> ScrapeResult:
+    def result(status: Status, **fields: object) -> ScrapeResult:
         duration_ms = round((trio.current_time() - start) * 1000)
         return ScrapeResult(vm=vm, status=status, duration_ms=duration_ms, **fields)  # type: ignore[arg-type]
 
@@ -82,19 +82,21 @@ async def scrape_qube(
             transport.metrics_argv(address or vm, cursor), max_stdout=limits.max_bytes
         )
     except OSError as exc:
-        return result("error", detail=f"cannot run the qrexec client: {exc.strerror or exc}")
+        return result(Status.ERROR, detail=f"cannot run the qrexec client: {exc.strerror or exc}")
     outcome = classify_exit(proc.returncode)
     stderr = _stderr_excerpt(proc.stderr)
     n_bytes = len(proc.stdout)
     if proc.stdout_overflow:
         n_bytes += 1  # at least one byte over the cap; the rest was never read
     elif outcome is CallOutcome.REFUSED:
-        return result("refused", detail=stderr or "refused (exit 126)")
+        return result(Status.REFUSED, detail=stderr or "refused (exit 126)")
     elif outcome is CallOutcome.NO_SERVICE:
-        return result("no-service", detail=stderr or "no qubes.Metrics.Get in the qube (exit 127)")
+        return result(
+            Status.NO_SERVICE, detail=stderr or "no qubes.Metrics.Get in the qube (exit 127)"
+        )
     elif outcome is not CallOutcome.OK:
         return result(
-            "error",
+            Status.ERROR,
             n_bytes=n_bytes,
             detail=f"exit {proc.returncode}" + (f": {stderr}" if stderr else ""),
         )
@@ -102,12 +104,12 @@ async def scrape_qube(
         snapshot = await _parse(proc.stdout, limits, parse_offload)
     except MetricsParseError as exc:
         return result(
-            "too-big" if proc.stdout_overflow else "bad-output",
+            Status.TOO_BIG if proc.stdout_overflow else Status.BAD_OUTPUT,
             n_bytes=n_bytes,
             lines_rejected=exc.lines_rejected,
             detail=str(exc),
         )
-    status = "too-big" if proc.stdout_overflow or snapshot.over_caps else "ok"
+    status = Status.TOO_BIG if proc.stdout_overflow or snapshot.over_caps else Status.OK
     caps = set(snapshot.over_caps) | ({"bytes"} if proc.stdout_overflow else set())
     return result(
         status,
@@ -159,7 +161,7 @@ async def scrape_round(
             if scope.cancelled_caught:
                 results[vm] = ScrapeResult(
                     vm=vm,
-                    status="timeout",
+                    status=Status.TIMEOUT,
                     duration_ms=round((trio.current_time() - start) * 1000),
                     detail=f"no reply within {per_qube_timeout:g} s",
                 )

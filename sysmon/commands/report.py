@@ -28,6 +28,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.protocol.text import strip_controls
+from sysmon.records import Status
 from sysmon.store.archive import archive_day
 from sysmon.store.daily import day_folders
 
@@ -303,7 +304,7 @@ def _read(
             elif name == "scrapes.csv":
                 status = cells[positions["status"]] or "?"
                 data.health[vm][status] += 1
-                if status not in {"ok", "skipped"}:
+                if status not in {Status.OK, Status.SKIPPED}:
                     data.failures[vm].t.append(t)
                     data.failures[vm].v.append(1)
             elif name == "alerts.csv":

@@ -23,7 +23,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.protocol.names import is_valid_qube_name
-from sysmon.records import RuleState
+from sysmon.records import RuleState, Status
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -149,7 +149,7 @@ def _value(row: Mapping[str, str], columns: Iterable[str]) -> float | None:
     total = 0.0
     for column in columns:
         if column == "failed":
-            total += 0.0 if row.get("status") in {"ok", "skipped"} else 1.0
+            total += 0.0 if row.get("status") in {Status.OK, Status.SKIPPED} else 1.0
             continue
         text = (row.get(column) or "").rstrip("%")
         if not text:
