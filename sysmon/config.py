@@ -97,6 +97,10 @@ class Config:
     archive_at: str = attrs.field(default="03:50", validator=_hhmm)
     retention_days: int = attrs.field(default=14, validator=_positive(integer=True))
     min_free_mb: int = attrs.field(default=200, validator=_positive(integer=True))
+    #: Polls between the slow parts of a poll: disk lines (df) and journal
+    #: alerts (journalctl), each a process in the qube; the rest is /proc only.
+    disk_every: int = attrs.field(default=6, validator=_positive(integer=True))
+    alerts_every: int = attrs.field(default=3, validator=_positive(integer=True))
     #: The day folders and archives together never take more (oldest
     #: delivered days go first); sized below the private volume Salt gives.
     max_data_mb: int = attrs.field(default=8192, validator=_positive(integer=True))

@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,9 @@ class FakeQubes:
 
     behaviours: dict[str, object]
     calls: dict[str, int] = attrs.field(factory=dict)
+    #: The last arguments each qube was polled with (bounded: a simulated day
+    #: must not grow the heap through its own fake).
+    arguments: dict[str, deque[str]] = attrs.field(factory=dict)
     own_name_asked: int = 0
 
     async def list_qubes(self) -> Discovery:
@@ -97,6 +101,7 @@ class FakeQubes:
     ) -> ProcessResult:
         vm = argv[0]
         n = self.calls[vm] = self.calls.get(vm, 0) + 1
+        self.arguments.setdefault(vm, deque(maxlen=64)).append(argv[1])
         behaviour = self.behaviours[vm]
         if behaviour == "hang":
             await trio.sleep_forever()
@@ -126,6 +131,11 @@ class FakeQubes:
                 for i in range(100)
             )
             snap = attrs.evolve(snap, net=wide, alerts=alerts)
+        # As the handler does: the flags before the cursor leave lines out.
+        if argv[1].startswith(("nodisk.", "noalerts.nodisk.")):
+            snap = attrs.evolve(snap, disk=())
+        if "noalerts." in argv[1]:
+            snap = attrs.evolve(snap, alerts=())
         return ProcessResult(0, render(snap), b"")
 
 

@@ -199,3 +199,19 @@ async def test_a_state_that_cannot_be_saved_rolls_the_tick_back_and_says_so(
     (said,) = [r for r in files["alerts.csv"] if "state" in r["msg"]]
     assert "could not be saved" in said["msg"]
     assert "12:00:20" in said["msg"]
+
+
+async def test_the_slow_parts_are_asked_for_every_nth_poll(tmp_path, autojump_clock):
+    """Disk every 6th poll, alerts every 3rd (the defaults), the rest fast; once is full."""
+    qubes = FakeQubes({"a": "ok"})
+    c = collector(tmp_path, qubes, datetime(2025, 8, 31, 12, 0, 5, tzinfo=UTC))
+    await run_for(c, 70)
+    flags = [a.split(".")[0] if a.startswith("no") else "full" for a in qubes.arguments["a"]]
+    kinds = [
+        ("disk" if not a.startswith("nodisk.") else "") + ("alerts" if "noalerts." not in a else "")
+        for a in qubes.arguments["a"]
+    ]
+    assert kinds == ["diskalerts", "", "", "alerts", "", "", "diskalerts"]
+    assert flags[0] == "full"
+    disk = read_day(tmp_path / "2025-08-31")["disk.csv"]
+    assert [r["ts"][11:19] for r in disk] == ["12:00:10", "12:01:10"]

@@ -230,6 +230,37 @@ class TestRealJournal:
         cursor = BOOT_A.replace("-", "")[:16] + ".12ab"
         assert self._alerts(shell, proc_boot_a, journal, cursor) == ()
 
+    def test_flags_before_the_cursor_leave_lines_out(self, shell, proc_boot_a, journal):
+        """nodisk. and noalerts. leave out what costs a process; the cursor still counts."""
+        cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000.1"
+        for argument, disk, alerts in [
+            (cursor, True, 2),
+            ("nodisk." + cursor, False, 2),
+            ("noalerts.", True, 0),
+            ("nodisk.noalerts.", False, 0),
+        ]:
+            out = run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, argument=argument)
+            snap = parse_metrics_untrusted(out)
+            assert snap.sys is not None, argument
+            assert snap.net, argument
+            assert bool(snap.disk) == disk, argument
+            assert len(snap.alerts) == alerts, argument
+
+    def test_a_fast_poll_spawns_no_process(self, shell, proc_boot_a, journal, tmp_path):
+        """nodisk.noalerts.: no df, no journalctl (they would leave a trace here)."""
+        trace = tmp_path / "spawned"
+        stubs = tmp_path / "stubs"
+        stubs.mkdir()
+        for tool in ("df", "journalctl", "timeout"):
+            (stubs / tool).write_text(f"#!/bin/sh\necho {tool} >>{trace}\nexit 1\n")
+            (stubs / tool).chmod(0o755)
+        env = {"PATH": f"{stubs}:{os.environ['PATH']}"}
+        fast = "nodisk.noalerts."
+        run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, argument=fast, extra_env=env)
+        assert not trace.exists()
+        run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, extra_env=env)
+        assert set(trace.read_text().split()) >= {"df", "journalctl"}
+
     def test_caps_lines_and_length_oldest_first(self, shell, proc_boot_a, tmp_path):
         """At most 50 alert lines, the oldest, each cut to 1000 characters."""
         require_tool("journalctl")

@@ -36,6 +36,7 @@ class QubeHealth:
     failures: int = 0
     next_attempt: float = -math.inf
     in_flight: bool = False
+    polls: int = 0
 
 
 @attrs.frozen
@@ -67,6 +68,23 @@ class Health:
             else:
                 poll.append(vm)
         return poll, skipped
+
+    def argument(self, vm: str, cursor: str, *, disk_every: int, alerts_every: int) -> str:
+        """The handler's argument for this poll of ``vm``, and count the poll.
+
+        Disk lines (``df``) every ``disk_every`` polls, alert lines
+        (``journalctl``) every ``alerts_every``, the first poll in full: the
+        rest is ``/proc`` only, no process in the qube.  The cursor goes with
+        the alerts; the flags are ``nodisk.`` and ``noalerts.`` before it
+        (docs/protocol.md).
+        """
+        health = self.qubes.setdefault(vm, QubeHealth())
+        n = health.polls
+        health.polls += 1
+        flags = "" if n % disk_every == 0 else "nodisk."
+        if n % alerts_every == 0:
+            return flags + cursor
+        return flags + "noalerts."
 
     def set_in_flight(self, vms: Iterable[str], in_flight: bool) -> None:
         """Mark ``vms`` as being polled, or as done."""

@@ -199,10 +199,19 @@ class Daemon:
         try:
             cursors = await self.offload(read_cursors, self.config.out_dir)
             assert isinstance(cursors, dict)  # noqa: S101
+            arguments = {
+                vm: self.health.argument(
+                    vm,
+                    cursors.get(vm, ""),
+                    disk_every=self.config.disk_every,
+                    alerts_every=self.config.alerts_every,
+                )
+                for vm in poll
+            }
             polled = await scrape_round(
                 self.transport,
                 poll,
-                cursors,
+                arguments,
                 per_qube_timeout=self.config.scrape_timeout,
                 concurrency=self.config.concurrency,
                 on_result=lambda r: self.health.set_in_flight([r.vm], in_flight=False),
