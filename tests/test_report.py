@@ -62,6 +62,16 @@ def _out(tmp_path):
     return tmp_path
 
 
+def require_pyplot() -> None:
+    """matplotlib, or skip (it is an optional extra); CI installs it."""
+    try:
+        _import_pyplot()
+    except ReportError:
+        if IN_CI:
+            raise
+        pytest.skip("matplotlib not installed")
+
+
 def test_rates_have_no_negative_spike_across_a_reset(out):
     data = load([out], None, float("-inf"), float("inf"))
     assert data.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # KiB/s; the reset is a gap
@@ -96,12 +106,7 @@ def test_archives_and_folders_are_read_once(out):
 
 def test_page_and_charts(out, tmp_path):
     """A self-contained page with every chart, and a qube's text escaped."""
-    try:
-        _import_pyplot()
-    except ReportError:
-        if IN_CI:
-            raise
-        pytest.skip("matplotlib not installed")
+    require_pyplot()
     report = tmp_path / "report"
     done = run_sysmon("report", out, "--out", report, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -148,12 +153,7 @@ def _png_size(path) -> tuple[int, int]:
 def test_names_a_qube_chose_cannot_break_or_swell_the_report(tmp_path):
     """40 qubes, fresh mount names every poll, `$` mathtext, a 200 KiB field, years 1 and
     9999: the page is drawn, charts stay a bounded size, and skipped rows are counted."""
-    try:
-        _import_pyplot()
-    except ReportError:
-        if IN_CI:
-            raise
-        pytest.skip("matplotlib not installed")
+    require_pyplot()
     out = tmp_path / "out"
     for i in range(6):
         results = []
