@@ -91,3 +91,12 @@ def test_hostile_cells_reach_the_terminal_escaped_and_never_crash(tmp_path):
     assert "evil" in shown
     assert report.skipped_rows == 1
     assert "1 row could not be read" in shown
+
+
+def test_no_day_folder_is_one_clear_line_not_empty_tables(tmp_path):
+    """A fresh install: say where it looked and what to do, not `folder: None`."""
+    report = build_status(tmp_path / "nothing", TS, 10)
+    shown = render_status(report)
+    assert "None" not in shown
+    assert "qube" not in shown  # no empty table
+    assert f"NOT OK: no day folder under {tmp_path / 'nothing'}" in shown

@@ -140,6 +140,11 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
 
 def render_status(report: StatusReport) -> str:
     """The report as a terminal table."""
+    if report.folder is None:  # nothing written yet: no tables to show
+        return (
+            f"NOT OK: {report.reason}\n"
+            "(has `sysmon run` started? `systemctl status sysmon`; see docs/deploy.md)"
+        )
     lines = [f"folder: {report.folder}", ""]
     lines.append(f"{'file':<16} {'newest row':>12}")
     for name, age in report.file_ages.items():
