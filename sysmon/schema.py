@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -68,6 +68,21 @@ class Schema:
 def format_ts(ts: datetime) -> str:
     """Seed 002's timestamp: UTC, seconds, ``Z``."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def readable_rows(reader: Iterator[list[str]], on_skip: Callable[[], None]) -> Iterator[list[str]]:
+    """A csv reader's rows, skipping one it cannot read.
+
+    A field over the csv module's 128 KiB limit (in a file someone else
+    wrote) is skipped and told to ``on_skip``.
+    """
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            on_skip()
 
 
 def parse_ts(text: str) -> datetime | None:

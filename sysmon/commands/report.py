@@ -74,6 +74,10 @@ class Data:
     #: Interfaces or mounts past :data:`MAX_SERIES` of a qube, not drawn.
     cut_series: int = 0
 
+    def count_skipped(self) -> None:
+        """One more row that could not be read."""
+        self.skipped += 1
+
 
 def parse_when(text: str) -> float:
     """``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS][Z]`` (UTC) as epoch seconds."""
@@ -102,17 +106,6 @@ def _ts(text: str) -> float | None:
         return None
     t = ts.timestamp()
     return t if _FIRST_T <= t < _LAST_T else None
-
-
-def _rows(reader: Iterator[list[str]], data: Data) -> Iterator[list[str]]:
-    """The reader's rows; one it cannot read (a field over 128 KiB) is counted and skipped."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            data.skipped += 1
 
 
 def _num(text: str | None) -> float | None:
@@ -228,7 +221,7 @@ def _read(
         width, ts_at, vm_at = len(header), columns["ts"], columns["vm"]
         # Column name -> position, resolved once per file: cells[...] per row.
         positions = {column: columns.get(column, width) for column in _WANTED}
-        for cells in _rows(reader, data):
+        for cells in schema.readable_rows(reader, data.count_skipped):
             if len(cells) != width:
                 data.skipped += 1
                 continue
@@ -461,13 +454,10 @@ def _panels(
 
     ``points`` draws separate events (marks, no line between them).
     """
-    busy = sorted(
-        ((vm, lines) for vm, lines in groups.items() if any(s.t for _, s in lines)),
-        key=lambda item: (-sum(sum(s.v) for _, s in item[1]), item[0]),
-    )
+    busy = _by_activity(groups)
     if not busy:
         return None
-    groups = dict(sorted(busy[:MAX_PANELS]))
+    groups = {vm: groups[vm] for vm in sorted(busy[:MAX_PANELS])}
     fig, axes = plt.subplots(
         len(groups),
         1,
@@ -511,13 +501,17 @@ def _panels(
     return buffer.getvalue()
 
 
-def _not_drawn(groups: dict[str, list[tuple[str, Series]]]) -> list[str]:
-    """The qubes of a chart past the :data:`MAX_PANELS` busiest."""
-    busy = sorted(
+def _by_activity(groups: dict[str, list[tuple[str, Series]]]) -> list[str]:
+    """The qubes of a chart with data, busiest first (sum of their values), then by name."""
+    return sorted(
         (vm for vm, lines in groups.items() if any(s.t for _, s in lines)),
         key=lambda vm: (-sum(sum(s.v) for _, s in groups[vm]), vm),
     )
-    return sorted(busy[MAX_PANELS:])
+
+
+def _not_drawn(groups: dict[str, list[tuple[str, Series]]]) -> list[str]:
+    """The qubes of a chart past the :data:`MAX_PANELS` busiest."""
+    return sorted(_by_activity(groups)[MAX_PANELS:])
 
 
 def render(data: Data, out: Path) -> Path:

@@ -78,19 +78,17 @@ class _Reader:
 
     skipped: int = 0
 
+    def count_skipped(self) -> None:
+        self.skipped += 1
+
     def rows(self, path: Path) -> Iterator[dict[str, str]]:
         try:
             with path.open(newline="", encoding="utf-8", errors="replace") as f:
-                reader = csv.DictReader(f)
-                while True:
-                    try:
-                        row = next(reader)
-                    except StopIteration:
-                        return
-                    except csv.Error:  # a field over the csv module's limit
-                        self.skipped += 1
-                        continue
-                    yield {k: strip_controls(v or "") for k, v in row.items() if k}
+                reader = csv.reader(f)
+                header = next(reader, [])
+                for cells in schema.readable_rows(reader, self.count_skipped):
+                    row = dict(zip(header, cells, strict=False))
+                    yield {k: strip_controls(v) for k, v in row.items() if k}
         except OSError:
             return
 
