@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 from pathlib import Path
 
@@ -20,8 +21,12 @@ def run_handler(
     journal_dir: Path | None = None,
     timeout: float = 30,
     extra_env: dict[str, str] | None = None,
+    as_user: str | None = None,
 ) -> bytes:
-    """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0)."""
+    """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0).
+
+    ``as_user`` runs it as that user (needs root), as qrexec runs it as the qube's user.
+    """
     env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": "C"}
     if proc_root is not None:
         env["SYSMON_PROC_ROOT"] = str(proc_root)
@@ -33,6 +38,15 @@ def run_handler(
         env["QREXEC_SERVICE_ARGUMENT"] = argument
     env.update(extra_env or {})
     argv = [*SHELLS[shell], str(HANDLER)] + ([argument] if argument else [])
+    if as_user is not None:
+        ids = pwd.getpwnam(as_user)
+        argv = [
+            "setpriv",
+            f"--reuid={ids.pw_uid}",
+            f"--regid={ids.pw_gid}",
+            "--clear-groups",
+            *argv,
+        ]
     done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"", done.stderr

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, HANDLER, require_tool
+from conftest import FIXTURES, HANDLER, require_root, require_tool
 from handler_run import SHELLS, run_handler
 
 from sysmon.protocol.metrics import AlertRecord
@@ -81,7 +82,22 @@ class TestOnThisMachine:
         assert len(snap.alerts) == 1
         assert snap.alerts[0].ts_us == snap.sys.btime * 1_000_000
         assert snap.alerts[0].identifier == "sysmon-handler"
-        assert "journal not readable" in snap.alerts[0].message
+        assert snap.alerts[0].message.startswith("no journal files")
+
+    def test_a_journal_it_may_not_read_names_the_user(self, shell):
+        """Journal files it cannot read: said so, naming the user (not $USER's guess)."""
+        require_root("running the handler as another user")
+        require_tool("setpriv")
+        journal = Path(tempfile.mkdtemp(prefix="sysmon-journal-"))
+        try:
+            journal.chmod(0o755)
+            (journal / "system.journal").write_bytes(b"LPKSHHRH")
+            (journal / "system.journal").chmod(0o600)
+            out = run_handler(shell, journal_dir=journal, argument="nodisk.", as_user="nobody")
+        finally:
+            shutil.rmtree(journal)
+        message = parse_metrics_untrusted(out).alerts[0].message
+        assert message == "journal not readable by user nobody, no alerts from this qube"
 
 
 class TestRecordedTrees:
