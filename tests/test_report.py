@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import builtins
+import gzip
+import json
+import math
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 from conftest import IN_CI, run_sysmon
 from fakes import write_tick
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sysmon.commands.report import ReportError, _import_pyplot, load, parse_when
+from sysmon import schema
+from sysmon.commands.report.read import (
+    MAX_CELL,
+    Data,
+    ReportError,
+    Series,
+    import_pandas,
+    load,
+    parse_when,
+)
+from sysmon.commands.report.render import (
+    Bins,
+    _time_axis,
+    charts_of,
+    identical,
+    import_pyplot,
+    render,
+)
 from sysmon.protocol.metrics import (
     AlertRecord,
     ConnRecord,
@@ -62,19 +87,40 @@ def _out(tmp_path):
     return tmp_path
 
 
-def require_pyplot() -> None:
-    """matplotlib, or skip (it is an optional extra); CI installs it."""
+def require_report() -> None:
+    """pandas and matplotlib, or skip (an optional extra); CI installs them."""
     try:
-        _import_pyplot()
+        import_pandas()
+        import_pyplot()
     except ReportError:
         if IN_CI:
             raise
-        pytest.skip("matplotlib not installed")
+        pytest.skip("pandas or matplotlib not installed")
+
+
+@pytest.fixture(autouse=True)
+def _report_extra() -> None:
+    require_report()
+
+
+def plain(data: Data) -> dict[str, object]:
+    """Every series, count and alert of ``data`` as plain lists (the golden file's shape)."""
+    out: dict[str, object] = {
+        name: {
+            ("\t".join(k) if isinstance(k, tuple) else k): [s.t.tolist(), s.v.tolist()]
+            for k, s in series.items()
+        }
+        for name, series in data.lines().items()
+    }
+    out["health"] = {vm: dict(sorted(c.items())) for vm, c in data.health.items()}
+    out["alerts"] = sorted([float(t), vm, msg] for t, vm, msg in data.alerts)
+    out.update(rows=data.rows, skipped=data.skipped, cut_series=data.cut_series)
+    return out
 
 
 def test_rates_have_no_negative_spike_across_a_reset(out):
     data = load([out], None, float("-inf"), float("inf"))
-    assert data.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # KiB/s; the reset is a gap
+    assert data.rx["work"].v.tolist() == [1.0, 1.0, 1.0, 1.0]  # KiB/s; the reset is a gap
     assert all(v >= 0 for v in data.tx["work"].v)
     assert "lo" not in str(data.rx)
     assert data.health["dead"] == {"timeout": 6}
@@ -106,7 +152,6 @@ def test_archives_and_folders_are_read_once(out):
 
 def test_page_and_charts(out, tmp_path):
     """A self-contained page with every chart, and a qube's text escaped."""
-    require_pyplot()
     report = tmp_path / "report"
     done = run_sysmon("report", out, "--out", report, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -118,17 +163,20 @@ def test_page_and_charts(out, tmp_path):
         assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_missing_matplotlib_is_a_clear_message(monkeypatch):
+@pytest.mark.parametrize(
+    ("library", "entry"), [("matplotlib", import_pyplot), ("pandas", import_pandas)]
+)
+def test_a_missing_library_is_a_clear_message(monkeypatch, library, entry):
     real_import = builtins.__import__
 
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
+    def without(name, *args, **kwargs):
+        if name.startswith(library):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with pytest.raises(ReportError, match="pip install 'sysmon\\[report\\]'"):
-        _import_pyplot()
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(ReportError, match=f"pip install 'sysmon\\[report\\]'.*python3-{library}"):
+        entry()
 
 
 def test_days_read_in_parallel_match_one_by_one(tmp_path):
@@ -140,8 +188,13 @@ def test_days_read_in_parallel_match_one_by_one(tmp_path):
         write_tick(tmp_path, base + timedelta(seconds=10 * i), [result], None)
     one = load([tmp_path], None, float("-inf"), float("inf"), workers=1)
     two = load([tmp_path], None, float("-inf"), float("inf"), workers=2)
-    assert one == two
-    assert one.rx["work"].v == [1.0, 1.0, 1.0, 1.0]  # 23:59:50, 00:00:00 (across days), :10, :20
+    assert plain(one) == plain(two)
+    assert one.rx["work"].v.tolist() == [
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ]  # 23:59:50, 00:00:00 (across days), :10, :20
     assert one.rows == two.rows
 
 
@@ -153,7 +206,6 @@ def _png_size(path) -> tuple[int, int]:
 def test_names_a_qube_chose_cannot_break_or_swell_the_report(tmp_path):
     """40 qubes, fresh mount names every poll, `$` mathtext, a 200 KiB field, years 1 and
     9999: the page is drawn, charts stay a bounded size, and skipped rows are counted."""
-    require_pyplot()
     out = tmp_path / "out"
     for i in range(6):
         results = []
@@ -179,3 +231,116 @@ def test_names_a_qube_chose_cannot_break_or_swell_the_report(tmp_path):
     assert "q39" in page  # the qubes not drawn are listed
     _, height = _png_size(report / "disk.png")
     assert height < 4000, height
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "report"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_realistic_sample_gives_the_first_readers_points(workers):
+    """Every point the csv-module reader drew from 12 realistic hours around midnight
+    (restart, halted hour, timeouts, quoted alerts), exactly: the C reader moved no point."""
+    golden = json.loads(gzip.decompress((GOLDEN / "old-reader.json.gz").read_bytes()))
+    data = load(sorted(GOLDEN.glob("monitor-*.tgz")), None, -math.inf, math.inf, workers=workers)
+    got = plain(data)
+    assert got.keys() == golden.keys()
+    for name, expected in golden.items():
+        assert got[name] == expected, name
+    assert data.rows == 31_061
+    assert len(data.rx["sys-firewall"].t) > 1000  # rates go on across midnight and the restart
+    assert (data.rx["sys-firewall"].v >= 0).all()
+
+
+def test_rows_that_cannot_be_read_are_counted_not_guessed(tmp_path):
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    ok = "2025-08-31T12:00:{:02d}Z,work,1.0,2.0,97.0,,,,,2048,,,,,\n"
+    (day / "system.csv").write_text(
+        schema.SYSTEM.header.decode()
+        + ok.format(0)
+        + "2025-08-31T12:00:10Z,work,1.0,2.0,97.0,,,,,2048,,,,,,,extra\n"  # 17 cells
+        + "2025-08-31T12:00:20Z,"
+        + "w" * (MAX_CELL + 1)
+        + ",1,1,1,,,,,,,,,,\n"  # not our cell
+        + "yesterday,work,1,1,1,,,,,,,,,,\n"  # not a time
+        + "\n"  # a blank line
+        + ok.format(30)
+    )
+    (day / "connections.csv").write_text(
+        schema.CONNECTIONS.header.decode()
+        + "2025-08-31T12:00:00Z,work,3,1\n"
+        + "2025-08-31T12:00:10Z,work,=cmd|x,1\n"  # not a number: this cell empty, the file read
+        + "2025-08-31T12:00:20Z,work,inf,1\n"
+        + "2025-08-31T12:00:30Z,work,5,1\n"
+    )
+    data = load([day], None, -math.inf, math.inf)
+    assert data.cpu["work"].v.tolist() == [3.0, 3.0]
+    assert data.mem["work"].v.tolist() == [2.0, 2.0]
+    assert data.tcp["work"].v.tolist() == [3.0, 5.0]
+    assert data.skipped == 4  # 17 cells, the long cell, the time, the blank line
+    assert data.rows == 3 + 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.floats(0, 100), st.none() | st.floats(0, 100),
+                          st.none() | st.integers(0, 2**52)), min_size=1, max_size=20))  # fmt: skip
+def test_cpu_and_memory_are_what_the_rows_say(tmp_path_factory, cells):
+    """Rows written by the schema's own writer read back cell for cell."""
+    out = tmp_path_factory.mktemp("out")
+    (out / "2025-08-31").mkdir()
+    rows = [
+        schema.SYSTEM.format_row([T0 + timedelta(seconds=10 * i), "work", user, system, None,
+                                  None, None, None, None, used, None, None, None, None, None])
+        for i, (user, system, used) in enumerate(cells)
+    ]  # fmt: skip
+    (out / "2025-08-31" / "system.csv").write_bytes(schema.SYSTEM.header + b"".join(rows))
+    data = load([out], None, -math.inf, math.inf, workers=1)
+
+    def dec1(value: float | None) -> float | None:
+        return None if value is None else float(f"{value:.1f}")  # as the file holds it
+
+    as_written = [(dec1(user), dec1(system), used) for user, system, used in cells]
+    cpu = [u + s for u, s, _ in as_written if u is not None and s is not None]
+    assert data.cpu.get("work", Series(np.array([]), np.array([]))).v.tolist() == cpu
+    mem = [n / 1024 for _, _, n in as_written if n is not None]
+    assert data.mem.get("work", Series(np.array([]), np.array([]))).v.tolist() == mem
+    assert data.rows == len(cells)
+
+
+def test_one_machine_under_several_names_is_said_on_the_page(tmp_path):
+    """The demo's qubes are this machine: the page says so instead of looking broken."""
+    out = tmp_path / "out"
+    for i in range(4):
+        results = [ScrapeResult(vm, "ok", 3, snapshot=snap(i + 1, 1024 * i)) for vm in ("a", "b")]
+        restarted = snap(i + 1, 1024 * i, boot="b" if i < 2 else "b2")  # c differs: a gap
+        results.append(ScrapeResult("c", "ok", 3, snapshot=restarted))
+        write_tick(out, T0 + timedelta(seconds=10 * i), results, None)
+    data = load([out], None, -math.inf, math.inf)
+    assert identical(data) == [["a", "b"]]
+    page = render(data, tmp_path / "report").read_text()
+    assert "a, b report identical CPU series" in page
+
+
+def test_a_single_filesystem_is_named_and_short_runs_read_as_times_of_day(out):
+    """Each heatmap row names qube and mount; a minute of polls is labelled HH:MM:SS,
+    a lone instant spans ten minutes (not 2025-2029)."""
+    data = load([out], None, -math.inf, math.inf)
+    disk = next(c for c in charts_of(data) if c.name == "disk")
+    assert list(disk.series) == ["work /rw"]
+    bins = Bins.spanning(data)
+    assert bins is not None
+    assert bins.width * bins.count <= 3600
+    plt = import_pyplot()
+    fig, ax = plt.subplots()
+    ax.set_xlim(bins.start / 86400, (bins.start + bins.width * bins.count) / 86400)
+    _time_axis(ax, bins)
+    fig.canvas.draw()
+    labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    plt.close(fig)
+    assert labels
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", text) for text in labels), labels
+    assert ax.get_xlabel() == "UTC, 2025-08-31"
+    lone = load([out], None, -math.inf, parse_when("2025-08-31T12:00:00"))
+    lone_bins = Bins.spanning(lone)
+    assert lone_bins is not None
+    assert 600 <= lone_bins.width * lone_bins.count <= 700

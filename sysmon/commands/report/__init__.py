@@ -1,0 +1,33 @@
+"""``sysmon report``: an offline HTML page with charts, from day folders and archives.
+
+Meant for an offline analysis qube, after restoring archives from the vault.
+pandas and matplotlib are an optional extra (``pip install 'sysmon[report]'``,
+or Debian's python3-pandas and python3-matplotlib).  :mod:`.read` reads every
+day once, a day per process; :mod:`.render` draws the page.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sysmon.commands.report.read import ReportError, load, parse_when
+from sysmon.commands.report.render import render
+
+
+def main(
+    paths: list[Path], out: Path, vms: list[str] | None, start: str | None, end: str | None
+) -> int:
+    """``sysmon report``: exit 2 with the reason when there is nothing to draw."""
+    try:
+        since = parse_when(start) if start else float("-inf")
+        until = parse_when(end) if end else float("inf")
+        data = load(paths, set(vms) if vms else None, since, until)
+        if data.rows == 0:
+            raise ReportError("no sysmon rows in " + ", ".join(map(str, paths)))
+        page = render(data, out)
+    except ReportError as exc:
+        print(f"sysmon report: {exc}", file=sys.stderr)
+        return 2
+    print(f"{page} ({data.rows:,} rows)")
+    return 0
