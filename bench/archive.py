@@ -2,8 +2,9 @@
 
     python bench/archive.py [--qubes 30] [--ifaces 3] [--disks 3]
 
-Writes one full day (8,640 ticks at 10 s) for N qubes with the real row
-writer, then builds and verifies the day's archive in a worker thread, as
+Writes one realistic full day (8,640 ticks at 10 s, bench/realistic.py:
+random walks, bursty counters, a restart, an hour halted, timeouts) for N
+qubes, then builds and verifies the day's archive in a worker thread, as
 the daemon does, while a trio task ticks every 100 ms and records how late
 each wake-up is.  Prints the day's bytes per file and per qube, the archive's
 time, size and ratio, and the worst and median tick lateness beside a run
@@ -15,12 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from realistic import generate
 
 from sysmon import schema
 from sysmon.store.archive import build_archive
@@ -29,67 +35,10 @@ DAY = date(2025, 8, 31)
 
 
 def write_day(out: Path, qubes: int, ifaces: int, disks: int, day: date = DAY) -> dict[str, int]:
-    """A realistic day: the same row shapes the daemon writes, appended in bulk."""
-    folder = out / day.isoformat()
-    folder.mkdir(parents=True)
-    files = {s.file_name: (folder / s.file_name).open("wb") for s in schema.DAILY_FILES}
-    for daily in schema.DAILY_FILES:
-        files[daily.file_name].write(daily.header)
+    """One realistic day (bench/realistic.py); its bytes per file."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    for tick in range(8640):
-        ts = start + timedelta(seconds=10 * tick)
-        for q in range(qubes):
-            vm = f"qube-{q:03d}"
-            n = tick + 1
-            files["system.csv"].write(
-                schema.SYSTEM.format_row(
-                    [
-                        ts,
-                        vm,
-                        3.1,
-                        1.7,
-                        95.0,
-                        0.37,
-                        0.28,
-                        0.22,
-                        4_000_000,
-                        1_200_000 + n,
-                        2_800_000 - n,
-                        1_000_000,
-                        0,
-                        1,
-                        0,
-                    ]
-                )
-            )
-            for i in range(ifaces):
-                files["network.csv"].write(
-                    schema.NETWORK.format_row([ts, vm, f"eth{i}", 1000 * n, 0, 0, 700 * n, 0, 0])
-                )
-            files["connections.csv"].write(schema.CONNECTIONS.format_row([ts, vm, 12, 4]))
-            for d in range(disks):
-                files["disk.csv"].write(
-                    schema.DISK.format_row(
-                        [
-                            ts,
-                            vm,
-                            f"/dev/xvd{'abc'[d]}",
-                            ["/", "/rw", "/tmp"][d],
-                            20_000_000,
-                            5_000_000 + n,
-                            15_000_000 - n,
-                            26,
-                        ]
-                    )
-                )
-            files["scrapes.csv"].write(schema.SCRAPES.format_row([ts, vm, "ok", 12, 950, 9, 0]))
-            files["xen.csv"].write(schema.XEN.format_row([ts, vm, 3, 6, 1000 * n, 4_000_000]))
-        if tick % 6 == 0:
-            for q in range(qubes):
-                files["qubes.csv"].write(schema.QUBES.format_row([ts, f"qube-{q:03d}", "Running"]))
-    for f in files.values():
-        f.close()
-    return {name: (folder / name).stat().st_size for name in files}
+    (folder,) = generate(out, qubes=qubes, start=start, ticks=8640, ifaces=ifaces, disks=disks)
+    return {s.file_name: (folder / s.file_name).stat().st_size for s in schema.DAILY_FILES}
 
 
 async def lateness_while(work: object | None, seconds: float = 0.0) -> list[float]:

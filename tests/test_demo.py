@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from conftest import run_sysmon
 from csvcheck import read_day
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sysmon.commands.demo import demo_names
+from sysmon.commands.demo import demo_names, slice_of
 from sysmon.protocol.names import is_valid_qube_name
 
 
@@ -22,6 +24,30 @@ def test_demo_runs_the_real_pipeline(tmp_path):
     assert any(r["cpu_user"] for r in files["system.csv"])  # the second poll has a rate
     assert {r["status"] for r in files["scrapes.csv"]} == {"ok"}
     assert {r["vm"] for r in files["qubes.csv"]} >= {"dom0", "sys-monitor", "untrusted"}
+    # Each qube sees its own slice of this machine's interfaces: the slices part them.
+    seen = {vm: {r["if"] for r in files["network.csv"] if r["vm"] == vm} for vm in demo_names()}
+    everyone = set().union(*seen.values())
+    assert sum(len(ifaces) for ifaces in seen.values()) == len(everyone)
+
+
+@given(
+    st.lists(st.sampled_from(["lo", "eth0", "eth1", "vif3.0", "wlan0"]), unique=True),
+    st.lists(st.sampled_from(["/", "/rw", "/home", "/tmp"]), unique=True),
+    st.integers(1, 5),
+)
+def test_the_demo_qubes_slices_part_the_interfaces_and_mounts(ifaces, mounts, n):
+    output = b"".join(
+        [b"sys: protocol=1 boot_id=b\n"]
+        + [f"net: if={i} rx_bytes=1\n".encode() for i in ifaces]
+        + [f"disk: fs=/dev/x mount={m} size_kb=1\n".encode() for m in mounts]
+    )
+    slices = [slice_of(output, i, n).split(b"\n") for i in range(n)]
+    for s in slices:
+        assert s[0] == b"sys: protocol=1 boot_id=b"
+    nets = [line for s in slices for line in s if line.startswith(b"net: ")]
+    disks = [line for s in slices for line in s if line.startswith(b"disk: ")]
+    assert len(nets) == len(set(nets)) == len(ifaces)  # every one once, in one slice
+    assert len(disks) == len(set(disks)) == len(mounts)
 
 
 def test_names_are_valid_qube_names():

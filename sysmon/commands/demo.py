@@ -57,19 +57,43 @@ def demo_names(hostname: str | None = None) -> list[str]:
 
 @attrs.frozen
 class LocalHandler:
-    """A transport that runs the handler here instead of in a qube."""
+    """A transport that runs the handler here instead of in a qube.
+
+    Every demo qube is this machine, so each is given its own slice of the
+    machine's interfaces and mounts (the i-th of every n, by name): their
+    network and disk charts then differ.  CPU, memory and load are the
+    machine's own, the same for all of them (the demo says so).
+    """
 
     handler: Path
+    names: tuple[str, ...] = ()
 
-    def metrics_argv(self, target: str, argument: str) -> list[str]:  # noqa: ARG002
-        """Every demo qube is this machine."""
-        return ["sh", str(self.handler), *([argument] if argument else [])]
+    def metrics_argv(self, target: str, argument: str) -> list[str]:
+        """The handler's command line, after the slice this qube sees (``i``, ``n``)."""
+        i = self.names.index(target) if target in self.names else 0
+        return [str(i), str(max(1, len(self.names))), "sh", str(self.handler)] + (
+            [argument] if argument else []
+        )
 
     async def call(
         self, argv: Sequence[str], *, max_stdout: int, env: Mapping[str, str] | None = None
     ) -> ProcessResult:
-        """Run the handler bounded, as qrexec-client-vm would be."""
-        return await run_bounded(argv, max_stdout=max_stdout, env=env)
+        """Run the handler bounded, as qrexec-client-vm would be; keep this qube's slice."""
+        i, n = int(argv[0]), int(argv[1])
+        result = await run_bounded(argv[2:], max_stdout=max_stdout, env=env)
+        return attrs.evolve(result, stdout=slice_of(result.stdout, i, n))
+
+
+def slice_of(output: bytes, i: int, n: int) -> bytes:
+    """The handler's ``output`` with only the i-th of every n interfaces and mounts."""
+    lines = output.split(b"\n")
+    kept = set()
+    for kind in (b"net: if=", b"disk: fs="):
+        mine = sorted(line for line in lines if line.startswith(kind))
+        kept |= set(mine[i::n])
+    return b"\n".join(
+        line for line in lines if not line.startswith((b"net: ", b"disk: ")) or line in kept
+    )
 
 
 @attrs.frozen
@@ -126,6 +150,10 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     names = demo_names()
     print(f"sysmon demo: {', '.join(names)} are this machine, polled with {handler}")
     print(
+        "  (they share its CPU, memory and load; each sees its own slice of the"
+        " machine's interfaces and mounts)"
+    )
+    print(
         f"writing daily CSV files under {out_dir}/<UTC day>/"
         f" every {interval:g} s for {duration:g} s"
     )
@@ -138,7 +166,7 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     daemon = Daemon(
         config,
         DemoDiscovery(tuple(names)),
-        LocalHandler(handler),
+        LocalHandler(handler, tuple(names)),
         notify=lambda _message: None,
         on_tick=on_tick,
     )

@@ -33,7 +33,26 @@ MAX_BINS = 700
 #: Characters of a name or mount drawn on a chart.
 MAX_LABEL = 36
 #: Bin widths a heatmap may use (s): the first that gives at most MAX_BINS columns.
-_WIDTHS = (10, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+_WIDTHS = (
+    1,
+    2,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1200,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+)
 
 
 def import_pyplot() -> Any:
@@ -132,7 +151,7 @@ class Bins:
             return None
         first, last = min(a for a, _ in ends), max(b for _, b in ends)
         width = next((w for w in _WIDTHS if (last - first) / w < MAX_BINS), _WIDTHS[-1])
-        if last - first < 600:  # a lone instant: ten minutes around it, not years
+        if last == first:  # a lone instant: ten minutes around it, not years
             middle = (first + last) / 2
             first, last = middle - 300, middle + 300
         start = first - first % width
@@ -202,6 +221,7 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     ranked = Ranked.of(chart.series)
     if not ranked.labels:
         return None, ranked
+    log = chart.scale == "log" and any((chart.series[k].v > 0).any() for k in ranked.labels)
     if chart.kind == "mean":
         bins = bins.coarse_enough(np, chart.series)
     rows = ranked.labels[:MAX_ROWS]
@@ -209,7 +229,7 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
     if chart.scale == "percent":  # 0 to the highest seen: 2% and 9% must look apart
         norm: Any = Normalize(0, min(100.0, top) if top > 0 else 1.0)
-    elif chart.scale == "log" and top > 0:
+    elif log and top > 0:
         positive = grid[grid > 0]
         norm = LogNorm(max(float(np.nanpercentile(positive, 1)), top * 1e-6), top)
         grid = np.where(grid > 0, grid, np.nan)
@@ -236,17 +256,19 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
         loc="left", fontsize=9,
     )  # fmt: skip
     middles = (edges[:-1] + edges[1:]) / 2
+    highest = 0.0
     for k in ranked.labels[:TOP_LINES]:
         values = bins.matrix(np, chart.series[k], chart.kind)
+        highest = max(highest, float(np.nanmax(values)) if np.isfinite(values).any() else 0.0)
         style = "o" if chart.kind == "count" or np.isfinite(values).sum() == 1 else "-"
         lines.plot(middles, values, style, markersize=3, linewidth=1.0, label=_label(k))
     lines.set_ylabel(chart.unit)
-    if chart.scale == "log":
+    if log:  # not when nothing moved: a log scale has no 0
         lines.set_yscale("log")
         lines.yaxis.set_major_formatter(plain)
         lines.yaxis.set_minor_formatter(NullFormatter())
-    else:
-        lines.set_ylim(bottom=0)
+    else:  # from 0, with room above the highest line (a flat one is not hidden in the frame)
+        lines.set_ylim(0, highest * 1.15 if highest > 0 else 1.0)
     lines.grid(alpha=0.3)
     lines.legend(  # above the lines, under the heatmap: it hides no point
         loc="lower left",
