@@ -249,10 +249,12 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     per_bin = "count" if chart.kind == "count" else "mean"
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")  # mathtext is off: no 10^x
     fig.colorbar(image, ax=heat, label=chart.unit, pad=0.01, format=plain)
+    more = (
+        f" (the first {MAX_ROWS} drawn, all in the table)" if len(ranked.labels) > MAX_ROWS else ""
+    )
     heat.set_title(
-        f"{len(ranked.labels)} shown busiest first"
-        + (f" (the first {MAX_ROWS})" if len(ranked.labels) > MAX_ROWS else "")
-        + f"; a column is the {per_bin} over {_duration(bins.width)}; grey: no sample",
+        f"{len(ranked.labels)} with data, busiest first{more}"
+         f"; a column is the {per_bin} over {_duration(bins.width)}; grey: no sample",
         loc="left", fontsize=9,
     )  # fmt: skip
     middles = (edges[:-1] + edges[1:]) / 2
