@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -344,3 +345,28 @@ def test_a_single_filesystem_is_named_and_short_runs_read_as_times_of_day(out):
     lone_bins = Bins.spanning(lone)
     assert lone_bins is not None
     assert 600 <= lone_bins.width * lone_bins.count <= 700
+
+
+def test_the_realistic_generator_writes_what_the_schema_writes(tmp_path, monkeypatch):
+    """bench/realistic.py formats rows by templates for speed: byte for byte what
+    ``Schema.format_row`` writes for the same values (checked on two days of polls)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    try:
+        import realistic  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    start = datetime(2025, 8, 31, 23, 0, tzinfo=UTC)
+    fast = realistic.generate(tmp_path / "fast", qubes=4, start=start, ticks=720, seed=3)
+
+    def exact(file_name: str, values: list[object]) -> str:
+        daily = next(s for s in schema.DAILY_FILES if s.file_name == file_name)
+        return daily.format_row([schema.parse_ts(str(values[0])), *values[1:]]).decode()
+
+    monkeypatch.setattr(realistic, "fast_row", exact)
+    slow = realistic.generate(tmp_path / "slow", qubes=4, start=start, ticks=720, seed=3)
+    assert [p.name for p in fast] == [p.name for p in slow] == ["2025-08-31", "2025-09-01"]
+    for a, b in zip(fast, slow, strict=True):
+        for daily in schema.DAILY_FILES:
+            assert (a / daily.file_name).read_bytes() == (b / daily.file_name).read_bytes()
+    alerts = (fast[1] / "alerts.csv").read_text() + (fast[0] / "alerts.csv").read_text()
+    assert '""' in alerts  # quoted quotes: the alerts are the hard kind
