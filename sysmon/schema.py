@@ -16,6 +16,8 @@ import attrs
 
 from sysmon.protocol.text import clean_text, neutralise_formula
 
+#: The files' layout; an archive's metadata names it (bumped when a column changes).
+SCHEMA_VERSION = 1
 #: A row is one write(); tailers read one physical line at a time, and a
 #: line under a page never tears for a reader.
 MAX_ROW_BYTES = 4096

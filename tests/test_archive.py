@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -17,11 +19,16 @@ from fakequbes.world import leftover_processes, make_world
 from fakes import inline
 from structlog.testing import capture_logs
 
+from sysmon import __version__
 from sysmon.commands.archive import NightlyArchive, next_archive_time, qvm_copy_to_vm, run_archive
 from sysmon.config import Config
+from sysmon.schema import SCHEMA_VERSION
 from sysmon.store.archive import (
+    HOST_ID_NAME,
+    META_NAME,
     ArchiveError,
     build_archive,
+    host_identity,
     is_delivered,
     prune,
     record_attempt,
@@ -357,8 +364,28 @@ def test_a_cut_copy_is_resent_under_a_new_name(tmp_path):
     incoming = tmp_path / "world" / "vault" / "home" / "QubesIncoming" / "sys-monitor"
     whole = incoming / f"monitor-{yesterday}.2.tgz"
     with tarfile.open(whole) as tar:
-        assert len(tar.getnames()) == 2
+        assert len(tar.getnames()) == 3  # two CSV files and where they came from
+        member = tar.extractfile(f"{yesterday}/{META_NAME}")
+        assert member is not None
+        meta = json.loads(member.read())
+    identity = (tmp_path / "out" / HOST_ID_NAME).read_text().strip()
+    assert meta == {
+        "schema": SCHEMA_VERSION,
+        "sysmon": __version__,
+        "host": identity,
+        "day": yesterday.isoformat(),
+        "interval_s": 10.0,
+    }
     assert is_delivered(tmp_path / "out", yesterday)
+
+
+def test_the_host_identity_is_made_once_and_kept(tmp_path):
+    first = host_identity(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert host_identity(tmp_path) == first  # a restart, a rename: the same host
+    (tmp_path / HOST_ID_NAME).write_text("../../etc/passwd\n")
+    with pytest.raises(ArchiveError, match="does not hold a host identity"):
+        host_identity(tmp_path)
 
 
 @pytest.mark.parametrize(

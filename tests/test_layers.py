@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform"},
     "sysmon.logconfig": set(),
     "sysmon.commands": {
+        "sysmon",  # the root holds only __version__
         "sysmon.protocol",
         "sysmon.schema",
         "sysmon.records",

@@ -23,6 +23,7 @@ import structlog
 import trio
 from dateutil import tz
 
+from sysmon import __version__
 from sysmon.collect.process import run_bounded
 from sysmon.config import Config
 from sysmon.protocol.admin import EXIT_REFUSED
@@ -31,6 +32,7 @@ from sysmon.store.archive import (
     Pruned,
     archive_lock,
     build_archive,
+    day_meta,
     days_to_deliver,
     is_delivered,
     mark_delivered,
@@ -140,7 +142,12 @@ async def _run_archive(
             outcomes.append(DayOutcome(day, "already", "delivered before"))
             continue
         try:
-            path = await offload(build_archive, out_dir, day)
+            meta = await offload(
+                functools.partial(day_meta, version=__version__, interval=config.interval),
+                out_dir,
+                day,
+            )
+            path = await offload(build_archive, out_dir, day, meta)
         except ArchiveError as exc:
             outcomes.append(DayOutcome(day, "failed", str(exc)))
             log.error("archive_failed", day=day.isoformat(), error=str(exc))  # noqa: TRY400

@@ -4,7 +4,9 @@ Synchronous file work (the daemon runs it in a thread); the copy to the
 vault itself is :func:`sysmon.archiver.deliver`.  Files under
 ``<out_dir>/archives/`` (outside every tailer's ``*/<file>.csv`` glob):
 
-- ``monitor-YYYY-MM-DD.tgz`` -- the day folder as ``YYYY-MM-DD/<file>.csv``;
+- ``monitor-YYYY-MM-DD.tgz`` -- the day folder as ``YYYY-MM-DD/<file>.csv``
+  and ``YYYY-MM-DD/sysmon-meta.json`` (where the day came from: the host's
+  identity, sysmon's and the schema's versions, the poll interval);
   written under a temporary name, fsynced, renamed, then read back and
   checked (members and sizes) before it is sent;
 - ``monitor-YYYY-MM-DD.attempts`` -- one line per copy started, so a copy
@@ -18,19 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import re
+import secrets
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
 import attrs
 
+from sysmon.schema import SCHEMA_VERSION
 from sysmon.store.daily import day_folders
 from sysmon.store.fs import fsync_dir, write_file
 
 ARCHIVE_DIR = "archives"
+#: The archive's metadata member, written into the day folder before packing.
+META_NAME = "sysmon-meta.json"
+#: A random identity for this sys-monitor, made once: it survives a rename of
+#: the qube (the private volume goes with it), so a machine's days stay one host.
+HOST_ID_NAME = "host-id"
+_HOST_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class ArchiveError(Exception):
@@ -132,8 +144,48 @@ def verify_archive(path: Path, folder: Path) -> None:
         raise ArchiveError(f"{path.name} does not match {folder}: {found} != {expected}")
 
 
-def build_archive(out_dir: Path, day: date) -> Path:
+def host_identity(out_dir: Path) -> str:
+    """This sys-monitor's identity (32 hex digits), made on first use.
+
+    Raises:
+        ArchiveError: the file holds something else (it was replaced).
+    """
+    path = out_dir / HOST_ID_NAME
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+        )
+    except FileExistsError:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+        if not _HOST_ID.fullmatch(text):
+            raise ArchiveError(f"{path} does not hold a host identity") from None
+        return text
+    identity = secrets.token_hex(16)
+    try:
+        os.write(fd, identity.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(out_dir)
+    return identity
+
+
+def day_meta(out_dir: Path, day: date, *, version: str, interval: float) -> dict[str, object]:
+    """What a day's archive says about where it came from."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "sysmon": version,
+        "host": host_identity(out_dir),
+        "day": day.isoformat(),
+        "interval_s": interval,
+    }
+
+
+def build_archive(out_dir: Path, day: date, meta: Mapping[str, object] | None = None) -> Path:
     """Pack ``day`` into its verified ``.tgz`` (kept if already verified).
+
+    ``meta`` is written first as the day's ``sysmon-meta.json`` (kept if the
+    folder has one), so the archive says where it came from.
 
     Raises:
         ArchiveError: no such day, a full disk, or an archive that does not
@@ -142,6 +194,11 @@ def build_archive(out_dir: Path, day: date) -> Path:
     folder = out_dir / day.isoformat()
     if not folder.is_dir():
         raise ArchiveError(f"no day folder {folder}")
+    if meta is not None and not (folder / META_NAME).exists():
+        try:
+            write_file(folder / META_NAME, json.dumps(dict(meta), sort_keys=True).encode() + b"\n")
+        except OSError as exc:
+            raise ArchiveError(f"writing {META_NAME}: {exc.strerror or exc}") from exc
     target = tgz_path(out_dir, day)
     if target.exists():
         try:
