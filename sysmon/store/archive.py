@@ -26,7 +26,7 @@ import re
 import secrets
 import shutil
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -95,6 +95,36 @@ def archive_day(name: str) -> date | None:
         return date.fromisoformat(name.removeprefix("monitor-")[:10])
     except ValueError:
         return None
+
+
+def day_units(paths: Iterable[Path]) -> list[Path]:
+    """Day folders and ``monitor-*.tgz`` archives under ``paths``, one per day, by day.
+
+    A folder wins over its archive, the first archive over its ``.N`` copies.
+    ``paths`` are day folders, archives, or out_dirs (their day folders and
+    their ``archives/``).
+
+    Raises:
+        ArchiveError: a path that is none of these.
+    """
+    by_day: dict[str, Path] = {}
+    for path in paths:
+        if path.is_file():
+            day = archive_day(path.name)
+            by_day.setdefault(day.isoformat() if day else path.name, path)
+        elif path.is_dir() and (path / "system.csv").exists():
+            by_day[path.name] = path
+        elif path.is_dir():
+            archives = archive_dir(path)
+            if archives.is_dir():
+                for tgz in sorted(archives.glob("monitor-*.tgz")):
+                    if (day := archive_day(tgz.name)) is not None:
+                        by_day.setdefault(day.isoformat(), tgz)
+            for folder_day in day_folders(path):
+                by_day[folder_day.isoformat()] = path / folder_day.isoformat()
+        else:
+            raise ArchiveError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
+    return [by_day[day] for day in sorted(by_day)]
 
 
 def is_delivered(out_dir: Path, day: date) -> bool:

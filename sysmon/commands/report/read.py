@@ -29,8 +29,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.records import Status
-from sysmon.store.archive import archive_day
-from sysmon.store.daily import day_folders
+from sysmon.store.archive import ArchiveError, day_units
 
 
 class ReportError(Exception):
@@ -411,24 +410,10 @@ def _day_rates(pd: Any, np: Any, part: _Part, counters: Any) -> None:
 
 def units(paths: Iterable[Path]) -> list[Path]:
     """Day folders and archives, one per day (a folder wins over its archive), by day."""
-    by_day: dict[str, Path] = {}
-    for path in paths:
-        if path.is_file():
-            day = archive_day(path.name)
-            by_day.setdefault(day.isoformat() if day else path.name, path)
-        elif path.is_dir() and (path / "system.csv").exists():
-            by_day[path.name] = path
-        elif path.is_dir():
-            archives = path / "archives"
-            if archives.is_dir():
-                for tgz in sorted(archives.glob("monitor-*.tgz")):
-                    if (day := archive_day(tgz.name)) is not None:
-                        by_day.setdefault(day.isoformat(), tgz)
-            for folder_day in day_folders(path):
-                by_day[folder_day.isoformat()] = path / folder_day.isoformat()
-        else:
-            raise ReportError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
-    return [by_day[day] for day in sorted(by_day)]
+    try:
+        return day_units(paths)
+    except ArchiveError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def load(
