@@ -1,4 +1,4 @@
-"""Command line: ``python -m sysmon once|run|status|archive|report|demo``.
+"""Command line: ``python -m sysmon once|run|status|archive|report|export|demo``.
 
 Each command lives in :mod:`sysmon.commands`; this module parses, configures
 logging and loads the configuration (errors exit 2, naming the key).
@@ -74,6 +74,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Day folders and archives as OpenMetrics, Influx lines or Loki pushes."""
+    from sysmon.commands import export  # noqa: PLC0415
+
+    return export.main(
+        args.paths,
+        fmt=args.format,
+        host=args.host,
+        start=args.start,
+        end=args.end,
+        output=args.output,
+        ledger=args.ledger,
+        use_ledger=not args.no_ledger,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the daemon's pipeline against this machine presented as a few qubes."""
     from sysmon.commands.demo import run_demo  # noqa: PLC0415
@@ -130,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--from", dest="start", help="UTC date or time, e.g. 2025-08-31T06:00")
     report.add_argument("--to", dest="end", help="UTC date or time")
     report.set_defaults(func=cmd_report, log_level=logging.WARNING)
+
+    export = command("export", "day folders and archives for VictoriaMetrics, Prometheus, Loki")
+    export.add_argument("paths", type=Path, nargs="+", help="day folders, out_dirs, monitor-*.tgz")
+    export.add_argument(
+        "--format", choices=("openmetrics", "influx", "alerts-jsonl"), default="openmetrics"
+    )
+    export.add_argument("--host", help="the host label (default: the archive's own identity)")
+    export.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD")
+    export.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD")
+    export.add_argument("-o", "--output", type=Path, help="write here, not to stdout")
+    export.add_argument("--ledger", type=Path, help="days exported before (default: XDG state)")
+    export.add_argument("--no-ledger", action="store_true", help="export every day, remember none")
+    export.set_defaults(func=cmd_export, log_level=logging.WARNING)
 
     demo = command("demo", "run the real pipeline on this machine, shown as a few qubes")
     demo.add_argument("--out-dir", type=Path, default=Path("demo-out"))

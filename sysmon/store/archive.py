@@ -101,8 +101,8 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
     """Day folders and ``monitor-*.tgz`` archives under ``paths``, one per day, by day.
 
     A folder wins over its archive, the first archive over its ``.N`` copies.
-    ``paths`` are day folders, archives, or out_dirs (their day folders and
-    their ``archives/``).
+    ``paths`` are day folders, archives, folders of archives, or out_dirs
+    (their day folders and their ``archives/``).
 
     Raises:
         ArchiveError: a path that is none of these.
@@ -115,11 +115,12 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
         elif path.is_dir() and (path / "system.csv").exists():
             by_day[path.name] = path
         elif path.is_dir():
-            archives = archive_dir(path)
-            if archives.is_dir():
-                for tgz in sorted(archives.glob("monitor-*.tgz")):
-                    if (day := archive_day(tgz.name)) is not None:
-                        by_day.setdefault(day.isoformat(), tgz)
+            # An out_dir's archives/, or a folder of archives (the vault's QubesIncoming).
+            for tgz in sorted(
+                [*archive_dir(path).glob("monitor-*.tgz"), *path.glob("monitor-*.tgz")]
+            ):
+                if (day := archive_day(tgz.name)) is not None:
+                    by_day.setdefault(day.isoformat(), tgz)
             for folder_day in day_folders(path):
                 by_day[folder_day.isoformat()] = path / folder_day.isoformat()
         else:

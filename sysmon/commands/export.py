@@ -1,0 +1,463 @@
+"""``sysmon export``: day folders and vault archives into the time-series engines' formats.
+
+sys-monitor has no network, so its days leave only as ``monitor-DAY.tgz`` in the
+vault.  This turns them -- read in place, never extracted -- into what
+VictoriaMetrics (``/api/v1/import/prometheus``), ``promtool tsdb
+create-blocks-from openmetrics`` (Prometheus), InfluxDB and Loki take in:
+
+- ``openmetrics``: every numeric cell a sample (an empty cell none), families
+  together (each family is spooled to a file of its own while the days are
+  read once, then written whole), ``# EOF`` at the end;
+- ``influx``: one line per row, a measurement per file;
+- ``alerts-jsonl``: each alert a push body for Loki.
+
+The ``host`` label is the archive's own (its ``sysmon-meta.json``), unless
+``--host`` says otherwise.  A ledger of (host, day, content hash) makes a
+second export of the same day -- or of the vault's ``monitor-DAY.2.tgz`` copy
+-- write nothing.  Everything read is untrusted: a qube naming more than
+:data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
+than :data:`MAX_QUBES` qubes, gets no more series; the rows left out are
+counted in ``sysmon_export_cut_rows``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from datetime import date
+from pathlib import Path
+from typing import IO, TextIO
+
+import attrs
+
+from sysmon import schema
+from sysmon.store.archive import META_NAME, ArchiveError, archive_day, day_units
+from sysmon.transform import exposition
+
+FORMATS = ("openmetrics", "influx", "alerts-jsonl")
+#: Interfaces (network.csv) or filesystems (disk.csv) one qube may name in a day.
+MAX_LABEL_VALUES = 32
+#: Qubes one host's day may hold (as the collector's own cap on domains).
+MAX_QUBES = 1024
+#: What a host label may be: what a qube name or a host identity can be.
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_FILES = {s.file_name: s for s in schema.DAILY_FILES}
+
+
+class ExportError(Exception):
+    """Nothing can be exported; the message says why."""
+
+
+@attrs.frozen
+class Day:
+    """One day to export: where it is, its host, and a hash of what it holds."""
+
+    path: Path
+    day: date
+    host: str
+    digest: str
+
+
+def _members(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """(file name, opener) of a day folder's or an archive's files, by name."""
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            if child.is_file() and not child.is_symlink():
+                yield child.name, functools.partial(_open_binary, child)
+        return
+    with tarfile.open(path, "r:gz") as tar:
+        seen: set[str] = set()
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            name = Path(member.name).name
+            if member.isfile() and name not in seen:
+                seen.add(name)
+                yield name, _opener(tar, member)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+def _opener(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+    def open_member() -> IO[bytes]:
+        stream = tar.extractfile(member)
+        if stream is None:
+            raise ArchiveError(f"{member.name}: not a file")
+        return stream
+
+    return open_member
+
+
+def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
+    with opener() as f:
+        text = f.read(4096)
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def describe(path: Path, host: str | None) -> Day:
+    """The day at ``path``: its date, host (``host`` first, else its metadata), content hash.
+
+    Raises:
+        ExportError: no day in the name, or no host anywhere.
+    """
+    day = archive_day(path.name) if path.is_file() else None
+    if path.is_dir():
+        try:
+            day = date.fromisoformat(path.name)
+        except ValueError:
+            day = None
+    if day is None:
+        raise ExportError(f"{path}: not a day folder or a monitor-YYYY-MM-DD.tgz")
+    digest = hashlib.sha256()
+    meta: dict[str, object] = {}
+    for name, opener in _members(path):
+        if name == META_NAME:
+            meta = _read_meta(opener)
+        if name not in _FILES:
+            continue
+        digest.update(name.encode() + b"\0")
+        with opener() as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    if host is None:
+        host = meta.get("host") if isinstance(meta.get("host"), str) else None  # type: ignore[assignment]
+        if host is None and path.is_dir() and (path.parent / "host-id").is_file():
+            host = (path.parent / "host-id").read_text(errors="replace").strip()
+    if host is None or not _HOST.fullmatch(host):
+        raise ExportError(
+            f"{path}: no host identity (an archive made before sysmon-meta.json, or a "
+            "folder without its out_dir's host-id): name it with --host NAME"
+        )
+    return Day(path, day, host, digest.hexdigest())
+
+
+class Ledger:
+    """The days exported before: (host, day, content hash), one per line."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.done: set[tuple[str, str, str]] = set()
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                match line.split("\t"):
+                    case [host, day, digest]:
+                        self.done.add((host, day, digest))
+
+    def seen(self, day: Day) -> bool:
+        """Exported before, with the same content."""
+        return (day.host, day.day.isoformat(), day.digest) in self.done
+
+    def record(self, days: Iterable[Day]) -> None:
+        """Remember ``days`` (after their export was written whole)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for day in days:
+                f.write(f"{day.host}\t{day.day.isoformat()}\t{day.digest}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def default_ledger() -> Path:
+    """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "sysmon" / "export-ledger.tsv"
+
+
+@attrs.define
+class _Caps:
+    """Label values a day has given so far, per qube; the rows left out."""
+
+    qubes: set[str] = attrs.field(factory=set)
+    values: dict[tuple[str, str], set[tuple[str, ...]]] = attrs.field(factory=dict)
+    cut: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    last_ts: int = 0
+
+    def allow(self, file_name: str, vm: str, label_values: tuple[str, ...]) -> bool:
+        if vm not in self.qubes:
+            if len(self.qubes) >= MAX_QUBES:
+                self.cut[(vm[:64], file_name)] += 1
+                return False
+            self.qubes.add(vm)
+        if not label_values:
+            return True
+        seen = self.values.setdefault((vm, file_name), set())
+        if label_values not in seen:
+            if len(seen) >= MAX_LABEL_VALUES:
+                self.cut[(vm, file_name)] += 1
+                return False
+            seen.add(label_values)
+        return True
+
+
+def _rows(opener: Callable[[], IO[bytes]], on_skip: Callable[[], None]) -> Iterator[dict[str, str]]:
+    """A daily file's rows as dicts (a row of the wrong width is skipped and told)."""
+    with opener() as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if not header or "ts" not in header or "vm" not in header:
+            return
+        for cells in schema.readable_rows(reader, on_skip):
+            if len(cells) != len(header):
+                on_skip()
+                continue
+            yield dict(zip(header, cells, strict=True))
+
+
+class _Seconds:
+    """``ts`` cells to epoch seconds; every row of a tick shares its text."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.value: int | None = None
+
+    def __call__(self, text: str) -> int | None:
+        if text != self.text:
+            when = schema.parse_ts(text)
+            self.text = text
+            self.value = int(when.timestamp()) if when is not None else None
+        return self.value
+
+
+@attrs.define
+class Counts:
+    """What an export wrote and left out."""
+
+    days: int = 0
+    skipped_days: int = 0
+    samples: int = 0
+    unreadable: int = 0
+    cut: int = 0
+
+    def unreadable_row(self) -> None:
+        """One more row that could not be read."""
+        self.unreadable += 1
+
+
+def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: Counts) -> None:
+    """Write one day's samples: ``write(family, text)``."""
+    caps = _Caps()
+    seconds = _Seconds()
+    host = day.host
+    families: dict[str, list[exposition.Family]] = {}
+    for family in exposition.FAMILIES:
+        families.setdefault(family.file, []).append(family)
+    for name, opener in _members(day.path):
+        wanted = fmt == "alerts-jsonl" and name == "alerts.csv"
+        wanted = wanted or (fmt != "alerts-jsonl" and name in exposition.LABELS)
+        if not wanted:
+            continue
+        extra = exposition.LABELS.get(name, ())
+        for row in _rows(opener, counts.unreadable_row):
+            ts = seconds(row["ts"])
+            vm = row["vm"]
+            if ts is None or not vm:
+                counts.unreadable += 1
+                continue
+            caps.last_ts = max(caps.last_ts, ts)
+            label_values = tuple(row.get(label, "") for label in extra)
+            if not caps.allow(name, vm, label_values):
+                continue
+            if fmt == "alerts-jsonl":
+                write("", exposition.loki_line({"host": host, "vm": vm, "job": "sysmon"},
+                                               ts * 1_000_000_000, row.get("msg", "")))  # fmt: skip
+                counts.samples += 1
+            elif fmt == "influx":
+                counts.samples += _influx_row(name, host, vm, row, extra, ts, write)
+            else:
+                counts.samples += _openmetrics_row(name, host, vm, row, extra, ts, families, write)
+    for (vm, file_name), n in caps.cut.items():
+        counts.cut += n
+        if fmt == "openmetrics":
+            pairs = {"host": host, "vm": vm, "file": file_name}
+            write(
+                exposition.CUT_FAMILY,
+                f"{exposition.CUT_FAMILY}{exposition.labels(pairs)} {n} {caps.last_ts}\n",
+            )
+
+
+def _openmetrics_row(
+    name: str,
+    host: str,
+    vm: str,
+    row: dict[str, str],
+    extra: tuple[str, ...],
+    ts: int,
+    families: dict[str, list[exposition.Family]],
+    write: Callable[[str, str], None],
+) -> int:
+    pairs = {"host": host, "vm": vm, **{label: row.get(label, "") for label in extra}}
+    label_text = exposition.labels(pairs)
+    written = 0
+    for family in families.get(name, ()):
+        value = family.value(row.get(family.column, ""))
+        if value is not None:
+            write(family.name, f"{family.sample_name}{label_text} {value} {ts}\n")
+            written += 1
+    for one_hot, file_name, column, label, choices in exposition.ONE_HOT:
+        if file_name == name and row.get(column) in choices:
+            for choice in choices:
+                hot = exposition.labels({**pairs, label: choice})
+                write(one_hot, f"{one_hot}{hot} {int(choice == row[column])} {ts}\n")
+                written += 1
+    return written
+
+
+def _influx_row(
+    name: str,
+    host: str,
+    vm: str,
+    row: dict[str, str],
+    extra: tuple[str, ...],
+    ts: int,
+    write: Callable[[str, str], None],
+) -> int:
+    fields = {}
+    for column in _FILES[name].columns:
+        if column.name in {"ts", "vm", *extra}:
+            continue
+        value = exposition.influx_field(column.kind, row.get(column.name, ""))
+        if value is not None and row.get(column.name, ""):
+            fields[column.name] = value
+    if not fields:
+        return 0
+    tags = {"host": host, "vm": vm, **{label: row.get(label, "") for label in extra}}
+    write("", exposition.influx_line(f"sysmon_{name.removesuffix('.csv')}", tags, fields, ts))
+    return 1
+
+
+def export(
+    paths: list[Path],
+    out: TextIO,
+    *,
+    fmt: str = "openmetrics",
+    host: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    ledger: Ledger | None = None,
+) -> Counts:
+    """Export the days under ``paths`` to ``out``; return what was written.
+
+    Raises:
+        ExportError: a path that holds no day, or a day without a host.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if host is not None and not _HOST.fullmatch(host):
+        raise ExportError(f"--host {host!r}: letters, digits, '_', '.', '-' (64 at most)")
+    try:
+        units = day_units(paths)
+    except ArchiveError as exc:
+        raise ExportError(str(exc)) from None
+    days = [describe(path, host) for path in units]
+    days = [
+        d for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)
+    ]
+    counts = Counts()
+    chosen: list[Day] = []
+    for day in days:
+        if ledger is not None and ledger.seen(day):
+            counts.skipped_days += 1
+        elif any((d.host, d.day, d.digest) == (day.host, day.day, day.digest) for d in chosen):
+            counts.skipped_days += 1  # the same day twice in one run (a .2 copy)
+        else:
+            chosen.append(day)
+    with tempfile.TemporaryDirectory(prefix="sysmon-export-") as spool_dir, ExitStack() as stack:
+        spools: dict[str, TextIO] = {}
+
+        def write(family: str, text: str) -> None:
+            if fmt != "openmetrics":
+                out.write(text)
+                return
+            if family not in spools:
+                path = Path(spool_dir) / f"{len(spools)}.om"
+                spools[family] = stack.enter_context(path.open("w+", encoding="utf-8"))
+            spools[family].write(text)
+
+        for day in chosen:
+            _export_day(day, fmt, write, counts)
+            counts.days += 1
+        if fmt == "openmetrics":
+            _write_families(out, spools)
+    out.flush()
+    if ledger is not None:
+        ledger.record(chosen)
+    return counts
+
+
+def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
+    """Each family whole, in the table's order, then ``# EOF``."""
+    order = [(f.name, f.kind, f.help) for f in exposition.FAMILIES]
+    order += [
+        (name, "gauge", f"1 when the row's {column} is the label's")
+        for name, _, column, _, _ in exposition.ONE_HOT
+    ]
+    order.append(
+        (
+            exposition.CUT_FAMILY,
+            "gauge",
+            "rows left out: a qube named too many label values in a day",
+        )
+    )
+    for name, kind, help_text in order:
+        spool = spools.get(name)
+        if spool is None:
+            continue
+        out.write(exposition.openmetrics_header(name, kind, help_text))
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
+    out.write("# EOF\n")
+
+
+def main(
+    paths: list[Path],
+    *,
+    fmt: str,
+    host: str | None,
+    start: str | None,
+    end: str | None,
+    output: Path | None,
+    ledger: Path | None,
+    use_ledger: bool,
+) -> int:
+    """``sysmon export``: exit 2 with the reason when nothing can be exported."""
+    try:
+        since = date.fromisoformat(start) if start else None
+        until = date.fromisoformat(end) if end else None
+    except ValueError as exc:
+        print(f"sysmon export: --from/--to: {exc}", file=sys.stderr)
+        return 2
+    book = Ledger(ledger or default_ledger()) if use_ledger else None
+    try:
+        with ExitStack() as stack:
+            out = stack.enter_context(output.open("w", encoding="utf-8")) if output else sys.stdout
+            counts = export(paths, out, fmt=fmt, host=host, since=since, until=until, ledger=book)
+    except ExportError as exc:
+        print(f"sysmon export: {exc}", file=sys.stderr)
+        return 2
+    what = "samples" if fmt == "openmetrics" else "lines"
+    print(
+        f"sysmon export: {counts.days} days, {counts.samples:,} {what}; "
+        f"{counts.skipped_days} days exported before (ledger), "
+        f"{counts.unreadable:,} rows unreadable, {counts.cut:,} rows past the label caps",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,318 @@
+"""``sysmon export`` into the real engines: VictoriaMetrics and Prometheus read back every cell."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from engines import Prometheus, Samples, VictoriaMetrics
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sysmon import __version__, schema
+from sysmon.commands.export import (
+    MAX_LABEL_VALUES,
+    ExportError,
+    Ledger,
+    export,
+)
+from sysmon.store.archive import build_archive, day_meta, host_identity
+from sysmon.transform import exposition
+
+START = datetime(2025, 8, 31, 18, 0, tzinfo=UTC)
+END = int((START + timedelta(hours=12)).timestamp())
+#: Interface and mount names a qube chose: quotes, backslashes, braces, a formula.
+ODD_IF = 'we"ird\\if{x}'
+ODD_MOUNT = '/mnt/a b",c=d'
+
+
+def _generate(out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import realistic  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    realistic.generate(out, qubes=3, start=START, ticks=1440, interval=30.0, seed=11)
+    day = out / "2025-09-01"
+    late = START + timedelta(hours=11, minutes=59, seconds=50)
+    with (day / "network.csv").open("ab") as f:  # hostile names, and one name too many
+        f.write(schema.NETWORK.format_row([late, "sys-net", ODD_IF, 10, 0, 0, 20, 0, 0]))
+        for i in range(MAX_LABEL_VALUES + 8):
+            f.write(schema.NETWORK.format_row([late, "sys-usb", f"vif{i}.0", i, 0, 0, i, 0, 0]))
+    with (day / "disk.csv").open("ab") as f:
+        f.write(schema.DISK.format_row([late, "sys-net", "=cmd|x", ODD_MOUNT, 100, 40, 60, 40]))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 realistic hours around midnight (a restart, an hour halted, timeouts, quoted
+    alerts) of three qubes, plus hostile names, archived with their metadata."""
+    out = tmp_path_factory.mktemp("export") / "out"
+    _generate(out)
+    for day in (date(2025, 8, 31), date(2025, 9, 1)):
+        build_archive(out, day, day_meta(out, day, version=__version__, interval=30.0))
+    return out
+
+
+def archives(out: Path) -> list[Path]:
+    return sorted((out / "archives").glob("monitor-*.tgz"))
+
+
+def exported(paths: list[Path], fmt: str = "openmetrics", **kwargs: object) -> str:
+    buffer = io.StringIO()
+    export(paths, buffer, fmt=fmt, **kwargs)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def csv_rows(out: Path, file_name: str) -> Iterator[dict[str, str]]:
+    """The file's rows of both days; past the cap of interfaces a qube names in a day, none."""
+    for day in ("2025-08-31", "2025-09-01"):
+        named: dict[str, set[str]] = {}
+        with (out / day / file_name).open(newline="") as f:
+            for row in csv.DictReader(f):
+                if "if" in row:
+                    names = named.setdefault(row["vm"], set())
+                    if row["if"] not in names and len(names) >= MAX_LABEL_VALUES:
+                        continue
+                    names.add(row["if"])
+                yield row
+
+
+def expected(out: Path, host: str) -> Samples:
+    """Every numeric cell of the CSV as the sample it must become (written out plainly)."""
+    want: Samples = {}
+    for daily in schema.DAILY_FILES:
+        extra = exposition.LABELS.get(daily.file_name)
+        if extra is None:
+            continue
+        for row in csv_rows(out, daily.file_name):
+            labels = {"host": host, "vm": row["vm"], **{k: row[k] for k in extra}}
+            ts = int(datetime.fromisoformat(row["ts"]).timestamp())
+            for column in daily.columns:
+                cell = row[column.name]
+                if column.kind not in {"int", "dec1", "dec2"} or not cell:
+                    continue
+                name = f"sysmon_{daily.file_name[:-4]}_{column.name}"
+                value = float(cell)
+                if name.endswith("_kb"):
+                    name, value = name[:-3] + "_bytes", value * 1024
+                elif name.endswith("_ms"):
+                    name, value = name[:-3] + "_seconds", value / 1000
+                if daily is schema.NETWORK or column.name == "cpu_time_ms":
+                    name += "_total"
+                want.setdefault((name, tuple(sorted(labels.items()))), {})[ts] = value
+            for one_hot, file_name, column_name, label, choices in exposition.ONE_HOT:
+                if file_name == daily.file_name:
+                    for choice in choices:
+                        key = tuple(sorted({**labels, label: choice}.items()))
+                        hot = float(row[column_name] == choice)
+                        want.setdefault((one_hot, key), {})[ts] = hot
+    return want
+
+
+def without_cut(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] != exposition.CUT_FAMILY}
+
+
+def test_the_archives_host_is_the_label(world):
+    text = exported(archives(world))
+    host = host_identity(world)
+    assert f'host="{host}"' in text
+    assert 'host="laptop"' in exported(archives(world), host="laptop")
+    with pytest.raises(ExportError, match="--host"):
+        exported([world / "2025-08-31"], host="no spaces allowed")
+
+
+def test_families_are_whole_and_the_file_ends_with_eof(world):
+    text = exported(archives(world))
+    assert text.endswith("# EOF\n")
+    order = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(order) == len(set(order))  # each family once
+    seen: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        family = line.split("{", 1)[0].removesuffix("_total")
+        if not seen or seen[-1] != family:
+            assert family not in seen, f"{family} interleaved"
+            seen.append(family)
+
+
+def test_every_cell_reads_back_from_victoriametrics_and_prometheus(world, tmp_path):
+    """Cell for cell, exactly: restarts, an hour halted, timeouts, odd names."""
+    host = host_identity(world)
+    om = tmp_path / "week.om"
+    om.write_text(exported(archives(world)))
+    want = expected(world, host)
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        vm.import_prometheus(om.read_bytes())
+        got = vm.samples()
+    assert without_cut(got) == want
+    cut = {k: v for k, v in got.items() if k[0] == exposition.CUT_FAMILY}
+    # sys-usb named 3 + 40 interfaces that day: 11 past the cap, counted in their own series
+    assert cut == {
+        (exposition.CUT_FAMILY, (("file", "network.csv"), ("host", host), ("vm", "sys-usb"))): {
+            END - 10: 11.0
+        }
+    }
+    assert ("if", ODD_IF) in next(k for k in got if ("if", ODD_IF) in k[1])[1]
+    with Prometheus.backfill_and_start(om, tmp_path / "prom") as prom:
+        from_prometheus = prom.samples('{__name__=~"sysmon_.*"}', END + 1)
+    assert without_cut(from_prometheus) == want
+
+
+def _increase(points: list[tuple[int, float]]) -> float:
+    total = 0.0
+    for (_, a), (_, b) in itertools.pairwise(points):
+        total += b - a if b >= a else b  # a reset: the counter started again from 0
+    return total
+
+
+def test_rate_over_whole_windows_is_the_csvs_counter_deltas(world, tmp_path):
+    """rate() on both engines over 5-minute windows that start and end on a sample, across
+    sys-firewall's restart: the CSV's deltas (a reset counts from 0), no negative spike."""
+    host = host_identity(world)
+    om = tmp_path / "week.om"
+    om.write_text(exported(archives(world)))
+    series = sorted(
+        (int(datetime.fromisoformat(r["ts"]).timestamp()), float(r["rx_bytes"]))
+        for r in csv_rows(world, "network.csv")
+        if r["vm"] == "sys-firewall" and r["if"] == "eth0"
+    )
+    at = dict(series)
+    ends = [t for t, _ in series if t - 300 in at][::7]
+    restart = next(t for (t, v), (_, prev) in zip(series[1:], series, strict=False) if v < prev)
+    ends.append(next(t for t in sorted(at) if t >= restart and t - 300 in at))
+    match = f'sysmon_network_rx_bytes_total{{host="{host}",vm="sys-firewall",if="eth0"}}'
+    with (
+        VictoriaMetrics.start(tmp_path / "vm") as vm,
+        Prometheus.backfill_and_start(om, tmp_path / "prom") as prom,
+    ):
+        vm.import_prometheus(om.read_bytes())
+        for engine in (vm, prom):
+            for t in ends:
+                window = [(s, v) for s, v in series if t - 300 <= s <= t]
+                result = engine.query(f"rate({match}[5m])", t)
+                assert len(result) == 1, (engine, t)
+                rate = float(result[0]["value"][1])
+                assert rate == pytest.approx(_increase(window) / 300, rel=1e-9), (engine, t)
+                assert rate >= 0
+
+
+def test_a_day_exported_twice_or_its_vault_copy_adds_nothing(world, tmp_path):
+    ledger = Ledger(tmp_path / "ledger.tsv")
+    first = exported(archives(world), ledger=ledger)
+    again = exported(archives(world), ledger=Ledger(tmp_path / "ledger.tsv"))
+    copies = tmp_path / "vault"
+    copies.mkdir()
+    for tgz in archives(world):
+        shutil.copy(tgz, copies / tgz.name.replace(".tgz", ".2.tgz"))
+    copy = exported([copies], ledger=Ledger(tmp_path / "ledger.tsv"))
+    assert again == copy == "# EOF\n"
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        vm.import_prometheus(first.encode())
+        before = vm.samples()
+        vm.import_prometheus(again.encode())
+        vm.import_prometheus(copy.encode())
+        assert vm.samples() == before
+    # the same day from its folder and its archive in one run: once
+    both = exported([world / "2025-08-31", archives(world)[0]], host="h")
+    assert both == exported([world / "2025-08-31"], host="h")
+
+
+def test_every_query_of_the_dashboard_returns_series_on_both_engines(world, tmp_path):
+    host = host_identity(world)
+    om = tmp_path / "week.om"
+    om.write_text(exported(archives(world)))
+    dashboard = json.loads((ROOT / "contrib" / "grafana" / "sysmon.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    variables = [
+        v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"
+    ]
+    assert len(queries) >= 9
+    with (
+        VictoriaMetrics.start(tmp_path / "vm") as vm,
+        Prometheus.backfill_and_start(om, tmp_path / "prom") as prom,
+    ):
+        vm.import_prometheus(om.read_bytes())
+        for engine in (vm, prom):
+            for expr in queries:
+                promql = (
+                    expr.replace("$host", host)
+                    .replace("$vm", ".*")
+                    .replace("$__rate_interval", "5m")
+                )
+                assert engine.query(promql, END - 60), (engine, promql)
+            for query in variables:  # label_values(metric, label): the label's values exist
+                metric, label = (
+                    query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+                )
+                values = {
+                    r["metric"][label]
+                    for r in engine.query(metric.replace("$host", host), END - 60)
+                }
+                assert values, (engine, query)
+
+
+def test_influx_lines_read_back_from_victoriametrics(world, tmp_path):
+    """The same cells as Influx line protocol (CSV units), through VictoriaMetrics' /write."""
+    host = host_identity(world)
+    lines = exported(archives(world), fmt="influx")
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        vm.write_influx(lines.encode())
+        got = vm.samples('{__name__=~"sysmon_system_.*|sysmon_network_.*"}')
+    for name, file_name, column, extra in (
+        ("sysmon_system_cpu_user", "system.csv", "cpu_user", ()),
+        ("sysmon_system_mem_used_kb", "system.csv", "mem_used_kb", ()),
+        ("sysmon_network_rx_bytes", "network.csv", "rx_bytes", ("if",)),
+    ):
+        want: Samples = {}
+        for row in csv_rows(world, file_name):
+            if row[column]:
+                labels = {"host": host, "vm": row["vm"], **{k: row[k] for k in extra}}
+                ts = int(datetime.fromisoformat(row["ts"]).timestamp())
+                want.setdefault((name, tuple(sorted(labels.items()))), {})[ts] = float(row[column])
+        assert {k: v for k, v in got.items() if k[0] == name} == want, name
+
+
+def test_alerts_are_loki_push_bodies(world):
+    host = host_identity(world)
+    lines = exported(archives(world), fmt="alerts-jsonl").splitlines()
+    rows = list(csv_rows(world, "alerts.csv"))
+    assert len(lines) == len(rows) > 0
+    for line, row in zip(lines, rows, strict=True):
+        (stream,) = json.loads(line)["streams"]
+        assert stream["stream"] == {"host": host, "vm": row["vm"], "job": "sysmon"}
+        ((ns, message),) = stream["values"]
+        assert int(ns) == int(datetime.fromisoformat(row["ts"]).timestamp()) * 10**9
+        assert message == row["msg"]  # commas and quotes kept
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\":
+            out.append({"n": "\n", "\\": "\\", '"': '"'}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+@given(st.text())
+def test_a_label_value_is_escaped_reversibly(value):
+    escaped = exposition.escape_label(value)
+    assert "\n" not in escaped
+    assert _unescape(escaped) == value
+    unescaped_quotes = escaped.replace("\\\\", "").replace('\\"', "")
+    assert '"' not in unescaped_quotes
