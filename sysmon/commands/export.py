@@ -207,19 +207,28 @@ class _Caps:
         return True
 
 
-def _rows(opener: Callable[[], IO[bytes]], on_skip: Callable[[], None]) -> Iterator[dict[str, str]]:
-    """A daily file's rows as dicts (a row of the wrong width is skipped and told)."""
+def _rows(
+    opener: Callable[[], IO[bytes]], on_skip: Callable[[], None]
+) -> Iterator[tuple[dict[str, int], list[str]]]:
+    """A daily file's rows, with its header's column positions.
+
+    A column the file lacks reads as empty; a row of the wrong width is
+    skipped and told.
+    """
     with opener() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         reader = csv.reader(text)
         header = next(reader, None)
         if not header or "ts" not in header or "vm" not in header:
             return
+        width = len(header)
+        index = {column: i for i, column in enumerate(header)}
         for cells in schema.readable_rows(reader, on_skip):
-            if len(cells) != len(header):
+            if len(cells) != width:
                 on_skip()
                 continue
-            yield dict(zip(header, cells, strict=True))
+            cells.append("")  # what a column the file lacks reads as
+            yield index, cells
 
 
 class _Seconds:
@@ -252,80 +261,110 @@ class Counts:
         self.unreadable += 1
 
 
+@attrs.frozen
+class _Column:
+    """One family's column in a file: where its cells are, how they are written."""
+
+    family: exposition.Family
+    name: str  # the family's name
+    sample: str  # the sample's name
+
+
+_COLUMNS = {
+    file_name: tuple(
+        _Column(f, f.name, f.sample_name) for f in exposition.FAMILIES if f.file == file_name
+    )
+    for file_name in exposition.LABELS
+}
+
+
+class _Writer:
+    """Lines per family, written in batches (a day is millions of samples)."""
+
+    def __init__(self, sink: Callable[[str, str], None]) -> None:
+        self.sink = sink
+        self.batches: dict[str, list[str]] = {}
+
+    def __call__(self, family: str, text: str) -> None:
+        batch = self.batches.setdefault(family, [])
+        batch.append(text)
+        if len(batch) >= 4096:
+            self.sink(family, "".join(batch))
+            batch.clear()
+
+    def flush(self) -> None:
+        for family, batch in self.batches.items():
+            if batch:
+                self.sink(family, "".join(batch))
+                batch.clear()
+
+
 def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: Counts) -> None:
     """Write one day's samples: ``write(family, text)``."""
     caps = _Caps()
     seconds = _Seconds()
     host = day.host
-    families: dict[str, list[exposition.Family]] = {}
-    for family in exposition.FAMILIES:
-        families.setdefault(family.file, []).append(family)
     for name, opener in _members(day.path):
-        wanted = fmt == "alerts-jsonl" and name == "alerts.csv"
-        wanted = wanted or (fmt != "alerts-jsonl" and name in exposition.LABELS)
-        if not wanted:
+        if (name == "alerts.csv") != (fmt == "alerts-jsonl") or (
+            fmt != "alerts-jsonl" and name not in exposition.LABELS
+        ):
             continue
         extra = exposition.LABELS.get(name, ())
-        for row in _rows(opener, counts.unreadable_row):
-            ts = seconds(row["ts"])
-            vm = row["vm"]
+        label_texts: dict[tuple[str, ...], str] = {}
+        one_hot = [o for o in exposition.ONE_HOT if o[1] == name]
+        where: dict[str, int] = {}
+        positions: list[tuple[_Column, int]] = []
+        for index, cells in _rows(opener, counts.unreadable_row):
+            if index is not where:  # the file's columns, found once
+                where = index
+                positions = [(c, index.get(c.family.column, -1)) for c in _COLUMNS.get(name, ())]
+            ts = seconds(cells[index["ts"]])
+            vm = cells[index["vm"]]
             if ts is None or not vm:
                 counts.unreadable += 1
                 continue
             caps.last_ts = max(caps.last_ts, ts)
-            label_values = tuple(row.get(label, "") for label in extra)
+            label_values = tuple(cells[index.get(label, -1)] for label in extra)
             if not caps.allow(name, vm, label_values):
                 continue
             if fmt == "alerts-jsonl":
-                write("", exposition.loki_line({"host": host, "vm": vm, "job": "sysmon"},
-                                               ts * 1_000_000_000, row.get("msg", "")))  # fmt: skip
+                stream = {"host": host, "vm": vm, "job": "sysmon"}
+                msg = cells[index.get("msg", -1)]
+                write("", exposition.loki_line(stream, ts * 1_000_000_000, msg))
                 counts.samples += 1
-            elif fmt == "influx":
-                counts.samples += _influx_row(name, host, vm, row, extra, ts, write)
-            else:
-                counts.samples += _openmetrics_row(name, host, vm, row, extra, ts, families, write)
+                continue
+            pairs = {"host": host, "vm": vm, **dict(zip(extra, label_values, strict=True))}
+            if fmt == "influx":
+                counts.samples += _influx_row(name, pairs, index, cells, extra, ts, write)
+                continue
+            key = (vm, *label_values)
+            label_text = label_texts.get(key)
+            if label_text is None:
+                label_text = label_texts[key] = exposition.labels(pairs)
+            for column, at in positions:
+                value = column.family.value(cells[at])
+                if value is not None:
+                    write(column.name, f"{column.sample}{label_text} {value} {ts}\n")
+                    counts.samples += 1
+            for family, _file, column_name, label, choices in one_hot:
+                if (word := cells[index.get(column_name, -1)]) in choices:
+                    for choice in choices:
+                        hot = exposition.labels({**pairs, label: choice})
+                        write(family, f"{family}{hot} {int(choice == word)} {ts}\n")
+                        counts.samples += 1
     for (vm, file_name), n in caps.cut.items():
         counts.cut += n
         if fmt == "openmetrics":
             pairs = {"host": host, "vm": vm, "file": file_name}
-            write(
-                exposition.CUT_FAMILY,
-                f"{exposition.CUT_FAMILY}{exposition.labels(pairs)} {n} {caps.last_ts}\n",
-            )
-
-
-def _openmetrics_row(
-    name: str,
-    host: str,
-    vm: str,
-    row: dict[str, str],
-    extra: tuple[str, ...],
-    ts: int,
-    families: dict[str, list[exposition.Family]],
-    write: Callable[[str, str], None],
-) -> int:
-    pairs = {"host": host, "vm": vm, **{label: row.get(label, "") for label in extra}}
-    label_text = exposition.labels(pairs)
-    written = 0
-    for family in families.get(name, ()):
-        value = family.value(row.get(family.column, ""))
-        if value is not None:
-            write(family.name, f"{family.sample_name}{label_text} {value} {ts}\n")
-            written += 1
-    for one_hot, file_name, column, label, choices in exposition.ONE_HOT:
-        if file_name == name and row.get(column) in choices:
-            for choice in choices:
-                hot = exposition.labels({**pairs, label: choice})
-                write(one_hot, f"{one_hot}{hot} {int(choice == row[column])} {ts}\n")
-                written += 1
-    return written
+            cut = exposition.CUT_FAMILY
+            write(cut, f"{cut}{exposition.labels(pairs)} {n} {caps.last_ts}\n")
 
 
 def _influx_row(
     name: str,
-    host: str,
-    vm: str,
-    row: dict[str, str],
+    tags: dict[str, str],
+    index: dict[str, int],
+    cells: list[str],
     extra: tuple[str, ...],
     ts: int,
     write: Callable[[str, str], None],
@@ -334,12 +373,12 @@ def _influx_row(
     for column in _FILES[name].columns:
         if column.name in {"ts", "vm", *extra}:
             continue
-        value = exposition.influx_field(column.kind, row.get(column.name, ""))
-        if value is not None and row.get(column.name, ""):
+        cell = cells[index.get(column.name, -1)]
+        value = exposition.influx_field(column.kind, cell) if cell else None
+        if value is not None:
             fields[column.name] = value
     if not fields:
         return 0
-    tags = {"host": host, "vm": vm, **{label: row.get(label, "") for label in extra}}
     write("", exposition.influx_line(f"sysmon_{name.removesuffix('.csv')}", tags, fields, ts))
     return 1
 
@@ -392,9 +431,11 @@ def export(
                 spools[family] = stack.enter_context(path.open("w+", encoding="utf-8"))
             spools[family].write(text)
 
+        batched = _Writer(write)
         for day in chosen:
-            _export_day(day, fmt, write, counts)
+            _export_day(day, fmt, batched, counts)
             counts.days += 1
+        batched.flush()
         if fmt == "openmetrics":
             _write_families(out, spools)
     out.flush()

@@ -73,11 +73,18 @@ class Family:
 
     def value(self, cell: str) -> str | None:
         """The cell as this family's value text; None if empty or not a number."""
-        if self.column.endswith("_kb"):
+        if not cell:
+            return None
+        if self.scale == "kb":
             return str(int(cell) * 1024) if _INT.fullmatch(cell) else None
-        if self.column.endswith("_ms"):
+        if self.scale == "ms":
             return repr(int(cell) / 1000) if _INT.fullmatch(cell) else None
         return cell if _DECIMAL.fullmatch(cell) else None
+
+    @property
+    def scale(self) -> str:
+        """How the cell becomes a base unit: "kb" (x1024), "ms" (/1000) or "" (as it is)."""
+        return self.column.rsplit("_", 1)[-1] if self.column.endswith(("_kb", "_ms")) else ""
 
 
 def _families() -> tuple[Family, ...]:
