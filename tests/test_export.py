@@ -316,3 +316,22 @@ def test_a_label_value_is_escaped_reversibly(value):
     assert _unescape(escaped) == value
     unescaped_quotes = escaped.replace("\\\\", "").replace('\\"', "")
     assert '"' not in unescaped_quotes
+
+
+def test_from_and_to_choose_days(world):
+    only_first = exported(archives(world), until=date(2025, 8, 31))
+    only_second = exported(archives(world), since=date(2025, 9, 1))
+    stamps = {int(line.rsplit(" ", 1)[1]) for line in only_first.splitlines() if line[0] != "#"}
+    assert max(stamps) < datetime(2025, 9, 1, tzinfo=UTC).timestamp()
+    stamps = {int(line.rsplit(" ", 1)[1]) for line in only_second.splitlines() if line[0] != "#"}
+    assert min(stamps) >= datetime(2025, 9, 1, tzinfo=UTC).timestamp()
+
+
+def test_a_planted_host_in_the_metadata_is_refused(world, tmp_path):
+    """A folder whose sysmon-meta.json names a host that is not one cannot become a label."""
+    day = tmp_path / "2025-08-31"
+    shutil.copytree(world / "2025-08-31", day)
+    (day / "sysmon-meta.json").write_text(json.dumps({"host": 'x",vm="dom0'}))
+    with pytest.raises(ExportError, match="--host"):
+        exported([day])
+    assert 'host="mine"' in exported([day], host="mine")
