@@ -63,6 +63,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def engines(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """The world's archives exported once, imported into VictoriaMetrics and back-filled
+    into Prometheus; both serving until the module's tests are done."""
+    tmp = tmp_path_factory.mktemp("engines")
+    om = tmp / "days.om"
+    om.write_text(exported(archives(world)))
+    with (
+        VictoriaMetrics.start(tmp / "vm") as vm,
+        Prometheus.backfill_and_start(om, tmp / "prom") as prom,
+    ):
+        vm.import_prometheus(om.read_bytes())
+        yield {"vm": vm, "prom": prom, "host": host_identity(world)}
+
+
 def archives(out: Path) -> list[Path]:
     return sorted((out / "archives").glob("monitor-*.tgz"))
 
@@ -147,15 +162,11 @@ def test_families_are_whole_and_the_file_ends_with_eof(world):
             seen.append(family)
 
 
-def test_every_cell_reads_back_from_victoriametrics_and_prometheus(world, tmp_path):
+def test_every_cell_reads_back_from_victoriametrics_and_prometheus(world, engines):
     """Cell for cell, exactly: restarts, an hour halted, timeouts, odd names."""
-    host = host_identity(world)
-    om = tmp_path / "week.om"
-    om.write_text(exported(archives(world)))
+    host = engines["host"]
     want = expected(world, host)
-    with VictoriaMetrics.start(tmp_path / "vm") as vm:
-        vm.import_prometheus(om.read_bytes())
-        got = vm.samples()
+    got = engines["vm"].samples()
     assert without_cut(got) == want
     cut = {k: v for k, v in got.items() if k[0] == exposition.CUT_FAMILY}
     # sys-usb named 3 + 40 interfaces that day: 11 past the cap, counted in their own series
@@ -165,8 +176,7 @@ def test_every_cell_reads_back_from_victoriametrics_and_prometheus(world, tmp_pa
         }
     }
     assert ("if", ODD_IF) in next(k for k in got if ("if", ODD_IF) in k[1])[1]
-    with Prometheus.backfill_and_start(om, tmp_path / "prom") as prom:
-        from_prometheus = prom.samples('{__name__=~"sysmon_.*"}', END + 1)
+    from_prometheus = engines["prom"].samples('{__name__=~"sysmon_.*"}', END + 1)
     assert without_cut(from_prometheus) == want
 
 
@@ -177,12 +187,9 @@ def _increase(points: list[tuple[int, float]]) -> float:
     return total
 
 
-def test_rate_over_whole_windows_is_the_csvs_counter_deltas(world, tmp_path):
+def test_rate_over_whole_windows_is_the_csvs_counter_deltas(world, engines):
     """rate() on both engines over 5-minute windows that start and end on a sample, across
     sys-firewall's restart: the CSV's deltas (a reset counts from 0), no negative spike."""
-    host = host_identity(world)
-    om = tmp_path / "week.om"
-    om.write_text(exported(archives(world)))
     series = sorted(
         (int(datetime.fromisoformat(r["ts"]).timestamp()), float(r["rx_bytes"]))
         for r in csv_rows(world, "network.csv")
@@ -192,20 +199,15 @@ def test_rate_over_whole_windows_is_the_csvs_counter_deltas(world, tmp_path):
     ends = [t for t, _ in series if t - 300 in at][::7]
     restart = next(t for (t, v), (_, prev) in zip(series[1:], series, strict=False) if v < prev)
     ends.append(next(t for t in sorted(at) if t >= restart and t - 300 in at))
-    match = f'sysmon_network_rx_bytes_total{{host="{host}",vm="sys-firewall",if="eth0"}}'
-    with (
-        VictoriaMetrics.start(tmp_path / "vm") as vm,
-        Prometheus.backfill_and_start(om, tmp_path / "prom") as prom,
-    ):
-        vm.import_prometheus(om.read_bytes())
-        for engine in (vm, prom):
-            for t in ends:
-                window = [(s, v) for s, v in series if t - 300 <= s <= t]
-                result = engine.query(f"rate({match}[5m])", t)
-                assert len(result) == 1, (engine, t)
-                rate = float(result[0]["value"][1])
-                assert rate == pytest.approx(_increase(window) / 300, rel=1e-9), (engine, t)
-                assert rate >= 0
+    match = f'sysmon_network_rx_bytes_total{{host="{engines["host"]}",vm="sys-firewall",if="eth0"}}'
+    for engine in (engines["vm"], engines["prom"]):
+        for t in ends:
+            window = [(s, v) for s, v in series if t - 300 <= s <= t]
+            result = engine.query(f"rate({match}[5m])", t)
+            assert len(result) == 1, (engine, t)
+            rate = float(result[0]["value"][1])
+            assert rate == pytest.approx(_increase(window) / 300, rel=1e-9), (engine, t)
+            assert rate >= 0
 
 
 def test_a_day_exported_twice_or_its_vault_copy_adds_nothing(world, tmp_path):
@@ -229,38 +231,23 @@ def test_a_day_exported_twice_or_its_vault_copy_adds_nothing(world, tmp_path):
     assert both == exported([world / "2025-08-31"], host="h")
 
 
-def test_every_query_of_the_dashboard_returns_series_on_both_engines(world, tmp_path):
-    host = host_identity(world)
-    om = tmp_path / "week.om"
-    om.write_text(exported(archives(world)))
+def test_every_query_of_the_dashboard_returns_series_on_both_engines(engines):
+    host = engines["host"]
     dashboard = json.loads((ROOT / "contrib" / "grafana" / "sysmon.json").read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     variables = [
         v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"
     ]
     assert len(queries) >= 9
-    with (
-        VictoriaMetrics.start(tmp_path / "vm") as vm,
-        Prometheus.backfill_and_start(om, tmp_path / "prom") as prom,
-    ):
-        vm.import_prometheus(om.read_bytes())
-        for engine in (vm, prom):
-            for expr in queries:
-                promql = (
-                    expr.replace("$host", host)
-                    .replace("$vm", ".*")
-                    .replace("$__rate_interval", "5m")
-                )
-                assert engine.query(promql, END - 60), (engine, promql)
-            for query in variables:  # label_values(metric, label): the label's values exist
-                metric, label = (
-                    query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
-                )
-                values = {
-                    r["metric"][label]
-                    for r in engine.query(metric.replace("$host", host), END - 60)
-                }
-                assert values, (engine, query)
+    for engine in (engines["vm"], engines["prom"]):
+        for expr in queries:
+            promql = expr.replace("$host", host).replace("$vm", ".*")
+            promql = promql.replace("$__rate_interval", "5m")
+            assert engine.query(promql, END - 60), (engine, promql)
+        for query in variables:  # label_values(metric, label): the label's values exist
+            metric, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+            found = engine.query(metric.replace("$host", host), END - 60)
+            assert {r["metric"][label] for r in found}, (engine, query)
 
 
 def test_influx_lines_read_back_from_victoriametrics(world, tmp_path):
