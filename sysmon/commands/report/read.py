@@ -12,6 +12,7 @@ cell longer than any row sysmon writes, a time that is not one or outside
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import functools
 import io
 import itertools
@@ -199,9 +200,9 @@ def _chunks(pd: Any, name: str, opener: Callable[[], IO[bytes]]) -> Iterator[tup
     """The file's rows in chunks, numbers as floats; then the count of rows left out.
 
     A number cell that is not one (a file someone else wrote) makes the file
-    read again from where that chunk began, with the numbers as text, each
-    cell then parsed alone (NaN when it is not a number).  A file cut inside
-    a quoted cell ends there; its rows after it are counted as left out.
+    read again with the numbers as text, each cell then parsed alone (NaN
+    when it is not a number), the rows already given left out.  A file cut
+    inside a quoted cell is read on by the csv module, row by row.
     """
     numbers, text = _NUMBERS[name], _text_columns(name)
     kinds = {c.name: c.kind for c in _SCHEMAS[name].columns}
@@ -243,14 +244,50 @@ def _chunks(pd: Any, name: str, opener: Callable[[], IO[bytes]]) -> Iterator[tup
                     if parsed > done:
                         yield chunk.iloc[max(0, len(chunk) - (parsed - done)) :], 0
             except pd.errors.ParserError:
-                pass  # cut inside a quoted cell: what came before it stands
+                # Cut inside a quoted cell, say: the csv module reads on, row by row.
+                yield from _row_by_row(pd, name, opener, max(parsed, done))
+                return
             except ValueError:
                 if strict:
                     done = parsed
                     continue
-                raise
+                # Read as text, nothing should fail; if it does, what came before stands.
             yield None, counted.data_rows() - max(parsed, done)
             return
+
+
+def _row_by_row(
+    pd: Any, name: str, opener: Callable[[], IO[bytes]], given: int
+) -> Iterator[tuple[Any, int]]:
+    """The file's rows after the first ``given``, read by the csv module.
+
+    For a damaged file pandas' reader stops at; rows it cannot read are counted.
+    """
+    numbers, text = _NUMBERS[name], _text_columns(name)
+    unread = 0
+
+    def skip() -> None:
+        nonlocal unread
+        unread += 1
+
+    with opener() as raw:
+        reader = csv.reader(io.TextIOWrapper(raw, "utf-8", errors="replace", newline=""))
+        header = next(reader, [])
+        width, index = len(header), {c: i for i, c in enumerate(header)}
+        rows: list[list[str]] = []
+        for n, cells in enumerate(schema.readable_rows(reader, skip)):
+            if n < given:
+                continue
+            if len(cells) != width:
+                unread += 1
+                continue
+            rows.append([cells[index[c]] if c in index else "" for c in (*text, *numbers)])
+    if rows:
+        chunk = pd.DataFrame(rows, columns=[*text, *numbers], dtype=object)
+        for column in numbers:
+            chunk[column] = pd.to_numeric(chunk[column], errors="coerce")  # "" -> NaN
+        yield chunk, 0
+    yield None, unread
 
 
 def _times(pd: Any, np: Any, ts: Any) -> Any:
