@@ -23,7 +23,6 @@ counted in ``sysmon_export_cut_rows``.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -31,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +41,7 @@ from typing import IO, TextIO
 import attrs
 
 from sysmon import schema
-from sysmon.store.archive import META_NAME, ArchiveError, archive_day, day_units
+from sysmon.store.archive import META_NAME, ArchiveError, archive_day, day_members, day_units
 from sysmon.transform import exposition
 
 FORMATS = ("openmetrics", "influx", "alerts-jsonl")
@@ -68,36 +66,6 @@ class Day:
     day: date
     host: str
     digest: str
-
-
-def _members(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-    """(file name, opener) of a day folder's or an archive's files, by name."""
-    if path.is_dir():
-        for child in sorted(path.iterdir()):
-            if child.is_file() and not child.is_symlink():
-                yield child.name, functools.partial(_open_binary, child)
-        return
-    with tarfile.open(path, "r:gz") as tar:
-        seen: set[str] = set()
-        for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            name = Path(member.name).name
-            if member.isfile() and name not in seen:
-                seen.add(name)
-                yield name, _opener(tar, member)
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    return path.open("rb")
-
-
-def _opener(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
-    def open_member() -> IO[bytes]:
-        stream = tar.extractfile(member)
-        if stream is None:
-            raise ArchiveError(f"{member.name}: not a file")
-        return stream
-
-    return open_member
 
 
 def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
@@ -126,7 +94,7 @@ def describe(path: Path, host: str | None) -> Day:
         raise ExportError(f"{path}: not a day folder or a monitor-YYYY-MM-DD.tgz")
     digest = hashlib.sha256()
     meta: dict[str, object] = {}
-    for name, opener in _members(path):
+    for name, opener in day_members(path):
         if name == META_NAME:
             meta = _read_meta(opener)
         if name not in _FILES:
@@ -304,7 +272,7 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
     caps = _Caps()
     seconds = _Seconds()
     host = day.host
-    for name, opener in _members(day.path):
+    for name, opener in day_members(day.path):
         if (name == "alerts.csv") != (fmt == "alerts-jsonl") or (
             fmt != "alerts-jsonl" and name not in exposition.LABELS
         ):

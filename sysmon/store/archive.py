@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
 import secrets
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
+from typing import IO
 
 import attrs
 
@@ -126,6 +128,37 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
         else:
             raise ArchiveError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
     return [by_day[day] for day in sorted(by_day)]
+
+
+def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """(file name, opener) of a day folder's regular files or a day archive's members.
+
+    Each name once, in the archive's own order (so that each member is read
+    on from where the gzip stream is, not from its start again).
+    """
+    if unit.is_dir():
+        for child in sorted(unit.iterdir()):
+            if child.is_file() and not child.is_symlink():
+                yield child.name, functools.partial(_open_binary, child)
+        return
+    seen: set[str] = set()
+    with tarfile.open(unit, "r:gz") as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if member.isfile() and name not in seen:
+                seen.add(name)
+                yield name, functools.partial(_extract, tar, member)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    stream = tar.extractfile(member)
+    if stream is None:  # a regular member always has one
+        raise ArchiveError(f"{member.name}: not a file")
+    return stream
 
 
 def is_delivered(out_dir: Path, day: date) -> bool:

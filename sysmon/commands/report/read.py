@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import functools
 import io
 import itertools
 import os
 import sys
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +28,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.records import Status
-from sysmon.store.archive import ArchiveError, day_units
+from sysmon.store.archive import ArchiveError, day_members, day_units
 
 
 class ReportError(Exception):
@@ -165,33 +163,6 @@ class _CountLines(io.RawIOBase):
         return max(0, self.lines + (self.last != b"\n") - 1)
 
 
-def _sources(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-    """(file name, opener) for every daily file of one day folder or archive."""
-    if unit.is_dir():
-        for name in FILES:
-            if (unit / name).is_file():
-                yield name, functools.partial(_open_binary, unit / name)
-        return
-    seen: set[str] = set()
-    with tarfile.open(unit, "r:gz") as tar:
-        for member in tar:
-            name = Path(member.name).name
-            if member.isfile() and name in FILES and name not in seen:
-                seen.add(name)
-                yield name, functools.partial(_extract, tar, member)
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    return path.open("rb")
-
-
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
-    raw = tar.extractfile(member)
-    if raw is None:  # a regular file always has a stream; never None for isfile()
-        raise ReportError(f"{member.name}: unreadable member")
-    return raw
-
-
 def _text_columns(name: str) -> tuple[str, ...]:
     return ("ts", "vm", *_TEXT.get(name, ()), *(("msg",) if name == "alerts.csv" else ()))
 
@@ -315,7 +286,9 @@ def read_unit(unit: Path, vms: set[str] | None, start: float, end: float) -> _Pa
 
     part = _Part()
     pieces: dict[str, list[Any]] = {}
-    for name, opener in _sources(unit):
+    for name, opener in day_members(unit):
+        if name not in FILES:
+            continue
         for chunk, unread in _chunks(pd, name, opener):
             if chunk is None:
                 part.skipped += unread
