@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,3 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sysmon: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BaseException as exc:
+        if not _only_broken_pipe(exc):
+            raise
+        # The reader went away (``sysmon demo | head``): stop quietly.  stdout
+        # goes to /dev/null so that Python's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _only_broken_pipe(exc: BaseException) -> bool:
+    """A closed stdout, alone or as every error of a nursery's group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipe(e) for e in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)

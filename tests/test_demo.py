@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import run_sysmon
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, run_sysmon
 from csvcheck import read_day
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,3 +57,23 @@ def test_the_demo_qubes_slices_part_the_interfaces_and_mounts(ifaces, mounts, n)
 def test_names_are_valid_qube_names():
     for host in ("my.host.example", "9lives", "a" * 60, "x_y-z", "---"):
         assert all(is_valid_qube_name(n) for n in demo_names(host)), host
+
+
+def test_a_reader_that_goes_away_ends_the_demo_quietly(tmp_path):
+    """``sysmon demo | head -n 1``: no traceback when the pipe closes."""
+    argv = [sys.executable, "-m", "sysmon", "demo", "--duration", "4", "--interval", "0.5"]
+    demo = subprocess.Popen(
+        [*argv, "--out-dir", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert demo.stdout is not None
+    assert demo.stderr is not None
+    demo.stdout.readline()
+    demo.stdout.close()  # what head does after its line
+    with demo.stderr:
+        stderr = demo.stderr.read().decode()
+    assert demo.wait(timeout=60) == 1
+    assert "Traceback" not in stderr, stderr
