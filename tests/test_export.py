@@ -8,6 +8,7 @@ import itertools
 import json
 import shutil
 import sys
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -322,3 +323,25 @@ def test_a_planted_host_in_the_metadata_is_refused(world, tmp_path):
     with pytest.raises(ExportError, match="--host"):
         exported([day])
     assert 'host="mine"' in exported([day], host="mine")
+
+
+def test_a_line_without_end_is_read_in_bounded_memory(tmp_path):
+    """A planted 64 MB line (no newline) in a day's file: skipped and counted, read a
+    piece at a time, and the rows after it still exported."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    good = schema.CONNECTIONS.format_row([START, "work", 3, 1])
+    with (day / "connections.csv").open("wb") as f:
+        f.write(schema.CONNECTIONS.header)
+        f.write(b"2025-08-31T18:00:00Z,work," + b"9" * (64 << 20) + b"\n")
+        f.write(good)
+    tracemalloc.start()
+    try:
+        out = io.StringIO()
+        counts = export([day], out, host="h")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "sysmon_connections_tcp_established" in out.getvalue()
+    assert counts.unreadable >= 1
+    assert peak < 16 << 20, peak  # the line is 64 MB

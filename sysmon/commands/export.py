@@ -23,6 +23,7 @@ counted in ``sysmon_export_cut_rows``.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -49,6 +50,8 @@ FORMATS = ("openmetrics", "influx", "alerts-jsonl")
 MAX_LABEL_VALUES = 32
 #: Qubes one host's day may hold (as the collector's own cap on domains).
 MAX_QUBES = 1024
+#: Characters read at a time from a daily file (a row sysmon writes is < 4 KiB).
+MAX_LINE = 1 << 16
 #: What a host label may be: what a qube name or a host identity can be.
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _FILES = {s.file_name: s for s in schema.DAILY_FILES}
@@ -185,7 +188,9 @@ def _rows(
     """
     with opener() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        reader = csv.reader(text)
+        # A line at most MAX_LINE characters at a time: a planted line without end
+        # is read in pieces (its field then past the csv module's limit: skipped).
+        reader = csv.reader(iter(functools.partial(text.readline, MAX_LINE), ""))
         header = next(reader, None)
         if not header or "ts" not in header or "vm" not in header:
             return

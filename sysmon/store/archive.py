@@ -114,7 +114,7 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
         if path.is_file():
             day = archive_day(path.name)
             by_day.setdefault(day.isoformat() if day else path.name, path)
-        elif path.is_dir() and (path / "system.csv").exists():
+        elif path.is_dir() and (_is_day(path.name) or (path / "system.csv").exists()):
             by_day[path.name] = path
         elif path.is_dir():
             # An out_dir's archives/, or a folder of archives (the vault's QubesIncoming).
@@ -128,6 +128,14 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
         else:
             raise ArchiveError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
     return [by_day[day] for day in sorted(by_day)]
+
+
+def _is_day(name: str) -> bool:
+    try:
+        date.fromisoformat(name)
+    except ValueError:
+        return False
+    return len(name) == 10  # YYYY-MM-DD, not 20250831
 
 
 def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
