@@ -247,6 +247,7 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     heat.set_yticks(np.arange(len(rows)) + 0.5)
     heat.set_yticklabels([_label(k) for k in rows], fontsize=8)
     per_bin = "count" if chart.kind == "count" else "mean"
+    blank = "none" if chart.kind == "count" else "no sample"
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")  # mathtext is off: no 10^x
     fig.colorbar(image, ax=heat, label=chart.unit, pad=0.01, format=plain)
     more = (
@@ -254,7 +255,7 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     )
     heat.set_title(
         f"{len(ranked.labels)} with data, busiest first{more}"
-         f"; a column is the {per_bin} over {_duration(bins.width)}; grey: no sample",
+         f"; a column is the {per_bin} over {_duration(bins.width)}; grey: {blank}",
         loc="left", fontsize=9,
     )  # fmt: skip
     middles = (edges[:-1] + edges[1:]) / 2
