@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import re
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -380,3 +381,31 @@ def test_the_realistic_generator_writes_what_the_schema_writes(tmp_path, monkeyp
             assert (a / daily.file_name).read_bytes() == (b / daily.file_name).read_bytes()
     alerts = (fast[1] / "alerts.csv").read_text() + (fast[0] / "alerts.csv").read_text()
     assert '""' in alerts  # quoted quotes: the alerts are the hard kind
+
+
+def test_a_line_without_end_is_not_held_whole(tmp_path):
+    """A planted 256 MB line in a day's file: the report's peak memory does not follow
+    it (pandas' reader would hold the whole row), and the rows after it are still read."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    with (day / "connections.csv").open("wb") as f:
+        f.write(schema.CONNECTIONS.header)
+        f.write(b"2025-08-31T12:00:00Z,work,3,1\n")
+        f.write(b"2025-08-31T12:00:10Z,work," + b"9" * (256 << 20) + b"\n")
+        f.write(b"2025-08-31T12:00:20Z,work,5,1\n")
+    script = (  # VmHWM: this program's own peak (ru_maxrss would count the forked pytest)
+        "import sys; from pathlib import Path\n"
+        "from sysmon.commands.report.read import load\n"
+        "d = load([Path(sys.argv[1])], None, float('-inf'), float('inf'), workers=1)\n"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "print(d.tcp['work'].v.tolist(), d.skipped, int(hwm.split()[1]) // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(day)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    values, skipped, peak_mib = done.stdout.rsplit(" ", 2)
+    assert values.startswith("[3.0, 5.0]")
+    assert int(skipped) >= 1
+    assert int(peak_mib) < 220, peak_mib  # pandas and numpy alone are about 100 MiB

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import functools
 import io
 import itertools
 import os
@@ -68,6 +69,9 @@ MAX_SERIES = 8
 MAX_CELL = schema.MAX_ROW_BYTES
 #: Rows parsed at a time, so that a huge file someone planted is read in bounded memory.
 CHUNK_ROWS = 200_000
+#: Bytes of one line read at most (a row sysmon writes is under 4 KiB): a longer one
+#: sends the file to the csv module, which reads it in pieces and skips it.
+MAX_LINE = 1 << 20
 
 #: What the page needs of each file (besides ts and vm): text and number columns.
 _TEXT = {"network.csv": ("if",), "disk.csv": ("mount",), "scrapes.csv": ("status",)}
@@ -140,22 +144,39 @@ class _Part:
     skipped: int = 0
 
 
+class _LineTooLongError(Exception):
+    """A line longer than any sysmon writes: pandas' reader would hold it whole."""
+
+
 class _CountLines(io.RawIOBase):
-    """A byte stream that counts the lines read through it (the rows pandas skips)."""
+    """A byte stream that counts the lines read through it (the rows pandas skips).
+
+    It stops at a line longer than :data:`MAX_LINE` bytes.
+    """
 
     def __init__(self, raw: IO[bytes]) -> None:
         super().__init__()
         self.raw, self.lines, self.last = raw, 0, b"\n"
+        self.open_line = 0  # bytes of the line not yet ended
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
+        data = self.raw.read(min(len(buffer), MAX_LINE))
         buffer[: len(data)] = data
         if data:
             self.lines += data.count(b"\n")
             self.last = data[-1:]
+            first, last = data.find(b"\n"), data.rfind(b"\n")
+            if first < 0:
+                self.open_line += len(data)
+            elif self.open_line + first > MAX_LINE:
+                self.open_line += first
+            else:
+                self.open_line = len(data) - last - 1
+            if self.open_line > MAX_LINE:
+                raise _LineTooLongError
         return len(data)
 
     def data_rows(self) -> int:
@@ -214,8 +235,9 @@ def _chunks(pd: Any, name: str, opener: Callable[[], IO[bytes]]) -> Iterator[tup
                     parsed += len(chunk)
                     if parsed > done:
                         yield chunk.iloc[max(0, len(chunk) - (parsed - done)) :], 0
-            except pd.errors.ParserError:
-                # Cut inside a quoted cell, say: the csv module reads on, row by row.
+            except (pd.errors.ParserError, _LineTooLongError):
+                # Cut inside a quoted cell, or a line without end: the csv module
+                # reads on, row by row, a bounded piece of a line at a time.
                 yield from _row_by_row(pd, name, opener, max(parsed, done))
                 return
             except ValueError:
@@ -242,7 +264,8 @@ def _row_by_row(
         unread += 1
 
     with opener() as raw:
-        reader = csv.reader(io.TextIOWrapper(raw, "utf-8", errors="replace", newline=""))
+        stream = io.TextIOWrapper(raw, "utf-8", errors="replace", newline="")
+        reader = csv.reader(iter(functools.partial(stream.readline, 1 << 16), ""))
         header = next(reader, [])
         width, index = len(header), {c: i for i, c in enumerate(header)}
         rows: list[list[str]] = []
