@@ -11,6 +11,7 @@ Qubes.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import socket
@@ -146,6 +147,9 @@ def latest_table(out_dir: Path, day_folder: Path) -> str:
 async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     """Run the daemon on this machine, as a few qubes, for ``duration`` s."""
     handler = find_handler()
+    # A line per poll as it happens, into a pipe too (``| tee``, ``| head``).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     config = Config(out_dir=out_dir, interval=interval, scrape_timeout=min(8.0, interval * 0.8))
     names = demo_names()
     print(f"sysmon demo: {', '.join(names)} are this machine, polled with {handler}")
