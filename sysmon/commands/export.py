@@ -42,7 +42,14 @@ from typing import IO, TextIO
 import attrs
 
 from sysmon import schema
-from sysmon.store.archive import META_NAME, ArchiveError, archive_day, day_members, day_units
+from sysmon.store.archive import (
+    HOST_ID_NAME,
+    META_NAME,
+    ArchiveError,
+    archive_day,
+    day_members,
+    day_units,
+)
 from sysmon.transform import exposition
 
 FORMATS = ("openmetrics", "influx", "alerts-jsonl")
@@ -107,9 +114,10 @@ def describe(path: Path, host: str | None) -> Day:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     if host is None:
-        host = meta.get("host") if isinstance(meta.get("host"), str) else None  # type: ignore[assignment]
-        if host is None and path.is_dir() and (path.parent / "host-id").is_file():
-            host = (path.parent / "host-id").read_text(errors="replace").strip()
+        named = meta.get("host")
+        host = named if isinstance(named, str) else None
+        if host is None and path.is_dir() and (path.parent / HOST_ID_NAME).is_file():
+            host = (path.parent / HOST_ID_NAME).read_text(errors="replace").strip()
     if host is None or not _HOST.fullmatch(host):
         raise ExportError(
             f"{path}: no host identity (an archive made before sysmon-meta.json, or a "
