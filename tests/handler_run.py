@@ -22,12 +22,15 @@ def run_handler(
     timeout: float = 30,
     extra_env: dict[str, str] | None = None,
     as_user: str | None = None,
+    cwd: Path | None = None,
+    locale: str = "C",
 ) -> bytes:
     """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0).
 
-    ``as_user`` runs it as that user (needs root), as qrexec runs it as the qube's user.
+    ``as_user`` runs it as that user (needs root), as qrexec runs it as the qube's user;
+    ``locale`` is the qube's (a Fedora template's login shell sets a UTF-8 one).
     """
-    env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": "C"}
+    env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": locale}
     if proc_root is not None:
         env["SYSMON_PROC_ROOT"] = str(proc_root)
         env["SYSMON_DF_FIXTURE"] = str(proc_root / "df.txt")
@@ -47,7 +50,9 @@ def run_handler(
             "--clear-groups",
             *argv,
         ]
-    done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        argv, env=env, capture_output=True, timeout=timeout, check=False, cwd=cwd
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"", done.stderr
     return done.stdout

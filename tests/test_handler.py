@@ -110,9 +110,24 @@ class TestRecordedTrees:
         if UPDATE_GOLDEN:
             golden.parent.mkdir(exist_ok=True)
             golden.write_bytes(out)
-        assert out.decode() == golden.read_text()
+        assert out == golden.read_bytes()
         snap = parse_metrics_untrusted(out)
-        assert snap.lines_rejected == 0
+        # The hostile names are the collector's to refuse (next test).
+        assert snap.lines_rejected == (4 if tree == "hostile-names" else 0)
+
+    @pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+    def test_hostile_names_pass_through_as_bytes(self, shell, locale, tmp_path):
+        """Names with invalid UTF-8, quotes and $(...) come out as the kernel wrote them,
+        in any locale, and nothing in them runs (df is given the mount as one word)."""
+        root = FIXTURES / "proc" / "hostile-names"
+        cwd = tmp_path / "cwd"
+        cwd.mkdir()
+        out = run_handler(shell, proc_root=root, journal_dir=tmp_path, cwd=cwd, locale=locale)
+        assert out == (FIXTURES / "golden" / "hostile-names.txt").read_bytes()
+        assert list(cwd.iterdir()) == []
+        snap = parse_metrics_untrusted(out)
+        assert {d.mount for d in snap.disk} == {"/", r"/mnt/back\134slash"}
+        assert snap.lines_rejected == 4  # two interfaces, two mounts: unsafe characters
 
     def test_bind_mounts_counted_once_and_escapes_kept(self, tmp_path):
         """/home and /usr/local binds of /rw appear once; a space stays \\040."""
