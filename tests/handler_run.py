@@ -1,4 +1,4 @@
-"""Run the real handler the way qrexec would, under a chosen shell."""
+"""Run the real handler the way qrexec would, under a chosen awk."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ from pathlib import Path
 
 from conftest import FIXTURES, HANDLER
 
-SHELLS = {"dash": ["dash"], "bash": ["bash", "--posix"], "busybox": ["busybox", "sh"]}
+#: The awks the handler is run under.  "qrexec" executes the file, as qrexec does,
+#: so its first line picks the interpreter (mawk); the others run it in awks a
+#: template may have instead: Fedora's gawk (also in POSIX mode), busybox's, and
+#: the one true awk of "The AWK Programming Language".
+AWKS = {
+    "qrexec": [],
+    "mawk": ["mawk", "-f"],
+    "gawk": ["gawk", "-f"],
+    "gawk-posix": ["gawk", "--posix", "-f"],
+    "busybox": ["busybox", "awk", "-f"],
+    "one-true-awk": ["original-awk", "-f"],
+}
 STUB_BIN = FIXTURES.parent / "bin"
 
 
 def run_handler(
-    shell: str,
+    awk: str,
     *,
     proc_root: Path | None = None,
     argument: str = "",
@@ -40,7 +51,7 @@ def run_handler(
     if argument:
         env["QREXEC_SERVICE_ARGUMENT"] = argument
     env.update(extra_env or {})
-    argv = [*SHELLS[shell], str(HANDLER)] + ([argument] if argument else [])
+    argv = [*AWKS[awk], str(HANDLER)] + ([argument] if argument else [])
     if as_user is not None:
         ids = pwd.getpwnam(as_user)
         argv = [
@@ -50,9 +61,7 @@ def run_handler(
             "--clear-groups",
             *argv,
         ]
-    done = subprocess.run(
-        argv, env=env, capture_output=True, timeout=timeout, check=False, cwd=cwd
-    )
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False, cwd=cwd)
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"", done.stderr
     return done.stdout

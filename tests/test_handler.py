@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, HANDLER, require_root, require_tool
-from handler_run import SHELLS, run_handler
+from handler_run import AWKS, run_handler
 
 from sysmon.protocol.metrics import AlertRecord
 from sysmon.protocol.parse import parse_metrics_untrusted
@@ -19,10 +19,15 @@ TREES = sorted(p.name for p in (FIXTURES / "proc").iterdir() if p.is_dir())
 UPDATE_GOLDEN = os.environ.get("SYSMON_UPDATE_GOLDEN") == "1"
 
 
-@pytest.fixture(name="shell", params=sorted(SHELLS))
-def _shell(request: pytest.FixtureRequest) -> str:
-    require_tool(SHELLS[request.param][0])
+@pytest.fixture(name="awk", params=sorted(AWKS))
+def _awk(request: pytest.FixtureRequest) -> str:
+    require_tool((AWKS[request.param] or [handler_interpreter()])[0])
     return str(request.param)
+
+
+def handler_interpreter() -> str:
+    """The interpreter the handler's first line names (mawk)."""
+    return HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
 
 
 def _proc_dev_names() -> set[str]:
@@ -42,10 +47,10 @@ def _cpu_user_ticks() -> int:
 
 
 class TestOnThisMachine:
-    def test_parses_with_no_rejected_line(self, shell, tmp_path):
+    def test_parses_with_no_rejected_line(self, awk, tmp_path):
         """The handler's output for this machine parses cleanly and completely."""
         before = _cpu_user_ticks()
-        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        snap = parse_metrics_untrusted(run_handler(awk, journal_dir=tmp_path))
         after = _cpu_user_ticks()
         assert snap.lines_rejected == 0
         assert snap.over_caps == frozenset()
@@ -54,9 +59,9 @@ class TestOnThisMachine:
         assert snap.sys.protocol == 1
         assert before <= (snap.sys.cpu_ticks_user or -1) <= after
 
-    def test_values_match_proc_read_from_python(self, shell, tmp_path):
+    def test_values_match_proc_read_from_python(self, awk, tmp_path):
         """Values cross-check with /proc and statvfs read directly."""
-        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        snap = parse_metrics_untrusted(run_handler(awk, journal_dir=tmp_path))
         assert snap.sys is not None
         assert snap.sys.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         assert snap.sys.mem_total_kb == _meminfo("MemTotal")
@@ -74,9 +79,9 @@ class TestOnThisMachine:
         assert snap.conn is not None
         assert snap.conn.udp_sockets is not None
 
-    def test_journal_unreadable_is_one_alert_stamped_at_boot(self, shell, tmp_path):
+    def test_journal_unreadable_is_one_alert_stamped_at_boot(self, awk, tmp_path):
         """An unreadable journal is reported once, at boot time, not as a failure."""
-        snap = parse_metrics_untrusted(run_handler(shell, journal_dir=tmp_path))
+        snap = parse_metrics_untrusted(run_handler(awk, journal_dir=tmp_path))
         assert snap.sys is not None
         assert snap.sys.btime is not None
         assert len(snap.alerts) == 1
@@ -84,7 +89,7 @@ class TestOnThisMachine:
         assert snap.alerts[0].identifier == "sysmon-handler"
         assert snap.alerts[0].message.startswith("no journal files")
 
-    def test_a_journal_it_may_not_read_names_the_user(self, shell):
+    def test_a_journal_it_may_not_read_names_the_user(self, awk):
         """Journal files it cannot read: said so, naming the user (not $USER's guess)."""
         require_root("running the handler as another user")
         require_tool("setpriv")
@@ -93,7 +98,7 @@ class TestOnThisMachine:
             journal.chmod(0o755)
             (journal / "system.journal").write_bytes(b"LPKSHHRH")
             (journal / "system.journal").chmod(0o600)
-            out = run_handler(shell, journal_dir=journal, argument="nodisk.", as_user="nobody")
+            out = run_handler(awk, journal_dir=journal, argument="nodisk.", as_user="nobody")
         finally:
             shutil.rmtree(journal)
         message = parse_metrics_untrusted(out).alerts[0].message
@@ -102,10 +107,10 @@ class TestOnThisMachine:
 
 class TestRecordedTrees:
     @pytest.mark.parametrize("tree", TREES)
-    def test_golden(self, shell, tree, tmp_path):
-        """A recorded /proc tree gives exactly the recorded output, in every shell."""
+    def test_golden(self, awk, tree, tmp_path):
+        """A recorded /proc tree gives exactly the recorded output, in every awk."""
         root = FIXTURES / "proc" / tree
-        out = run_handler(shell, proc_root=root, journal_dir=tmp_path)
+        out = run_handler(awk, proc_root=root, journal_dir=tmp_path)
         golden = FIXTURES / "golden" / f"{tree}.txt"
         if UPDATE_GOLDEN:
             golden.parent.mkdir(exist_ok=True)
@@ -116,13 +121,13 @@ class TestRecordedTrees:
         assert snap.lines_rejected == (4 if tree == "hostile-names" else 0)
 
     @pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
-    def test_hostile_names_pass_through_as_bytes(self, shell, locale, tmp_path):
+    def test_hostile_names_pass_through_as_bytes(self, awk, locale, tmp_path):
         """Names with invalid UTF-8, quotes and $(...) come out as the kernel wrote them,
         in any locale, and nothing in them runs (df is given the mount as one word)."""
         root = FIXTURES / "proc" / "hostile-names"
         cwd = tmp_path / "cwd"
         cwd.mkdir()
-        out = run_handler(shell, proc_root=root, journal_dir=tmp_path, cwd=cwd, locale=locale)
+        out = run_handler(awk, proc_root=root, journal_dir=tmp_path, cwd=cwd, locale=locale)
         assert out == (FIXTURES / "golden" / "hostile-names.txt").read_bytes()
         assert list(cwd.iterdir()) == []
         snap = parse_metrics_untrusted(out)
@@ -131,9 +136,9 @@ class TestRecordedTrees:
 
     def test_bind_mounts_counted_once_and_escapes_kept(self, tmp_path):
         """/home and /usr/local binds of /rw appear once; a space stays \\040."""
-        require_tool("dash")
+        require_tool(handler_interpreter())
         root = FIXTURES / "proc" / "many-ifaces-mounts"
-        snap = parse_metrics_untrusted(run_handler("dash", proc_root=root, journal_dir=tmp_path))
+        snap = parse_metrics_untrusted(run_handler("qrexec", proc_root=root, journal_dir=tmp_path))
         mounts = [d.mount for d in snap.disk]
         assert "/tmp/mnt-root/rw" in mounts
         assert "/tmp/mnt-root/home" not in mounts
@@ -143,13 +148,13 @@ class TestRecordedTrees:
 
     def test_a_hung_network_filesystem_costs_only_the_disk_lines(self, tmp_path):
         """df that never answers on an NFS mount is killed after the time limit."""
-        require_tool("dash")
+        require_tool(handler_interpreter())
         root = tmp_path / "proc"
         shutil.copytree(FIXTURES / "proc" / "this-machine", root)
         with (root / "self" / "mountinfo").open("a") as f:
             f.write("99 27 0:77 / /mnt/nfs rw,relatime - nfs4 server:/export rw\n")
         out = run_handler(
-            "dash",
+            "qrexec",
             proc_root=root,
             journal_dir=tmp_path,
             timeout=10,
@@ -162,9 +167,9 @@ class TestRecordedTrees:
 
     def test_odd_proc_files(self, tmp_path):
         """CurrEstab found by name, -1 neighbours, no MemAvailable, a short cpu line."""
-        require_tool("dash")
+        require_tool(handler_interpreter())
         root = FIXTURES / "proc" / "odd-snmp"
-        snap = parse_metrics_untrusted(run_handler("dash", proc_root=root, journal_dir=tmp_path))
+        snap = parse_metrics_untrusted(run_handler("qrexec", proc_root=root, journal_dir=tmp_path))
         assert snap.conn is not None
         assert snap.conn.tcp_established == 17
         assert snap.conn.udp_sockets == 7
@@ -224,44 +229,42 @@ class TestRealJournal:
             ],
         )
 
-    def _alerts(self, shell, proc, journal, argument=""):
-        out = run_handler(shell, proc_root=proc, journal_dir=journal, argument=argument)
+    def _alerts(self, awk, proc, journal, argument=""):
+        out = run_handler(awk, proc_root=proc, journal_dir=journal, argument=argument)
         return parse_metrics_untrusted(out).alerts
 
-    def test_cursor_of_this_boot_is_inclusive(self, shell, proc_boot_a, journal):
+    def test_cursor_of_this_boot_is_inclusive(self, awk, proc_boot_a, journal):
         """Entries at or after the cursor's microsecond, notice and above only."""
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000"
-        assert self._alerts(shell, proc_boot_a, journal, cursor) == (
+        assert self._alerts(awk, proc_boot_a, journal, cursor) == (
             AlertRecord(1_700_000_100_000_000, "kernel[42]", "first"),
             AlertRecord(1_700_000_100_000_000, "kernel[42]", "same microsecond"),
             AlertRecord(1_700_000_300_000_000, "sshd[42]", '=HYPERLINK("x")'),
         )
 
-    def test_cursor_skips_entries_already_filed_at_its_microsecond(
-        self, shell, proc_boot_a, journal
-    ):
+    def test_cursor_skips_entries_already_filed_at_its_microsecond(self, awk, proc_boot_a, journal):
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000.1"
-        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        got = self._alerts(awk, proc_boot_a, journal, cursor)
         assert [a.message for a in got] == ["same microsecond", '=HYPERLINK("x")']
 
-    def test_cursor_after_everything_gives_nothing(self, shell, proc_boot_a, journal):
+    def test_cursor_after_everything_gives_nothing(self, awk, proc_boot_a, journal):
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000300000001"
-        assert self._alerts(shell, proc_boot_a, journal, cursor) == ()
+        assert self._alerts(awk, proc_boot_a, journal, cursor) == ()
 
-    def test_cursor_of_another_boot_sends_this_boot(self, shell, proc_boot_a, journal):
+    def test_cursor_of_another_boot_sends_this_boot(self, awk, proc_boot_a, journal):
         """After a restart the whole new boot is sent, whatever the old cursor's time."""
         cursor = BOOT_B.replace("-", "")[:16] + ".1800000000000000"
-        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        got = self._alerts(awk, proc_boot_a, journal, cursor)
         assert [a.message for a in got] == ["first", "same microsecond", '=HYPERLINK("x")']
 
-    def test_no_cursor_sends_only_recent_minutes(self, shell, proc_boot_a, journal):
-        assert self._alerts(shell, proc_boot_a, journal) == ()
+    def test_no_cursor_sends_only_recent_minutes(self, awk, proc_boot_a, journal):
+        assert self._alerts(awk, proc_boot_a, journal) == ()
 
-    def test_garbage_cursor_is_treated_as_none(self, shell, proc_boot_a, journal):
+    def test_garbage_cursor_is_treated_as_none(self, awk, proc_boot_a, journal):
         cursor = BOOT_A.replace("-", "")[:16] + ".12ab"
-        assert self._alerts(shell, proc_boot_a, journal, cursor) == ()
+        assert self._alerts(awk, proc_boot_a, journal, cursor) == ()
 
-    def test_flags_before_the_cursor_leave_lines_out(self, shell, proc_boot_a, journal):
+    def test_flags_before_the_cursor_leave_lines_out(self, awk, proc_boot_a, journal):
         """nodisk. and noalerts. leave out what costs a process; the cursor still counts."""
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000.1"
         for argument, disk, alerts in [
@@ -270,14 +273,14 @@ class TestRealJournal:
             ("noalerts.", True, 0),
             ("nodisk.noalerts.", False, 0),
         ]:
-            out = run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, argument=argument)
+            out = run_handler(awk, proc_root=proc_boot_a, journal_dir=journal, argument=argument)
             snap = parse_metrics_untrusted(out)
             assert snap.sys is not None, argument
             assert snap.net, argument
             assert bool(snap.disk) == disk, argument
             assert len(snap.alerts) == alerts, argument
 
-    def test_a_fast_poll_spawns_no_process(self, shell, proc_boot_a, journal, tmp_path):
+    def test_a_fast_poll_spawns_no_process(self, awk, proc_boot_a, journal, tmp_path):
         """nodisk.noalerts.: no df, no journalctl (they would leave a trace here)."""
         trace = tmp_path / "spawned"
         stubs = tmp_path / "stubs"
@@ -287,12 +290,52 @@ class TestRealJournal:
             (stubs / tool).chmod(0o755)
         env = {"PATH": f"{stubs}:{os.environ['PATH']}"}
         fast = "nodisk.noalerts."
-        run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, argument=fast, extra_env=env)
+        run_handler(awk, proc_root=proc_boot_a, journal_dir=journal, argument=fast, extra_env=env)
         assert not trace.exists()
-        run_handler(shell, proc_root=proc_boot_a, journal_dir=journal, extra_env=env)
+        run_handler(awk, proc_root=proc_boot_a, journal_dir=journal, extra_env=env)
         assert set(trace.read_text().split()) >= {"df", "journalctl"}
 
-    def test_caps_lines_and_length_oldest_first(self, shell, proc_boot_a, tmp_path):
+    @pytest.mark.parametrize(
+        ("argument", "programs", "processes"),
+        [
+            ("nodisk.noalerts.", [], 1),
+            ("noalerts.", ["sh", "df"], 2),
+            ("nodisk.", ["sh", "journalctl"], 5),
+            ("", ["sh", "df", "sh", "journalctl"], 6),
+        ],
+    )
+    def test_what_each_kind_of_poll_starts(
+        self, proc_boot_a, journal, argument, programs, processes
+    ):
+        """Counted by strace: a fast poll is the one awk process; df and journalctl
+        each come with one shell (the journal's pipeline forks two subshells)."""
+        strace = require_tool("strace")
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(tmp) / "trace"
+            # The real df: this recorded tree's one disk is this machine's /.
+            env = {
+                "PATH": os.environ["PATH"],
+                "LC_ALL": "C",
+                "SYSMON_PROC_ROOT": str(proc_boot_a),
+                "SYSMON_JOURNAL_DIR": str(journal),
+            }
+            # One file per process (-ff), successful calls only (-z): no interleaving,
+            # no failed tries along PATH.
+            argv = [strace, "-ff", "-qq", "-z", "-e", "trace=execve", "-o", str(log)]
+            subprocess.run(
+                [*argv, str(HANDLER), argument], env=env, capture_output=True, check=True
+            )
+            traces = sorted(Path(tmp).glob("trace.*"), key=lambda f: int(f.suffix[1:]))
+            started = [
+                Path(line.split('execve("', 1)[1].split('"', 1)[0]).name
+                for f in traces
+                for line in f.read_text().splitlines()
+                if 'execve("' in line
+            ]
+        assert started == [HANDLER.name, *programs]
+        assert len(traces) == processes
+
+    def test_caps_lines_and_length_oldest_first(self, awk, proc_boot_a, tmp_path):
         """At most 50 alert lines, the oldest, each cut to 1000 characters."""
         require_tool("journalctl")
         entries = [
@@ -303,17 +346,29 @@ class TestRealJournal:
         ]
         journal = _make_journal(tmp_path / "flood", entries)
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000"
-        got = self._alerts(shell, proc_boot_a, journal, cursor)
+        got = self._alerts(awk, proc_boot_a, journal, cursor)
         assert [a.ts_us for a in got] == [1_700_000_100_000_000 + i for i in range(50)]
         assert all(len(f"{a.identifier}: {a.message}") == 1000 for a in got)
 
 
-def test_shellcheck_clean():
-    """The handler is POSIX sh and shellcheck-clean."""
+def test_the_shell_part_is_posix_and_shellcheck_clean():
+    """The handler's one piece of shell (journalctl and its lines), as sh will see it,
+    and the test helpers."""
     shellcheck = require_tool("shellcheck")
-    scripts = [HANDLER, *sorted((FIXTURES.parent / "bin").iterdir()), FIXTURES / "record_proc.sh"]
+    script = subprocess.run(
+        [str(HANDLER)],
+        env={**os.environ, "SYSMON_DUMP_JOURNAL_SH": "1"},
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"journalctl" in script
+    part = subprocess.run(
+        [shellcheck, "--shell=sh", "-"], input=script, capture_output=True, check=False
+    )
+    assert part.returncode == 0, part.stdout.decode()
+    helpers = [*sorted((FIXTURES.parent / "bin").iterdir()), FIXTURES / "record_proc.sh"]
     done = subprocess.run(
-        [shellcheck, "--shell=sh", *map(str, scripts)], capture_output=True, text=True, check=False
+        [shellcheck, "--shell=sh", *map(str, helpers)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout
 
@@ -322,7 +377,7 @@ def test_unreadable_boot_id_still_moves_the_cursor(tmp_path):
     """Without /proc/sys/kernel/random/boot_id the boot is "unknown", and a
     cursor naming it is honoured (else the oldest 50 entries came back forever)."""
     require_tool("journalctl")
-    require_tool("dash")
+    require_tool(handler_interpreter())
     root = tmp_path / "proc"
     shutil.copytree(FIXTURES / "proc" / "this-machine", root)
     (root / "sys/kernel/random/boot_id").unlink()
@@ -334,6 +389,6 @@ def test_unreadable_boot_id_still_moves_the_cursor(tmp_path):
         ],
     )
     out = run_handler(
-        "dash", proc_root=root, journal_dir=journal, argument="unknown.1700000000000001.1"
+        "qrexec", proc_root=root, journal_dir=journal, argument="unknown.1700000000000001.1"
     )
     assert [a.message for a in parse_metrics_untrusted(out).alerts] == ["m2"]

@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import socket
 import sys
 from collections import Counter
@@ -47,6 +48,18 @@ def find_handler() -> Path:
     raise FileNotFoundError("handler qubes.Metrics.Get not found (set SYSMON_HANDLER)")
 
 
+def handler_interpreter() -> list[str]:
+    """How to run the handler here: mawk as in a template, else this machine's awk.
+
+    The handler names mawk on its first line (Debian ships it, the Salt state
+    installs Fedora's); it is POSIX awk, so a machine without mawk runs it too.
+    """
+    awk = shutil.which("mawk") or shutil.which("awk")
+    if awk is None:
+        raise FileNotFoundError("no awk on this machine (the handler is an awk program)")
+    return [awk, "-f"]
+
+
 def demo_names(hostname: str | None = None) -> list[str]:
     """A few qube names made from this machine's name."""
     base = re.sub(r"[^a-zA-Z0-9_-]", "-", (hostname or socket.gethostname()).split(".")[0])
@@ -68,11 +81,12 @@ class LocalHandler:
 
     handler: Path
     names: tuple[str, ...] = ()
+    interpreter: tuple[str, ...] = attrs.field(factory=lambda: tuple(handler_interpreter()))
 
     def metrics_argv(self, target: str, argument: str) -> list[str]:
         """The handler's command line, after the slice this qube sees (``i``, ``n``)."""
         i = self.names.index(target) if target in self.names else 0
-        return [str(i), str(max(1, len(self.names))), "sh", str(self.handler)] + (
+        return [str(i), str(max(1, len(self.names))), *self.interpreter, str(self.handler)] + (
             [argument] if argument else []
         )
 
