@@ -99,8 +99,11 @@ class Config:
     min_free_mb: int = attrs.field(default=200, validator=_positive(integer=True))
     #: Polls between the slow parts of a poll: disk lines (df) and journal
     #: alerts (journalctl), each a process in the qube; the rest is /proc only.
+    #: Once a minute at 10 s: journalctl's start-up alone costs more than a
+    #: node_exporter scrape, so every 30 s it was most of a poll's average
+    #: (docs/performance.md).  Alerts keep their own time, only filed later.
     disk_every: int = attrs.field(default=6, validator=_positive(integer=True))
-    alerts_every: int = attrs.field(default=3, validator=_positive(integer=True))
+    alerts_every: int = attrs.field(default=6, validator=_positive(integer=True))
     #: The day folders and archives together never take more (oldest
     #: delivered days go first); sized below the private volume Salt gives.
     max_data_mb: int = attrs.field(default=8192, validator=_positive(integer=True))
