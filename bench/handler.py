@@ -1,19 +1,27 @@
-"""Benchmark: the handler's CPU and wall time per run, beside the cat-only floor.
+"""Benchmark: the handler's CPU, wall time and processes per poll, beside a floor,
+the shell handler it replaced, and Prometheus node_exporter.
 
-    python bench/handler.py [--runs 300]
+    python bench/handler.py [--runs 300] [--baseline b46ce42]
 
-Runs are interleaved (handler, floor, handler, ...) so both see the same
-machine noise; medians are printed with the ratio.  CPU is user+system of
-the whole process tree (RUSAGE_CHILDREN), wall is fork to reap.  Two cases:
-as on this machine (journal readable or not), and with a real journal of
-1,000 entries read by journalctl (built with systemd-journal-remote), since
-journalctl is the handler's one expensive child.
+Everything is measured in one run, interleaved (each round runs every variant
+once, in a shuffled order), so all see the same machine noise; medians are
+printed with their ratios.  CPU is user+system of the whole process tree
+(RUSAGE_CHILDREN), wall is fork to reap.
+
+Variants: the handler as qrexec runs it (its first line: mawk), the same file
+under gawk (Fedora's own awk, for a template without mawk), and the POSIX-sh
+handler of commit --baseline (taken from git, run by /bin/sh) -- the before.
+The floor (bench/floor.sh) cats the same /proc files and, for a full poll,
+runs df on the same filesystems.  The journal is a real one of 1,000 entries
+read by journalctl (built with systemd-journal-remote), since journalctl is
+the handler's one expensive child; without those tools that part is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import shutil
 import socket
@@ -23,15 +31,26 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "handler" / "qubes.Metrics.Get"
 FLOOR = ROOT / "bench" / "floor.sh"
 REMOTE = "/lib/systemd/systemd-journal-remote"
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+#: The last shell handler: the before of the awk rewrite.
+BASELINE = "b46ce42"
+KINDS = ("full", "disk", "alerts", "fast")
+LABELS = {
+    "full": "full (df + journalctl)",
+    "disk": "disk, no alerts (df)",
+    "alerts": "alerts, no disk (journalctl)",
+    "fast": "fast: /proc only",
+}
 
 
-def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+def measure(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(cpu ms, wall ms) of one run of ``argv``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -42,14 +61,20 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, 
     return cpu * 1000, wall * 1000
 
 
-def mounts_of_handler(env: dict[str, str] | None) -> list[str]:
-    out = subprocess.run(["sh", str(HANDLER)], env=env, capture_output=True, check=True).stdout
-    mounts = []
-    for line in out.decode().splitlines():
-        if line.startswith("disk: "):
-            fields = dict(t.split("=", 1) for t in line[6:].split(" "))
-            mounts.append(fields["mount"].encode().decode("unicode_escape"))
-    return mounts
+def processes(argv: Sequence[str], env: dict[str, str]) -> int | None:
+    """Processes one run starts, itself included (strace -ff: a file per process)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "t"
+        subprocess.run(
+            [strace, "-ff", "-qq", "-e", "trace=execve", "-o", str(log), *argv],
+            stdout=subprocess.DEVNULL,
+            env=env,
+            check=True,
+        )
+        return len(list(Path(tmp).iterdir()))
 
 
 def make_journal(directory: Path, entries: int) -> None:
@@ -72,69 +97,25 @@ def make_journal(directory: Path, entries: int) -> None:
     export.unlink()
 
 
-def run_case(name: str, runs: int, env: dict[str, str] | None, argument: str = "") -> float:
-    mounts = mounts_of_handler(env)
-    handler_argv = ["sh", str(HANDLER), *([argument] if argument else [])]
-    floor_argv = ["sh", str(FLOOR), *mounts]
-    results: dict[str, list[tuple[float, float]]] = {"handler": [], "floor": []}
-    for _ in range(runs):
-        results["handler"].append(measure(handler_argv, env))
-        results["floor"].append(measure(floor_argv, env))
-    med = {
-        key: (statistics.median(c for c, _ in values), statistics.median(w for _, w in values))
-        for key, values in results.items()
-    }
-    print(f"\n{name} ({runs} interleaved runs each, medians)")
-    print(f"  {'':10} {'cpu ms':>8} {'wall ms':>8}")
-    for key in ("handler", "floor"):
-        print(f"  {key:10} {med[key][0]:8.2f} {med[key][1]:8.2f}")
-    ratio_cpu = med["handler"][0] / med["floor"][0] if med["floor"][0] else float("nan")
-    ratio_wall = med["handler"][1] / med["floor"][1]
-    print(
-        f"  {'ratio':10} {ratio_cpu:8.2f}x {ratio_wall:7.2f}x"
-        "   (budget: 1.5x; 5 ms cpu, 10 ms wall)"
+def mounts_of(handler: Sequence[str], env: dict[str, str]) -> list[str]:
+    out = subprocess.run([*handler, "noalerts."], env=env, capture_output=True, check=True)
+    mounts = []
+    for line in out.stdout.decode().splitlines():
+        if line.startswith("disk: "):
+            fields = dict(t.split("=", 1) for t in line[6:].split(" "))
+            mounts.append(fields["mount"].encode().decode("unicode_escape"))
+    return mounts
+
+
+def baseline_handler(commit: str, directory: Path) -> Path:
+    path = directory / "qubes.Metrics.Get.sh"
+    shown = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{commit}:handler/qubes.Metrics.Get"],
+        capture_output=True,
+        check=True,
     )
-    return med["handler"][0]
-
-
-NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-#: The collector's defaults: disk every 6th poll, alerts every 3rd (a cycle of 6).
-CYCLE = ("full", "fast", "fast", "alerts", "fast", "fast")
-
-
-def cycle_case(runs: int, env: dict[str, str], cursor: str) -> float:
-    """The kinds of poll of one cycle, interleaved with the /proc-only floor.
-
-    Returns the average CPU per poll over the cycle (ms).
-    """
-    argument = {"full": cursor, "alerts": "nodisk." + cursor, "fast": "nodisk.noalerts."}
-    floor_env = {**env, "FLOOR_NO_DF": "1"}
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in (*argument, "floor")}
-    for _ in range(runs):
-        for kind, arg in argument.items():
-            results[kind].append(measure(["sh", str(HANDLER), arg], env))
-        results["floor"].append(measure(["sh", str(FLOOR)], floor_env))
-    med = {
-        key: (statistics.median(c for c, _ in values), statistics.median(w for _, w in values))
-        for key, values in results.items()
-    }
-    print(f"\nthe kinds of poll, real journal of 1,000 entries ({runs} interleaved runs each)")
-    print(f"  {'':26} {'cpu ms':>8} {'wall ms':>8}")
-    labels = {
-        "full": "full (df + journalctl)",
-        "alerts": "alerts, no disk",
-        "fast": "fast: /proc only",
-        "floor": "floor: cat /proc, no df",
-    }
-    for key, label in labels.items():
-        print(f"  {label:26} {med[key][0]:8.2f} {med[key][1]:8.2f}")
-    print(
-        f"  fast / floor: {med['fast'][0] / med['floor'][0]:.2f}x cpu, "
-        f"{med['fast'][1] / med['floor'][1]:.2f}x wall   (budget: 1.0x)"
-    )
-    average = sum(med[kind][0] for kind in CYCLE) / len(CYCLE)
-    print(f"  average cpu per poll over a cycle {'/'.join(CYCLE)}: {average:.2f} ms")
-    return average
+    path.write_bytes(shown.stdout)
+    return path
 
 
 def proc_cpu_ms(pid: int) -> float:
@@ -183,46 +164,129 @@ def node_exporter_case(runs: int) -> tuple[float, float, float] | None:
         proc.wait()
 
 
+def cycle(disk_every: int, alerts_every: int) -> list[str]:
+    """The kinds of poll the collector asks for over one cycle (health.argument's rule)."""
+    length = disk_every * alerts_every // _gcd(disk_every, alerts_every)
+    kinds = []
+    for n in range(length):
+        disk, alerts = n % disk_every == 0, n % alerts_every == 0
+        kinds.append(
+            "full" if disk and alerts else "disk" if disk else "alerts" if alerts else "fast"
+        )
+    return kinds
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--baseline", default=BASELINE, help="commit of the shell handler")
     args = parser.parse_args()
-    print(f"handler: {HANDLER} under sh = {shutil.which('sh')}")
-    handler_cpu = run_case("this machine as it is", args.runs, None)
-    cycle_cpu: float | None = None
-    if Path(REMOTE).exists() and shutil.which("journalctl"):
-        with tempfile.TemporaryDirectory() as tmp:
-            make_journal(Path(tmp), 1000)
-            env = {"PATH": "/usr/bin:/bin", "SYSMON_JOURNAL_DIR": tmp}
-            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
-            cursor = f"{boot}.{int(time.time() * 1_000_000) - 5_000_000}"
-            run_case(
-                "with a real journal of 1,000 entries, cursor 5 s back", args.runs, env, cursor
+    if not (Path(REMOTE).exists() and shutil.which("journalctl")):
+        print("systemd-journal-remote or journalctl missing: no journal to read", file=sys.stderr)
+        return 1
+    interpreter = HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Path(tmp) / "journal"
+        journal.mkdir()
+        make_journal(journal, 1000)
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "SYSMON_JOURNAL_DIR": str(journal)}
+        variants = {"awk (mawk)": [str(HANDLER)]}
+        if shutil.which("gawk"):
+            variants["awk (gawk)"] = ["gawk", "-f", str(HANDLER)]
+        variants[f"sh {args.baseline}"] = ["sh", str(baseline_handler(args.baseline, Path(tmp)))]
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+        cursor = f"{boot[:16]}.{int(time.time() * 1_000_000) - 5_000_000}"
+        arguments = {
+            "full": cursor,
+            "disk": "noalerts.",
+            "alerts": "nodisk." + cursor,
+            "fast": "nodisk.noalerts.",
+        }
+        mounts = mounts_of(variants["awk (mawk)"], env)
+        floors = {
+            "floor, full: cat /proc + df": (["sh", str(FLOOR), *mounts], env),
+            "floor, fast: cat /proc": (["sh", str(FLOOR)], {**env, "FLOOR_NO_DF": "1"}),
+        }
+        jobs = [(v, k, [*argv, arguments[k]], env) for v, argv in variants.items() for k in KINDS]
+        jobs += [(name, "", argv, floor_env) for name, (argv, floor_env) in floors.items()]
+        samples: dict[tuple[str, str], list[tuple[float, float]]] = {
+            (v, k): [] for v, k, _, _ in jobs
+        }
+        for _ in range(args.runs):
+            random.shuffle(jobs)
+            for v, k, argv, job_env in jobs:
+                samples[v, k].append(measure(argv, job_env))
+        spawned = {(v, k): processes(argv, job_env) for v, k, argv, job_env in jobs if k}
+    med = {
+        key: (statistics.median(c for c, _ in s), statistics.median(w for _, w in s))
+        for key, s in samples.items()
+    }
+    print(f"handler {HANDLER} (first line: {interpreter}); /bin/sh = {os.path.realpath('/bin/sh')}")
+    print(
+        f"{args.runs} interleaved rounds, medians; a real journal of 1,000 entries, cursor 5 s back"
+    )
+    print(f"\n  {'':30} {'cpu ms':>8} {'wall ms':>8} {'processes':>10}")
+    for v in variants:
+        print(f"  {v}")
+        for k in KINDS:
+            n = spawned[v, k]
+            print(
+                f"    {LABELS[k]:28} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} "
+                f"{'' if n is None else n:>10}"
             )
-            cycle_cpu = cycle_case(args.runs, env, cursor)
-    else:
+    for name in floors:
+        print(f"  {name:30} {med[name, ''][0]:8.2f} {med[name, ''][1]:8.2f}")
+
+    new, old = "awk (mawk)", f"sh {args.baseline}"
+    fast_floor = med["floor, fast: cat /proc", ""]
+    full_floor = med["floor, full: cat /proc + df", ""]
+    print("\nratios")
+    print(
+        f"  fast poll / cat-only floor: {med[new, 'fast'][0] / fast_floor[0]:.2f}x cpu, "
+        f"{med[new, 'fast'][1] / fast_floor[1]:.2f}x wall   (budget <= 1.0)"
+    )
+    print(
+        f"  disk poll / cat + df floor: {med[new, 'disk'][0] / full_floor[0]:.2f}x cpu, "
+        f"{med[new, 'disk'][1] / full_floor[1]:.2f}x wall"
+    )
+    for k in KINDS:
         print(
-            "\n(systemd-journal-remote or journalctl missing: journal case skipped)",
-            file=sys.stderr,
+            f"  {LABELS[k]:28} awk / sh: {med[new, k][0] / med[old, k][0]:.2f}x cpu, "
+            f"{med[new, k][1] / med[old, k][1]:.2f}x wall"
+            + ("   (budget: full <= 1.0, no worse than before)" if k == "full" else "")
         )
+
     peer = node_exporter_case(args.runs)
     if peer is None:
-        print(
-            f"\n({NODE_EXPORTER} missing: apt-get install prometheus-node-exporter)",
-            file=sys.stderr,
-        )
+        print(f"\n({NODE_EXPORTER} missing: apt-get install prometheus-node-exporter)")
         return 0
     cpu, wall, rss = peer
     print(f"\nPrometheus node_exporter on loopback, {args.runs} scrapes of /metrics")
     print(f"  cpu per scrape {cpu:.2f} ms, wall {wall:.2f} ms, resident {rss:.1f} MB all the time")
-    print(f"  full poll cpu / node_exporter cpu per scrape: {handler_cpu / cpu:.2f}")
-    if cycle_cpu is not None:
-        print(
-            f"  average poll over a cycle, with a readable journal / node_exporter: "
-            f"{cycle_cpu / cpu:.2f} (budget <= 0.5); the handler keeps no resident memory"
-        )
+    print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape")
+    rows = [
+        (new, 6, 6, "the defaults: disk and alerts once a minute"),
+        (new, 6, 3, "alerts every 30 s"),
+        (new, 6, 12, "alerts every 2 min"),
+        (old, 6, 3, f"before: {args.baseline}'s handler and defaults"),
+        (old, 6, 6, f"{args.baseline}'s handler, today's defaults"),
+    ]
+    if "awk (gawk)" in variants:
+        rows.insert(1, ("awk (gawk)", 6, 6, "the defaults, gawk (a Fedora template without mawk)"))
+    for v, disk_every, alerts_every, what in rows:
+        kinds = cycle(disk_every, alerts_every)
+        average = sum(med[v, k][0] for k in kinds) / len(kinds)
+        budget = "   (budget <= 0.5)" if (v, disk_every, alerts_every) == (new, 6, 6) else ""
+        print(f"  {what:52} {average:6.2f} ms  {average / cpu:.2f}x{budget}")
+    print("  (the handler keeps no resident memory between polls)")
     return 0
 
 
