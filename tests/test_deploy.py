@@ -106,6 +106,14 @@ class TestRendering:
         features = high["sysmon-qube-service"]["qvm"]
         assert {"enable": ["service.sysmon"]} in features
 
+    def test_handler_templates_get_the_awk_its_first_line_names(self, salt):
+        """mawk from the template's distribution, installed before the handler."""
+        interpreter = (ROOT / "handler/qubes.Metrics.Get").read_text().split()[0]
+        assert interpreter == "#!/usr/bin/mawk"
+        high = salt("state.show_sls", "qubes.monitor.template-handler")
+        assert {"pkgs": ["mawk"]} in high["sysmon-handler-awk"]["pkg"]
+        assert {"require": [{"pkg": "sysmon-handler-awk"}]} in high["sysmon-handler"]["file"]
+
     def test_top_covers_dom0_and_every_template(self, salt):
         top = salt("slsutil.renderer", f"{SALT_ROOT}/qubes/monitor/init.top")
         assert top["base"]["dom0"] == ["qubes.monitor.sys-monitor"]
