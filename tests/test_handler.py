@@ -134,6 +134,23 @@ class TestRecordedTrees:
         assert {d.mount for d in snap.disk} == {"/", r"/mnt/back\134slash"}
         assert snap.lines_rejected == 4  # two interfaces, two mounts: unsafe characters
 
+    @pytest.mark.parametrize("argument", ["-f.bashrc", "-Wversion", "-v", "--", "-F."])
+    def test_an_argument_is_never_an_option_of_awk(self, argument, tmp_path):
+        """A caller's argument that looks like an awk option is only a (bad) cursor:
+        run from its #! line, awk must not load a file of the qube's working
+        directory as a program, print its version, or fail."""
+        cwd = tmp_path / "home"
+        cwd.mkdir()
+        (cwd / ".bashrc").write_text("secret_history_line = 1\n")
+        root = FIXTURES / "proc" / "this-machine"
+        out = run_handler(
+            "qrexec", proc_root=root, journal_dir=tmp_path, argument=argument, cwd=cwd
+        )
+        assert b"secret" not in out
+        snap = parse_metrics_untrusted(out)
+        assert snap.sys is not None
+        assert snap.lines_rejected == 0
+
     def test_bind_mounts_counted_once_and_escapes_kept(self, tmp_path):
         """/home and /usr/local binds of /rw appear once; a space stays \\040."""
         require_tool(handler_interpreter())

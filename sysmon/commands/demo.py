@@ -52,9 +52,13 @@ def handler_interpreter() -> list[str]:
     """How to run the handler here: mawk as in a template, else this machine's awk.
 
     The handler names mawk on its first line (Debian ships it, the Salt state
-    installs Fedora's); it is POSIX awk, so a machine without mawk runs it too.
+    installs Fedora's); it is POSIX awk, so a machine without mawk runs it too
+    (the demo's arguments are the collector's own, never option-like).
     """
-    awk = shutil.which("mawk") or shutil.which("awk")
+    mawk = shutil.which("mawk")
+    if mawk is not None:
+        return [mawk, "-Wexec"]
+    awk = shutil.which("awk")
     if awk is None:
         raise FileNotFoundError("no awk on this machine (the handler is an awk program)")
     return [awk, "-f"]
