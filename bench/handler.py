@@ -4,9 +4,11 @@ the shell handler it replaced, and Prometheus node_exporter.
     python bench/handler.py [--runs 300] [--baseline b46ce42]
 
 Everything is measured in one run, interleaved (each round runs every variant
-once, in a shuffled order), so all see the same machine noise; medians are
-printed with their ratios.  CPU is user+system of the whole process tree
-(RUSAGE_CHILDREN), wall is fork to reap.
+and scrapes node_exporter once, in a shuffled order), so all see the same
+machine noise; medians are printed with their ratios.  A handler's CPU is
+user+system of its whole process tree (RUSAGE_CHILDREN), wall is fork to
+reap; node_exporter's CPU per scrape is the growth of its threads' run time
+(/proc/PID/task/*/schedstat, in ns), wall the HTTP request.
 
 Variants: the handler as qrexec runs it (its first line: mawk), the same file
 under gawk (Fedora's own awk, for a template without mawk), and the POSIX-sh
@@ -20,6 +22,8 @@ the handler's one expensive child; without those tools that part is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import random
 import resource
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +43,7 @@ HANDLER = ROOT / "handler" / "qubes.Metrics.Get"
 FLOOR = ROOT / "bench" / "floor.sh"
 REMOTE = "/lib/systemd/systemd-journal-remote"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+PEER = "node_exporter"
 #: The last shell handler: the before of the awk rewrite.
 BASELINE = "b46ce42"
 KINDS = ("full", "disk", "alerts", "fast")
@@ -118,50 +123,53 @@ def baseline_handler(commit: str, directory: Path) -> Path:
     return path
 
 
-def proc_cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (schedstat: not the tick's 10 ms)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
-def node_exporter_case(runs: int) -> tuple[float, float, float] | None:
-    """(cpu ms per scrape, wall ms per scrape, resident MB) of node_exporter on loopback."""
-    if not Path(NODE_EXPORTER).exists():
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/metrics"
-    proc = subprocess.Popen(
-        [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class NodeExporter:
+    """Prometheus node_exporter on a loopback port, scraped one /metrics at a time."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.proc = subprocess.Popen(
+            [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(100):
             try:
-                urllib.request.urlopen(url, timeout=2).read()
+                urllib.request.urlopen(self.url, timeout=2).read()
                 break
             except OSError:
                 time.sleep(0.05)
         for _ in range(5):
-            urllib.request.urlopen(url, timeout=5).read()
-        before = proc_cpu_ms(proc.pid)
-        walls = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            urllib.request.urlopen(url, timeout=5).read()
-            walls.append((time.perf_counter() - start) * 1000)
-        cpu = (proc_cpu_ms(proc.pid) - before) / runs
-        rss = next(
-            int(line.split()[1]) / 1024
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-            if line.startswith("VmRSS:")
-        )
-        return cpu, statistics.median(walls), rss
-    finally:
-        proc.terminate()
-        proc.wait()
+            urllib.request.urlopen(self.url, timeout=5).read()
+
+    def scrape(self) -> tuple[float, float]:
+        """(cpu ms, wall ms) of one scrape, node_exporter's threads only."""
+        before = task_cpu_ns(self.proc.pid)
+        start = time.perf_counter()
+        urllib.request.urlopen(self.url, timeout=5).read()
+        wall = time.perf_counter() - start
+        time.sleep(0.005)  # let its threads finish the scrape and go idle
+        return (task_cpu_ns(self.proc.pid) - before) / 1e6, wall * 1000
+
+    def resident_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
 
 
 def cycle(disk_every: int, alerts_every: int) -> list[str]:
@@ -215,16 +223,29 @@ def main() -> int:
             "floor, full: cat /proc + df": (["sh", str(FLOOR), *mounts], env),
             "floor, fast: cat /proc": (["sh", str(FLOOR)], {**env, "FLOOR_NO_DF": "1"}),
         }
-        jobs = [(v, k, [*argv, arguments[k]], env) for v, argv in variants.items() for k in KINDS]
-        jobs += [(name, "", argv, floor_env) for name, (argv, floor_env) in floors.items()]
-        samples: dict[tuple[str, str], list[tuple[float, float]]] = {
-            (v, k): [] for v, k, _, _ in jobs
-        }
-        for _ in range(args.runs):
-            random.shuffle(jobs)
-            for v, k, argv, job_env in jobs:
-                samples[v, k].append(measure(argv, job_env))
-        spawned = {(v, k): processes(argv, job_env) for v, k, argv, job_env in jobs if k}
+        runs: list[tuple[str, str, Sequence[str], dict[str, str]]] = [
+            (v, k, [*argv, arguments[k]], env) for v, argv in variants.items() for k in KINDS
+        ]
+        runs += [(name, "", argv, floor_env) for name, (argv, floor_env) in floors.items()]
+        jobs: list[tuple[str, str, Callable[[], tuple[float, float]]]] = [
+            (v, k, functools.partial(measure, argv, job_env)) for v, k, argv, job_env in runs
+        ]
+        peer = NodeExporter() if Path(NODE_EXPORTER).exists() else None
+        try:
+            if peer is not None:
+                jobs.append((PEER, "", peer.scrape))
+            samples: dict[tuple[str, str], list[tuple[float, float]]] = {
+                (v, k): [] for v, k, _ in jobs
+            }
+            for _ in range(args.runs):
+                random.shuffle(jobs)
+                for v, k, job in jobs:
+                    samples[v, k].append(job())
+            resident = peer.resident_mb() if peer is not None else 0.0
+        finally:
+            if peer is not None:
+                peer.close()
+        spawned = {(v, k): processes(argv, job_env) for v, k, argv, job_env in runs if k}
     med = {
         key: (statistics.median(c for c, _ in s), statistics.median(w for _, w in s))
         for key, s in samples.items()
@@ -264,13 +285,15 @@ def main() -> int:
             + ("   (budget: full <= 1.0, no worse than before)" if k == "full" else "")
         )
 
-    peer = node_exporter_case(args.runs)
-    if peer is None:
+    if (PEER, "") not in med:
         print(f"\n({NODE_EXPORTER} missing: apt-get install prometheus-node-exporter)")
         return 0
-    cpu, wall, rss = peer
-    print(f"\nPrometheus node_exporter on loopback, {args.runs} scrapes of /metrics")
-    print(f"  cpu per scrape {cpu:.2f} ms, wall {wall:.2f} ms, resident {rss:.1f} MB all the time")
+    cpu, wall = med[PEER, ""]
+    print("\nPrometheus node_exporter on loopback, one scrape of /metrics in each round")
+    print(
+        f"  cpu per scrape {cpu:.2f} ms (its threads' schedstat), wall {wall:.2f} ms, "
+        f"resident {resident:.1f} MB all the time"
+    )
     print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape")
     rows = [
         (new, 6, 6, "the defaults: disk and alerts once a minute"),
