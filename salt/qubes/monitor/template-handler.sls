@@ -5,8 +5,8 @@
 
 {#- The handler is an awk program that names mawk on its first line: Debian
     and Whonix templates ship it (priority required), Fedora's are given
-    Fedora's package.  gawk, Fedora's own awk, runs it too but costs about
-    twice as much per poll (docs/performance.md). #}
+    Fedora's package.  gawk, Fedora's own awk, runs it too (first line
+    "#!/usr/bin/gawk -E") but costs 1.6x as much per poll (docs/performance.md). #}
 {%- if sysmon.install_packages %}
 sysmon-handler-awk:
   pkg.installed:
