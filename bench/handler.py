@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import random
 import resource
@@ -174,20 +175,13 @@ class NodeExporter:
 
 def cycle(disk_every: int, alerts_every: int) -> list[str]:
     """The kinds of poll the collector asks for over one cycle (health.argument's rule)."""
-    length = disk_every * alerts_every // _gcd(disk_every, alerts_every)
     kinds = []
-    for n in range(length):
+    for n in range(math.lcm(disk_every, alerts_every)):
         disk, alerts = n % disk_every == 0, n % alerts_every == 0
         kinds.append(
             "full" if disk and alerts else "disk" if disk else "alerts" if alerts else "fast"
         )
     return kinds
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def main() -> int:

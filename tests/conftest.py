@@ -41,6 +41,11 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+def handler_interpreter() -> str:
+    """The interpreter the handler's first line names (mawk)."""
+    return HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
+
+
 def require_tool(name: str) -> str:
     """Path of tool ``name``; skip the test without it, but fail in CI.
 

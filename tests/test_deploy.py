@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, require_root, require_tool
+from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, handler_interpreter, require_root, require_tool
 from fakequbes.world import make_world
 
 from sysmon.config import load_config
@@ -108,8 +108,7 @@ class TestRendering:
 
     def test_handler_templates_get_the_awk_its_first_line_names(self, salt):
         """mawk from the template's distribution, installed before the handler."""
-        interpreter = (ROOT / "handler/qubes.Metrics.Get").read_text().split()[0]
-        assert interpreter == "#!/usr/bin/mawk"
+        assert handler_interpreter() == "/usr/bin/mawk"
         high = salt("state.show_sls", "qubes.monitor.template-handler")
         assert {"pkgs": ["mawk"]} in high["sysmon-handler-awk"]["pkg"]
         assert {"require": [{"pkg": "sysmon-handler-awk"}]} in high["sysmon-handler"]["file"]

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, HANDLER, require_root, require_tool
+from conftest import FIXTURES, HANDLER, handler_interpreter, require_root, require_tool
 from handler_run import AWKS, run_handler
 
 from sysmon.protocol.metrics import AlertRecord
@@ -23,11 +23,6 @@ UPDATE_GOLDEN = os.environ.get("SYSMON_UPDATE_GOLDEN") == "1"
 def _awk(request: pytest.FixtureRequest) -> str:
     require_tool((AWKS[request.param] or [handler_interpreter()])[0])
     return str(request.param)
-
-
-def handler_interpreter() -> str:
-    """The interpreter the handler's first line names (mawk)."""
-    return HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
 
 
 def _proc_dev_names() -> set[str]:
