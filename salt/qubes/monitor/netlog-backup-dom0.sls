@@ -8,7 +8,7 @@
 netlog-backup-script:
   file.managed:
     - name: {{ root }}/usr/local/bin/qubes-netlogs-backup
-    - source: salt://qubes/monitor/files/netlog/qubes-netlogs-backup
+    - source: salt://qubes/monitor/files/qubes-netlogs-backup
     - mode: '0755'
     - makedirs: true
 
@@ -27,7 +27,7 @@ netlog-backup-config:
 netlog-backup-unit-{{ unit }}:
   file.managed:
     - name: {{ root }}/etc/systemd/system/{{ unit }}
-    - source: salt://qubes/monitor/files/systemd/{{ unit }}
+    - source: salt://qubes/monitor/files/{{ unit }}
     - mode: '0644'
     - makedirs: true
 {%- endfor %}

@@ -8,6 +8,6 @@
 netlog-firewall-rules:
   file.managed:
     - name: {{ sysmon.root }}/rw/config/qubes-firewall.d/50-netlog
-    - source: salt://qubes/monitor/files/netlog/qubes-firewall-user-script
+    - source: salt://qubes/monitor/files/qubes-firewall-user-script
     - mode: '0755'
     - makedirs: true

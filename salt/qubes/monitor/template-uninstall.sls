@@ -1,18 +1,18 @@
-{#- In sys-monitor's template and every handler template: undo
-    template-monitor and template-handler.  Debian's python3-* packages stay:
-    other software may use them. -#}
-{%- from "qubes/monitor/map.jinja" import sysmon with context %}
-{%- set root = sysmon.root %}
+{#- In sys-monitor's template and every handler or netlog template: remove
+    sysmon's packages (and the loose files of a deployment from before the
+    packages).  Debian's python3-* packages stay: other software may use
+    them.  The data in sys-monitor's /home stays. -#}
+sysmon-packages-removed:
+  pkg.removed:
+    - pkgs:
+      - sysmon
+      - sysmon-handler
+      - sysmon-netlog
 
-{%- if sysmon.enable_unit %}
-sysmon-unit-disabled:
-  service.disabled:
-    - name: sysmon
-    - require_in:
-      - file: {{ root }}/usr/lib/systemd/system/sysmon.service
-{%- endif %}
-
-{%- for path in [sysmon.libdir, '/usr/bin/sysmon', '/etc/sysmon', '/usr/lib/systemd/system/sysmon.service', '/etc/qubes-rpc/qubes.Metrics.Get'] %}
-{{ root }}{{ path }}:
-  file.absent
+{%- for path in ['/usr/lib/sysmon', '/usr/lib/netlog', '/var/cache/sysmon-packages'] %}
+sysmon-leftover-{{ path }}:
+  file.absent:
+    - name: {{ path }}
+    - require:
+      - pkg: sysmon-packages-removed
 {%- endfor %}

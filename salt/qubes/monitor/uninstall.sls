@@ -1,5 +1,6 @@
 {#- dom0: undo sys-monitor.sls.  The qube and its data stay (its files are
-    the only copy of today's metrics); remove it by hand with qvm-remove. -#}
+    the only copy of today's metrics); remove it by hand with qvm-remove.
+    Succeeds when sys-monitor was never created. -#}
 {%- from "qubes/monitor/map.jinja" import sysmon with context %}
 
 /etc/qubes/policy.d/30-sysmon.policy:
@@ -10,3 +11,6 @@ sysmon-qube-service-off:
     - name: {{ sysmon.monitor }}
     - default:
       - service.sysmon
+    # qvm.features fails on a qube that does not exist ("Virtual Machine
+    # does not exist!"): nothing to undo then.
+    - onlyif: qvm-check --quiet {{ sysmon.monitor }}
