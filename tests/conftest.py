@@ -41,6 +41,25 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow: real processes on the real clock, Salt, "
+        "packages, engines (.ci/run always does)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A developer's default run leaves the slow tests out, by an explicit switch."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (.ci/run does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def handler_interpreter() -> str:
     """The interpreter the handler's first line names (mawk)."""
     return HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]

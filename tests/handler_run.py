@@ -35,11 +35,13 @@ def run_handler(
     as_user: str | None = None,
     cwd: Path | None = None,
     locale: str = "C",
+    handler: Path = HANDLER,
 ) -> bytes:
     """Run handler/qubes.Metrics.Get; return its stdout (it must exit 0).
 
     ``as_user`` runs it as that user (needs root), as qrexec runs it as the qube's user;
-    ``locale`` is the qube's (a Fedora template's login shell sets a UTF-8 one).
+    ``locale`` is the qube's (a Fedora template's login shell sets a UTF-8 one);
+    ``handler`` another copy of it (a package's payload).
     """
     env = {"PATH": os.environ["PATH"], "USER": "user", "LC_ALL": locale}
     if proc_root is not None:
@@ -51,7 +53,7 @@ def run_handler(
     if argument:
         env["QREXEC_SERVICE_ARGUMENT"] = argument
     env.update(extra_env or {})
-    argv = [*AWKS[awk], str(HANDLER)] + ([argument] if argument else [])
+    argv = [*AWKS[awk], str(handler)] + ([argument] if argument else [])
     if as_user is not None:
         ids = pwd.getpwnam(as_user)
         argv = [

@@ -1,5 +1,6 @@
-"""Salt states rendered and applied with the real Salt, the policy against
-Qubes 4.2's grammar, and the template file set run on Debian's packages."""
+"""Salt states rendered and applied with the real Salt, from the dom0 package's
+payload (never the checkout), the policy against Qubes 4.2's grammar, and the
+template states applied for real in a fresh Debian 12 root."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, handler_interpreter, require_root, require_tool
+from artefacts import debian_root, in_root, purge_all, rpm, unpack_rpm
+from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, require_tool
 from fakequbes.world import make_world
 
 from sysmon.config import load_config
 
-SALT_ROOT = ROOT / "salt"
+pytestmark = pytest.mark.slow
+#: Where the dom0 package puts the formula (rpm_spec/sysmon-dom0.spec.in).
+FORMULA = "srv/formulas/base/sysmon-formula"
 STATES = [
     "sys-monitor",
     "template-monitor",
@@ -28,7 +32,6 @@ STATES = [
     "netlog-firewall",
     "netlog-backup-dom0",
 ]
-DEBIAN_PYTHON = "/usr/bin/python3"
 
 
 def salt_call_path() -> str:
@@ -49,17 +52,33 @@ def salt_call_path() -> str:
     raise AssertionError  # unreachable
 
 
-@pytest.fixture(name="salt")
-def _salt(tmp_path):
-    salt_call = salt_call_path()
-    config = tmp_path / "salt-config"
-    config.mkdir()
-    (config / "minion").write_text(
-        f"file_client: local\nroot_dir: {tmp_path / 'salt-root'}\nid: sysmon-test\n"
-        f"file_roots:\n  base:\n    - {SALT_ROOT}\n"
-    )
+@pytest.fixture(name="salt_root", scope="session")
+def _salt_root(tmp_path_factory) -> Path:
+    """The formula as the dom0 package installs it, unpacked into an empty folder:
+    no state can reach back into the checkout."""
+    payload = unpack_rpm(rpm("sysmon-dom0"), tmp_path_factory.mktemp("dom0"))
+    return payload / FORMULA
 
-    def call(*args: str, pillar: dict[str, object] | None = None, check: bool = True) -> object:
+
+@pytest.fixture(name="salt")
+def _salt(tmp_path, salt_root):
+    salt_call = salt_call_path()
+
+    def call(
+        *args: str,
+        pillar: dict[str, object] | None = None,
+        check: bool = True,
+        grains: dict[str, str] | None = None,
+    ) -> object:
+        # Grains set in the minion's configuration win over the ones Salt finds.
+        config = tmp_path / f"salt-config-{json.dumps(grains, sort_keys=True).encode().hex()}"
+        if not config.exists():
+            config.mkdir()
+            (config / "minion").write_text(
+                f"file_client: local\nroot_dir: {tmp_path / 'salt-root'}\nid: sysmon-test\n"
+                f"file_roots:\n  base:\n    - {salt_root}\n"
+                + (f"grains: {json.dumps(grains)}\n" if grains else "")
+            )
         argv = [
             salt_call,
             "--local",
@@ -106,15 +125,55 @@ class TestRendering:
         features = high["sysmon-qube-service"]["qvm"]
         assert {"enable": ["service.sysmon"]} in features
 
-    def test_handler_templates_get_the_awk_its_first_line_names(self, salt):
-        """mawk from the template's distribution, installed before the handler."""
-        assert handler_interpreter() == "/usr/bin/mawk"
-        high = salt("state.show_sls", "qubes.monitor.template-handler")
-        assert {"pkgs": ["mawk"]} in high["sysmon-handler-awk"]["pkg"]
-        assert {"require": [{"pkg": "sysmon-handler-awk"}]} in high["sysmon-handler"]["file"]
+    @pytest.mark.parametrize(
+        ("family", "kind", "manager"), [("Debian", "deb", "apt-get"), ("RedHat", "rpm", "dnf")]
+    )
+    def test_templates_get_the_package_that_rides_in_the_formula(
+        self, salt, salt_root, family, kind, manager
+    ):
+        """A Debian template gets the .deb, a Fedora one the .rpm (its Requires
+        bring mawk), each by its own package manager, skipped where installed."""
+        high = salt(
+            "state.show_sls", "qubes.monitor.template-handler", grains={"os_family": family}
+        )
+        cmd = {
+            k: v
+            for item in high["sysmon-handler-package"]["cmd"]
+            if isinstance(item, dict)
+            for k, v in item.items()
+        }
+        assert cmd["name"].startswith(
+            f"DEBIAN_FRONTEND=noninteractive {manager}" if kind == "deb" else manager
+        )
+        (package,) = (salt_root / "qubes/monitor/packages").glob(f"sysmon-handler*.{kind}")
+        assert f"/var/cache/sysmon-packages/{package.name}" in cmd["name"]
+        assert "sysmon-handler" in cmd["unless"]
+        source = {
+            k: v
+            for item in high["sysmon-handler-package-file"]["file"]
+            if isinstance(item, dict)
+            for k, v in item.items()
+        }
+        assert source["source"] == f"salt://qubes/monitor/packages/{package.name}"
 
-    def test_top_covers_dom0_and_every_template(self, salt):
-        top = salt("slsutil.renderer", f"{SALT_ROOT}/qubes/monitor/init.top")
+    def test_packages_from_a_repository_of_your_own(self, salt):
+        """pillar packages_from: repo installs by name from the template's repositories."""
+        high = salt(
+            "state.show_sls",
+            "qubes.monitor.template-monitor",
+            pillar={"sysmon": {"packages_from": "repo"}},
+        )
+        assert {"name": "sysmon"} in high["sysmon-package"]["pkg"]
+
+    def test_uninstall_in_dom0_is_a_no_op_without_the_qube(self, salt):
+        """uninstall resets the service feature only where sys-monitor exists
+        (qvm.features fails on a missing qube: "Virtual Machine does not exist!")."""
+        high = salt("state.show_sls", "qubes.monitor.uninstall")
+        feature = high["sysmon-qube-service-off"]["qvm"]
+        assert {"onlyif": "qvm-check --quiet sys-monitor"} in feature
+
+    def test_top_covers_dom0_and_every_template(self, salt, salt_root):
+        top = salt("slsutil.renderer", f"{salt_root}/qubes/monitor/init.top")
         assert top["base"]["dom0"] == ["qubes.monitor.sys-monitor"]
         # Qubes 4.3.1's templates; sys-monitor's own also gets the handler.
         assert top["base"]["debian-13-xfce"] == [
@@ -329,134 +388,105 @@ def test_the_grammar_check_rejects_what_4_2_rejects():
             parse_policy_4_2(bad)
 
 
-# --- The template's file set, on Debian's packages only --------------------
+# --- The template states, applied for real in a fresh Debian 12 root ---------------
 
 
-def debian_python(release: str) -> list[str]:
-    """How to run the Debian ``release``'s /usr/bin/python3.
-
-    Debian 12 is this machine (CI runs on it); Debian 13 is the root .ci/run
-    builds with debootstrap (``SYSMON_DEBIAN13_ROOT``), which sees /tmp and
-    this checkout at the same paths.
-    """
-    if release == "12":
-        require_tool(DEBIAN_PYTHON)
-        return [DEBIAN_PYTHON]
-    root = os.environ.get("SYSMON_DEBIAN13_ROOT")
-    if not root:
+def root_salt_call(root: Path) -> str:
+    """Salt inside the Debian 12 root (.ci/run installs it there in /opt/salt)."""
+    path = "/opt/salt/bin/salt-call"
+    if not (root / path.lstrip("/")).exists():
         if IN_CI:
-            pytest.fail("SYSMON_DEBIAN13_ROOT is required in CI (.ci/run builds the root)")
-        pytest.skip("no Debian 13 root (.ci/run builds one and sets SYSMON_DEBIAN13_ROOT)")
-    require_root("chroot into the Debian 13 root")
-    return ["chroot", root, DEBIAN_PYTHON]
+            pytest.fail(f"{path} is required in the Debian 12 root (.ci/run installs it)")
+        pytest.skip(f"no {path} in the Debian 12 root")
+    return path
 
 
-@pytest.mark.parametrize("release", ["12", "13"])
-def test_template_file_set_runs_on_debian_packages(salt, tmp_path, release):
-    """Apply template-monitor for real into a staging root, then run
-    ``python3 -m sysmon --help`` and a ``once`` from exactly those files with
-    /usr/bin/python3 and Debian's python3-* packages, of Debian 12 and 13."""
-    python = debian_python(release)
-    stage = tmp_path / "stage"
-    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
-    result = salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
-    assert all(r["result"] for r in result.values())
-    again = salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
-    assert all(not r["changes"] for r in again.values()), "re-apply changed something"
-    libdir = stage / "usr/lib/sysmon"
-    installed = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
-    assert "usr/bin/sysmon" in installed
-    assert "etc/sysmon/sysmon.toml" in installed
-    assert "usr/lib/systemd/system/sysmon.service" in installed
-    assert not any("__pycache__" in p for p in installed)
-    env = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(libdir),
-        "PYTHONNOUSERSITE": "1",
-        "HOME": str(tmp_path),
-    }
-    probe = subprocess.run(
-        [
-            *python,
-            "-c",
-            (
-                "import trio, attr, structlog, dateutil, sysmon\n"
-                "for m in (trio, attr, structlog, dateutil, sysmon): print(m.__file__)"
-            ),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
+def test_template_states_install_the_packages_in_a_debian_template(salt_root, tmp_path):
+    """template-monitor, -handler and netlog-template, applied by Salt inside a fresh
+    Debian 12 root from the dom0 payload: apt installs the packages from the formula
+    and their dependencies from Debian; applied again they change nothing; sysmon
+    polls through the installed handler; template-uninstall removes them."""
+    root = debian_root("12")
+    salt_call = root_salt_call(root)
+    purge_all(root)
+    # An empty root_dir: this Salt's cache and the copied packages live in tmp_path.
+    config = tmp_path / "salt-config"
+    config.mkdir()
+    (config / "minion").write_text(
+        f"file_client: local\nroot_dir: {tmp_path / 'salt-root'}\nid: debian-12-xfce\n"
+        f"file_roots:\n  base:\n    - {salt_root}\n"
     )
-    if probe.returncode != 0 and not IN_CI:
-        pytest.skip("Debian's python3-trio & co. not installed: " + probe.stderr.strip()[-200:])
-    assert probe.returncode == 0, probe.stderr
-    paths = probe.stdout.split()
-    assert all(p.startswith("/usr/lib/python3/dist-packages/") for p in paths[:4]), paths
-    assert paths[4].startswith(str(libdir))
-    done = subprocess.run(
-        [*python, "-m", "sysmon", "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "once" in done.stdout
-    world_env = make_world(tmp_path / "world", {"work": "healthy", "denied": "refused"})
-    done = subprocess.run(
-        [
-            *python,
-            "-m",
-            "sysmon",
-            "once",
-            "--config",
-            str(stage / "etc/sysmon/sysmon.toml"),
-            "--out-dir",
-            str(tmp_path / "out"),
-        ],
-        env={**env, **world_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "2 qubes polled: 1 ok, 1 not ok" in done.stdout
+
+    def apply(state: str) -> dict[str, dict[str, object]]:
+        done = in_root(
+            root,
+            [
+                salt_call,
+                "--local",
+                f"--config-dir={config}",
+                "--retcode-passthrough",
+                "--out=json",
+                "state.sls",
+                f"qubes.monitor.{state}",
+            ],
+        )
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        result: dict[str, dict[str, object]] = json.loads(done.stdout)["local"]
+        return result
+
+    states = ("template-monitor", "template-handler", "netlog-template")
+    try:
+        for state in states:
+            assert all(r["result"] for r in apply(state).values()), state
+        installed = in_root(
+            root,
+            [
+                "dpkg-query",
+                "-W",
+                "-f=${Package} ${Version}\\n",
+                "sysmon",
+                "sysmon-handler",
+                "sysmon-netlog",
+            ],
+        )
+        assert len(installed.stdout.split("\n")) >= 3, installed
+        for state in states:
+            again = apply(state)
+            assert [k for k, r in again.items() if r["changes"]] == [], state
+        assert 'vault = "secrets-vault"' in (root / "etc/sysmon/sysmon.toml").read_text()
+        assert not (root / "var/cache/sysmon-packages").exists()
+        world = tmp_path / "world"
+        env = make_world(world, {"work": "healthy", "denied": "refused"})
+        (world / "handler").write_text("/etc/qubes-rpc/qubes.Metrics.Get")
+        done = in_root(
+            root,
+            ["sysmon", "once", "--out-dir", str(tmp_path / "out")],
+            env={
+                "SYSMON_FAKE_WORLD": env["SYSMON_FAKE_WORLD"],
+                "PATH": f"{ROOT}/tests/fakequbes/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            },
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "2 qubes polled: 1 ok, 1 not ok" in done.stdout
+        assert all(r["result"] for r in apply("template-uninstall").values())
+        left = in_root(
+            root, ["dpkg-query", "-W", "-f=${db:Status-Status}\\n", "sysmon", "sysmon-handler"]
+        )
+        assert set(left.stdout.split()) <= {"not-installed", "config-files"}, left.stdout
+    finally:
+        purge_all(root)
 
 
-def test_uninstall_removes_what_install_added(salt, tmp_path):
+def test_netlog_dom0_and_firewall_file_sets(salt, tmp_path):
+    """netlog's firewall and dom0 states install runnable scripts and units, as real files."""
     stage = tmp_path / "stage"
-    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
-    salt("state.sls", "qubes.monitor.template-monitor", pillar=pillar)
-    salt("state.sls", "qubes.monitor.template-handler", pillar=pillar)
-    assert (stage / "etc/qubes-rpc/qubes.Metrics.Get").stat().st_mode & 0o111
-    salt("state.sls", "qubes.monitor.template-uninstall", pillar=pillar)
-    assert [p for p in stage.rglob("*") if p.is_file()] == []
-
-
-def test_netlog_file_sets(salt, tmp_path):
-    """netlog's template, firewall and dom0 states install runnable scripts and units."""
-    stage = tmp_path / "stage"
-    pillar = {"sysmon": {"root": str(stage), "install_packages": False, "enable_unit": False}}
-    for state in ("netlog-template", "netlog-firewall", "netlog-backup-dom0"):
+    pillar = {"sysmon": {"root": str(stage), "enable_unit": False}}
+    for state in ("netlog-firewall", "netlog-backup-dom0"):
         result = salt("state.sls", f"qubes.monitor.{state}", pillar=pillar)
         assert all(r["result"] for r in result.values()), state
-    for path in (
-        "usr/lib/netlog/netpcap-capture",
-        "usr/lib/netlog/netpcap-prune",
-        "rw/config/qubes-firewall.d/50-netlog",
-        "usr/local/bin/qubes-netlogs-backup",
-    ):
+    for path in ("rw/config/qubes-firewall.d/50-netlog", "usr/local/bin/qubes-netlogs-backup"):
         assert (stage / path).stat().st_mode & 0o111, path
-    assert (
-        "binds+=( '/var/log/netpcap' )"
-        in (stage / "etc/qubes-bind-dirs.d/50_netlog.conf").read_text()
-    )
+        assert not (stage / path).is_symlink()
     conf = (stage / "etc/qubes/netlog.conf").read_text()
     assert 'NETLOG_PCAP_SOURCES="sys-dns sys-vpn"' in conf
     assert (stage / "etc/systemd/system/qubes-netlogs-backup.timer").exists()

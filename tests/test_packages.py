@@ -1,0 +1,384 @@
+"""What a user installs: the packages of ``make packages``, read and installed from dist/.
+
+The contents are read from the built .deb and .rpm files; the .debs are
+installed into fresh Debian 12 and 13 roots (.ci/run builds them with
+debootstrap, Debian's mirror their only source), run there, upgraded and
+purged.  Nothing here reads the checkout's copy of what it tests.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from artefacts import (
+    RELEASES,
+    apt_get,
+    debian_root,
+    debs,
+    dist,
+    in_root,
+    purge_all,
+    rpm,
+    unpack_formula_tarball,
+    unpack_rpm,
+)
+from conftest import FIXTURES, HANDLER, ROOT, require_tool
+from fakequbes.world import make_world
+from handler_run import run_handler
+
+pytestmark = pytest.mark.slow
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return subprocess.run(
+        ["dpkg-deb", "-f", str(deb), field], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def deb_files(deb: Path) -> dict[str, str]:
+    """Path (without the leading ``.``) to its mode string, for every entry."""
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    return {line.split()[5].removeprefix("."): line.split()[0] for line in listing.splitlines()}
+
+
+def deb_member(deb: Path, path: str) -> bytes:
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
+    return subprocess.run(
+        ["tar", "-xO", f".{path}"], input=tar.stdout, capture_output=True, check=True
+    ).stdout
+
+
+def deb_control(deb: Path, member: str) -> str:
+    done = subprocess.run(
+        ["dpkg-deb", "-I", str(deb), member], capture_output=True, text=True, check=False
+    )
+    return done.stdout if done.returncode == 0 else ""
+
+
+def by_name(release: str, *, upgrade: bool = False) -> dict[str, Path]:
+    return {p.name.split("_")[0]: p for p in debs(release, upgrade=upgrade)}
+
+
+def unit_dir(files: dict[str, str]) -> str:
+    """Debian 12's debhelper installs units in /lib, 13's in /usr/lib."""
+    return (
+        "/usr/lib/systemd/system"
+        if any(f.startswith("/usr/lib/systemd") for f in files)
+        else ("/lib/systemd/system")
+    )
+
+
+class TestDebContents:
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_sysmon_carries_the_daemon_unit_conffile_man_page_and_completion(self, release):
+        deb = by_name(release)["sysmon"]
+        files = deb_files(deb)
+        assert deb_field(deb, "Architecture") == "all"
+        assert files["/usr/bin/sysmon"].startswith("-rwx")
+        assert f"{unit_dir(files)}/sysmon.service" in files
+        assert "/usr/share/man/man1/sysmon.1.gz" in files
+        assert "/usr/share/bash-completion/completions/sysmon" in files
+        assert "/usr/lib/python3/dist-packages/sysmon/cli.py" in files
+        assert deb_control(deb, "conffiles").split() == ["/etc/sysmon/sysmon.toml"]
+        assert (
+            deb_member(deb, "/etc/sysmon/sysmon.toml") == (ROOT / "config/sysmon.toml").read_bytes()
+        )
+
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_sysmon_depends_on_debians_libraries_at_the_stated_floors(self, release):
+        """Depends names Debian's python3-* at pyproject's floors (the README's versions)."""
+        deb = by_name(release)["sysmon"]
+        depends = {
+            m["name"]: m["version"]
+            for m in re.finditer(
+                r"(?P<name>[\w.+:-]+)(?: \((?P<version>[^)]*)\))?", deb_field(deb, "Depends")
+            )
+        }
+        floors = dict(
+            re.fullmatch(r"([\w-]+)>=([\d.]+)", dep).groups()  # type: ignore[union-attr]
+            for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+                "dependencies"
+            ]
+        )
+        debian_name = {
+            "trio": "python3-trio",
+            "attrs": "python3-attr",
+            "structlog": "python3-structlog",
+            "python-dateutil": "python3-dateutil",
+        }
+        for project, floor in floors.items():
+            assert depends[debian_name[project]] == f">= {floor}", (project, depends)
+        assert set(depends) - {*debian_name.values(), "python3:any"} == set(), depends
+        recommends = deb_field(deb, "Recommends")
+        assert "python3-pandas" in recommends
+        assert "python3-matplotlib" in recommends
+
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_the_handler_package_is_the_handler_and_its_awk(self, release):
+        deb = by_name(release)["sysmon-handler"]
+        files = deb_files(deb)
+        assert files["/etc/qubes-rpc/qubes.Metrics.Get"] == "-rwxr-xr-x"
+        assert deb_member(deb, "/etc/qubes-rpc/qubes.Metrics.Get") == HANDLER.read_bytes()
+        assert deb_field(deb, "Depends") == "mawk"
+
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_the_netlog_package_has_its_scripts_units_and_settings(self, release):
+        deb = by_name(release)["sysmon-netlog"]
+        files = deb_files(deb)
+        units = unit_dir(files)
+        for path in (
+            "/usr/lib/netlog/netpcap-capture",
+            "/usr/lib/netlog/netpcap-prune",
+            "/usr/lib/netlog/qubes-firewall-user-script",
+        ):
+            assert files[path].startswith("-rwx"), path
+        for path in (
+            f"{units}/netpcap.service",
+            f"{units}/netpcap-prune.timer",
+            "/etc/netlog/netpcap.conf",
+            "/etc/qubes-bind-dirs.d/50_netlog.conf",
+        ):
+            assert path in files, path
+        assert set(deb_field(deb, "Depends").split(", ")) == {"tcpdump", "nftables"}
+
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_maintainer_scripts_touch_only_our_units(self, release):
+        """dpkg may start or restart sysmon's and netlog's own units, nothing else."""
+        for name, deb in by_name(release).items():
+            scripts = "".join(deb_control(deb, s) for s in ("postinst", "prerm", "postrm"))
+            touched = set(re.findall(r"([\w@.-]+\.(?:service|timer))", scripts))
+            allowed = {"sysmon.service"} if name == "sysmon" else set()
+            if name == "sysmon-netlog":
+                allowed = {"netpcap.service", "netpcap-prune.service", "netpcap-prune.timer"}
+            assert touched <= allowed, (name, touched)
+
+
+class TestRpms:
+    def test_file_lists(self):
+        def listing(name: str) -> list[str]:
+            return subprocess.run(
+                ["rpm", "-qlp", str(rpm(name))], capture_output=True, text=True, check=True
+            ).stdout.split()
+
+        handler = listing("sysmon-handler")
+        assert "/etc/qubes-rpc/qubes.Metrics.Get" in handler
+        netlog = listing("sysmon-netlog")
+        assert {
+            "/usr/lib/netlog/netpcap-capture",
+            "/usr/lib/systemd/system/netpcap.service",
+            "/etc/netlog/netpcap.conf",
+            "/etc/qubes-bind-dirs.d/50_netlog.conf",
+        } <= set(netlog)
+        dom0 = listing("sysmon-dom0")
+        formula = "/srv/formulas/base/sysmon-formula/qubes/monitor"
+        assert "/etc/salt/minion.d/formula-sysmon.conf" in dom0
+        for path in (
+            "sys-monitor.sls",
+            "template-monitor.sls",
+            "files/30-sysmon.policy.jinja",
+            "files/qubes-netlogs-backup",
+            "files/qubes-netlogs-backup.timer",
+            "packages.yaml",
+        ):
+            assert f"{formula}/{path}" in dom0, path
+
+    def test_requires(self):
+        def requires(name: str) -> set[str]:
+            out = subprocess.run(
+                ["rpm", "-qp", "--requires", str(rpm(name))],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            return {
+                line.split()[0]
+                for line in out.splitlines()
+                if not line.startswith(("rpmlib(", "config("))
+            }
+
+        assert "mawk" in requires("sysmon-handler")
+        assert {"tcpdump", "nftables"} <= requires("sysmon-netlog")
+        # The template packages riding in the formula add nothing to dom0's needs.
+        assert requires("sysmon-dom0") <= {"qubes-mgmt-salt", "/bin/sh"}
+
+    def test_the_handler_runs_from_the_rpm_payload(self, tmp_path):
+        """The Fedora package's handler, as unpacked, gives the recorded output."""
+        require_tool("mawk")
+        payload = unpack_rpm(rpm("sysmon-handler"), tmp_path / "root")
+        handler = payload / "etc/qubes-rpc/qubes.Metrics.Get"
+        assert handler.stat().st_mode & 0o777 == 0o755
+        out = run_handler(
+            "qrexec",
+            proc_root=FIXTURES / "proc" / "odd-snmp",
+            journal_dir=tmp_path,
+            handler=handler,
+        )
+        assert out == (FIXTURES / "golden" / "odd-snmp.txt").read_bytes()
+
+    def test_the_dom0_payload_is_real_files_and_carries_the_template_packages(self, tmp_path):
+        payload = unpack_rpm(rpm("sysmon-dom0"), tmp_path / "root")
+        formula = payload / "srv/formulas/base/sysmon-formula"
+        assert [p for p in payload.rglob("*") if p.is_symlink()] == []
+        carried = {p.name: p.read_bytes() for p in (formula / "qubes/monitor/packages").iterdir()}
+        built = {
+            p.name: p.read_bytes()
+            for p in [*debs("12"), rpm("sysmon-handler"), rpm("sysmon-netlog")]
+        }
+        assert carried == built
+        conf = (payload / "etc/salt/minion.d/formula-sysmon.conf").read_text()
+        assert "/srv/formulas/base/sysmon-formula" in conf
+
+    def test_the_developers_tarball_is_the_same_formula(self, tmp_path):
+        """dist/sysmon-formula.tar.gz (the from-a-checkout path) holds what the RPM holds."""
+        rpm_tree = (
+            unpack_rpm(rpm("sysmon-dom0"), tmp_path / "rpm") / "srv/formulas/base/sysmon-formula"
+        )
+        tar_tree = unpack_formula_tarball(tmp_path / "tar")
+
+        def files(tree: Path) -> dict[str, bytes]:
+            return {
+                str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()
+            }
+
+        assert files(tar_tree) == files(rpm_tree)
+        assert [p for p in tar_tree.rglob("*") if p.is_symlink()] == []
+
+
+# --- Installed into fresh Debian roots ----------------------------------------
+
+
+def root_debs(root: Path, release: str, *, upgrade: bool = False) -> list[str]:
+    """The .debs as paths inside ``root`` (it sees this checkout and /tmp at the same paths)."""
+    paths = [str(p) for p in debs(release, upgrade=upgrade)]
+    for path in paths:
+        assert (root / path.lstrip("/")).is_file(), f"{path} not visible in {root}"
+    return paths
+
+
+@pytest.fixture(name="clean_root", params=RELEASES)
+def _clean_root(request):
+    """A Debian root without any sysmon package, before and after the test."""
+    dist()
+    root = debian_root(request.param)
+    purge_all(root)
+    yield request.param, root
+    purge_all(root)
+
+
+def snapshot(root: Path) -> set[str]:
+    """Every path in ``root`` outside what apt and dpkg keep about themselves."""
+    pruned = (
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/run",
+        str(ROOT),
+        "/var/cache/apt",
+        "/var/lib/apt",
+        "/var/lib/dpkg",
+        "/var/log",
+        "/var/cache/debconf",
+        "/var/cache/man",
+    )
+    prune = [arg for path in pruned for arg in ("-path", path, "-prune", "-o")]
+    found = in_root(root, ["find", "/", "-xdev", *prune, "-print"])
+    assert found.returncode == 0, found.stderr
+    return set(found.stdout.splitlines())
+
+
+def test_installed_sysmon_polls_through_the_installed_handler(clean_root, tmp_path):
+    """apt-get resolves everything from Debian; /usr/bin/sysmon once polls the fake
+    world through /etc/qubes-rpc/qubes.Metrics.Get as installed; the units verify."""
+    release, root = clean_root
+    apt_get(root, "install", *root_debs(root, release))
+    version = in_root(root, ["/usr/bin/sysmon", "--version"])
+    assert version.returncode == 0, version.stderr
+    world = tmp_path / "world"
+    env = make_world(world, {"work": "healthy", "denied": "refused"})
+    (world / "handler").write_text("/etc/qubes-rpc/qubes.Metrics.Get")
+    out = tmp_path / "out"
+    done = in_root(
+        root,
+        ["/usr/bin/sysmon", "once", "--out-dir", str(out)],
+        env={
+            "SYSMON_FAKE_WORLD": env["SYSMON_FAKE_WORLD"],
+            "PATH": f"{ROOT}/tests/fakequbes/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        },
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 qubes polled: 1 ok, 1 not ok" in done.stdout
+    (day,) = [p for p in out.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert ",work," in (day / "system.csv").read_text()
+    listed = in_root(root, ["dpkg", "-L", "sysmon", "sysmon-netlog"]).stdout.split()
+    units = [path for path in listed if path.endswith((".service", ".timer"))]
+    assert len(units) == 4, units
+    verify = in_root(root, ["systemd-analyze", "verify", *units])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    man = in_root(root, ["sh", "-c", "zcat /usr/share/man/man1/sysmon.1.gz | head -n 5"])
+    assert "sysmon \\- metrics" in man.stdout
+
+
+def test_an_upgrade_keeps_the_edited_conffile_and_the_data(clean_root, tmp_path):
+    """A newer build over the old one: the user's sysmon.toml and the day files stay,
+    and dpkg asks to restart sysmon's own unit, nothing else."""
+    release, root = clean_root
+    apt_get(root, "install", *root_debs(root, release))
+    conf = root / "etc/sysmon/sysmon.toml"
+    edited = conf.read_text() + 'vault = "my-vault"\n'
+    conf.write_text(edited)
+    data = root / "home/user/Monitor/2026-12-05/system.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("ts,vm\n")
+    # dpkg's unit actions go through policy-rc.d: record them, allow none.
+    log = tmp_path / "invoked"
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexit 101\n')
+    policy.chmod(0o755)
+    systemd_dir = root / "run/systemd/system"
+    systemd_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        apt_get(root, "install", *root_debs(root, release, upgrade=True))
+    finally:
+        policy.unlink()
+        systemd_dir.rmdir()
+    assert conf.read_text() == edited
+    assert data.read_text() == "ts,vm\n"
+    version = in_root(root, ["dpkg-query", "-W", "-f=${Version}", "sysmon"]).stdout
+    assert version == deb_field(by_name(release, upgrade=True)["sysmon"], "Version")
+    invoked = (
+        {tuple(line.split()) for line in log.read_text().splitlines()} if log.exists() else set()
+    )
+    units = {unit for unit, *_ in invoked}
+    assert units <= {"sysmon.service", "netpcap.service", "netpcap-prune.timer"}, invoked
+    assert ("sysmon.service", "restart") in invoked, invoked
+    load = in_root(root, ["/usr/bin/sysmon", "--version"])
+    assert load.returncode == 0, load.stderr
+    subprocess.run(["rm", "-rf", str(root / "home/user")], check=True)
+
+
+def test_purge_leaves_nothing_but_the_users_data(clean_root):
+    """Install then purge, twice over: the root is as before; the data in /home stays."""
+    release, root = clean_root
+    # The first round brings the dependencies (they stay, as apt leaves them).
+    apt_get(root, "install", *root_debs(root, release))
+    purge_all(root)
+    before = snapshot(root)
+    apt_get(root, "install", *root_debs(root, release))
+    data = root / "home/user/Monitor"
+    data.mkdir(parents=True)
+    (data / "kept").write_text("x")
+    purge_all(root)
+    after = snapshot(root)
+    assert (data / "kept").read_text() == "x"
+    assert after - before == {"/home/user", "/home/user/Monitor", "/home/user/Monitor/kept"}
+    assert before - after == set()
+    assert not [p for p in after if "sysmon" in p or "netlog" in p or "netpcap" in p]
+    subprocess.run(["rm", "-rf", str(root / "home/user")], check=True)
