@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, require_root
+from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, require_root
 
 DIST = Path(os.environ.get("SYSMON_DIST", ROOT / "dist"))
 #: The Debian releases the packages are built on and installed into.
@@ -66,6 +66,10 @@ def unpack_formula_tarball(into: Path) -> Path:
 
 def debian_root(release: str) -> Path:
     """The fresh Debian ``release`` root .ci/run built (``SYSMON_DEBIAN<N>_ROOT``)."""
+    if IN_DEBIAN_ROOT:
+        pytest.skip(f"inside the {IN_DEBIAN_ROOT} root: the host's run installs into the roots")
+    if os.environ.get("SYSMON_SKIP_ROOTS"):
+        pytest.skip("the roots were checked by the newest releases' run (.ci/run)")
     root = os.environ.get(f"SYSMON_DEBIAN{release}_ROOT")
     if not root:
         if IN_CI:

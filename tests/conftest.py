@@ -23,14 +23,8 @@ IN_DEBIAN_ROOT = os.environ.get("SYSMON_TEST_ROOT", "")
 NOT_IN_DEBIAN_ROOT = {
     "salt-call": (
         "Salt is not packaged in Debian 13 and this root takes nothing from PyPI; "
-        "the Salt tests run on the newest releases and on Debian 12, and the file set "
-        "Salt installs runs on this root's Python from the host "
-        "(test_template_file_set_runs_on_debian_packages[13])"
-    ),
-    **dict.fromkeys(
-        ("victoria-metrics", "prometheus", "promtool"),
-        "the engines are installed on the host only (.ci/run): the export's engine tests "
-        "run there twice (newest releases, Debian 12); its other tests run in this root",
+        "the Salt tests run on the newest releases and on Debian 12, and the packages "
+        "Salt installs are installed into this root from the host (test_packages.py)"
     ),
 }
 

@@ -98,3 +98,34 @@ class TestEveryConstructionPath:
         assert done.returncode == 2, done.stderr
         assert "interval must be above 0" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+class TestShippedConfig:
+    """config/sysmon.toml, installed as /etc/sysmon/sysmon.toml by the package."""
+
+    SHIPPED = Path(__file__).resolve().parent.parent / "config" / "sysmon.toml"
+
+    def commented(self) -> dict[str, str]:
+        lines = self.SHIPPED.read_text().splitlines()
+        found = {}
+        for line in lines:
+            if line.startswith("# ") and " = " in line and not line.startswith("# The"):
+                key, _, value = line.removeprefix("# ").partition(" = ")
+                found[key] = value.split("   #")[0].strip()
+        return found
+
+    def test_it_loads_as_the_defaults(self):
+        """As shipped, every line a comment: the file means the defaults."""
+        assert load_config(self.SHIPPED) == Config()
+
+    def test_it_names_every_setting_with_its_default(self, tmp_path):
+        """Each setting appears once, commented, with the value the code defaults to;
+        uncommented one by one, each loads and changes nothing."""
+        documented = self.commented()
+        settings = {f.name for f in attrs.fields(Config)} - {"rules"}
+        assert set(documented) == settings
+        for key, value in documented.items():
+            if key == "self_name":  # its default is qubesdb-read's answer, not a value
+                continue
+            loaded = load_config(write(tmp_path, f"{key} = {value}\n"))
+            assert loaded == Config(), key

@@ -4,6 +4,7 @@ template states applied for real in a fresh Debian 12 root."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from artefacts import debian_root, in_root, purge_all, rpm, unpack_rpm
+from artefacts import debian_root, dist, in_root, purge_all, rpm, unpack_rpm
 from conftest import IN_CI, IN_DEBIAN_ROOT, ROOT, require_tool
 from fakequbes.world import make_world
 
@@ -58,6 +59,38 @@ def _salt_root(tmp_path_factory) -> Path:
     no state can reach back into the checkout."""
     payload = unpack_rpm(rpm("sysmon-dom0"), tmp_path_factory.mktemp("dom0"))
     return payload / FORMULA
+
+
+@pytest.fixture(name="salt_call_only")
+def _salt_call_only(tmp_path):
+    """salt-call on a formula root of the test's choosing: (root, *args) -> JSON."""
+    salt_call = salt_call_path()
+
+    def call(formula_root: Path, *args: str) -> object:
+        config = tmp_path / "salt-config-only"
+        config.mkdir(exist_ok=True)
+        (config / "minion").write_text(
+            f"file_client: local\nroot_dir: {tmp_path / 'salt-root-only'}\nid: sysmon-test\n"
+            f"file_roots:\n  base:\n    - {formula_root}\n"
+        )
+        done = subprocess.run(
+            [
+                salt_call,
+                "--local",
+                f"--config-dir={config}",
+                "--retcode-passthrough",
+                "--out=json",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)["local"]
+
+    return call
 
 
 @pytest.fixture(name="salt")
@@ -505,3 +538,100 @@ def test_the_private_volume_is_sized_for_the_data_ceiling(salt, tmp_path):
     assert config.max_data_mb * 1024**2 < 10 * 1024**3
     # 30 qubes at their full daily budget for two days fit under the ceiling.
     assert 30 * config.qube_mb_per_day * 2 < config.max_data_mb
+
+
+# --- docs/deploy.md's steps, run as written --------------------------------------
+
+
+def documented_block(heading: str) -> list[str]:
+    """The commands of the first sh block under ``heading`` in docs/deploy.md."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    block = section[section.index("```sh\n") + 6 :]
+    return block[: block.index("```")].replace("\\\n", "").strip().splitlines()
+
+
+def run_in_dom0(commands: list[str], dom0: Path, env: dict[str, str]) -> str:
+    """Run documented dom0 commands in ``dom0`` (a folder) with the fake qvm-run;
+    ``sudo`` is dropped (the tests run as root)."""
+    out = ""
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", command.removeprefix("sudo ")],
+            cwd=dom0,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        out += done.stdout
+    return out
+
+
+def build_qube(tmp_path: Path, artefact: Path) -> dict[str, str]:
+    """A world whose qube ``build`` holds ``artefact`` where the docs say."""
+    env = make_world(tmp_path / "world", {})
+    # The fake runs the command in the qube's working directory, root/.
+    home = tmp_path / "world/vm/build/root"
+    relative = "sysmon/dist/" + ("rpm/" if artefact.suffix == ".rpm" else "") + artefact.name
+    (home / relative).parent.mkdir(parents=True)
+    shutil.copy(artefact, home / relative)
+    (tmp_path / "world/vm/build/state").write_text("Running\n")
+    for path in (home, home.parent):
+        path.chmod(0o755)
+    return env
+
+
+def test_the_documented_copy_into_dom0_gets_the_package_intact(tmp_path):
+    """Section 1 as written: qvm-run --pass-io from the build qube, sha256sum, install
+    (dnf is not on Debian: the same RPM is installed with rpm into an empty root)."""
+    copy, checksum, install = documented_block("## 1. Copy the dom0 package into dom0")
+    package = rpm("sysmon-dom0")
+    assert package.name in copy
+    dom0 = tmp_path / "dom0"
+    dom0.mkdir()
+    out = run_in_dom0([copy, checksum], dom0, build_qube(tmp_path, package))
+    assert (dom0 / "sysmon-dom0.rpm").read_bytes() == package.read_bytes()
+    assert hashlib.sha256(package.read_bytes()).hexdigest() in out
+    assert install == "sudo dnf install ./sysmon-dom0.rpm"
+    root = tmp_path / "root"
+    done = subprocess.run(
+        ["rpm", f"--root={root}", "--nodeps", "-i", str(dom0 / "sysmon-dom0.rpm")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (root / FORMULA / "qubes/monitor/sys-monitor.sls").is_file()
+    assert (root / "etc/salt/minion.d/formula-sysmon.conf").is_file()
+
+
+def test_the_documented_developer_copy_gives_a_formula_salt_renders(salt_call_only, tmp_path):
+    """The from-a-checkout path as written: the tarball into /srv/salt, states render."""
+    copy, checksum, unpack = documented_block("## From a checkout, for developers")
+    dom0 = tmp_path / "dom0"
+    dom0.mkdir()
+    tarball = dist() / "sysmon-formula.tar.gz"
+    run_in_dom0([copy, checksum], dom0, build_qube(tmp_path, tarball))
+    srv_salt = dom0 / "srv/salt"
+    srv_salt.mkdir(parents=True)
+    run_in_dom0([unpack.replace("/srv/salt", str(srv_salt))], dom0, {})
+    assert [p for p in srv_salt.rglob("*") if p.is_symlink()] == []
+    high = salt_call_only(srv_salt, "state.show_sls", "qubes.monitor.template-monitor")
+    assert "sysmon-package" in high
+
+
+def test_the_documented_salt_call_enables_the_top_the_formula_ships(salt_root):
+    """Section 2: the top file it enables exists where top.enable looks for it."""
+    enable, highstate = documented_block("## 2. One Salt call")
+    assert enable == "sudo qubesctl top.enable qubes.monitor"
+    assert (salt_root / "qubes/monitor/init.top").is_file()
+    targets = highstate.split("--targets=")[1].split()[0].split(",")
+    assert targets == [
+        "debian-13-xfce",
+        "fedora-43-xfce",
+        "whonix-gateway-18",
+        "whonix-workstation-18",
+    ]
