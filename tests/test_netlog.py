@@ -505,6 +505,7 @@ def test_firewall_lines_stream_through_dom0(world, tmp_path):
     )
     fake.chmod(0o755)
     add_settings(env, f"NETLOG_JOURNALCTL={fake}\nNETLOG_FW_MAX_BYTES=268435456\n")
+    (world_dir / "vm" / "sys-vpn" / "root" / "netpcap").mkdir()  # a source with no files
     done, peak_kib = run_backup_measured(env)
     assert done.returncode == 0, done.stderr
     assert peak_kib < DOM0_PEAK_KIB, f"dom0 peak {peak_kib} KiB"
