@@ -3,6 +3,7 @@ backup against a fake qvm-run that maps qubes to folders."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -659,7 +660,8 @@ def test_a_run_killed_mid_stream_leaves_no_part_in_the_vault(world, sig):
             assert time.monotonic() < end, "the stream never reached the vault"
             time.sleep(0.05)
         for pid in _dom0_side(proc.pid):  # as systemd: every process of the unit at once
-            os.kill(pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # one that just ended
+                os.kill(pid, sig)
         proc.communicate(timeout=30)
         end = time.monotonic() + 20
         while any(folder.glob(".*.part")) and time.monotonic() < end:
@@ -760,3 +762,14 @@ def test_an_unreadable_capture_is_named_and_the_others_ship(world):
         "pcap-20250831004000.pcap",  # being written
     ]
     assert fw_shipped(world_dir)
+
+
+@pytest.mark.parametrize("bad", ["NETLOG_QUBE_SECONDS=0", "NETLOG_PCAP_MAX_BYTES=1e9"])
+def test_a_bad_setting_is_one_clear_line(world, bad):
+    world_dir, env = world
+    add_settings(env, bad + "\n")
+    done = run_backup(env)
+    assert done.returncode == 2
+    name, value = bad.split("=")
+    assert done.stderr == f"netlog-backup: {name} must be a positive whole number, not '{value}'\n"
+    assert vault_files(world_dir) == []
