@@ -3,6 +3,7 @@ backup against a fake qvm-run that maps qubes to folders."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -296,6 +297,7 @@ def _world(tmp_path):
         "NETLOG_REMOTE_DIR=netpcap\nNETLOG_CURSOR_FILE=cursor/fw.cursor\n"
         f"NETLOG_JOURNALCTL='journalctl --directory={journal}'\n"
         "NETLOG_PCAP_SOURCES='sys-dns sys-vpn'\n"
+        f"NETLOG_LOCK={tmp_path / 'backup.lock'}\n"
     )
     env = {
         "SYSMON_FAKE_WORLD": str(world),
@@ -416,3 +418,358 @@ def test_a_failed_journal_read_is_an_error_not_nothing_new(world, tmp_path):
     assert "sys-firewall: cannot read its journal" in done.stderr
     assert "no new firewall log lines" not in done.stderr
     assert not (world_dir / "vm" / "sys-firewall" / "root" / "cursor" / "fw.cursor").exists()
+
+
+# --- dom0 against hostile qubes (issue #24) ---------------------------------
+# A compromised qube answers whatever it likes, for as long as it likes: its
+# `shell` (the fake's stand-in for its own qubes.VMShell) gets our command.
+
+RUN_AS_ASKED = 'exec /bin/bash -c "$1"'
+
+
+def hostile_shell(world_dir: Path, vm: str, body: str) -> None:
+    shell = world_dir / "vm" / vm / "shell"
+    shell.write_text("#!/bin/bash\n" + body + "\n")
+    shell.chmod(0o755)
+
+
+def add_settings(env, text: str) -> None:
+    conf = Path(env["NETLOG_CONF"])
+    conf.write_text(conf.read_text() + text)
+
+
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "done = subprocess.run(sys.argv[1:], check=False)\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "sys.stderr.write(f'peak_rss_kib={peak}\\n')\n"
+    "sys.exit(done.returncode)\n"
+)
+
+
+def run_backup_measured(env) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The run, and the largest resident set of any process of it (KiB)."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, "bash", str(BACKUP)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    last = done.stderr.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith("peak_rss_kib="), done.stderr[-2000:]
+    return done, int(last.removeprefix("peak_rss_kib="))
+
+
+def fw_shipped(world_dir: Path) -> bool:
+    return any(n.startswith("sys-firewall-fw-") for n in vault_files(world_dir))
+
+
+def captures(world_dir: Path, vm: str = "sys-dns") -> list[str]:
+    return sorted(p.name for p in (world_dir / "vm" / vm / "root" / "netpcap").iterdir())
+
+
+DOM0_PEAK_KIB = 48 * 1024  # bash, python, coreutils: a few MiB each
+
+
+def test_a_huge_listing_is_cut_before_dom0_holds_it(world):
+    """64 MiB of listing: dom0 held all of it (about 5x resident), now 16 KiB at most."""
+    world_dir, env = world
+    hostile_shell(
+        world_dir,
+        "sys-dns",
+        'case $1 in *"tar -czf"* | *"rm -f"*) ' + RUN_AS_ASKED + " ;; esac\n"
+        "yes \"$(printf 'x%.0s' {1..4000})\" | head -c 64M",
+    )
+    before = captures(world_dir)
+    done, peak_kib = run_backup_measured(env)
+    assert peak_kib < DOM0_PEAK_KIB, f"dom0 peak {peak_kib} KiB"
+    assert done.returncode == 1
+    assert "sys-dns: listing longer than" in done.stderr
+    assert captures(world_dir) == before
+    assert fw_shipped(world_dir)  # the others still ship
+
+
+def test_firewall_lines_stream_through_dom0(world, tmp_path):
+    """64 MiB of new firewall lines pass through dom0 without being held there."""
+    world_dir, env = world
+    fake = tmp_path / "hostile-journalctl"
+    lines = 64 * 1024 * 1024 // 139  # 64 MiB of 139-byte lines
+    cursor = "s=" + "a" * 32 + ";i=1f;b=" + "b" * 32 + ";m=1;t=2;x=3"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$*" in *"-n 0"*) exit 0 ;; esac\n'
+        "yes '2025-08-31T00:00:00.000000+00:00 sys-firewall kernel: netlog-new: IN=eth0 "
+        f"SRC=10.137.0.5 DST=10.137.0.1 LEN=60 PROTO=TCP SPT=40000 DPT=443' | head -n {lines}\n"
+        f"echo '-- cursor: {cursor}'\n"
+    )
+    fake.chmod(0o755)
+    add_settings(env, f"NETLOG_JOURNALCTL={fake}\nNETLOG_FW_MAX_BYTES=268435456\n")
+    (world_dir / "vm" / "sys-vpn" / "root" / "netpcap").mkdir()  # a source with no files
+    done, peak_kib = run_backup_measured(env)
+    assert done.returncode == 0, done.stderr
+    assert peak_kib < DOM0_PEAK_KIB, f"dom0 peak {peak_kib} KiB"
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    shipped = (
+        world_dir / "vm" / "secrets-vault" / "home" / "NetLogs" / f"sys-firewall-fw-{day}.log.gz"
+    )
+    with gzip.open(shipped) as log:
+        size = sum(len(block) for block in iter(lambda: log.read(1 << 20), b""))
+        assert size == lines * 139
+    saved = (world_dir / "vm" / "sys-firewall" / "root" / "cursor" / "fw.cursor").read_text()
+    assert saved == cursor + "\n"
+
+
+def test_firewall_lines_past_the_cap_are_refused(world, tmp_path):
+    world_dir, env = world
+    fake = tmp_path / "hostile-journalctl"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$*" in *"-n 0"*) exit 0 ;; esac\n'
+        "yes 'netlog-new: flood' | head -c 8M\n"
+        "echo '-- cursor: s=" + "a" * 32 + ";i=1;b=" + "b" * 32 + ";m=1;t=2;x=3'\n"
+    )
+    fake.chmod(0o755)
+    add_settings(env, f"NETLOG_JOURNALCTL={fake}\nNETLOG_FW_MAX_BYTES=1048576\n")
+    done = run_backup(env)
+    assert done.returncode == 1
+    assert "sys-firewall: sent more than 1048576 bytes" in done.stderr
+    assert not fw_shipped(world_dir)
+    assert not any(n.endswith(".part") for n in vault_files(world_dir))
+    assert not (world_dir / "vm" / "sys-firewall" / "root" / "cursor" / "fw.cursor").exists()
+
+
+def _kill_leftovers(token: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    found = [line for line in ps.stdout.splitlines() if token in line]
+    for line in found:
+        os.kill(int(line.split()[0]), signal.SIGKILL)
+    return found
+
+
+@pytest.mark.parametrize("where", ["listing", "stream", "vault"])
+def test_a_qube_that_never_answers_is_late_and_the_others_ship(world, where):
+    """A qube holding the run: each qube's step has its own deadline."""
+    world_dir, env = world
+    token = f"1000.{uuid.uuid4().int % 10**6:06d}"
+    hang = f"exec sleep {token}"
+    if where == "listing":
+        hostile_shell(world_dir, "sys-dns", hang)
+    elif where == "stream":  # a little, then nothing
+        hostile_shell(
+            world_dir,
+            "sys-dns",
+            'case $1 in *"tar -czf"*) head -c 4096 /dev/urandom; '
+            + hang
+            + " ;; esac\n"
+            + RUN_AS_ASKED,
+        )
+    else:
+        hostile_shell(world_dir, "secrets-vault", hang)
+    add_settings(env, "NETLOG_QUBE_SECONDS=3\nNETLOG_CALL_SECONDS=3\n")
+    try:
+        done = subprocess.run(
+            ["bash", str(BACKUP)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=45,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run waited on a qube that never answers")
+    finally:
+        time.sleep(0.5)
+        left = _kill_leftovers(token)
+    assert done.returncode == 1
+    assert not left, left
+    if where == "vault":
+        assert "no answer from secrets-vault" in done.stderr
+        assert (world_dir / "vm" / "sys-firewall" / "root" / "cursor").exists()
+        assert not (world_dir / "vm" / "sys-firewall" / "root" / "cursor" / "fw.cursor").exists()
+    else:
+        assert "sys-dns: no answer within 3 s" in done.stderr
+        assert fw_shipped(world_dir)
+        assert "failed: sys-dns (no answer within 3 s" in done.stderr
+    assert not any(n.startswith("sys-dns") or n.endswith(".part") for n in vault_files(world_dir))
+
+
+def test_a_qube_streaming_past_its_cap_is_cut_and_leaves_nothing(world):
+    """8 MiB into a 1 MiB cap: refused, nothing left in the vault, the source untouched."""
+    world_dir, env = world
+    hostile_shell(
+        world_dir,
+        "sys-dns",
+        'case $1 in *"tar -czf"*) head -c 8M /dev/urandom; exit 0 ;; esac\n' + RUN_AS_ASKED,
+    )
+    add_settings(env, "NETLOG_PCAP_MAX_BYTES=1048576\n")
+    before = captures(world_dir)
+    done = run_backup(env)
+    assert done.returncode == 1
+    assert "sys-dns: sent more than 1048576 bytes" in done.stderr
+    assert "failed: sys-dns (sent more than 1048576 bytes" in done.stderr
+    assert not any(n.startswith("sys-dns") or n.endswith(".part") for n in vault_files(world_dir))
+    assert captures(world_dir) == before
+    assert fw_shipped(world_dir)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out.append(int(child))
+        out.extend(_descendants(int(child)))
+    return out
+
+
+def _dom0_side(pid: int) -> list[int]:
+    """pid and its descendants that stand for dom0's processes: the fake
+    qvm-run is dom0's, the command it runs belongs to the qube (in another VM,
+    which stopping dom0's service does not kill)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+    if any(arg.endswith(b"/qvm-run") for arg in cmdline[:2]):
+        return [pid]
+    return [pid, *(p for c in children for p in _dom0_side(c))]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_killed_mid_stream_leaves_no_part_in_the_vault(world, sig):
+    """systemd stops the run (TimeoutStartSec, shutdown) while a qube streams."""
+    world_dir, env = world
+    hostile_shell(
+        world_dir,
+        "sys-dns",
+        'case $1 in *"tar -czf"*)\n'
+        "    while head -c 65536 /dev/urandom; do sleep 0.05; done; exit ;;\nesac\n" + RUN_AS_ASKED,
+    )
+    folder = world_dir / "vm" / "secrets-vault" / "home" / "NetLogs"
+    proc = subprocess.Popen(
+        ["bash", str(BACKUP)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        end = time.monotonic() + 30
+        while not any(p.stat().st_size > 200_000 for p in folder.glob(".*.part")):
+            assert time.monotonic() < end, "the stream never reached the vault"
+            time.sleep(0.05)
+        for pid in _dom0_side(proc.pid):  # as systemd: every process of the unit at once
+            with contextlib.suppress(ProcessLookupError):  # one that just ended
+                os.kill(pid, sig)
+        proc.communicate(timeout=30)
+        end = time.monotonic() + 20
+        while any(folder.glob(".*.part")) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not [p.name for p in folder.glob(".*.part")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert captures(world_dir) == [
+        "evil; rm -rf ~",
+        "pcap-20250831000000.pcap",
+        "pcap-20250831001000.pcap",
+        "pcap-20250831002000.pcap",
+    ]
+
+
+def test_stale_partial_files_are_removed_by_the_next_run(world):
+    world_dir, env = world
+    (world_dir / "vm" / "sys-vpn" / "root" / "netpcap").mkdir()  # a source with no files
+    folder = world_dir / "vm" / "secrets-vault" / "home" / "NetLogs"
+    folder.mkdir(parents=True)
+    (folder / ".sys-dns-2025-08-30.tgz.part").write_bytes(b"x" * 1000)
+    (folder / "sys-dns-2025-08-30.tgz").write_bytes(b"kept")
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, 65534, 65534)  # the vault's default user's, as qvm-run writes them
+    done = run_backup(env)
+    assert done.returncode == 0, done.stderr
+    assert "removed partial files" in done.stderr
+    assert not any(n.endswith(".part") for n in vault_files(world_dir))
+    assert (folder / "sys-dns-2025-08-30.tgz").read_bytes() == b"kept"
+
+
+def _write_only_attribute() -> str | None:
+    """A sysfs file even root cannot open for reading (kernfs: no read method)."""
+    patterns = ("bus/*/drivers_probe", "bus/*/rescan", "fs/*/stats/*", "devices/*/*/rescan")
+    for pattern in patterns:
+        for path in sorted(Path("/sys").glob(pattern)):
+            try:
+                if not path.is_file() or (path.stat().st_mode & 0o777) != 0o200:
+                    continue
+                with path.open("rb") as f:  # never written: only opened to read
+                    f.read(1)
+            except OSError:
+                return str(path)
+    return None
+
+
+def test_an_unreadable_capture_is_named_and_the_others_ship(world):
+    """One capture root cannot read (tar's exit 2) no longer holds back the rest."""
+    world_dir, env = world
+    require_tool("unshare")
+    attribute = _write_only_attribute()
+    if attribute is None:
+        pytest.skip("no write-only sysfs attribute to stand for an unreadable file")
+    netpcap = world_dir / "vm" / "sys-dns" / "root" / "netpcap"
+    for hour in (3, 4):
+        (netpcap / f"pcap-2025083100{hour}000.pcap").write_bytes(bytes([hour]) * 1000)
+    unreadable = netpcap / "pcap-20250831001000.pcap"
+    # In a mount namespace of the run's own: nothing outside sees the mount.
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$1" "$2" && exec bash "$3"',
+            "sh",
+            attribute,
+            str(unreadable),
+            str(BACKUP),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "mount:" in done.stderr and "netlog-backup" not in done.stderr:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert done.returncode == 1
+    assert "pcap-20250831001000.pcap" in done.stderr
+    assert "unreadable" in done.stderr
+    with tarfile.open(
+        world_dir / "vm" / "secrets-vault" / "home" / "NetLogs" / f"sys-dns-{day}.tgz"
+    ) as tar:
+        assert tar.getnames() == [
+            "pcap-20250831000000.pcap",
+            "pcap-20250831002000.pcap",
+            "pcap-20250831003000.pcap",
+        ]
+    assert captures(world_dir) == [
+        "evil; rm -rf ~",
+        "pcap-20250831001000.pcap",  # named, kept for a later night
+        "pcap-20250831004000.pcap",  # being written
+    ]
+    assert fw_shipped(world_dir)
+
+
+@pytest.mark.parametrize("bad", ["NETLOG_QUBE_SECONDS=0", "NETLOG_PCAP_MAX_BYTES=1e9"])
+def test_a_bad_setting_is_one_clear_line(world, bad):
+    world_dir, env = world
+    add_settings(env, bad + "\n")
+    done = run_backup(env)
+    assert done.returncode == 2
+    name, value = bad.split("=")
+    assert done.stderr == f"netlog-backup: {name} must be a positive whole number, not '{value}'\n"
+    assert vault_files(world_dir) == []
