@@ -522,6 +522,9 @@ def test_netlog_dom0_and_firewall_file_sets(salt, tmp_path):
         assert not (stage / path).is_symlink()
     conf = (stage / "etc/qubes/netlog.conf").read_text()
     assert 'NETLOG_PCAP_SOURCES="sys-dns sys-vpn"' in conf
+    # The backup's caps are sized from the capture settings the template gets.
+    for setting in ("ROTATE_SECONDS=3600", "KEEP_FILES=48", "SNAPLEN=96", "PACKETS_PER_SECOND=100"):
+        assert f"NETLOG_CAPTURE_{setting}\n" in conf
     assert (stage / "etc/systemd/system/qubes-netlogs-backup.timer").exists()
 
 

@@ -22,6 +22,12 @@ netlog-backup-config:
         NETLOG_VAULT={{ sysmon.vault }}
         NETLOG_PCAP_SOURCES="{{ sysmon.netlog_pcap_sources | join(' ') }}"
         NETLOG_FW_SOURCES="{{ sysmon.netlog_fw_sources | join(' ') }}"
+        # The capture settings netlog-template gives the capture qubes: the
+        # per-qube byte caps and deadlines are sized from them (docs/netlog.md).
+        NETLOG_CAPTURE_ROTATE_SECONDS={{ sysmon.netlog_rotate_seconds }}
+        NETLOG_CAPTURE_KEEP_FILES={{ sysmon.netlog_keep_files }}
+        NETLOG_CAPTURE_SNAPLEN={{ sysmon.netlog_snaplen }}
+        NETLOG_CAPTURE_PACKETS_PER_SECOND={{ sysmon.netlog_packets_per_second }}
 
 {%- for unit in ['qubes-netlogs-backup.service', 'qubes-netlogs-backup.timer'] %}
 netlog-backup-unit-{{ unit }}:

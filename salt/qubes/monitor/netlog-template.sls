@@ -18,7 +18,7 @@ netlog-config:
         NETPCAP_DIR=/var/log/netpcap
         NETPCAP_ROTATE_SECONDS={{ sysmon.netlog_rotate_seconds }}
         NETPCAP_KEEP_FILES={{ sysmon.netlog_keep_files }}
-        NETPCAP_SNAPLEN=96
+        NETPCAP_SNAPLEN={{ sysmon.netlog_snaplen }}
         NETPCAP_INTERFACE=any
     - require:
       - netlog-package
