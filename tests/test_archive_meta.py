@@ -33,7 +33,9 @@ def _archived_meta(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("target_exists", [False, True], ids=["new-target", "existing-target"])
-def test_a_planted_symlink_is_not_written_through_and_the_day_archives(tmp_path, target_exists):
+def test_a_planted_symlink_is_not_written_through_and_the_day_archives(
+    tmp_path: Path, target_exists: bool
+) -> None:
     """The daemon's user plants sysmon-meta.json -> a file elsewhere: the target is
     neither made nor changed, and the day still archives with its real metadata
     (it failed every night: a symlink member is not what verify expects)."""
@@ -52,7 +54,7 @@ def test_a_planted_symlink_is_not_written_through_and_the_day_archives(tmp_path,
     assert not (folder / META_NAME).is_symlink()
 
 
-def test_a_planted_fifo_neither_hangs_nor_stops_the_archive(tmp_path):
+def test_a_planted_fifo_neither_hangs_nor_stops_the_archive(tmp_path: Path) -> None:
     """A FIFO under the name is moved aside, not opened (which would wait for a reader)."""
     out = tmp_path / "out"
     folder = _day(out)
@@ -61,7 +63,7 @@ def test_a_planted_fifo_neither_hangs_nor_stops_the_archive(tmp_path):
     assert _archived_meta(archive) == META
 
 
-def test_a_meta_file_already_there_is_kept(tmp_path):
+def test_a_meta_file_already_there_is_kept(tmp_path: Path) -> None:
     """A regular file under the name is the one an earlier run wrote: kept as is."""
     out = tmp_path / "out"
     folder = _day(out)

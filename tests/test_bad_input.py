@@ -71,19 +71,19 @@ DEMO_ARGS = (sys.executable, "-m", "sysmon", "demo", "--duration", "60", "--inte
 
 
 class TestOutDirIsAFile:
-    def test_archive(self, tmp_path):
+    def test_archive(self, tmp_path: Path) -> None:
         path = tmp_path / "a-file"
         path.write_text("mine\n")
         refused(run_sysmon("archive", "--no-copy", "--out-dir", path), 1, str(path), "folder")
         assert path.read_text() == "mine\n"
 
-    def test_report(self, out, tmp_path):
+    def test_report(self, out: Path, tmp_path: Path) -> None:
         path = tmp_path / "a-file"
         path.write_text("mine\n")
         refused(run_sysmon("report", out, "--out", path, timeout=300), 1, str(path), "folder")
         assert path.read_text() == "mine\n"
 
-    def test_demo(self, tmp_path):
+    def test_demo(self, tmp_path: Path) -> None:
         path = tmp_path / "a-file"
         path.write_text("mine\n")
         refused(run_sysmon(*DEMO, "--out-dir", path), 1, str(path), "folder")
@@ -91,7 +91,7 @@ class TestOutDirIsAFile:
 
 
 class TestOutDirIsReadOnly:
-    def test_archive(self, out, tmp_path):
+    def test_archive(self, out: Path, tmp_path: Path) -> None:
         copy = tmp_path / "out"
         subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
         before = snapshot(copy)
@@ -99,14 +99,14 @@ class TestOutDirIsReadOnly:
         refused(done, 1, "Read-only file system")
         assert snapshot(copy) == before
 
-    def test_report(self, out, tmp_path):
+    def test_report(self, out: Path, tmp_path: Path) -> None:
         folder = tmp_path / "ro"
         folder.mkdir()
         done = run_read_only(folder, "report", out, "--out", folder / "page")
         refused(done, 1, "Read-only file system", str(folder / "page"))
         assert snapshot(folder) == {}
 
-    def test_demo(self, tmp_path):
+    def test_demo(self, tmp_path: Path) -> None:
         """Not exit 0 with the rows of an earlier run shown as if just polled."""
         folder = tmp_path / "demo-out"
         assert run_sysmon(*DEMO, "--out-dir", folder).returncode == 0
@@ -135,13 +135,13 @@ def _corrupt_archives(out: Path, tmp_path: Path) -> list[Path]:
 
 
 @pytest.fixture(name="corrupt")
-def _corrupt(out, tmp_path):
+def _corrupt(out: Path, tmp_path: Path) -> list[Path]:
     copy = tmp_path / "out"
     subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
     return _corrupt_archives(copy, tmp_path)
 
 
-def test_a_corrupt_archive_is_named_by_report(corrupt, tmp_path):
+def test_a_corrupt_archive_is_named_by_report(corrupt: list[Path], tmp_path: Path) -> None:
     for n, archive in enumerate(corrupt):
         page = tmp_path / f"page{n}"
         done = run_sysmon("report", archive, "--out", page, timeout=300)
@@ -149,7 +149,9 @@ def test_a_corrupt_archive_is_named_by_report(corrupt, tmp_path):
         assert not page.exists()
 
 
-def test_a_corrupt_archive_is_named_by_export_and_the_output_file_is_kept(corrupt, tmp_path):
+def test_a_corrupt_archive_is_named_by_export_and_the_output_file_is_kept(
+    corrupt: list[Path], tmp_path: Path
+) -> None:
     """The output file is opened only once the inputs read: a failed export leaves it as
     it was (it was emptied), and no temporary file beside it."""
     target = tmp_path / "exported" / "days.om"
@@ -162,7 +164,9 @@ def test_a_corrupt_archive_is_named_by_export_and_the_output_file_is_kept(corrup
         assert list(target.parent.iterdir()) == [target]
 
 
-def test_an_export_the_ledger_skips_whole_says_so_and_keeps_the_file(out, tmp_path):
+def test_an_export_the_ledger_skips_whole_says_so_and_keeps_the_file(
+    out: Path, tmp_path: Path
+) -> None:
     """The second run of the same export left only "# EOF" in the file."""
     target, ledger = tmp_path / "days.om", tmp_path / "ledger"
     first = run_sysmon("export", out, "--host", "h", "--ledger", ledger, "-o", target)
@@ -175,7 +179,7 @@ def test_an_export_the_ledger_skips_whole_says_so_and_keeps_the_file(out, tmp_pa
     assert set(tmp_path.iterdir()) == {target, ledger}
 
 
-def test_an_export_into_a_missing_folder(out, tmp_path):
+def test_an_export_into_a_missing_folder(out: Path, tmp_path: Path) -> None:
     target = tmp_path / "no-such-folder" / "days.om"
     refused(run_sysmon("export", out, "--host", "h", "--no-ledger", "-o", target), 1, str(target))
 
@@ -190,13 +194,13 @@ def test_an_export_into_a_missing_folder(out, tmp_path):
         ("--interval", "-5"),
     ],
 )
-def test_demo_wants_positive_seconds(tmp_path, args):
+def test_demo_wants_positive_seconds(tmp_path: Path, args: tuple[str, str]) -> None:
     folder = tmp_path / "demo-out"
     refused(run_sysmon("demo", *args, "--out-dir", folder), 2, args[0])
     assert not folder.exists()
 
 
-def test_ctrl_c_ends_the_demo_with_its_table(tmp_path):
+def test_ctrl_c_ends_the_demo_with_its_table(tmp_path: Path) -> None:
     """Ctrl-C printed 40 lines of exception group; now the demo stops like at the end
     of its duration, shows what it wrote, and exits 130 (killed by SIGINT)."""
     folder = tmp_path / "demo-out"
