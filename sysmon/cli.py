@@ -7,7 +7,6 @@ logging and loads the configuration (errors exit 2, naming the key).
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
@@ -15,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
-import trio
 
 from sysmon import __version__
 from sysmon.config import Config, ConfigError, load_config
 from sysmon.logconfig import configure_logging
 
 EXIT_USAGE = 2
+#: 128 + SIGINT, as a shell reports a command Ctrl-C ended.
+EXIT_INTERRUPTED = 130
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -65,7 +65,11 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from sysmon.commands import archive  # noqa: PLC0415
     from sysmon.commands.daemon import utc_now  # noqa: PLC0415
 
-    return archive.main(_config(args), args, utc_now().date())
+    config = _config(args)
+    if config.out_dir.exists() and not config.out_dir.is_dir():
+        print(f"sysmon archive: out_dir {config.out_dir}: not a folder", file=sys.stderr)
+        return 1
+    return archive.main(config, args, utc_now().date())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -93,12 +97,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the daemon's pipeline against this machine presented as a few qubes."""
-    from sysmon.commands.demo import run_demo  # noqa: PLC0415
+    from sysmon.commands import demo  # noqa: PLC0415
 
-    return trio.run(
-        functools.partial(run_demo, args.out_dir.expanduser(), args.duration, args.interval),
-        strict_exception_groups=True,
-    )
+    return demo.main(args.out_dir.expanduser(), args.duration, args.interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,16 +186,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sysmon: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BaseException as exc:
-        if not _only_broken_pipe(exc):
-            raise
-        # The reader went away (``sysmon demo | head``): stop quietly.  stdout
-        # goes to /dev/null so that Python's own flush at exit cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        if _only(exc, BrokenPipeError):
+            # The reader went away (``sysmon demo | head``): stop quietly.  stdout
+            # goes to /dev/null so that Python's own flush at exit cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        if _only(exc, KeyboardInterrupt):
+            print(f"sysmon {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if _only(exc, OSError):
+            # A file or folder the command cannot use (read-only, missing, full):
+            # what and where, not a traceback.  Rows already written stay written.
+            print(f"sysmon {args.command}: {_os_error(exc)}", file=sys.stderr)
+            return 1
+        raise
 
 
-def _only_broken_pipe(exc: BaseException) -> bool:
-    """A closed stdout, alone or as every error of a nursery's group."""
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` is a ``kind``, alone or as every error of a nursery's group."""
     if isinstance(exc, BaseExceptionGroup):
-        return all(_only_broken_pipe(e) for e in exc.exceptions)
-    return isinstance(exc, BrokenPipeError)
+        return all(_only(e, kind) for e in exc.exceptions)
+    return isinstance(exc, kind)
+
+
+def _os_error(exc: BaseException) -> str:
+    """The first OSError of ``exc`` as ``FILE: reason``."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)

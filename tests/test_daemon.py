@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,8 @@ import trio
 from csvcheck import read_day
 from fakes import FakeQubes, daemon_on_virtual_time, run_for
 from structlog.testing import capture_logs
+
+from sysmon.protocol.admin import Discovery, DiscoveryError
 
 collector = daemon_on_virtual_time
 
@@ -216,3 +219,63 @@ async def test_the_slow_parts_are_asked_for_every_nth_poll(tmp_path, autojump_cl
     assert flags[0] == "full"
     disk = read_day(tmp_path / "2025-08-31")["disk.csv"]
     assert [r["ts"][11:19] for r in disk] == ["12:00:10", "12:01:10"]
+
+
+class _FailingList:
+    """dom0's list failing (qrexec refused, dom0 busy) until ``failing`` is cleared."""
+
+    def __init__(self, qubes: FakeQubes) -> None:
+        self.qubes = qubes
+        self.failing = True
+        self.lists = 0
+
+    async def list_qubes(self) -> Discovery:
+        self.lists += 1
+        if self.failing:
+            raise DiscoveryError("admin.vm.List: qrexec-client-vm exited 1 (Request refused)")
+        return await self.qubes.list_qubes()
+
+    async def own_name(self) -> str | None:
+        return await self.qubes.own_name()
+
+
+async def test_a_failing_list_is_a_state_the_daemon_lives_in(tmp_path, autojump_clock):
+    """While dom0's list fails the daemon still pings systemd's watchdog (it stopped,
+    so systemd killed it every minute, and each restart filed the alert again),
+    says it once, and asks dom0 again with backoff, not every tick; then resumes."""
+    qubes = FakeQubes({"a": "ok"})
+    source = _FailingList(qubes)
+    pings: list[tuple[float, str]] = []
+    start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+    c = collector(
+        tmp_path,
+        qubes,
+        start,
+        overrides={"notify": lambda message: pings.append((trio.current_time(), message))},
+    )
+    c.source = source
+    t0 = trio.current_time()
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.tick_loop, nursery)
+            await trio.sleep(1200)  # 20 minutes of a failing list
+            failing_lists = source.lists
+            source.failing = False
+            await trio.sleep(600)
+            nursery.cancel_scope.cancel()
+    t_end = trio.current_time()
+    # Pinged all along: READY=1 once, then WATCHDOG=1 well within WatchdogSec=60.
+    assert [m for _, m in pings][:1] == ["READY=1"]
+    assert {m for _, m in pings[1:]} == {"WATCHDOG=1"}
+    times = [t0, *(t for t, _ in pings), t_end]
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 30
+    # Said once, in the log and in alerts.csv; asked again with backoff (not 120 times).
+    assert [e["event"] for e in logs].count("discovery_failed") == 1
+    assert [e["event"] for e in logs].count("discovery_recovered") == 1
+    assert failing_lists <= 12
+    alerts = read_day(tmp_path / "2025-08-31")["alerts.csv"]
+    assert sum("discovery failed" in r["msg"] for r in alerts) == 1
+    # Back within the longest backoff (5 minutes): rows again.
+    rows = read_day(tmp_path / "2025-08-31")["system.csv"]
+    assert rows
+    assert min(r["ts"] for r in rows) <= "2025-08-31T12:25:10"

@@ -345,3 +345,29 @@ def test_a_line_without_end_is_read_in_bounded_memory(tmp_path):
     assert "sysmon_connections_tcp_established" in out.getvalue()
     assert counts.unreadable >= 1
     assert peak < 16 << 20, peak  # the line is 64 MB
+
+
+def test_units_become_base_units_without_an_engine(tmp_path):
+    """_kb cells are bytes (x1024), _ms ones seconds (/1000), read off the export text
+    itself: CI's run without the engines skips every engine test."""
+    out = tmp_path / "out"
+    day = out / "2025-09-01"
+    day.mkdir(parents=True)
+    at = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
+    (day / "disk.csv").write_bytes(
+        schema.DISK.header + schema.DISK.format_row([at, "work", "/dev/xvdb", "/rw", 3, 1, 2, 33])
+    )
+    xen_row: dict[str, object] = {c.name: None for c in schema.XEN.columns}
+    xen_row.update(ts=at, vm="work", cpu_time_ms=1500, memory_kb=5)
+    (day / "xen.csv").write_bytes(
+        schema.XEN.header + schema.XEN.format_row([xen_row[c.name] for c in schema.XEN.columns])
+    )
+    samples = {
+        line.split("{", 1)[0]: line.rsplit(" ", 2)[1]
+        for line in exported([day], host="laptop").splitlines()
+        if not line.startswith("#")
+    }
+    assert samples["sysmon_disk_size_bytes"] == "3072"
+    assert samples["sysmon_disk_used_bytes"] == "1024"
+    assert samples["sysmon_xen_memory_bytes"] == "5120"
+    assert float(samples["sysmon_xen_cpu_time_seconds_total"]) == 1.5

@@ -158,24 +158,58 @@ class TestRecordedTrees:
         assert r"/tmp/mnt-root/My\040Data" in mounts
         assert len(snap.net) == 31
 
-    def test_a_hung_network_filesystem_costs_only_the_disk_lines(self, tmp_path):
-        """df that never answers on an NFS mount is killed after the time limit."""
-        require_tool(handler_interpreter())
+    @staticmethod
+    def _tree_with(tmp_path: Path, mounts: list[tuple[str, str]]) -> Path:
+        """this-machine's tree with more mounts (mount point, fstype) that df can answer."""
         root = tmp_path / "proc"
         shutil.copytree(FIXTURES / "proc" / "this-machine", root)
-        with (root / "self" / "mountinfo").open("a") as f:
-            f.write("99 27 0:77 / /mnt/nfs rw,relatime - nfs4 server:/export rw\n")
+        with (root / "self" / "mountinfo").open("a") as info, (root / "df.txt").open("a") as df:
+            for n, (mount, fstype) in enumerate(mounts):
+                info.write(f"{99 + n} 27 0:{77 + n} / {mount} rw,relatime - {fstype} src{n} rw\n")
+                df.write(f"src{n} {1000 + n} 10 990 1% {mount}\n")
+        return root
+
+    def _disk_when_hung(
+        self, tmp_path: Path, mounts: list[tuple[str, str]], hung: list[str], awk: str = "qrexec"
+    ) -> list[str]:
+        root = self._tree_with(tmp_path, mounts)
+        # Within the collector's own limit (scrape_timeout, 8 s): a poll that took
+        # longer would lose every line, not only the hung ones.
         out = run_handler(
-            "qrexec",
+            awk,
             proc_root=root,
             journal_dir=tmp_path,
-            timeout=10,
-            extra_env={"SYSMON_DF_HANG": "1"},
+            argument="noalerts.",
+            timeout=8,
+            extra_env={"SYSMON_DF_HANG": " ".join(hung)},
         )
         snap = parse_metrics_untrusted(out)
-        assert snap.disk == ()
         assert snap.sys is not None
         assert snap.net
+        return sorted(d.mount for d in snap.disk)
+
+    def test_a_hung_network_filesystem_costs_only_its_own_line(self, awk, tmp_path):
+        """df that never answers on an NFS mount is killed after the time limit;
+        / and the other network filesystem are still reported (they were not:
+        one df for all, killed whole)."""
+        mounts = [("/mnt/nfs", "nfs4"), ("/mnt/cifs", "cifs")]
+        assert self._disk_when_hung(tmp_path, mounts, ["/mnt/nfs"], awk) == ["/", "/mnt/cifs"]
+
+    def test_hung_filesystems_cost_one_time_limit_together(self, tmp_path):
+        """Three hung mounts are waited for at once (3 s), not one after the other (9 s,
+        past the collector's 8 s), and cost their own lines only."""
+        require_tool(handler_interpreter())
+        mounts = [(f"/mnt/nfs{n}", "nfs4") for n in range(3)] + [("/mnt/ok", "nfs4")]
+        hung = [m for m, _ in mounts[:3]]
+        assert self._disk_when_hung(tmp_path, mounts, hung) == ["/", "/mnt/ok"]
+
+    def test_a_users_fuse_mount_is_skipped(self, tmp_path):
+        """A user's FUSE program mounted without subtype= has type "fuse": it is the
+        user's, it may never answer, and it is skipped like fuse.* (it was asked
+        about, and its hang cost / its line too)."""
+        require_tool(handler_interpreter())
+        mounts = [("/home/user/fusemnt", "fuse")]
+        assert self._disk_when_hung(tmp_path, mounts, ["/home/user/fusemnt"]) == ["/"]
 
     def test_odd_proc_files(self, tmp_path):
         """CurrEstab found by name, -1 neighbours, no MemAvailable, a short cpu line."""

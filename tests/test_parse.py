@@ -65,7 +65,12 @@ class TestRoundTrip:
 class TestBadLines:
     @pytest.mark.parametrize(
         "value",
-        [b"nan", b"inf", b"-1", b"1e5", b"0x10", b"1.5", str(2**70).encode(), b"", b"+1", b" 1"],
+        [
+            *(b"nan", b"inf", b"-1", b"1e5", b"0x10", b"1.5", str(2**70).encode(), b"", b"+1"),
+            b" 1",
+            # 20 digits pass the digit count; only the range check stops these.
+            *(str(2**64).encode(), b"9" * 20),
+        ],
     )
     def test_bad_counter_rejects_only_its_line(self, value):
         """A counter that is not a plain in-range integer rejects its line only."""
@@ -74,6 +79,11 @@ class TestBadLines:
         assert len(snap.net) == 1
         assert snap.lines_rejected == 1
         assert snap.lines_ok == 2
+
+    def test_the_largest_counter_stands(self):
+        """2**64 - 1, the kernel's largest counter, is the range's last value."""
+        raw = SYS + NET.replace(b"rx_bytes=1", b"rx_bytes=" + str(2**64 - 1).encode())
+        assert parse_metrics_untrusted(raw).net[0].rx_bytes == 2**64 - 1
 
     @pytest.mark.parametrize("value", [b"nan", b"inf", b"-0.5", b"1e3", b"1.0000000001"])
     def test_bad_gauge_rejects_the_sys_line(self, value):
@@ -183,6 +193,16 @@ class TestCaps:
         snap = parse_metrics_untrusted(raw)
         assert snap.alerts == ()
         assert snap.lines_rejected == 1
+
+    def test_disk_cap(self):
+        """Over the disk cap: the first 256 mounts stand, the rest are rejected and said."""
+        lines = [
+            f"disk: fs=/dev/x{i} mount=/m{i} size_kb=3 used_kb=1 avail_kb=2\n" for i in range(300)
+        ]
+        snap = parse_metrics_untrusted(SYS + "".join(lines).encode())
+        assert [d.mount for d in snap.disk] == [f"/m{i}" for i in range(256)]
+        assert snap.over_caps == {"disk"}
+        assert snap.lines_rejected == 300 - 256
 
     def test_alert_cap(self):
         raw = SYS + b"alert: 1 k: m\n" * 300

@@ -27,7 +27,7 @@ import attrs
 import structlog
 import trio
 
-from sysmon.collect.health import Health
+from sysmon.collect.health import Health, backoff_delay
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
 from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
 from sysmon.collect.xen import XenFollower
@@ -124,6 +124,10 @@ class Daemon:
     last_qubes_ts: float = -math.inf
     _ordered: trio.Event | None = None
     _discovery_error: str | None = None
+    #: While dom0's list fails: how often in a row, and when to ask again.
+    _discovery_failures: int = 0
+    _discovery_retry_at: float = -math.inf
+    _ready_sent: bool = False
     _rejected_alerted: str | None = None
     _self_name: str | None = None
     _listed: frozenset[str] = frozenset()
@@ -348,14 +352,25 @@ class Daemon:
         """One tick of the loop: :meth:`poll`, its log line, systemd's watchdog."""
         log = structlog.get_logger()
         start = trio.current_time()
+        if self._discovery_error is not None and start < self._discovery_retry_at:
+            self._alive()  # a failing list is a state to live in, not a hang
+            return
         try:
             report = await self.poll(ts)
         except DiscoveryError as exc:
+            self._discovery_failures += 1
+            retry_in = backoff_delay(self.config.interval, self._discovery_failures)
+            self._discovery_retry_at = start + retry_in
             if str(exc) != self._discovery_error:
-                log.error("discovery_failed", error=str(exc))  # noqa: TRY400 -- expected, no traceback
+                log.error("discovery_failed", error=str(exc), retry_in=retry_in)  # noqa: TRY400 -- expected, no traceback
                 self.note(f"sysmon: discovery failed: {exc}")
+            else:
+                log.info(
+                    "discovery_still_failing", tries=self._discovery_failures, retry_in=retry_in
+                )
             self._discovery_error = str(exc)
             if not self.notes:
+                self._alive()
                 return
             # Nothing to poll, but the alert row is written now.
             async with self._in_order() as previous:
@@ -365,13 +380,19 @@ class Daemon:
             report = PollReport(ts, (), (), outcome)
         else:
             if self._discovery_error is not None:
-                log.info("discovery_recovered")
+                log.info("discovery_recovered", tries=self._discovery_failures)
                 self._discovery_error = None
+                self._discovery_failures = 0
         self._log_tick(report, trio.current_time() - start)
         self.ticks_done += 1
-        self.notify("READY=1" if self.ticks_done == 1 else "WATCHDOG=1")
+        self._alive()
         if self.on_tick is not None:
             self.on_tick(report)
+
+    def _alive(self) -> None:
+        """Tell systemd: READY=1 once, then a watchdog ping per tick."""
+        self.notify("WATCHDOG=1" if self._ready_sent else "READY=1")
+        self._ready_sent = True
 
     def _log_tick(self, report: PollReport, seconds: float) -> None:
         """The tick's canonical log line."""

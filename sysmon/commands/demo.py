@@ -11,12 +11,17 @@ Qubes.
 from __future__ import annotations
 
 import csv
+import errno
+import functools
 import io
+import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -162,6 +167,38 @@ def latest_table(out_dir: Path, day_folder: Path) -> str:
     return "\n".join(lines)
 
 
+def main(out_dir: Path, duration: float, interval: float) -> int:
+    """``sysmon demo``, with its arguments checked first.
+
+    Exit 2 for seconds that are not positive, 1 for an out dir it cannot write
+    (found before polling: an earlier run's rows are never shown as new).
+    """
+    for option, seconds in (("--duration", duration), ("--interval", interval)):
+        if not (math.isfinite(seconds) and seconds > 0):
+            print(f"sysmon demo: {option} wants positive seconds, got {seconds:g}", file=sys.stderr)
+            return 2
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(out_dir))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        print(f"sysmon demo: --out-dir {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return trio.run(
+        functools.partial(run_demo, out_dir, duration, interval), strict_exception_groups=True
+    )
+
+
+async def _stop_on_ctrl_c(scope: trio.CancelScope, stopped: list[bool]) -> None:
+    """Ctrl-C ends the demo as its duration would (then the table, exit 130)."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            stopped.append(True)
+            scope.cancel()
+
+
 async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     """Run the daemon on this machine, as a few qubes, for ``duration`` s."""
     handler = find_handler()
@@ -192,13 +229,24 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         notify=lambda _message: None,
         on_tick=on_tick,
     )
+    interrupted: list[bool] = []
     async with trio.open_nursery() as ticks:  # ticks under way finish after the deadline
-        with trio.move_on_after(duration):
-            await daemon.tick_loop(ticks)
+        with trio.move_on_after(duration) as scope:
+            async with trio.open_nursery() as watch:
+                watch.start_soon(_stop_on_ctrl_c, scope, interrupted)
+                await daemon.tick_loop(ticks)
+    written = [r for r in reports if sum(r.outcome.written.values())]
+    if written:
+        print()
+        print(latest_table(out_dir, out_dir / f"{written[-1].ts:%Y-%m-%d}"))
+    if interrupted:
+        print(f"sysmon demo: interrupted after {len(reports)} polls", file=sys.stderr)
+        return 130
     if not reports:
         print("no tick within the duration")
         return 1
-    folder = out_dir / f"{reports[-1].ts:%Y-%m-%d}"
-    print()
-    print(latest_table(out_dir, folder))
+    if not written:
+        errors = [e for r in reports for e in r.outcome.errors] or ["(see the log)"]
+        print(f"sysmon demo: no rows written under {out_dir}: {errors[0]}", file=sys.stderr)
+        return 1
     return 0

@@ -22,6 +22,7 @@ counted in ``sysmon_export_cut_rows``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -31,7 +32,9 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -66,6 +69,10 @@ _FILES = {s.file_name: s for s in schema.DAILY_FILES}
 
 class ExportError(Exception):
     """Nothing can be exported; the message says why."""
+
+
+#: What a damaged archive (or an unreadable file) raises while it is read.
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 @attrs.frozen
@@ -104,15 +111,18 @@ def describe(path: Path, host: str | None) -> Day:
         raise ExportError(f"{path}: not a day folder or a monitor-YYYY-MM-DD.tgz")
     digest = hashlib.sha256()
     meta: dict[str, object] = {}
-    for name, opener in day_members(path):
-        if name == META_NAME:
-            meta = _read_meta(opener)
-        if name not in _FILES:
-            continue
-        digest.update(name.encode() + b"\0")
-        with opener() as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+    try:
+        for name, opener in day_members(path):
+            if name == META_NAME:
+                meta = _read_meta(opener)
+            if name not in _FILES:
+                continue
+            digest.update(name.encode() + b"\0")
+            with opener() as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    except _UNREADABLE as exc:
+        raise ExportError(f"{path}: cannot be read ({exc})") from None
     if host is None:
         named = meta.get("host")
         host = named if isinstance(named, str) else None
@@ -377,7 +387,29 @@ def export(
     """Export the days under ``paths`` to ``out``; return what was written.
 
     Raises:
-        ExportError: a path that holds no day, or a day without a host.
+        ExportError: a path that holds no day, a day without a host, an archive
+            that cannot be read.
+    """
+    chosen, skipped = plan(paths, fmt=fmt, host=host, since=since, until=until, ledger=ledger)
+    return write_days(chosen, out, fmt=fmt, ledger=ledger, skipped_days=skipped)
+
+
+def plan(
+    paths: list[Path],
+    *,
+    fmt: str,
+    host: str | None,
+    since: date | None,
+    until: date | None,
+    ledger: Ledger | None,
+) -> tuple[list[Day], int]:
+    """The days to export, and how many the ledger (or a copy) left out.
+
+    Every day is read whole here (its hash), so a damaged archive is found
+    before anything is written.
+
+    Raises:
+        ExportError: as :func:`export`.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -391,15 +423,23 @@ def export(
     days = [
         d for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)
     ]
-    counts = Counts()
+    skipped = 0
     chosen: list[Day] = []
     for day in days:
         if ledger is not None and ledger.seen(day):
-            counts.skipped_days += 1
+            skipped += 1
         elif any((d.host, d.day, d.digest) == (day.host, day.day, day.digest) for d in chosen):
-            counts.skipped_days += 1  # the same day twice in one run (a .2 copy)
+            skipped += 1  # the same day twice in one run (a .2 copy)
         else:
             chosen.append(day)
+    return chosen, skipped
+
+
+def write_days(
+    chosen: list[Day], out: TextIO, *, fmt: str, ledger: Ledger | None, skipped_days: int = 0
+) -> Counts:
+    """Write the days :func:`plan` chose to ``out``; then remember them in ``ledger``."""
+    counts = Counts(skipped_days=skipped_days)
     with tempfile.TemporaryDirectory(prefix="sysmon-export-") as spool_dir, ExitStack() as stack:
         spools: dict[str, TextIO] = {}
 
@@ -449,6 +489,34 @@ def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
     out.write("# EOF\n")
 
 
+def _write_file(
+    output: Path, chosen: list[Day], *, fmt: str, ledger: Ledger | None, skipped_days: int
+) -> Counts:
+    """Write ``output`` whole or not at all.
+
+    A temporary file beside it is renamed over it only when complete: a
+    failure leaves ``output`` as it was, and no partial file.
+    """
+    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            counts = write_days(chosen, out, fmt=fmt, ledger=None, skipped_days=skipped_days)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if ledger is not None:
+        ledger.record(chosen)  # only once the file is in place
+    return counts
+
+
 def main(
     paths: list[Path],
     *,
@@ -469,12 +537,26 @@ def main(
         return 2
     book = Ledger(ledger or default_ledger()) if use_ledger else None
     try:
-        with ExitStack() as stack:
-            out = stack.enter_context(output.open("w", encoding="utf-8")) if output else sys.stdout
-            counts = export(paths, out, fmt=fmt, host=host, since=since, until=until, ledger=book)
+        chosen, skipped = plan(paths, fmt=fmt, host=host, since=since, until=until, ledger=book)
     except ExportError as exc:
         print(f"sysmon export: {exc}", file=sys.stderr)
         return 2
+    if not chosen and skipped and book is not None:
+        # Not an empty export over the last one: nothing is written at all.
+        print(
+            f"sysmon export: nothing to export: all {skipped} days were exported before "
+            f"(ledger {book.path}; --no-ledger exports them again)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if output is None:
+            counts = write_days(chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped)
+        else:
+            counts = _write_file(output, chosen, fmt=fmt, ledger=book, skipped_days=skipped)
+    except OSError as exc:
+        print(f"sysmon export: {output or 'stdout'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     what = "samples" if fmt == "openmetrics" else "lines"
     print(
         f"sysmon export: {counts.days} days, {counts.samples:,} {what}; "

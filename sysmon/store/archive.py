@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, timedelta
@@ -33,10 +34,11 @@ from pathlib import Path
 from typing import IO
 
 import attrs
+import structlog
 
 from sysmon.schema import SCHEMA_VERSION
-from sysmon.store.daily import day_folders
-from sysmon.store.fs import fsync_dir, write_file
+from sysmon.store.daily import _move_aside, day_folders
+from sysmon.store.fs import fsync_dir, write_all, write_file
 
 ARCHIVE_DIR = "archives"
 #: The archive's metadata member, written into the day folder before packing.
@@ -156,6 +158,9 @@ def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
             if member.isfile() and name not in seen:
                 seen.add(name)
                 yield name, functools.partial(_extract, tar, member)
+        # On to gzip's trailer, whose CRC finds a damaged archive that still unpacks.
+        while tar.fileobj is not None and tar.fileobj.read(1 << 20):
+            pass
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -253,6 +258,34 @@ def day_meta(out_dir: Path, day: date, *, version: str, interval: float) -> dict
     }
 
 
+def _write_meta(path: Path, data: bytes) -> None:
+    """Write the day's metadata unless a regular file (an earlier run's) is there.
+
+    Like the daily files: never through a planted symlink (the link is removed,
+    its target untouched; archived, a link member would fail verification
+    every night), never into a FIFO or anything else (moved aside).
+    """
+    try:
+        there = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISREG(there.st_mode):
+            return
+        if stat.S_ISLNK(there.st_mode):
+            path.unlink()
+            structlog.get_logger().error("meta_link_removed", file=str(path))
+        else:
+            _move_aside(path, "not a regular file")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
 def build_archive(out_dir: Path, day: date, meta: Mapping[str, object] | None = None) -> Path:
     """Pack ``day`` into its verified ``.tgz`` (kept if already verified).
 
@@ -266,9 +299,9 @@ def build_archive(out_dir: Path, day: date, meta: Mapping[str, object] | None = 
     folder = out_dir / day.isoformat()
     if not folder.is_dir():
         raise ArchiveError(f"no day folder {folder}")
-    if meta is not None and not (folder / META_NAME).exists():
+    if meta is not None:
         try:
-            write_file(folder / META_NAME, json.dumps(dict(meta), sort_keys=True).encode() + b"\n")
+            _write_meta(folder / META_NAME, json.dumps(dict(meta), sort_keys=True).encode() + b"\n")
         except OSError as exc:
             raise ArchiveError(f"writing {META_NAME}: {exc.strerror or exc}") from exc
     target = tgz_path(out_dir, day)

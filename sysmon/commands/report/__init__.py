@@ -8,7 +8,9 @@ day once, a day per process; :mod:`.render` draws the page.
 
 from __future__ import annotations
 
+import errno
 import sys
+import tempfile
 from pathlib import Path
 
 from sysmon.commands.report.read import ReportError, load, parse_when
@@ -22,6 +24,19 @@ def main(
     try:
         since = parse_when(start) if start else float("-inf")
         until = parse_when(end) if end else float("inf")
+    except ReportError as exc:
+        print(f"sysmon report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # Before reading days for minutes: the page's folder must be one we can write.
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(out))
+        with tempfile.TemporaryFile(dir=out if out.exists() else out.parent):
+            pass
+    except OSError as exc:
+        print(f"sysmon report: --out {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
         data = load(paths, set(vms) if vms else None, since, until)
         if data.rows == 0:
             raise ReportError("no sysmon rows in " + ", ".join(map(str, paths)))

@@ -18,7 +18,9 @@ import io
 import itertools
 import os
 import sys
+import tarfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -34,6 +36,10 @@ from sysmon.store.archive import ArchiveError, day_members, day_units
 
 class ReportError(Exception):
     """The report cannot be made; the message says why."""
+
+
+#: What a damaged archive (or an unreadable file) raises while it is read.
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 def import_pandas() -> Any:
@@ -309,16 +315,19 @@ def read_unit(unit: Path, vms: set[str] | None, start: float, end: float) -> _Pa
 
     part = _Part()
     pieces: dict[str, list[Any]] = {}
-    for name, opener in day_members(unit):
-        if name not in FILES:
-            continue
-        for chunk, unread in _chunks(pd, name, opener):
-            if chunk is None:
-                part.skipped += unread
-            else:
-                pieces.setdefault(name, []).append(
-                    _usable(pd, np, part, name, chunk, vms, start, end)
-                )
+    try:
+        for name, opener in day_members(unit):
+            if name not in FILES:
+                continue
+            for chunk, unread in _chunks(pd, name, opener):
+                if chunk is None:
+                    part.skipped += unread
+                else:
+                    pieces.setdefault(name, []).append(
+                        _usable(pd, np, part, name, chunk, vms, start, end)
+                    )
+    except UNREADABLE as exc:
+        raise ReportError(f"{unit}: cannot be read ({exc})") from None
     for name, chunks in pieces.items():
         _reduce(pd, np, part, name, pd.concat(chunks, ignore_index=True))
     return part

@@ -1,0 +1,226 @@
+"""Bad input to the one-shot commands: exit status, one line naming what is wrong,
+no traceback, nothing half-written, nothing lost.  Each runs ``python -m sysmon``
+as a real child, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require_root, require_tool, run_sysmon
+
+START = datetime(2025, 8, 31, 22, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module", name="out")
+def _out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small days (22:00 to 01:20 UTC) of two qubes, never archived."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import realistic  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    out = tmp_path_factory.mktemp("bad-input") / "out"
+    realistic.generate(out, qubes=2, start=START, ticks=400, interval=30.0, seed=1)
+    return out
+
+
+def refused(done: subprocess.CompletedProcess[str], status: int, *words: str) -> str:
+    """The one line the command said; it exited ``status`` and named ``words``."""
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == status, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` and its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def run_read_only(folder: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """``python -m sysmon ARGS`` with ``folder`` read-only (a read-only bind mount in a
+    mount namespace of its own: root ignores permission bits)."""
+    require_root("a read-only bind mount")
+    unshare = require_tool("unshare")
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    return subprocess.run(
+        [unshare, "-m", "sh", "-c", script, str(folder), sys.executable, "-m", "sysmon"]
+        + [str(a) for a in args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+DEMO = ("demo", "--duration", "2", "--interval", "0.5")
+DEMO_ARGS = (sys.executable, "-m", "sysmon", "demo", "--duration", "60", "--interval", "0.5")
+
+
+class TestOutDirIsAFile:
+    def test_archive(self, tmp_path: Path) -> None:
+        path = tmp_path / "a-file"
+        path.write_text("mine\n")
+        refused(run_sysmon("archive", "--no-copy", "--out-dir", path), 1, str(path), "folder")
+        assert path.read_text() == "mine\n"
+
+    def test_report(self, out: Path, tmp_path: Path) -> None:
+        path = tmp_path / "a-file"
+        path.write_text("mine\n")
+        refused(run_sysmon("report", out, "--out", path, timeout=300), 1, str(path), "folder")
+        assert path.read_text() == "mine\n"
+
+    def test_demo(self, tmp_path: Path) -> None:
+        path = tmp_path / "a-file"
+        path.write_text("mine\n")
+        refused(run_sysmon(*DEMO, "--out-dir", path), 1, str(path), "folder")
+        assert path.read_text() == "mine\n"
+
+
+class TestOutDirIsReadOnly:
+    def test_archive(self, out: Path, tmp_path: Path) -> None:
+        copy = tmp_path / "out"
+        subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
+        before = snapshot(copy)
+        done = run_read_only(copy, "archive", "--no-copy", "--out-dir", copy)
+        refused(done, 1, "Read-only file system")
+        assert snapshot(copy) == before
+
+    def test_report(self, out: Path, tmp_path: Path) -> None:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        done = run_read_only(folder, "report", out, "--out", folder / "page")
+        refused(done, 1, "Read-only file system", str(folder / "page"))
+        assert snapshot(folder) == {}
+
+    def test_demo(self, tmp_path: Path) -> None:
+        """Not exit 0 with the rows of an earlier run shown as if just polled."""
+        folder = tmp_path / "demo-out"
+        assert run_sysmon(*DEMO, "--out-dir", folder).returncode == 0
+        before = snapshot(folder)
+        done = run_read_only(folder, *DEMO, "--out-dir", folder)
+        refused(done, 1, "Read-only file system", str(folder))
+        assert "(files under" not in done.stdout
+        assert snapshot(folder) == before
+
+
+def _corrupt_archives(out: Path, tmp_path: Path) -> list[Path]:
+    garbage = tmp_path / "garbage" / "monitor-2025-09-01.tgz"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not gzip at all\n")
+    built = run_sysmon("archive", "--no-copy", "--day", "2025-08-31", "--out-dir", out)
+    assert built.returncode == 0, built.stderr
+    whole = (out / "archives" / "monitor-2025-08-31.tgz").read_bytes()
+    cut = tmp_path / "cut" / "monitor-2025-08-31.tgz"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) // 2])
+    flipped = tmp_path / "flipped" / "monitor-2025-08-31.tgz"
+    flipped.parent.mkdir()
+    middle = len(whole) // 2
+    flipped.write_bytes(whole[:middle] + bytes([whole[middle] ^ 0xFF]) + whole[middle + 1 :])
+    return [garbage, cut, flipped]
+
+
+@pytest.fixture(name="corrupt")
+def _corrupt(out: Path, tmp_path: Path) -> list[Path]:
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
+    return _corrupt_archives(copy, tmp_path)
+
+
+def test_a_corrupt_archive_is_named_by_report(corrupt: list[Path], tmp_path: Path) -> None:
+    for n, archive in enumerate(corrupt):
+        page = tmp_path / f"page{n}"
+        done = run_sysmon("report", archive, "--out", page, timeout=300)
+        refused(done, 2, str(archive))
+        assert not page.exists()
+
+
+def test_a_corrupt_archive_is_named_by_export_and_the_output_file_is_kept(
+    corrupt: list[Path], tmp_path: Path
+) -> None:
+    """The output file is opened only once the inputs read: a failed export leaves it as
+    it was (it was emptied), and no temporary file beside it."""
+    target = tmp_path / "exported" / "days.om"
+    target.parent.mkdir()
+    target.write_text("an earlier export\n")
+    for archive in corrupt:
+        done = run_sysmon("export", archive, "--no-ledger", "--host", "h", "-o", target)
+        refused(done, 2, str(archive))
+        assert target.read_text() == "an earlier export\n"
+        assert list(target.parent.iterdir()) == [target]
+
+
+def test_an_export_the_ledger_skips_whole_says_so_and_keeps_the_file(
+    out: Path, tmp_path: Path
+) -> None:
+    """The second run of the same export left only "# EOF" in the file."""
+    target, ledger = tmp_path / "days.om", tmp_path / "ledger"
+    first = run_sysmon("export", out, "--host", "h", "--ledger", ledger, "-o", target)
+    assert first.returncode == 0, first.stderr
+    exported = target.read_text()
+    assert exported.count("\n") > 100
+    again = run_sysmon("export", out, "--host", "h", "--ledger", ledger, "-o", target)
+    refused(again, 1, "exported before", "--no-ledger")
+    assert target.read_text() == exported
+    assert set(tmp_path.iterdir()) == {target, ledger}
+
+
+def test_an_export_into_a_missing_folder(out: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "days.om"
+    refused(run_sysmon("export", out, "--host", "h", "--no-ledger", "-o", target), 1, str(target))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--duration", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--interval", "0"),
+        ("--interval", "-5"),
+    ],
+)
+def test_demo_wants_positive_seconds(tmp_path: Path, args: tuple[str, str]) -> None:
+    folder = tmp_path / "demo-out"
+    refused(run_sysmon("demo", *args, "--out-dir", folder), 2, args[0])
+    assert not folder.exists()
+
+
+def test_ctrl_c_ends_the_demo_with_its_table(tmp_path: Path) -> None:
+    """Ctrl-C printed 40 lines of exception group; now the demo stops like at the end
+    of its duration, shows what it wrote, and exits 130 (killed by SIGINT)."""
+    folder = tmp_path / "demo-out"
+    child = subprocess.Popen(
+        [*DEMO_ARGS, "--out-dir", str(folder)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if "polled 3 qubes" in line:
+                break
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+    refused(done, 130, "interrupted")
+    assert f"(files under {folder})" in stdout
