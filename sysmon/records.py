@@ -38,11 +38,26 @@ class Budget:
     ``bytes_per_day``: the bytes its rows may take (metric rows and journal
     alerts); past it, its metric rows stop until midnight UTC.
     ``names_per_day``: distinct interface and filesystem names; rows for a
-    new name past it are dropped.
+    new name past it are dropped.  ``cursor_seen``: digests an alert cursor
+    keeps of the entries filed at its microsecond.  ``alert_percent``: the
+    part of ``bytes_per_day`` its journal alerts may take (past it they wait
+    for tomorrow; its metric rows keep the rest).  ``dispvm_bytes_per_day``:
+    what all disposables together may take; ``new_bytes_per_day``: what all
+    qube names first seen today together may take (each still within its
+    own ``bytes_per_day``).
     """
 
     bytes_per_day: int = 16 * 1024 * 1024
     names_per_day: int = 256
+    cursor_seen: int = 64
+    alert_percent: int = 25
+    dispvm_bytes_per_day: int = 32 * 1024 * 1024
+    new_bytes_per_day: int = 32 * 1024 * 1024
+
+    @property
+    def alert_bytes_per_day(self) -> int:
+        """The journal alerts' share of a qube's day."""
+        return self.bytes_per_day * self.alert_percent // 100
 
 
 @attrs.frozen
@@ -71,13 +86,27 @@ def boot_cursor_id(boot_id: str) -> str:
 class AlertCursor:
     """Where a qube's alerts stand.
 
-    Its boot, the newest entry's time, and the entries already filed at
-    exactly that microsecond.
+    Its boot, the newest entry's time, how many entries were filed at
+    exactly that microsecond (``filed``), and digests of the first of them
+    (``seen``, at most ``Budget.cursor_seen``): the handler skips ``filed``
+    entries there, the digests drop what a handler that ignored the cursor
+    sends again.  A qube stamping every line with one microsecond grows
+    ``filed``, a number, not the state file.
     """
 
     boot_id: str
     ts_us: int
     seen: frozenset[str] = frozenset()
+    filed: int = attrs.field()
+
+    @filed.default
+    def _filed(self) -> int:
+        return len(self.seen)
+
+    @filed.validator
+    def _check_filed(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if value < len(self.seen):
+            raise ValueError(f"cursor: {value} filed, fewer than {len(self.seen)} seen")
 
     def argument(self) -> str:
         """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``).
@@ -85,7 +114,7 @@ class AlertCursor:
         The last part tells the handler how many entries of exactly that
         microsecond to skip, so a burst larger than its line cap still moves.
         """
-        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{len(self.seen)}"
+        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{self.filed}"
 
 
 @attrs.frozen

@@ -27,7 +27,12 @@ DAILY_NAMES = frozenset(s.file_name for s in DAILY_FILES)
 def _cursor_to_json(cursor: AlertCursor | None) -> Any:
     if cursor is None:
         return None
-    return {"boot_id": cursor.boot_id, "ts_us": cursor.ts_us, "seen": sorted(cursor.seen)}
+    return {
+        "boot_id": cursor.boot_id,
+        "ts_us": cursor.ts_us,
+        "seen": sorted(cursor.seen),
+        "filed": cursor.filed,
+    }
 
 
 def _cursor_from_json(data: Any) -> AlertCursor | None:
@@ -37,6 +42,7 @@ def _cursor_from_json(data: Any) -> AlertCursor | None:
         boot_id=str(data["boot_id"]),
         ts_us=int(data["ts_us"]),
         seen=frozenset(map(str, data["seen"])),
+        **({"filed": int(data["filed"])} if "filed" in data else {}),
     )
 
 

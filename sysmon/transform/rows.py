@@ -32,6 +32,8 @@ from sysmon.transform.rates import cpu_percent, ticks_of
 
 UNKNOWN_BOOT = "unknown"
 DEFAULT_BUDGET = Budget()
+#: Digests an alert cursor keeps of the entries at its microsecond.
+CURSOR_SEEN_MAX = DEFAULT_BUDGET.cursor_seen
 #: Days without a sample after which a qube's state (cursor, budget) is dropped.
 FORGET_AFTER_DAYS = 2
 
@@ -43,9 +45,18 @@ def alert_key(alert: AlertRecord) -> str:
 
 
 def new_alerts(
-    alerts: Iterable[AlertRecord], cursor: AlertCursor | None, boot_id: str
+    alerts: Iterable[AlertRecord],
+    cursor: AlertCursor | None,
+    boot_id: str,
+    seen_max: int = CURSOR_SEEN_MAX,
 ) -> tuple[list[AlertRecord], AlertCursor | None]:
-    """The alerts not yet filed, and the cursor after filing them."""
+    """The alerts not yet filed, and the cursor after filing them.
+
+    The cursor counts every entry filed at its microsecond but keeps the
+    digests of the first ``seen_max`` only: a qube stamping all its lines
+    with one microsecond cannot grow the state file (the handler skips by
+    the count; the digests are for a handler that ignored the cursor).
+    """
     same_boot = cursor is not None and cursor.boot_id == boot_id
     fresh: list[AlertRecord] = []
     for alert in alerts:
@@ -59,10 +70,15 @@ def new_alerts(
         return [], cursor
     base_ts = cursor.ts_us if same_boot and cursor is not None else -1
     top = max(base_ts, *(a.ts_us for a in fresh))
-    seen = {alert_key(a) for a in fresh if a.ts_us == top}
+    at_top = [alert_key(a) for a in fresh if a.ts_us == top]
+    seen: frozenset[str] = frozenset()
+    filed = 0
     if top == base_ts and cursor is not None:
-        seen |= cursor.seen
-    return fresh, AlertCursor(boot_id=boot_id, ts_us=top, seen=frozenset(seen))
+        seen, filed = cursor.seen, cursor.filed
+    room = max(0, seen_max - len(seen))
+    seen |= frozenset(at_top[:room])
+    cursor = AlertCursor(boot_id=boot_id, ts_us=top, seen=seen, filed=filed + len(at_top))
+    return fresh, cursor
 
 
 def format_entry_time(ts_us: int) -> str:
@@ -85,7 +101,7 @@ def _minus(a: int | None, b: int | None) -> int | None:
 
 
 def _snapshot_rows(
-    ts: datetime, vm: str, snap: Snapshot, prev: QubeState | None
+    ts: datetime, vm: str, snap: Snapshot, prev: QubeState | None, budget: Budget
 ) -> tuple[dict[str, list[bytes]], list[AlertRecord], QubeState, bool]:
     rows: dict[str, list[bytes]] = {}
     sys = snap.sys
@@ -153,7 +169,9 @@ def _snapshot_rows(
         )
         for d in snap.disk
     ]
-    fresh, cursor = new_alerts(snap.alerts, prev.cursor if prev else None, boot_id)
+    fresh, cursor = new_alerts(
+        snap.alerts, prev.cursor if prev else None, boot_id, budget.cursor_seen
+    )
     state = QubeState(boot_id=boot_id, cpu_ticks=ticks, cursor=cursor)
     return rows, fresh, state, restarted
 
@@ -250,7 +268,7 @@ def build_tick_rows(
             continue
         names = prev.day_names if prev else frozenset()
         snap, names, dropped = _admit_names(result.snapshot, names, budget.names_per_day)
-        rows, fresh, state, was_restarted = _snapshot_rows(ts, result.vm, snap, prev)
+        rows, fresh, state, was_restarted = _snapshot_rows(ts, result.vm, snap, prev, budget)
         said: list[bytes] = []
         if (
             dropped
