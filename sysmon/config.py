@@ -143,7 +143,7 @@ class Config:
         )
 
     def __attrs_post_init__(self) -> None:
-        if self.alerts_percent > 100:  # noqa: PLR2004 -- a percentage
+        if self.alerts_percent > 100:
             raise ConfigError(f"alerts_percent must be 100 or less, got {self.alerts_percent}")
         if self.cursor_seen < MAX_ALERTS_PER_POLL:
             raise ConfigError(

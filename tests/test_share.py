@@ -38,7 +38,9 @@ def _same_microsecond_handler(cursor: AlertCursor | None, poll: int) -> list[Ale
     the cursor's microsecond past the first ``skip`` are new.
     """
     del cursor
-    return [AlertRecord(1_700_000_000_000_000, "evil", f"poll {poll} line {i}") for i in range(BURST)]
+    return [
+        AlertRecord(1_700_000_000_000_000, "evil", f"poll {poll} line {i}") for i in range(BURST)
+    ]
 
 
 def test_alerts_at_one_microsecond_keep_the_cursor_bounded():
