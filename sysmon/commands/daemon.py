@@ -126,6 +126,7 @@ class Daemon:
     _discovery_error: str | None = None
     _rejected_alerted: str | None = None
     _self_name: str | None = None
+    _self_uuid: str | None = None
     _listed: frozenset[str] = frozenset()
 
     @health.default
@@ -187,10 +188,21 @@ class Daemon:
             )
         if self._self_name is None:  # our name does not change: asked once
             self._self_name = config.self_name or await self.source.own_name()
+        if self._self_name is None:
+            # Polling every qube would poll this one, as root, by its UUID.
+            raise DiscoveryError(
+                "this qube's own name is unknown (qubesdb-read /name failed; set self_name "
+                "in sysmon.toml): no qube is polled, so as not to poll sys-monitor itself"
+            )
         self._note_rejected(discovery.rejected)
         self._listed = frozenset(q.name for q in discovery.qubes)
+        for q in discovery.qubes:  # learned once; skipped under any later name
+            if q.name == self._self_name and q.uuid is not None:
+                self._self_uuid = q.uuid
         exclude = (*config.exclude, config.vault)
-        return discovery, select_targets(discovery.qubes, self._self_name, exclude)
+        return discovery, select_targets(
+            discovery.qubes, self._self_name, exclude, self_uuid=self._self_uuid
+        )
 
     async def _scrape(self, discovery: Discovery, targets: Sequence[str]) -> list[ScrapeResult]:
         """Poll the targets due now; ``skipped`` for the others; in list order."""
