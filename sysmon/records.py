@@ -134,6 +134,32 @@ class QubeState:
     day_bytes: int = 0
     over_budget: bool = False
     day_names: frozenset[str] = frozenset()
+    #: The UUID dom0 listed (4.3): another one under this name is another
+    #: qube, and starts with a fresh allowance.
+    uuid: str | None = None
+    #: The UTC day this name was first sampled ("" for before, or a fresh
+    #: start): names first seen today share ``Budget.new_bytes_per_day``.
+    first_day: str = ""
+    #: Today's journal alert bytes, whether they reached their share, and
+    #: the identifiers that wrote the most of them (at most four).
+    alert_bytes: int = 0
+    alerts_over: bool = False
+    alert_by: tuple[tuple[str, int], ...] = ()
+
+
+@attrs.frozen
+class PoolState:
+    """A budget qubes share for the UTC day (all disposables; names new today).
+
+    ``by``: the members that spent the most of it (at most four), to say who;
+    ``told``: the members told in ``alerts.csv`` that it stopped them.
+    """
+
+    day: str
+    day_bytes: int = 0
+    over: bool = False
+    by: tuple[tuple[str, int], ...] = ()
+    told: int = 0
 
 
 @attrs.frozen
@@ -158,6 +184,7 @@ class State:
     last_ts: int = 0
     pending: PendingTick | None = None
     rules: Mapping[str, RuleState] = attrs.field(factory=dict)
+    pools: Mapping[str, PoolState] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -198,6 +225,8 @@ class TickRows:
     rule_state: Mapping[str, RuleState] = attrs.field(factory=dict)
     #: Qubes not sampled for days (a DispVM gone): their state is dropped.
     forget: tuple[str, ...] = ()
+    #: The shared budgets after this tick.
+    pools: Mapping[str, PoolState] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -17,10 +17,10 @@ from fakes import FakeQubes, daemon_on_virtual_time, run_for
 
 from sysmon.collect.process import ProcessResult
 from sysmon.protocol.admin import Discovery, QubeInfo, select_targets
-from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.records import AlertCursor, QubeState, ScrapeResult, State
+from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
+from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, State, TickRows
 from sysmon.store.state import to_json
-from sysmon.transform.rows import CURSOR_SEEN_MAX, build_tick_rows, new_alerts
+from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 BURST = 50  # the handler's MAX_ALERTS: what one poll can carry
@@ -164,3 +164,176 @@ def test_select_targets_skips_its_own_uuid() -> None:
         QubeInfo("work", "AppVM", "Running", WORK_UUID),
     ]
     assert select_targets(qubes, None, [], self_uuid=SELF_UUID) == ["work"]
+
+
+# --- 6, 7. disposables: one shared budget, allowances per qube ------------
+
+
+def _flood(boot: str, names: int = 40, alerts: tuple[AlertRecord, ...] = ()) -> Snapshot:
+    """A reply at the interface cap: about 2.5 KB of rows a poll."""
+    net = tuple(NetRecord(f"eth{i}", 1, 0, 0, 1, 0, 0) for i in range(names))
+    return attrs.evolve(_snap(boot, alerts), net=net)
+
+
+def _run(
+    polls: list[list[tuple[QubeInfo, Snapshot]]],
+    budget: Budget,
+    state: State | None = None,
+) -> tuple[list[TickRows], State]:
+    """Ticks 10 s apart, each the qubes listed and their replies; state carried."""
+    state = state or State()
+    ticks = []
+    for i, poll in enumerate(polls):
+        ts = TS + timedelta(seconds=10 * i)
+        results = [_result(info.name, snap) for info, snap in poll]
+        built = build_tick_rows(
+            ts,
+            results,
+            None,
+            state.qubes,
+            budget=budget,
+            listed=[info for info, _ in poll],
+            pools=state.pools,
+        )
+        qubes = {**state.qubes, **built.states}
+        qubes.update({b.vm: b.next_state for b in built.alerts if b.next_state is not None})
+        for vm in built.forget:
+            qubes.pop(vm, None)
+        state = State(qubes=qubes, pools=built.pools)
+        ticks.append(built)
+    return ticks, state
+
+
+def _bytes_of(ticks: list[TickRows], prefix: str) -> int:
+    """Metric and alert rows of qubes whose name starts with ``prefix`` (not scrapes)."""
+    total = 0
+    for t in ticks:
+        for name, rows in t.rows.items():
+            if name != "scrapes.csv":
+                total += sum(len(r) for r in rows if r.split(b",")[1].startswith(prefix.encode()))
+        total += sum(len(r) for b in t.alerts for r in b.rows if b.vm.startswith(prefix))
+    return total
+
+
+def _uuid(n: int) -> str:
+    return f"{n:08x}-0000-4000-8000-000000000000"
+
+
+SEEN = State(qubes={"work": QubeState(boot_id="w", day="2025-08-30")})
+
+
+def test_disposables_in_a_row_share_one_budget() -> None:
+    """Six disposables one after another wrote 5.9x one qube's budget."""
+    budget = Budget(bytes_per_day=50_000, dispvm_bytes_per_day=60_000)
+    polls = []
+    for d in range(6):
+        info = QubeInfo(f"disp{d}", "DispVM", "Running", _uuid(d))
+        polls += [[(info, _flood(f"b{d}"))] for _ in range(25)]
+    ticks, _ = _run(polls, budget, SEEN)
+    written = _bytes_of(ticks, "disp")
+    assert written <= budget.dispvm_bytes_per_day + 6 * 1000, written  # + each one's notes
+    notes = [r for t in ticks for b in t.alerts for r in b.rows if b"disposables" in r]
+    assert len(notes) == len({r.split(b",")[1] for r in notes})  # each drop said once a qube
+
+
+def test_names_first_seen_today_share_one_budget() -> None:
+    budget = Budget(bytes_per_day=50_000, new_bytes_per_day=60_000)
+    polls = []
+    for d in range(6):
+        info = QubeInfo(f"new{d}", "AppVM", "Running", _uuid(d))
+        polls += [[(info, _flood(f"b{d}"))] for _ in range(25)]
+    ticks, state = _run(polls, budget, SEEN)
+    assert _bytes_of(ticks, "new") <= budget.new_bytes_per_day + 6 * 1000
+    # A qube seen on an earlier day keeps a budget of its own.
+    work = QubeInfo("work", "AppVM", "Running", _uuid(99))
+    more, _ = _run([[(work, _flood("w"))]], budget, state)
+    assert more[0].rows["system.csv"]
+
+
+def test_a_qube_listed_but_unsampled_for_days_is_not_new_again() -> None:
+    """A qube used once a week keeps its own budget; only its details are dropped."""
+    budget = Budget()
+    old = State(qubes={"weekly": QubeState(boot_id="w", day="2025-08-20"), **SEEN.qubes})
+    weekly = QubeInfo("weekly", "AppVM", "Halted", _uuid(7))
+    built = build_tick_rows(TS, [], None, old.qubes, budget=budget, listed=[weekly])
+    assert "weekly" not in built.forget
+    assert built.states["weekly"].cursor is None
+    assert built.states["weekly"].first_day == ""
+
+
+def _inventor(boot: str) -> Snapshot:
+    return _flood(boot, names=300)
+
+
+def _honest(boot: str) -> Snapshot:
+    """One interface, named as the hostile disposable never did."""
+    return attrs.evolve(_snap(boot), net=(NetRecord("honest0", 1, 0, 0, 1, 0, 0),))
+
+
+def test_a_reused_disposable_name_starts_with_a_fresh_allowance_4_3() -> None:
+    """core-admin draws disposable numbers from 10,000: a hostile one that
+    spent disp42's names must not leave an honest later disp42 blind."""
+    budget = Budget(names_per_day=256)
+    hostile = QubeInfo("disp42", "DispVM", "Running", _uuid(1))
+    honest = QubeInfo("disp42", "DispVM", "Running", _uuid(2))
+    ticks, _ = _run([[(hostile, _inventor("h"))], [(honest, _honest("h"))]], budget, SEEN)
+    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r]
+
+
+def test_a_reused_disposable_name_starts_with_a_fresh_allowance_4_2() -> None:
+    """4.2 lists no UUIDs: a disposable restarted (another boot) is another qube."""
+    budget = Budget(names_per_day=256)
+    disp = QubeInfo("disp42", "DispVM", "Running")
+    ticks, _ = _run([[(disp, _inventor("boot-1"))], [(disp, _honest("boot-2"))]], budget, SEEN)
+    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r]
+
+
+def test_an_honest_disposable_stopped_by_the_shared_budget_is_told_once() -> None:
+    budget = Budget(bytes_per_day=50_000, dispvm_bytes_per_day=30_000)
+    hog = QubeInfo("disp1", "DispVM", "Running", _uuid(1))
+    honest = QubeInfo("disp2", "DispVM", "Running", _uuid(2))
+    polls = [[(hog, _flood("a"))] for _ in range(20)]
+    polls += [[(honest, _flood("b", names=1))] for _ in range(5)]
+    ticks, _ = _run(polls, budget, SEEN)
+    told = [r for t in ticks for b in t.alerts for r in b.rows if b.vm == "disp2"]
+    assert len(told) == 1
+    assert b"disposables" in told[0]
+    assert b"disp1" in told[0]  # who spent it
+
+
+# --- 8. journal alerts cannot starve metric rows ---------------------------
+
+
+def test_a_user_filling_the_journal_cannot_blind_root() -> None:
+    """``logger -p crit`` by any user: 50 x 1,000 B per alert poll."""
+    budget = Budget(bytes_per_day=400_000, alert_percent=25)
+    info = QubeInfo("work", "AppVM", "Running", _uuid(1))
+    polls = []
+    for poll in range(200):
+        spam = tuple(
+            AlertRecord(1_700_000_000_000_000 + poll * 100 + i, "user", "x" * 1000)
+            for i in range(BURST)
+        )
+        polls.append([(info, _flood("b", names=2, alerts=spam))])
+    ticks, state = _run(polls, budget, SEEN)
+    system = [r for t in ticks for r in t.rows["system.csv"]]
+    assert len(system) == 200  # every poll's metric rows
+    journal = sum(len(r) for t in ticks for b in t.alerts for r in b.rows)
+    assert journal <= budget.alert_bytes_per_day + 2000
+    notes = [r for t in ticks for b in t.alerts for r in b.rows if b"journal" in r]
+    assert len(notes) == 1
+    assert b"user" in notes[0]  # whose lines took the share
+    assert not state.qubes["work"].over_budget
+
+
+def test_a_flood_of_disposables_past_the_shared_budget_is_named_64_times_then_summed() -> None:
+    """Every drop is said once, but sysmon's own lines about them are bounded too."""
+    budget = Budget(bytes_per_day=50_000, dispvm_bytes_per_day=1_000)
+    polls = [
+        [(QubeInfo(f"disp{d}", "DispVM", "Running", _uuid(d)), _flood(f"b{d}"))] for d in range(100)
+    ]
+    ticks, _ = _run(polls, budget, SEEN)
+    lines = [r for t in ticks for b in t.alerts for r in b.rows]
+    assert sum(b"is over the shared budget" in r for r in lines) == POOL_TOLD_MAX
+    assert sum(b"not named again" in r for r in lines) == 1
+    assert len(lines) == POOL_TOLD_MAX + 1

@@ -151,7 +151,7 @@ class Daemon:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
-            outcome = await self._commit(ts, results, qubes)
+            outcome = await self._commit(ts, results, qubes, discovery.qubes)
             if qubes is not None and outcome.skipped is None:
                 self.last_qubes_ts = ts.timestamp()
         return PollReport(ts, discovery.qubes, tuple(results), outcome)
@@ -256,7 +256,11 @@ class Daemon:
         return sorted([*polled, *skipped], key=lambda r: order[r.vm])
 
     async def _commit(
-        self, ts: datetime, results: Sequence[ScrapeResult], qubes: Sequence[QubeInfo] | None
+        self,
+        ts: datetime,
+        results: Sequence[ScrapeResult],
+        qubes: Sequence[QubeInfo] | None,
+        listed: Sequence[QubeInfo] = (),
     ) -> TickOutcome:
         """Hand the commit this tick's plan, with the notes gathered since the last."""
         me = self._self_name or self.config.self_name or "sys-monitor"
@@ -273,6 +277,7 @@ class Daemon:
             rules=self.config.rules,
             me=me,
             budget=self.config.budget,
+            listed=listed,
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
