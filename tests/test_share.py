@@ -7,18 +7,24 @@ there, and passes only with the bound in place.
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import attrs
+import trio
 from csvcheck import read_day
-from fakes import FakeQubes, daemon_on_virtual_time, run_for
+from fakes import FakeQubes, daemon_on_virtual_time, inline, run_for
+from test_archive import FakeVault
 
 from sysmon.collect.process import ProcessResult
+from sysmon.commands.archive import NightlyArchive, run_archive
+from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo, select_targets
 from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
 from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, State, TickRows
+from sysmon.store.archive import is_delivered
 from sysmon.store.state import to_json
 from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
 
@@ -337,3 +343,72 @@ def test_a_flood_of_disposables_past_the_shared_budget_is_named_64_times_then_su
     assert sum(b"is over the shared budget" in r for r in lines) == POOL_TOLD_MAX
     assert sum(b"not named again" in r for r in lines) == 1
     assert len(lines) == POOL_TOLD_MAX + 1
+
+
+# --- 9. a clock a day ahead at archive time loses no day -------------------
+
+
+def _append_rows(out: Path, day: date, first: int, count: int) -> None:
+    folder = out / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "system.csv"
+    if not path.exists():
+        path.write_text("ts,vm\n")
+    with path.open("a") as f:
+        f.writelines(
+            f"{day}T12:{i // 60:02d}:{i % 60:02d}Z,work\n" for i in range(first, first + count)
+        )
+
+
+def _vault_rows(vault: FakeVault, day: date) -> set[str]:
+    rows: set[str] = set()
+    for name in vault.days():
+        with tarfile.open(vault.incoming / name) as tar:
+            member = tar.extractfile(f"{day}/system.csv")
+            assert member is not None
+            rows |= set(member.read().decode().splitlines()[1:])
+    return rows
+
+
+async def test_rows_added_to_a_delivered_day_are_delivered_as_a_later_copy(
+    tmp_path: Path,
+) -> None:
+    """The clock a day ahead delivered the real day; it came back and wrote more."""
+    day = date(2025, 8, 31)
+    config = Config(out_dir=tmp_path / "out", retention_days=1)
+    vault = FakeVault(tmp_path / "vault")
+    _append_rows(config.out_dir, day, 0, 60)
+    ahead = await run_archive(config, day + timedelta(days=1), copier=vault.copy, offload=inline)
+    assert [d.status for d in ahead.days] == ["delivered"]
+    _append_rows(config.out_dir, day, 60, 72)  # the clock came back: the rest of the day
+    # Retention (1 day) runs with every archive: the grown day must not go unsent.
+    later = await run_archive(config, day + timedelta(days=3), copier=vault.copy, offload=inline)
+    assert [d.status for d in later.days] == ["delivered"]
+    assert vault.days() == [f"monitor-{day}.2.tgz", f"monitor-{day}.tgz"]
+    assert len(_vault_rows(vault, day)) == 132
+    again = await run_archive(config, day + timedelta(days=3), copier=vault.copy, offload=inline)
+    assert again.days == ()  # delivered whole: not sent a third time
+
+
+async def test_a_wall_clock_a_day_ahead_does_not_complete_the_day(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """The nightly task's today is the wall clock's only if the monotonic clock agrees."""
+    day = date(2025, 8, 31)
+    start = datetime(2025, 8, 31, 2, 0, tzinfo=UTC)
+    t0 = trio.current_time()
+
+    def wall() -> datetime:
+        t = trio.current_time() - t0
+        return start + timedelta(seconds=t, days=1 if t >= 60 else 0)
+
+    config = Config(out_dir=tmp_path / "out")
+    _append_rows(config.out_dir, day, 0, 10)
+    vault = FakeVault(tmp_path / "vault")
+    nightly = NightlyArchive(
+        config, note=lambda _m: None, wall_now=wall, copier=vault.copy, offload=inline, zone=UTC
+    )
+    with trio.move_on_after(3 * 3600):  # past 03:50 by the wall clock and by the monotonic one
+        await nightly.run()
+    assert vault.days() == []
+    assert not is_delivered(config.out_dir, day)

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,11 @@ Committer = Callable[[Path, datetime, Plan], TickOutcome]
 def utc_now() -> datetime:
     """The wall clock, in UTC."""
     return datetime.now(UTC)
+
+
+def boot_time() -> float:
+    """Seconds since boot, suspends included; never stepped (CLOCK_BOOTTIME)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def sd_notify(message: str) -> None:
@@ -419,6 +425,8 @@ class Daemon:
 def main(config: Config) -> int:
     """``sysmon run``: qrexec to the qubes, dom0's stats stream, the nightly archive."""
     daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
-    daemon.archive = NightlyArchive(config, note=daemon.note, wall_now=daemon.wall_now)
+    daemon.archive = NightlyArchive(
+        config, note=daemon.note, wall_now=daemon.wall_now, steady_now=boot_time
+    )
     trio.run(daemon.serve, strict_exception_groups=True)
     return 0
