@@ -23,9 +23,9 @@ from sysmon.commands.archive import NightlyArchive, run_archive
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo, select_targets
 from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
-from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, State, TickRows
+from sysmon.records import AlertCursor, Budget, PoolState, QubeState, ScrapeResult, State, TickRows
 from sysmon.store.archive import is_delivered
-from sysmon.store.state import to_json
+from sysmon.store.state import from_json, to_json
 from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
@@ -412,3 +412,20 @@ async def test_a_wall_clock_a_day_ahead_does_not_complete_the_day(
         await nightly.run()
     assert vault.days() == []
     assert not is_delivered(config.out_dir, day)
+
+
+def test_the_shares_survive_a_restart_of_sys_monitor() -> None:
+    """Everything a share keeps goes through the state file unchanged."""
+    qube = QubeState(
+        boot_id="b",
+        cursor=AlertCursor("b", 7, frozenset({"ab"}), filed=900),
+        day="2025-08-31",
+        uuid=WORK_UUID,
+        first_day="2025-08-31",
+        alert_bytes=5,
+        alerts_over=True,
+        alert_by=(("user", 5),),
+    )
+    pool = PoolState(day="2025-08-31", day_bytes=9, over=True, by=(("disp1", 9),), told=3)
+    state = State(qubes={"work": qube}, pools={"disposables": pool})
+    assert from_json(json.loads(json.dumps(to_json(state)))) == state

@@ -422,7 +422,8 @@ def build_tick_rows(
         out[schema.QUBES.file_name].extend(
             schema.QUBES.format_row([ts, q.name, q.state]) for q in qubes
         )
-    forget, kept = _forget(ts, previous, {r.vm for r in results}, listed)
+    sampled = {r.vm for r in results if r.snapshot is not None}
+    forget, kept = _forget(ts, previous, sampled, listed)
     return TickRows(
         forget=forget,
         rows={name: tuple(rows) for name, rows in out.items()},
@@ -520,7 +521,7 @@ def _qube_share(
 def _forget(
     ts: datetime,
     previous: Mapping[str, QubeState],
-    polled: set[str],
+    sampled: set[str],
     listed: Sequence[QubeInfo],
 ) -> tuple[tuple[str, ...], dict[str, QubeState]]:
     """Qubes unsampled for days: dropped, or kept as names seen before.
@@ -533,7 +534,7 @@ def _forget(
     forget: list[str] = []
     kept: dict[str, QubeState] = {}
     for vm, q in sorted(previous.items()):
-        if vm in polled or not q.day or q.day >= cutoff:
+        if vm in sampled or not q.day or q.day >= cutoff:
             continue
         if vm not in still:
             forget.append(vm)
