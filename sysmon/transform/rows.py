@@ -231,8 +231,11 @@ def _budget_note(vm: str, budget: Budget) -> str:
     )
 
 
-def _who(tally: Sequence[tuple[str, int]]) -> str:
-    return ", ".join(f"{who} ({n:,} bytes)" for who, n in tally)
+def _who(tally: Sequence[tuple[str, int]], *, quoted: bool = False) -> str:
+    # A qube's own words (journal identifiers) quoted, so none reads as sysmon's.
+    return ", ".join(
+        f"{who!r} ({n:,} bytes)" if quoted else f"{who} ({n:,} bytes)" for who, n in tally
+    )
 
 
 def _pool_note(vm: str, pool: str, limit: int, state: PoolState) -> str:
@@ -246,7 +249,7 @@ def _pool_note(vm: str, pool: str, limit: int, state: PoolState) -> str:
 def _alerts_note(vm: str, budget: Budget, by: Sequence[tuple[str, int]]) -> str:
     return (
         f"sysmon: {vm}'s journal alerts reached their share of its day "
-        f"({budget.alert_bytes_per_day:,} bytes), most from {_who(by)}: its journal "
+        f"({budget.alert_bytes_per_day:,} bytes), most from {_who(by, quoted=True)}: its journal "
         "alerts wait until midnight UTC, its metric rows go on"
     )
 
