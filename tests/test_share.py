@@ -429,3 +429,26 @@ def test_the_shares_survive_a_restart_of_sys_monitor() -> None:
     pool = PoolState(day="2025-08-31", day_bytes=9, over=True, by=(("disp1", 9),), told=3)
     state = State(qubes={"work": qube}, pools={"disposables": pool})
     assert from_json(json.loads(json.dumps(to_json(state)))) == state
+
+
+async def test_a_wall_clock_ahead_for_a_day_of_steady_time_is_believed(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """A suspend the steady clock missed delays a delivery by a day at most, not for ever."""
+    day = date(2025, 8, 31)
+    start = datetime(2025, 8, 31, 2, 0, tzinfo=UTC)
+    t0 = trio.current_time()
+
+    def wall() -> datetime:
+        t = trio.current_time() - t0
+        return start + timedelta(seconds=t, hours=12 if t >= 60 else 0)
+
+    config = Config(out_dir=tmp_path / "out")
+    _append_rows(config.out_dir, day, 0, 10)
+    vault = FakeVault(tmp_path / "vault")
+    nightly = NightlyArchive(
+        config, note=lambda _m: None, wall_now=wall, copier=vault.copy, offload=inline, zone=UTC
+    )
+    with trio.move_on_after(3 * 86400):
+        await nightly.run()
+    assert vault.days() == [f"monitor-{day}.tgz"]
