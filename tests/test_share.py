@@ -434,21 +434,22 @@ def test_the_shares_survive_a_restart_of_sys_monitor() -> None:
 async def test_a_wall_clock_ahead_for_a_day_of_steady_time_is_believed(
     tmp_path: Path, autojump_clock: object
 ) -> None:
-    """A suspend the steady clock missed delays a delivery by a day at most, not for ever."""
-    day = date(2025, 8, 31)
+    """A suspend of three days the steady clock missed: the steady clock alone
+    would hold every later day back three days for ever; after a day it is believed."""
     start = datetime(2025, 8, 31, 2, 0, tzinfo=UTC)
     t0 = trio.current_time()
 
     def wall() -> datetime:
         t = trio.current_time() - t0
-        return start + timedelta(seconds=t, hours=12 if t >= 60 else 0)
+        return start + timedelta(seconds=t, days=3 if t >= 60 else 0)
 
     config = Config(out_dir=tmp_path / "out")
-    _append_rows(config.out_dir, day, 0, 10)
+    after = date(2025, 9, 3)  # written after the suspend, by the wall clock
+    _append_rows(config.out_dir, after, 0, 10)
     vault = FakeVault(tmp_path / "vault")
     nightly = NightlyArchive(
         config, note=lambda _m: None, wall_now=wall, copier=vault.copy, offload=inline, zone=UTC
     )
-    with trio.move_on_after(3 * 86400):
+    with trio.move_on_after(2 * 86400 + 3600):
         await nightly.run()
-    assert vault.days() == [f"monitor-{day}.tgz"]
+    assert vault.days() == [f"monitor-{after}.tgz"]
