@@ -453,3 +453,45 @@ async def test_a_wall_clock_ahead_for_a_day_of_steady_time_is_believed(
     with trio.move_on_after(2 * 86400 + 3600):
         await nightly.run()
     assert vault.days() == [f"monitor-{after}.tgz"]
+
+
+def test_at_a_fresh_start_every_listed_qube_is_known_and_only_later_ones_are_new() -> None:
+    """Install day: a qube halted at the first tick and started later keeps a
+    budget of its own; one created after the first tick shares the new names'."""
+    budget = Budget(bytes_per_day=50_000, new_bytes_per_day=10_000)
+    halted = QubeInfo("halted", "AppVM", "Halted", _uuid(1))
+    started = attrs.evolve(halted, state="Running")
+    created = QubeInfo("created", "AppVM", "Running", _uuid(2))
+    work = QubeInfo("work", "AppVM", "Running", _uuid(3))
+    polls: list[list[tuple[QubeInfo, Snapshot]]] = [[(work, _snap("w"))]]
+    polls += [[(work, _snap("w")), (started, _flood("h")), (created, _flood("c"))]] * 10
+    ticks, state = _run_listed(polls, [halted], budget)
+    assert state.qubes["halted"].first_day == ""
+    assert _bytes_of(ticks, "halted") > budget.new_bytes_per_day
+    assert _bytes_of(ticks, "created") <= budget.new_bytes_per_day
+
+
+def _run_listed(
+    polls: list[list[tuple[QubeInfo, Snapshot]]], also_listed: list[QubeInfo], budget: Budget
+) -> tuple[list[TickRows], State]:
+    """As _run from an empty state, with qubes dom0 lists but nobody polls on the first tick."""
+    state = State()
+    ticks = []
+    for i, poll in enumerate(polls):
+        listed = [info for info, _ in poll]
+        if i == 0:
+            listed += also_listed
+        built = build_tick_rows(
+            TS + timedelta(seconds=10 * i),
+            [_result(info.name, snap) for info, snap in poll],
+            None,
+            state.qubes,
+            budget=budget,
+            listed=listed,
+            pools=state.pools,
+        )
+        qubes = {**state.qubes, **built.states}
+        qubes.update({b.vm: b.next_state for b in built.alerts if b.next_state is not None})
+        state = State(qubes=qubes, pools=built.pools)
+        ticks.append(built)
+    return ticks, state

@@ -427,6 +427,14 @@ def build_tick_rows(
         )
     sampled = {r.vm for r in results if r.snapshot is not None}
     forget, kept = _forget(ts, previous, sampled, listed)
+    if not previous:
+        # A fresh start: every qube dom0 lists now, running or not, is one
+        # seen before -- only qubes created from here on are new.
+        kept |= {
+            q.name: QubeState(day=day, uuid=q.uuid)
+            for q in listed
+            if q.klass != DISPVM_CLASS and q.name != "dom0"
+        }
     return TickRows(
         forget=forget,
         rows={name: tuple(rows) for name, rows in out.items()},
