@@ -21,6 +21,8 @@ from sysmon.records import Budget
 from sysmon.transform.rules import Rule, RuleError, parse_rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
+#: The handler's MAX_ALERTS: alert lines one poll can carry.
+MAX_ALERTS_PER_POLL = 50
 _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
@@ -110,14 +112,44 @@ class Config:
     #: Each qube's share of the disk per UTC day, and of distinct names.
     qube_mb_per_day: int = attrs.field(default=16, validator=_positive(integer=True))
     qube_names_per_day: int = attrs.field(default=256, validator=_positive(integer=True))
+    #: The journal alerts' share of a qube's day, in percent: a user inside
+    #: a qube filling the journal (``logger -p crit``) cannot starve its
+    #: metric rows, which keep the rest.  A normal qube's alerts are under
+    #: 1% of its rows; a flood at the handler's caps (50 x 1,000 B a
+    #: minute) fills 25% of 16 MiB in under 1.5 h.
+    alerts_percent: int = attrs.field(default=25, validator=_positive(integer=True))
+    #: All disposables together, per UTC day (each a new name that would
+    #: otherwise bring a fresh budget): 2x one qube's 16 MiB, 6 disposables
+    #: running all day at a normal qube's 5.4 MB.
+    dispvm_mb_per_day: int = attrs.field(default=32, validator=_positive(integer=True))
+    #: All qube names first seen today together (other than disposables).
+    new_qubes_mb_per_day: int = attrs.field(default=32, validator=_positive(integer=True))
+    #: Digests an alert cursor keeps of the entries filed at its microsecond
+    #: (19 B each in the state file; above the handler's 50 lines a poll).
+    cursor_seen: int = attrs.field(default=64, validator=_positive(integer=True))
     rules: tuple[Rule, ...] = attrs.field(default=(), validator=_rules)
 
     @property
     def budget(self) -> Budget:
         """Each qube's share of the day, as the transform takes it."""
-        return Budget(self.qube_mb_per_day * 1024 * 1024, self.qube_names_per_day)
+        mib = 1024 * 1024
+        return Budget(
+            bytes_per_day=self.qube_mb_per_day * mib,
+            names_per_day=self.qube_names_per_day,
+            cursor_seen=self.cursor_seen,
+            alert_percent=self.alerts_percent,
+            dispvm_bytes_per_day=self.dispvm_mb_per_day * mib,
+            new_bytes_per_day=self.new_qubes_mb_per_day * mib,
+        )
 
     def __attrs_post_init__(self) -> None:
+        if self.alerts_percent > 100:
+            raise ConfigError(f"alerts_percent must be 100 or less, got {self.alerts_percent}")
+        if self.cursor_seen < MAX_ALERTS_PER_POLL:
+            raise ConfigError(
+                f"cursor_seen must be at least {MAX_ALERTS_PER_POLL} (the handler's alert "
+                f"lines a poll), got {self.cursor_seen}"
+            )
         if self.scrape_timeout >= self.interval:
             raise ConfigError(
                 f"scrape_timeout ({self.scrape_timeout:g}) must be below "

@@ -38,11 +38,26 @@ class Budget:
     ``bytes_per_day``: the bytes its rows may take (metric rows and journal
     alerts); past it, its metric rows stop until midnight UTC.
     ``names_per_day``: distinct interface and filesystem names; rows for a
-    new name past it are dropped.
+    new name past it are dropped.  ``cursor_seen``: digests an alert cursor
+    keeps of the entries filed at its microsecond.  ``alert_percent``: the
+    part of ``bytes_per_day`` its journal alerts may take (past it they wait
+    for tomorrow; its metric rows keep the rest).  ``dispvm_bytes_per_day``:
+    what all disposables together may take; ``new_bytes_per_day``: what all
+    qube names first seen today together may take (each still within its
+    own ``bytes_per_day``).
     """
 
     bytes_per_day: int = 16 * 1024 * 1024
     names_per_day: int = 256
+    cursor_seen: int = 64
+    alert_percent: int = 25
+    dispvm_bytes_per_day: int = 32 * 1024 * 1024
+    new_bytes_per_day: int = 32 * 1024 * 1024
+
+    @property
+    def alert_bytes_per_day(self) -> int:
+        """The journal alerts' share of a qube's day."""
+        return self.bytes_per_day * self.alert_percent // 100
 
 
 @attrs.frozen
@@ -71,13 +86,27 @@ def boot_cursor_id(boot_id: str) -> str:
 class AlertCursor:
     """Where a qube's alerts stand.
 
-    Its boot, the newest entry's time, and the entries already filed at
-    exactly that microsecond.
+    Its boot, the newest entry's time, how many entries were filed at
+    exactly that microsecond (``filed``), and digests of the first of them
+    (``seen``, at most ``Budget.cursor_seen``): the handler skips ``filed``
+    entries there, the digests drop what a handler that ignored the cursor
+    sends again.  A qube stamping every line with one microsecond grows
+    ``filed``, a number, not the state file.
     """
 
     boot_id: str
     ts_us: int
     seen: frozenset[str] = frozenset()
+    filed: int = attrs.field()
+
+    @filed.default
+    def _filed(self) -> int:
+        return len(self.seen)
+
+    @filed.validator
+    def _check_filed(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if value < len(self.seen):
+            raise ValueError(f"cursor: {value} filed, fewer than {len(self.seen)} seen")
 
     def argument(self) -> str:
         """The cursor as the handler's service argument (``[A-Za-z0-9_.-]``).
@@ -85,7 +114,7 @@ class AlertCursor:
         The last part tells the handler how many entries of exactly that
         microsecond to skip, so a burst larger than its line cap still moves.
         """
-        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{len(self.seen)}"
+        return f"{boot_cursor_id(self.boot_id)}.{self.ts_us}.{self.filed}"
 
 
 @attrs.frozen
@@ -105,6 +134,32 @@ class QubeState:
     day_bytes: int = 0
     over_budget: bool = False
     day_names: frozenset[str] = frozenset()
+    #: The UUID dom0 listed (4.3): another one under this name is another
+    #: qube, and starts with a fresh allowance.
+    uuid: str | None = None
+    #: The UTC day this name was first sampled ("" for before, or a fresh
+    #: start): names first seen today share ``Budget.new_bytes_per_day``.
+    first_day: str = ""
+    #: Today's journal alert bytes, whether they reached their share, and
+    #: the identifiers that wrote the most of them (at most four).
+    alert_bytes: int = 0
+    alerts_over: bool = False
+    alert_by: tuple[tuple[str, int], ...] = ()
+
+
+@attrs.frozen
+class PoolState:
+    """A budget qubes share for the UTC day (all disposables; names new today).
+
+    ``by``: the members that spent the most of it (at most four), to say who;
+    ``told``: the members told in ``alerts.csv`` that it stopped them.
+    """
+
+    day: str
+    day_bytes: int = 0
+    over: bool = False
+    by: tuple[tuple[str, int], ...] = ()
+    told: int = 0
 
 
 @attrs.frozen
@@ -129,6 +184,7 @@ class State:
     last_ts: int = 0
     pending: PendingTick | None = None
     rules: Mapping[str, RuleState] = attrs.field(factory=dict)
+    pools: Mapping[str, PoolState] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -169,6 +225,8 @@ class TickRows:
     rule_state: Mapping[str, RuleState] = attrs.field(factory=dict)
     #: Qubes not sampled for days (a DispVM gone): their state is dropped.
     forget: tuple[str, ...] = ()
+    #: The shared budgets after this tick.
+    pools: Mapping[str, PoolState] = attrs.field(factory=dict)
 
 
 @attrs.frozen

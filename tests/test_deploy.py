@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -303,6 +305,7 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("admin.vm.Stats", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
         ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
+        ("qubes.Metrics.Get", "*", "sys-monitor", "sys-monitor", "deny"),
         ("*", "*", "@anyvm", "sys-monitor", "deny"),
     }
 
@@ -342,16 +345,27 @@ def _matches(pattern: str, name: str, *, target: bool) -> bool:
 
 
 def evaluate(
-    rules: list[tuple[str, str]], request: str, source: str, target: str, state: str
+    rules: list[tuple[str, str]],
+    request: str,
+    source: str,
+    target: str,
+    state: str,
+    qube_of: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
-    """(decision, matched rule) for one request, first match wins, as dom0 decides it."""
+    """(decision, matched rule) for one request, first match wins, as dom0 decides it.
+
+    A ``uuid:U`` target is matched as the qube ``qube_of`` names (a rule
+    naming a qube matches its uuid form), but the loopback guard compares the
+    strings as given (qubes-facts.md): ``uuid:<sys-monitor>`` passes it.
+    """
     service, _, argument = request.partition("+")
+    named = (qube_of or {}).get(target, target)
     for where, rule in rules:
         r_service, r_arg, r_source, r_target, action, *params = rule.split()
         if r_service not in {"*", service} or r_arg not in {"*", "+" + argument}:
             continue
         if not (
-            _matches(r_source, source, target=False) and _matches(r_target, target, target=True)
+            _matches(r_source, source, target=False) and _matches(r_target, named, target=True)
         ):
             continue
         if action == "allow":
@@ -385,10 +399,72 @@ def test_shipped_policy_decides_as_the_recorded_engine(shipped_policy, row):
     ]
     got_decision, got_rule = evaluate([*ours, *DEFAULT_RULES], request, source, target, state)
     assert got_decision == decision
-    if matched.startswith("30-sysmon.policy:"):
+    if target == source and got_rule == SELF_DENY:
+        # The engine refused it as a loopback at the @anyvm line; the shipped
+        # policy now names it first (the uuid form would pass the loopback guard).
+        assert matched == "30-sysmon.policy:2"
+    elif matched.startswith("30-sysmon.policy:"):
         assert got_rule == RECORDED_HARDENED[int(matched.split(":")[1]) - 1]
     else:
         assert got_rule == matched
+
+
+SELF_DENY = "qubes.Metrics.Get * sys-monitor sys-monitor deny"
+#: Every qube of the recorded 4.3 world by its ``uuid:`` form: uuid5 of
+#: "<name>.qubes.invalid", dom0's all zeros (tests/fixtures/qubes/README.md).
+QUBE_OF_UUID = {
+    f"uuid:{uuid.uuid5(uuid.NAMESPACE_DNS, f'{name}.qubes.invalid')}": name
+    for name in ("sys-monitor", "work", "work-halted", "secrets-vault", "disp1234", "personal")
+} | {"uuid:00000000-0000-0000-0000-000000000000": "dom0"}
+#: The three lines of the recorded ``vault-excluded`` variant, after admin.vm.Stats
+#: (lines 17-19 of that recorded 30-sysmon.policy).
+VAULT_EXCLUDED = {
+    "30-sysmon.policy:17": "admin.vm.property.Get +xid sys-monitor secrets-vault deny notify=no",
+    "30-sysmon.policy:18": "admin.vm.property.Get +xid sys-monitor @adminvm allow target=dom0",
+    "30-sysmon.policy:19": "admin.vm.property.Get +xid sys-monitor @anyvm allow target=dom0",
+}
+
+
+def _policy_rules(policy: str) -> list[tuple[str, str]]:
+    return [
+        (line, line)
+        for line in (" ".join(raw.split()) for raw in policy.splitlines())
+        if line and not line.startswith("#")
+    ]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        line.split("\t")[1:]
+        for line in (ROOT / "tests/fixtures/qubes/policy-decisions-xid-variants-4.3.tsv")
+        .read_text()
+        .splitlines()[1:]
+        if line.startswith("vault-excluded\t")
+    ],
+    ids=lambda row: f"{row[2]}-{row[3]}",
+)
+def test_a_rule_naming_a_qube_matches_its_uuid_form_as_the_engine_does(shipped_policy, row):
+    """The model of the engine against its recorded decisions, ``uuid:`` targets included:
+    the vault's deny line denies ``uuid:<vault>`` too."""
+    request, source, target, state, decision, matched = row[:6]
+    ours = _policy_rules(shipped_policy)
+    stats = next(i for i, (_, line) in enumerate(ours) if line.startswith("admin.vm.Stats "))
+    lines = list(VAULT_EXCLUDED.items())
+    rules = [*ours[: stats + 1], *lines, *ours[stats + 1 :], *DEFAULT_RULES]
+    got_decision, got_rule = evaluate(rules, request, source, target, state, QUBE_OF_UUID)
+    assert got_decision == decision
+    if matched in VAULT_EXCLUDED:
+        assert got_rule == matched
+
+
+@pytest.mark.parametrize("target", ["sys-monitor", "uuid:d03cd78b-c6ac-5d48-b6f8-41eabc339e8b"])
+def test_sys_monitor_cannot_poll_itself_by_name_or_uuid(shipped_policy, target):
+    """4.3's loopback guard compares strings: ``uuid:<sys-monitor>`` passed it
+    and matched @anyvm (allow, as root); the shipped policy denies both forms."""
+    rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
+    got = evaluate(rules, "qubes.Metrics.Get+", "sys-monitor", target, "Running", QUBE_OF_UUID)
+    assert got == ("deny", SELF_DENY)
 
 
 @pytest.fixture(name="shipped_policy")

@@ -66,7 +66,7 @@ def handler_model(journal: list[AlertRecord], argument: AlertCursor | None) -> l
     if argument is None:
         out = journal
     else:
-        skip = len(argument.seen)
+        skip = argument.filed  # the count of entries filed there, as the handler reads it
         out = []
         for entry in journal:
             if entry.ts_us < argument.ts_us:

@@ -43,6 +43,11 @@ from sysmon.store.archive import (
     stage_for_copy,
 )
 
+#: A wall clock within this of the steady clock's reckoning agrees with it.
+CLOCK_SLACK = 300.0
+#: A wall clock ahead of the steady one this long is believed: a day of
+#: steady time (a wrong clock is set right by then, or its day has passed).
+TRUST_AHEAD_AFTER = 86400.0
 COPY_TIMEOUT = 600.0
 RETRY = 3600.0
 MAX_RETRY = 6 * 3600.0
@@ -250,7 +255,36 @@ class NightlyArchive:
     copier: Copier = qvm_copy_to_vm
     offload: Offload = trio.to_thread.run_sync
     zone: tzinfo | None = None
+    #: A clock that never steps: trio's (virtual in tests); ``main`` gives
+    #: CLOCK_BOOTTIME, which also counts the time the qube was suspended.
+    steady_now: Callable[[], float] = trio.current_time
     _alerted: str | None = None
+    #: The wall clock's reading at a steady-clock time it was trusted.
+    _anchor: tuple[datetime, float] | None = None
+    _ahead_since: float | None = None
+
+    def complete_before(self) -> date:
+        """The UTC day before which days are complete, by both clocks.
+
+        The wall clock's today, unless the steady clock says less time has
+        passed since the wall clock was last trusted (a step ahead): a day a
+        wrong clock calls past is not delivered until it is.  A wall clock
+        ahead for ``TRUST_AHEAD_AFTER`` steady seconds is believed (a suspend
+        the steady clock missed); a step back is believed at once.
+        """
+        wall, steady = self.wall_now(), self.steady_now()
+        if self._anchor is None:
+            self._anchor = (wall, steady)
+        agreed = self._anchor[0] + timedelta(seconds=steady - self._anchor[1])
+        if wall <= agreed + timedelta(seconds=CLOCK_SLACK):
+            self._anchor, self._ahead_since = (wall, steady), None
+            return wall.astimezone(UTC).date()
+        if self._ahead_since is None:
+            self._ahead_since = steady
+        if steady - self._ahead_since >= TRUST_AHEAD_AFTER:
+            self._anchor, self._ahead_since = (wall, steady), None
+            return wall.astimezone(UTC).date()
+        return agreed.astimezone(UTC).date()
 
     async def run(self) -> None:
         """Deliver, then sleep until the next ``archive_at``, until cancelled."""
@@ -261,7 +295,7 @@ class NightlyArchive:
                 now = self.wall_now()
                 at = next_archive_time(now, self.config.archive_at, self.zone)
                 await trio.sleep((at - now).total_seconds())
-            today = self.wall_now().astimezone(UTC).date()
+            today = self.complete_before()
             report = await run_archive(self.config, today, copier=self.copier, offload=self.offload)
             if report.busy:  # a `sysmon archive` is delivering: look again later
                 await trio.sleep(retry)

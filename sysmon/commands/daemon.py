@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,11 @@ Committer = Callable[[Path, datetime, Plan], TickOutcome]
 def utc_now() -> datetime:
     """The wall clock, in UTC."""
     return datetime.now(UTC)
+
+
+def boot_time() -> float:
+    """Seconds since boot, suspends included; never stepped (CLOCK_BOOTTIME)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def sd_notify(message: str) -> None:
@@ -130,6 +136,7 @@ class Daemon:
     _ready_sent: bool = False
     _rejected_alerted: str | None = None
     _self_name: str | None = None
+    _self_uuid: str | None = None
     _listed: frozenset[str] = frozenset()
 
     @health.default
@@ -154,7 +161,7 @@ class Daemon:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
-            outcome = await self._commit(ts, results, qubes)
+            outcome = await self._commit(ts, results, qubes, discovery.qubes)
             if qubes is not None and outcome.skipped is None:
                 self.last_qubes_ts = ts.timestamp()
         return PollReport(ts, discovery.qubes, tuple(results), outcome)
@@ -191,10 +198,21 @@ class Daemon:
             )
         if self._self_name is None:  # our name does not change: asked once
             self._self_name = config.self_name or await self.source.own_name()
+        if self._self_name is None:
+            # Polling every qube would poll this one, as root, by its UUID.
+            raise DiscoveryError(
+                "this qube's own name is unknown (qubesdb-read /name failed; set self_name "
+                "in sysmon.toml): no qube is polled, so as not to poll sys-monitor itself"
+            )
         self._note_rejected(discovery.rejected)
         self._listed = frozenset(q.name for q in discovery.qubes)
+        for q in discovery.qubes:  # learned once; skipped under any later name
+            if q.name == self._self_name and q.uuid is not None:
+                self._self_uuid = q.uuid
         exclude = (*config.exclude, config.vault)
-        return discovery, select_targets(discovery.qubes, self._self_name, exclude)
+        return discovery, select_targets(
+            discovery.qubes, self._self_name, exclude, self_uuid=self._self_uuid
+        )
 
     async def _scrape(self, discovery: Discovery, targets: Sequence[str]) -> list[ScrapeResult]:
         """Poll the targets due now; ``skipped`` for the others; in list order."""
@@ -248,7 +266,11 @@ class Daemon:
         return sorted([*polled, *skipped], key=lambda r: order[r.vm])
 
     async def _commit(
-        self, ts: datetime, results: Sequence[ScrapeResult], qubes: Sequence[QubeInfo] | None
+        self,
+        ts: datetime,
+        results: Sequence[ScrapeResult],
+        qubes: Sequence[QubeInfo] | None,
+        listed: Sequence[QubeInfo] = (),
     ) -> TickOutcome:
         """Hand the commit this tick's plan, with the notes gathered since the last."""
         me = self._self_name or self.config.self_name or "sys-monitor"
@@ -265,6 +287,7 @@ class Daemon:
             rules=self.config.rules,
             me=me,
             budget=self.config.budget,
+            listed=listed,
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
@@ -423,6 +446,8 @@ class Daemon:
 def main(config: Config) -> int:
     """``sysmon run``: qrexec to the qubes, dom0's stats stream, the nightly archive."""
     daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
-    daemon.archive = NightlyArchive(config, note=daemon.note, wall_now=daemon.wall_now)
+    daemon.archive = NightlyArchive(
+        config, note=daemon.note, wall_now=daemon.wall_now, steady_now=boot_time
+    )
     trio.run(daemon.serve, strict_exception_groups=True)
     return 0

@@ -218,10 +218,25 @@ def _check(line: tuple[str, dict[str, str]], with_uuids: bool, seen: set[str]) -
 
 
 def select_targets(
-    qubes: Iterable[QubeInfo], self_name: str | None, exclude: Iterable[str]
+    qubes: Iterable[QubeInfo],
+    self_name: str | None,
+    exclude: Iterable[str],
+    *,
+    self_uuid: str | None = None,
 ) -> list[str]:
-    """The qubes to poll: Running, not dom0, not ourselves, not excluded."""
+    """The qubes to poll: Running, not dom0, not ourselves, not excluded.
+
+    Ourselves by name and by UUID: 4.3's policy engine refuses a call to
+    ``sys-monitor`` from sys-monitor but not one to ``uuid:<sys-monitor>``
+    (its loopback guard compares strings), and a qube is polled by UUID.
+    """
     skip = {"dom0", *exclude}
     if self_name:
         skip.add(self_name)
-    return [q.name for q in qubes if q.state == "Running" and q.name not in skip]
+    return [
+        q.name
+        for q in qubes
+        if q.state == "Running"
+        and q.name not in skip
+        and not (self_uuid is not None and q.uuid == self_uuid)
+    ]

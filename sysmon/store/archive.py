@@ -13,7 +13,10 @@ vault itself is :func:`sysmon.archiver.deliver`.  Files under
   whose outcome a crash hid is never re-sent under a name the vault already
   holds (qfile-unpacker creates files with ``O_EXCL``);
 - ``monitor-YYYY-MM-DD.delivered`` -- written (fsynced) only after the copy
-  returned success; the day is then never sent again without ``--force``.
+  returned success, with the size of each member it held; the day is then
+  never sent again without ``--force`` -- unless its folder grew since (a
+  clock that ran a day ahead delivered it early): then the whole day goes
+  again as a later copy, ``monitor-DAY.N.tgz``, and retention waits for it.
 """
 
 from __future__ import annotations
@@ -175,8 +178,25 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
 
 
 def is_delivered(out_dir: Path, day: date) -> bool:
-    """Whether ``day`` reached the vault."""
-    return _marker(out_dir, day, "delivered").exists()
+    """Whether ``day`` reached the vault whole: no row was added to it since.
+
+    A marker without sizes (an older sysmon's) is taken at its word; one that
+    cannot be read means the day goes again.
+    """
+    try:
+        lines = _marker(out_dir, day, "delivered").read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    if len(lines) < 2:  # the name, then the sizes
+        return True
+    try:
+        sent = json.loads(lines[1])
+    except ValueError:
+        return False
+    folder = out_dir / day.isoformat()
+    if not isinstance(sent, dict) or not folder.is_dir():
+        return isinstance(sent, dict)
+    return all(sent.get(name) == size for name, size in _expected_members(folder).items())
 
 
 def days_to_deliver(out_dir: Path, today: date) -> list[date]:
@@ -362,8 +382,17 @@ def record_refused(out_dir: Path, day: date) -> None:
 
 
 def mark_delivered(out_dir: Path, day: date, sent_as: str) -> None:
-    """The copy of ``day`` returned success: never send it again."""
-    _write_marker(_marker(out_dir, day, "delivered"), sent_as + "\n")
+    """The copy of ``day`` returned success: never send it again, as it was.
+
+    The sizes are the archive's members (rows appended to the folder while
+    it was copied are not in it).
+    """
+    sizes: dict[str, int] = {}
+    with tarfile.open(tgz_path(out_dir, day), "r:gz") as tar:
+        for member in tar:
+            sizes[member.name] = member.size
+    text = sent_as + "\n" + json.dumps(sizes, sort_keys=True, separators=(",", ":")) + "\n"
+    _write_marker(_marker(out_dir, day, "delivered"), text)
 
 
 def stage_for_copy(out_dir: Path, day: date, name: str) -> Path:

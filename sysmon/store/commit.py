@@ -127,7 +127,9 @@ def _write(
             qubes = _append_alerts(folder, built, qubes, tally, sync=sync)
         save_state(
             out_dir,
-            State(qubes=qubes, last_ts=epoch, pending=None, rules=built.rule_state),
+            State(
+                qubes=qubes, last_ts=epoch, pending=None, rules=built.rule_state, pools=built.pools
+            ),
             sync=sync,
         )
     except OSError as exc:

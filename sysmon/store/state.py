@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from sysmon.records import AlertCursor, PendingTick, QubeState, RuleState, State
+from sysmon.records import AlertCursor, PendingTick, PoolState, QubeState, RuleState, State
 from sysmon.schema import DAILY_FILES
 from sysmon.store.fs import replace_atomically
 
@@ -27,7 +27,12 @@ DAILY_NAMES = frozenset(s.file_name for s in DAILY_FILES)
 def _cursor_to_json(cursor: AlertCursor | None) -> Any:
     if cursor is None:
         return None
-    return {"boot_id": cursor.boot_id, "ts_us": cursor.ts_us, "seen": sorted(cursor.seen)}
+    return {
+        "boot_id": cursor.boot_id,
+        "ts_us": cursor.ts_us,
+        "seen": sorted(cursor.seen),
+        "filed": cursor.filed,
+    }
 
 
 def _cursor_from_json(data: Any) -> AlertCursor | None:
@@ -37,6 +42,7 @@ def _cursor_from_json(data: Any) -> AlertCursor | None:
         boot_id=str(data["boot_id"]),
         ts_us=int(data["ts_us"]),
         seen=frozenset(map(str, data["seen"])),
+        **({"filed": int(data["filed"])} if "filed" in data else {}),
     )
 
 
@@ -49,7 +55,36 @@ def _qube_to_json(q: QubeState) -> Any:
         "day_bytes": q.day_bytes,
         "over_budget": q.over_budget,
         "day_names": sorted(q.day_names),
+        "uuid": q.uuid,
+        "first_day": q.first_day,
+        "alert_bytes": q.alert_bytes,
+        "alerts_over": q.alerts_over,
+        "alert_by": [list(x) for x in q.alert_by],
     }
+
+
+def _tally_from_json(data: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((str(who), int(n)) for who, n in data)
+
+
+def _pool_to_json(p: PoolState) -> Any:
+    return {
+        "day": p.day,
+        "day_bytes": p.day_bytes,
+        "over": p.over,
+        "by": [list(x) for x in p.by],
+        "told": p.told,
+    }
+
+
+def _pool_from_json(p: Any) -> PoolState:
+    return PoolState(
+        day=str(p["day"]),
+        day_bytes=int(p["day_bytes"]),
+        over=bool(p["over"]),
+        by=_tally_from_json(p.get("by", ())),
+        told=int(p.get("told", 0)),
+    )
 
 
 def _qube_from_json(q: Any) -> QubeState:
@@ -62,6 +97,11 @@ def _qube_from_json(q: Any) -> QubeState:
         day_bytes=int(q.get("day_bytes", 0)),
         over_budget=bool(q.get("over_budget", False)),
         day_names=frozenset(map(str, q.get("day_names", ()))),
+        uuid=str(q["uuid"]) if q.get("uuid") is not None else None,
+        first_day=str(q.get("first_day", "")),
+        alert_bytes=int(q.get("alert_bytes", 0)),
+        alerts_over=bool(q.get("alerts_over", False)),
+        alert_by=_tally_from_json(q.get("alert_by", ())),
     )
 
 
@@ -78,6 +118,7 @@ def to_json(state: State) -> dict[str, Any]:
         "rules": {
             key: [r.since, r.polls, r.firing, r.seen] for key, r in sorted(state.rules.items())
         },
+        "pools": {name: _pool_to_json(p) for name, p in sorted(state.pools.items())},
     }
 
 
@@ -104,7 +145,10 @@ def from_json(data: Any) -> State:
         )
         for key, v in data.get("rules", {}).items()
     }
-    return State(qubes=qubes, last_ts=int(data["last_ts"]), pending=pending, rules=rules)
+    pools = {str(name): _pool_from_json(p) for name, p in data.get("pools", {}).items()}
+    return State(
+        qubes=qubes, last_ts=int(data["last_ts"]), pending=pending, rules=rules, pools=pools
+    )
 
 
 def load_state(out_dir: Path) -> State:

@@ -30,17 +30,21 @@ def build_tick(
     rules: Sequence[Rule] = (),
     me: str = "sys-monitor",
     budget: Budget = DEFAULT_BUDGET,
+    listed: Sequence[QubeInfo] = (),
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
     ``notes`` are sysmon's own alerts, (vm, message), filed with the tick
     under ``me``; so is the news that the clock stepped back past rows
     already written (the commit writes such a tick only after a large step).
+    ``listed`` is dom0's list of this tick (each qube's class and UUID).
     """
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
         notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
-    built = build_tick_rows(ts, results, qubes, previous.qubes, xen, notes, budget)
+    built = build_tick_rows(
+        ts, results, qubes, previous.qubes, xen, notes, budget, listed=listed, pools=previous.pools
+    )
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
         AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
