@@ -30,8 +30,12 @@ def test_systemd_analyze_verify(unit, tmp_path):
     """Each unit verifies, with its programs pointed at this checkout
     (verify refuses an ExecStart that does not exist)."""
     analyze = require_tool("systemd-analyze")
+    # The package's /usr/bin/sysmon (test_packages.py verifies the installed unit).
+    command = tmp_path / "sysmon"
+    command.write_text('#!/bin/sh\nexec python3 -m sysmon "$@"\n')
+    command.chmod(0o755)
     for source in UNITS:
-        text = source.read_text()
+        text = source.read_text().replace("/usr/bin/sysmon ", f"{command} ")
         for installed, here in INSTALLED.items():
             text = text.replace(installed, here)
         (tmp_path / source.name).write_text(text)
