@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, require_root, require_tool, run_sysmon
 
+# Real processes on the real clock: left out of a default run (--run-slow).
+pytestmark = pytest.mark.slow
+
 START = datetime(2025, 8, 31, 22, 0, tzinfo=UTC)
 
 

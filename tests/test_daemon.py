@@ -7,6 +7,7 @@ import itertools
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import trio
 from csvcheck import read_day
 from fakes import FakeQubes, daemon_on_virtual_time, run_for
@@ -113,6 +114,7 @@ class TestMisbehavingQubes:
         assert set(hang) == {"timeout", "skipped"}
 
 
+@pytest.mark.slow
 async def test_memory_does_not_grow_per_tick(tmp_path, autojump_clock):
     """An hour of 30 qubes to warm up, then 360 more ticks: every row is there and
     the heap grows by less than one block per tick.  (A whole day of ticks is

@@ -16,6 +16,9 @@ from csvcheck import read_day
 from fakequbes.world import leftover_processes, make_world
 from fakes import start_daemon
 
+# Real processes on the real clock: left out of a default run (--run-slow).
+pytestmark = pytest.mark.slow
+
 GUARD = 60.0
 ALERTS = b"""sys: protocol=1 boot_id=fixed-boot btime=1
 alert: 1700000000000000 kernel: one

@@ -193,6 +193,7 @@ class TestRecordedTrees:
         assert snap.net
         return sorted(d.mount for d in snap.disk)
 
+    @pytest.mark.slow
     def test_a_hung_network_filesystem_costs_only_its_own_line(self, awk, tmp_path):
         """df that never answers on an NFS mount is killed after the time limit;
         / and the other network filesystem are still reported (they were not:
@@ -200,6 +201,7 @@ class TestRecordedTrees:
         mounts = [("/mnt/nfs", "nfs4"), ("/mnt/cifs", "cifs")]
         assert self._disk_when_hung(tmp_path, mounts, ["/mnt/nfs"], awk) == ["/", "/mnt/cifs"]
 
+    @pytest.mark.slow
     def test_hung_filesystems_cost_one_time_limit_together(self, tmp_path):
         """Three hung mounts are waited for at once (3 s), not one after the other (9 s,
         past the collector's 8 s), and cost their own lines only."""

@@ -18,6 +18,9 @@ from fakes import LIAR_PAYLOAD, write_tick
 from sysmon import schema
 from sysmon.protocol.xen_events import DomainStats
 
+# Real processes on the real clock: left out of a default run (--run-slow).
+pytestmark = pytest.mark.slow
+
 TELEGRAF = ROOT / "contrib" / "telegraf" / "sysmon.conf"
 ALLOY = ROOT / "contrib" / "alloy" / "sysmon-alerts.alloy"
 INT64 = (-(2**63), 2**63 - 1)

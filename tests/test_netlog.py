@@ -25,6 +25,9 @@ import pytest
 from conftest import ROOT, require_root, require_tool
 from fakequbes.world import BIN, open_to_others
 
+# Real processes on the real clock: left out of a default run (--run-slow).
+pytestmark = pytest.mark.slow
+
 NETLOG = ROOT / "netlog"
 CAPTURE = NETLOG / "netpcap-capture"
 PRUNE = NETLOG / "netpcap-prune"

@@ -274,6 +274,7 @@ async def test_a_flood_of_new_names_keeps_only_listed_domains(tmp_path, autojump
     assert [r["vm"] for r in xen] == ["work"]  # of what dom0 listed, only work sent stats
 
 
+@pytest.mark.slow
 @given(st.lists(st.binary(max_size=300), max_size=8))
 async def test_any_stream_bytes_are_survived(chunks):
     """A fuzzer on the stream: whatever dom0's side sends, the follower logs and reopens."""
