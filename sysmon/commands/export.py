@@ -11,8 +11,10 @@ create-blocks-from openmetrics`` (Prometheus), InfluxDB and Loki take in:
 - ``influx``: one line per row, a measurement per file;
 - ``alerts-jsonl``: each alert a push body for Loki.
 
-The ``host`` label is the archive's own (its ``sysmon-meta.json``), unless
-``--host`` says otherwise.  A ledger of (host, day, content hash) makes a
+The ``host`` label is the archive's own (its ``sysmon-meta.json``) or a day
+folder's out_dir's ``host-id`` (made at sys-monitor's first tick), unless
+``--host`` says otherwise; the ``host_name`` setting, when set, is a
+``host_name`` label beside it.  A ledger of (host, day, content hash) makes a
 second export of the same day -- or of the vault's ``monitor-DAY.2.tgz`` copy
 -- write nothing.  Everything read is untrusted: a qube naming more than
 :data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
@@ -29,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import tarfile
@@ -45,8 +46,8 @@ from typing import IO, TextIO
 import attrs
 
 from sysmon import schema
+from sysmon.store import identity
 from sysmon.store.archive import (
-    HOST_ID_NAME,
     META_NAME,
     ArchiveError,
     archive_day,
@@ -63,7 +64,7 @@ MAX_QUBES = 1024
 #: Characters read at a time from a daily file (a row sysmon writes is < 4 KiB).
 MAX_LINE = 1 << 16
 #: What a host label may be: what a qube name or a host identity can be.
-_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HOST = identity.HOST_LABEL
 _FILES = {s.file_name: s for s in schema.DAILY_FILES}
 
 
@@ -83,6 +84,8 @@ class Day:
     day: date
     host: str
     digest: str
+    #: The readable name beside the identity (the ``host_name`` setting), if any.
+    host_name: str | None = None
 
 
 def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
@@ -123,17 +126,28 @@ def describe(path: Path, host: str | None) -> Day:
                     digest.update(chunk)
     except _UNREADABLE as exc:
         raise ExportError(f"{path}: cannot be read ({exc})") from None
-    if host is None:
-        named = meta.get("host")
-        host = named if isinstance(named, str) else None
-        if host is None and path.is_dir() and (path.parent / HOST_ID_NAME).is_file():
-            host = (path.parent / HOST_ID_NAME).read_text(errors="replace").strip()
+    host_name = meta.get("host_name")
+    try:
+        if host is None:
+            named = meta.get("host")
+            host = named if isinstance(named, str) else None
+            if host is None and path.is_dir():
+                # sys-monitor makes it at its first tick (a folder of before: --host).
+                host = identity.read_host_id(path.parent)
+        if host_name is None and META_NAME not in meta and path.is_dir():
+            host_name = identity.read_host_name(path.parent)
+    except identity.IdentityError as exc:
+        raise ExportError(f"{exc}: name the host with --host NAME") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: the host identity cannot be read ({exc})") from None
     if host is None or not _HOST.fullmatch(host):
         raise ExportError(
             f"{path}: no host identity (an archive made before sysmon-meta.json, or a "
             "folder without its out_dir's host-id): name it with --host NAME"
         )
-    return Day(path, day, host, digest.hexdigest())
+    if host_name is not None and not (isinstance(host_name, str) and _HOST.fullmatch(host_name)):
+        raise ExportError(f"{path}: its host_name is not a label ({META_NAME} was replaced)")
+    return Day(path, day, host, digest.hexdigest(), host_name)
 
 
 class Ledger:
@@ -295,6 +309,8 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
     caps = _Caps()
     seconds = _Seconds()
     host = day.host
+    # Beside the host label when the day has a name: the series without one are as before.
+    named = {"host_name": day.host_name} if day.host_name else {}
     for name, opener in day_members(day.path):
         if (name == "alerts.csv") != (fmt == "alerts-jsonl") or (
             fmt != "alerts-jsonl" and name not in exposition.LABELS
@@ -319,12 +335,12 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
             if not caps.allow(name, vm, label_values):
                 continue
             if fmt == "alerts-jsonl":
-                stream = {"host": host, "vm": vm, "job": "sysmon"}
+                stream = {"host": host, **named, "vm": vm, "job": "sysmon"}
                 msg = cells[index.get("msg", -1)]
                 write("", exposition.loki_line(stream, ts * 1_000_000_000, msg))
                 counts.samples += 1
                 continue
-            pairs = {"host": host, "vm": vm, **dict(zip(extra, label_values, strict=True))}
+            pairs = {"host": host, **named, "vm": vm, **dict(zip(extra, label_values, strict=True))}
             if fmt == "influx":
                 counts.samples += _influx_row(name, pairs, index, cells, extra, ts, write)
                 continue
@@ -346,7 +362,7 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
     for (vm, file_name), n in caps.cut.items():
         counts.cut += n
         if fmt == "openmetrics":
-            pairs = {"host": host, "vm": vm, "file": file_name}
+            pairs = {"host": host, **named, "vm": vm, "file": file_name}
             cut = exposition.CUT_FAMILY
             write(cut, f"{cut}{exposition.labels(pairs)} {n} {caps.last_ts}\n")
 
