@@ -46,6 +46,7 @@ from typing import IO, TextIO
 import attrs
 
 from sysmon import schema
+from sysmon.commands.progress import Progress
 from sysmon.store import identity
 from sysmon.store.archive import (
     META_NAME,
@@ -98,7 +99,7 @@ def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
     return meta if isinstance(meta, dict) else {}
 
 
-def describe(path: Path, host: str | None) -> Day:
+def describe(path: Path, host: str | None, progress: Progress | None = None) -> Day:
     """The day at ``path``: its date, host (``host`` first, else its metadata), content hash.
 
     Raises:
@@ -114,6 +115,8 @@ def describe(path: Path, host: str | None) -> Day:
         raise ExportError(f"{path}: not a day folder or a monitor-YYYY-MM-DD.tgz")
     digest = hashlib.sha256()
     meta: dict[str, object] = {}
+    progress = progress or Progress.quiet()
+    read = 0
     try:
         for name, opener in day_members(path):
             if name == META_NAME:
@@ -124,6 +127,8 @@ def describe(path: Path, host: str | None) -> Day:
             with opener() as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
+                    read += len(chunk)
+                    progress.update(f"reading {day}", read, "bytes")
     except _UNREADABLE as exc:
         raise ExportError(f"{path}: cannot be read ({exc})") from None
     host_name = meta.get("host_name")
@@ -418,6 +423,7 @@ def plan(
     since: date | None,
     until: date | None,
     ledger: Ledger | None,
+    progress: Progress | None = None,
 ) -> tuple[list[Day], int]:
     """The days to export, and how many the ledger (or a copy) left out.
 
@@ -435,7 +441,7 @@ def plan(
         units = day_units(paths)
     except ArchiveError as exc:
         raise ExportError(str(exc)) from None
-    days = [describe(path, host) for path in units]
+    days = [describe(path, host, progress) for path in units]
     days = [
         d for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)
     ]
@@ -452,14 +458,24 @@ def plan(
 
 
 def write_days(
-    chosen: list[Day], out: TextIO, *, fmt: str, ledger: Ledger | None, skipped_days: int = 0
+    chosen: list[Day],
+    out: TextIO,
+    *,
+    fmt: str,
+    ledger: Ledger | None,
+    skipped_days: int = 0,
+    progress: Progress | None = None,
 ) -> Counts:
     """Write the days :func:`plan` chose to ``out``; then remember them in ``ledger``."""
     counts = Counts(skipped_days=skipped_days)
+    progress = progress or Progress.quiet()
+    what = "samples" if fmt == "openmetrics" else "lines"
+    stage = ""
     with tempfile.TemporaryDirectory(prefix="sysmon-export-") as spool_dir, ExitStack() as stack:
         spools: dict[str, TextIO] = {}
 
         def write(family: str, text: str) -> None:
+            progress.update(stage, counts.samples, what)  # a batch: thousands of lines
             if fmt != "openmetrics":
                 out.write(text)
                 return
@@ -469,19 +485,20 @@ def write_days(
             spools[family].write(text)
 
         batched = _Writer(write)
-        for day in chosen:
+        for n, day in enumerate(chosen, 1):
+            stage = f"day {n}/{len(chosen)} {day.day}"
             _export_day(day, fmt, batched, counts)
             counts.days += 1
         batched.flush()
         if fmt == "openmetrics":
-            _write_families(out, spools)
+            _write_families(out, spools, progress)
     out.flush()
     if ledger is not None:
         ledger.record(chosen)
     return counts
 
 
-def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
+def _write_families(out: TextIO, spools: dict[str, TextIO], progress: Progress) -> None:
     """Each family whole, in the table's order, then ``# EOF``."""
     order = [(f.name, f.kind, f.help) for f in exposition.FAMILIES]
     order += [
@@ -495,10 +512,11 @@ def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
             "rows left out: a qube named too many label values in a day",
         )
     )
-    for name, kind, help_text in order:
+    for n, (name, kind, help_text) in enumerate(order, 1):
         spool = spools.get(name)
         if spool is None:
             continue
+        progress.update("writing the families", n, "families", total=len(order))
         out.write(exposition.openmetrics_header(name, kind, help_text))
         spool.seek(0)
         shutil.copyfileobj(spool, out)
@@ -506,7 +524,13 @@ def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
 
 
 def _write_file(
-    output: Path, chosen: list[Day], *, fmt: str, ledger: Ledger | None, skipped_days: int
+    output: Path,
+    chosen: list[Day],
+    *,
+    fmt: str,
+    ledger: Ledger | None,
+    skipped_days: int,
+    progress: Progress | None = None,
 ) -> Counts:
     """Write ``output`` whole or not at all.
 
@@ -520,7 +544,9 @@ def _write_file(
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            counts = write_days(chosen, out, fmt=fmt, ledger=None, skipped_days=skipped_days)
+            counts = write_days(
+                chosen, out, fmt=fmt, ledger=None, skipped_days=skipped_days, progress=progress
+            )
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(output)
@@ -552,12 +578,18 @@ def main(
         print(f"sysmon export: --from/--to: {exc}", file=sys.stderr)
         return 2
     book = Ledger(ledger or default_ledger()) if use_ledger else None
+    # On a terminal only: a pipe or a log gets the summary line alone.
+    progress = Progress("sysmon export")
     try:
-        chosen, skipped = plan(paths, fmt=fmt, host=host, since=since, until=until, ledger=book)
+        chosen, skipped = plan(
+            paths, fmt=fmt, host=host, since=since, until=until, ledger=book, progress=progress
+        )
     except ExportError as exc:
+        progress.close()
         print(f"sysmon export: {exc}", file=sys.stderr)
         return 2
     if not chosen and skipped and book is not None:
+        progress.close()
         # Not an empty export over the last one: nothing is written at all.
         print(
             f"sysmon export: nothing to export: all {skipped} days were exported before "
@@ -567,12 +599,18 @@ def main(
         return 1
     try:
         if output is None:
-            counts = write_days(chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped)
+            counts = write_days(
+                chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
+            )
         else:
-            counts = _write_file(output, chosen, fmt=fmt, ledger=book, skipped_days=skipped)
+            counts = _write_file(
+                output, chosen, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
+            )
     except OSError as exc:
+        progress.close()
         print(f"sysmon export: {output or 'stdout'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    progress.close()
     what = "samples" if fmt == "openmetrics" else "lines"
     print(
         f"sysmon export: {counts.days} days, {counts.samples:,} {what}; "
