@@ -72,10 +72,15 @@ def test_no_control_characters_from_a_caller():
 
 def run_on_a_pty(*args: object, timeout: float = 120) -> tuple[int, str, bytes]:
     """``python -m sysmon ARGS`` with a pty as stderr: (exit status, stderr, stdout)."""
+    return run_argv_on_a_pty([sys.executable, "-m", "sysmon", *map(str, args)], timeout)
+
+
+def run_argv_on_a_pty(argv: list[str], timeout: float) -> tuple[int, str, bytes]:
+    """``argv`` with a pty as stderr: (exit status, stderr, stdout)."""
     controller, terminal = pty.openpty()
     with tempfile.TemporaryFile() as stdout_file:
         child = subprocess.Popen(
-            [sys.executable, "-m", "sysmon", *map(str, args)],
+            argv,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL,
             stdout=stdout_file,
@@ -151,3 +156,17 @@ def test_report_shows_progress_on_a_terminal_and_is_quiet_in_a_pipe(demo_out, tm
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr
     assert "sysmon report:" not in done.stderr
+
+
+def test_the_realistic_generator_shows_progress_on_a_terminal_only(tmp_path):
+    """bench/realistic.py takes a minute for a week: a line on a terminal, none in a pipe."""
+    argv = [sys.executable, str(ROOT / "bench" / "realistic.py"), "--qubes", "2", "--days", "1"]
+    status, stderr, stdout = run_argv_on_a_pty([*argv, str(tmp_path / "tty")], timeout=120)
+    assert status == 0, stderr
+    assert re.search(r"\rrealistic: day 1/1 2025-08-25: [\d,]+ of 17,280 polls", stderr)
+    assert b"MB of CSV" in stdout
+    done = subprocess.run(
+        [*argv, str(tmp_path / "pipe")], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
