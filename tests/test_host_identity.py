@@ -150,6 +150,8 @@ def test_the_host_name_travels_in_the_archive(tmp_path):
     meta = day_meta(out, day, version=__version__, interval=10.0)
     assert meta["host_name"] == "laptop"
     tgz = build_archive(out, day, meta)
+    (out / HOST_NAME_NAME).unlink()  # the folder's own metadata names it now
+    assert f'host="{identity}",host_name="laptop",vm="work"' in exported([out / "2025-08-31"])
     shutil.rmtree(out / "2025-08-31")
     text = exported([tgz])
     assert f'host="{identity}",host_name="laptop",vm="work"' in text

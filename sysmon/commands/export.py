@@ -139,7 +139,7 @@ def describe(path: Path, host: str | None, progress: Progress | None = None) -> 
             if host is None and path.is_dir():
                 # sys-monitor makes it at its first tick (a folder of before: --host).
                 host = identity.read_host_id(path.parent)
-        if host_name is None and META_NAME not in meta and path.is_dir():
+        if host_name is None and path.is_dir():
             host_name = identity.read_host_name(path.parent)
     except identity.IdentityError as exc:
         raise ExportError(f"{exc}: name the host with --host NAME") from None
