@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sysmon import schema  # noqa: E402
+from sysmon.commands.progress import Progress  # noqa: E402
 
 #: Qubes a Qubes user runs, then numbered work qubes.
 NAMES = (
@@ -162,7 +163,8 @@ class _Qube:
         self.cpu_time_ms += int(cpu * interval * 10)
         rows["xen.csv"] = [
             [
-                min(100, int(cpu + rng.gauss(0, 1) + 0.5) if cpu > 1 else 0),
+                # Held to [0, 100] at both ends: near 1% the noise reaches below 0.
+                max(0, min(100, int(cpu + rng.gauss(0, 1) + 0.5))) if cpu > 1 else 0,
                 int(cpu * 2),
                 self.cpu_time_ms,
                 int(self.xen_mem.step()),
@@ -239,8 +241,15 @@ def generate(
     ifaces: int = 3,
     disks: int = 3,
     seed: int = 1,
+    progress: Progress | None = None,
 ) -> list[Path]:
-    """Write ``ticks`` polls from ``start`` into day folders under ``out``; return them."""
+    """Write ``ticks`` polls from ``start`` into day folders under ``out``; return them.
+
+    ``progress`` is told the day and the polls written (a line on a terminal).
+    """
+    progress = progress or Progress.quiet()
+    last = start + timedelta(seconds=interval * max(0, ticks - 1))
+    days = (last.date() - start.date()).days + 1
     names = qube_names(qubes)
     state = [_Qube(name, i, seed, ifaces, disks) for i, name in enumerate(names)]
     plan = _plan(names, ticks, interval)
@@ -252,6 +261,8 @@ def generate(
         for tick in range(ticks):
             now = start + timedelta(seconds=interval * tick)
             files.at(now)
+            stage = f"day {len(files.folders)}/{days} {files.day}"
+            progress.update(stage, tick * len(state), "polls", total=ticks * len(state))
             ts = schema.format_ts(now)
             minute = tick % max(1, int(60 / interval)) == 0
             for q in state:
@@ -281,9 +292,11 @@ def generate(
     return files.folders
 
 
-def week(out: Path, *, qubes: int = 30, days: int = 7, seed: int = 1) -> list[Path]:
+def week(
+    out: Path, *, qubes: int = 30, days: int = 7, seed: int = 1, progress: Progress | None = None
+) -> list[Path]:
     """``days`` whole days at 10 s from 2025-08-25, one walk across midnights."""
-    return generate(out, qubes=qubes, ticks=days * 8640, seed=seed)
+    return generate(out, qubes=qubes, ticks=days * 8640, seed=seed, progress=progress)
 
 
 def csv_bytes(out: Path) -> Iterator[int]:
@@ -299,7 +312,9 @@ def main() -> int:
     parser.add_argument("--qubes", type=int, default=30)
     parser.add_argument("--days", type=int, default=7)
     args = parser.parse_args()
-    week(args.out, qubes=args.qubes, days=args.days)
+    progress = Progress("realistic")  # on a terminal only: a week takes a minute
+    week(args.out, qubes=args.qubes, days=args.days, progress=progress)
+    progress.close()
     print(f"{args.out}: {sum(csv_bytes(args.out)) / 1e6:.0f} MB of CSV")
     return 0
 

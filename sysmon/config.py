@@ -73,6 +73,17 @@ def _path(value: Any) -> Path:
     return Path(value).expanduser()
 
 
+#: A host_name: a short label safe in every engine's label or tag.
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _host_name(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not (value == "" or _HOST_NAME_RE.fullmatch(value)):
+        raise ConfigError(
+            f"{attribute.name} must be letters, digits, '_', '.', '-' (64 at most), got {value!r}"
+        )
+
+
 def _hhmm(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
         raise ConfigError(f"{attribute.name} must be HH:MM, got {value!r}")
@@ -127,6 +138,9 @@ class Config:
     #: Digests an alert cursor keeps of the entries filed at its microsecond
     #: (19 B each in the state file; above the handler's 50 lines a poll).
     cursor_seen: int = attrs.field(default=64, validator=_positive(integer=True))
+    #: A readable name for this machine, beside its random identity: the
+    #: export's ``host_name`` label ("": none, the labels as before).
+    host_name: str = attrs.field(default="", validator=_host_name)
     rules: tuple[Rule, ...] = attrs.field(default=(), validator=_rules)
 
     @property

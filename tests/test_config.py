@@ -84,6 +84,7 @@ class TestEveryConstructionPath:
             ({"archive_at": "3:50"}, "archive_at must be HH:MM"),
             ({"scrape_timeout": 10.0}, "scrape_timeout (10) must be below interval (10)"),
             ({"out_dir": ""}, "out_dir must be a path"),
+            ({"host_name": 'x",vm="y'}, "host_name must be letters, digits"),
         ],
     )
     def test_evolve_rejects_a_bad_value_naming_the_key(self, change, message):

@@ -407,3 +407,26 @@ def test_a_line_without_end_is_not_held_whole(tmp_path):
     assert values.startswith("[3.0, 5.0]")
     assert int(skipped) >= 1
     assert int(peak_mib) < 220, peak_mib  # pandas and numpy alone are about 100 MiB
+
+
+def test_the_realistic_generator_writes_no_negative_xen_cpu(tmp_path):
+    """Xen's CPU share is never below 0: a qube just above 1% plus noise gave -1 and -2
+    (``int`` cuts toward 0 and nothing held the low end; ~40 rows of a 30-qube day)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    try:
+        import realistic  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    start = datetime(2025, 8, 25, tzinfo=UTC)
+    for seed in (1, 2, 3):
+        folders = realistic.generate(
+            tmp_path / str(seed), qubes=4, start=start, ticks=720, seed=seed
+        )
+        usage = [
+            int(line.split(",")[2])
+            for folder in folders
+            for line in (folder / "xen.csv").read_text().splitlines()[1:]
+        ]
+        assert len(usage) > 2000
+        assert min(usage) >= 0, seed
+        assert max(usage) <= 100, seed

@@ -37,6 +37,7 @@ from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
 from sysmon.records import ScrapeResult, Status, TickOutcome
 from sysmon.schema import format_ts
+from sysmon.store import identity
 from sysmon.store.commit import Plan, commit_tick
 from sysmon.store.daily import locked
 from sysmon.store.state import load_state
@@ -73,6 +74,31 @@ def sd_notify(message: str) -> None:
             sock.sendall(message.encode())
     except OSError as exc:
         structlog.get_logger().warning("sd_notify_failed", error=str(exc))
+
+
+def make_identity(out_dir: Path, host_name: str) -> bool:
+    """The host identity and ``host_name`` in ``out_dir``; False: try at the next tick.
+
+    A planted identity is told and left (a human decides; a new one would
+    split the host's series); the rows go on either way.
+    """
+    log = structlog.get_logger()
+    refused = None
+    try:
+        identity.host_identity(out_dir)
+    except identity.IdentityError as exc:
+        refused = str(exc)
+    except OSError as exc:
+        log.warning("host_identity_not_written", error=f"{exc.filename}: {exc.strerror or exc}")
+        return False
+    if refused is not None:
+        log.error("host_identity_refused", error=refused)
+    try:
+        identity.set_host_name(out_dir, host_name)
+    except OSError as exc:
+        log.warning("host_name_not_written", error=f"{exc.filename}: {exc.strerror or exc}")
+        return False
+    return True
 
 
 def read_cursors(out_dir: Path) -> dict[str, str]:
@@ -138,6 +164,7 @@ class Daemon:
     _self_name: str | None = None
     _self_uuid: str | None = None
     _listed: frozenset[str] = frozenset()
+    _identity_made: bool = False
 
     @health.default
     def _health(self) -> Health:
@@ -291,6 +318,9 @@ class Daemon:
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
+        if not self._identity_made:  # from the first tick: any day folder exports as this host
+            made = await self.offload(make_identity, self.config.out_dir, self.config.host_name)
+            self._identity_made = made is True
         for error in outcome.errors:
             if error.startswith("state: "):  # the tick is dropped, or rolled back at the next
                 self.note(

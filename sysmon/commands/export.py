@@ -11,8 +11,10 @@ create-blocks-from openmetrics`` (Prometheus), InfluxDB and Loki take in:
 - ``influx``: one line per row, a measurement per file;
 - ``alerts-jsonl``: each alert a push body for Loki.
 
-The ``host`` label is the archive's own (its ``sysmon-meta.json``), unless
-``--host`` says otherwise.  A ledger of (host, day, content hash) makes a
+The ``host`` label is the archive's own (its ``sysmon-meta.json``) or a day
+folder's out_dir's ``host-id`` (made at sys-monitor's first tick), unless
+``--host`` says otherwise; the ``host_name`` setting, when set, is a
+``host_name`` label beside it.  A ledger of (host, day, content hash) makes a
 second export of the same day -- or of the vault's ``monitor-DAY.2.tgz`` copy
 -- write nothing.  Everything read is untrusted: a qube naming more than
 :data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
@@ -29,8 +31,6 @@ import hashlib
 import io
 import json
 import os
-import re
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -45,8 +45,9 @@ from typing import IO, TextIO
 import attrs
 
 from sysmon import schema
+from sysmon.commands.progress import Progress
+from sysmon.store import identity
 from sysmon.store.archive import (
-    HOST_ID_NAME,
     META_NAME,
     ArchiveError,
     archive_day,
@@ -63,7 +64,7 @@ MAX_QUBES = 1024
 #: Characters read at a time from a daily file (a row sysmon writes is < 4 KiB).
 MAX_LINE = 1 << 16
 #: What a host label may be: what a qube name or a host identity can be.
-_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HOST = identity.HOST_LABEL
 _FILES = {s.file_name: s for s in schema.DAILY_FILES}
 
 
@@ -83,6 +84,8 @@ class Day:
     day: date
     host: str
     digest: str
+    #: The readable name beside the identity (the ``host_name`` setting), if any.
+    host_name: str | None = None
 
 
 def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
@@ -95,7 +98,7 @@ def _read_meta(opener: Callable[[], IO[bytes]]) -> dict[str, object]:
     return meta if isinstance(meta, dict) else {}
 
 
-def describe(path: Path, host: str | None) -> Day:
+def describe(path: Path, host: str | None, progress: Progress | None = None) -> Day:
     """The day at ``path``: its date, host (``host`` first, else its metadata), content hash.
 
     Raises:
@@ -111,6 +114,8 @@ def describe(path: Path, host: str | None) -> Day:
         raise ExportError(f"{path}: not a day folder or a monitor-YYYY-MM-DD.tgz")
     digest = hashlib.sha256()
     meta: dict[str, object] = {}
+    progress = progress or Progress.quiet()
+    read = 0
     try:
         for name, opener in day_members(path):
             if name == META_NAME:
@@ -121,19 +126,32 @@ def describe(path: Path, host: str | None) -> Day:
             with opener() as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
+                    read += len(chunk)
+                    progress.update(f"reading {day}", read, "bytes")
     except _UNREADABLE as exc:
         raise ExportError(f"{path}: cannot be read ({exc})") from None
-    if host is None:
-        named = meta.get("host")
-        host = named if isinstance(named, str) else None
-        if host is None and path.is_dir() and (path.parent / HOST_ID_NAME).is_file():
-            host = (path.parent / HOST_ID_NAME).read_text(errors="replace").strip()
+    host_name = meta.get("host_name")
+    try:
+        if host is None:
+            named = meta.get("host")
+            host = named if isinstance(named, str) else None
+            if host is None and path.is_dir():
+                # sys-monitor makes it at its first tick (a folder of before: --host).
+                host = identity.read_host_id(path.parent)
+        if host_name is None and path.is_dir():
+            host_name = identity.read_host_name(path.parent)
+    except identity.IdentityError as exc:
+        raise ExportError(f"{exc}: name the host with --host NAME") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: the host identity cannot be read ({exc})") from None
     if host is None or not _HOST.fullmatch(host):
         raise ExportError(
             f"{path}: no host identity (an archive made before sysmon-meta.json, or a "
             "folder without its out_dir's host-id): name it with --host NAME"
         )
-    return Day(path, day, host, digest.hexdigest())
+    if host_name is not None and not (isinstance(host_name, str) and _HOST.fullmatch(host_name)):
+        raise ExportError(f"{path}: its host_name is not a label ({META_NAME} was replaced)")
+    return Day(path, day, host, digest.hexdigest(), host_name)
 
 
 class Ledger:
@@ -295,6 +313,8 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
     caps = _Caps()
     seconds = _Seconds()
     host = day.host
+    # Beside the host label when the day has a name: the series without one are as before.
+    named = {"host_name": day.host_name} if day.host_name else {}
     for name, opener in day_members(day.path):
         if (name == "alerts.csv") != (fmt == "alerts-jsonl") or (
             fmt != "alerts-jsonl" and name not in exposition.LABELS
@@ -319,12 +339,12 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
             if not caps.allow(name, vm, label_values):
                 continue
             if fmt == "alerts-jsonl":
-                stream = {"host": host, "vm": vm, "job": "sysmon"}
+                stream = {"host": host, **named, "vm": vm, "job": "sysmon"}
                 msg = cells[index.get("msg", -1)]
                 write("", exposition.loki_line(stream, ts * 1_000_000_000, msg))
                 counts.samples += 1
                 continue
-            pairs = {"host": host, "vm": vm, **dict(zip(extra, label_values, strict=True))}
+            pairs = {"host": host, **named, "vm": vm, **dict(zip(extra, label_values, strict=True))}
             if fmt == "influx":
                 counts.samples += _influx_row(name, pairs, index, cells, extra, ts, write)
                 continue
@@ -346,7 +366,7 @@ def _export_day(day: Day, fmt: str, write: Callable[[str, str], None], counts: C
     for (vm, file_name), n in caps.cut.items():
         counts.cut += n
         if fmt == "openmetrics":
-            pairs = {"host": host, "vm": vm, "file": file_name}
+            pairs = {"host": host, **named, "vm": vm, "file": file_name}
             cut = exposition.CUT_FAMILY
             write(cut, f"{cut}{exposition.labels(pairs)} {n} {caps.last_ts}\n")
 
@@ -402,6 +422,7 @@ def plan(
     since: date | None,
     until: date | None,
     ledger: Ledger | None,
+    progress: Progress | None = None,
 ) -> tuple[list[Day], int]:
     """The days to export, and how many the ledger (or a copy) left out.
 
@@ -419,7 +440,7 @@ def plan(
         units = day_units(paths)
     except ArchiveError as exc:
         raise ExportError(str(exc)) from None
-    days = [describe(path, host) for path in units]
+    days = [describe(path, host, progress) for path in units]
     days = [
         d for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)
     ]
@@ -436,14 +457,24 @@ def plan(
 
 
 def write_days(
-    chosen: list[Day], out: TextIO, *, fmt: str, ledger: Ledger | None, skipped_days: int = 0
+    chosen: list[Day],
+    out: TextIO,
+    *,
+    fmt: str,
+    ledger: Ledger | None,
+    skipped_days: int = 0,
+    progress: Progress | None = None,
 ) -> Counts:
     """Write the days :func:`plan` chose to ``out``; then remember them in ``ledger``."""
     counts = Counts(skipped_days=skipped_days)
+    progress = progress or Progress.quiet()
+    what = "samples" if fmt == "openmetrics" else "lines"
+    stage = ""
     with tempfile.TemporaryDirectory(prefix="sysmon-export-") as spool_dir, ExitStack() as stack:
         spools: dict[str, TextIO] = {}
 
         def write(family: str, text: str) -> None:
+            progress.update(stage, counts.samples, what)  # a batch: thousands of lines
             if fmt != "openmetrics":
                 out.write(text)
                 return
@@ -453,19 +484,20 @@ def write_days(
             spools[family].write(text)
 
         batched = _Writer(write)
-        for day in chosen:
+        for n, day in enumerate(chosen, 1):
+            stage = f"day {n}/{len(chosen)} {day.day}"
             _export_day(day, fmt, batched, counts)
             counts.days += 1
         batched.flush()
         if fmt == "openmetrics":
-            _write_families(out, spools)
+            _write_families(out, spools, progress)
     out.flush()
     if ledger is not None:
         ledger.record(chosen)
     return counts
 
 
-def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
+def _write_families(out: TextIO, spools: dict[str, TextIO], progress: Progress) -> None:
     """Each family whole, in the table's order, then ``# EOF``."""
     order = [(f.name, f.kind, f.help) for f in exposition.FAMILIES]
     order += [
@@ -479,18 +511,29 @@ def _write_families(out: TextIO, spools: dict[str, TextIO]) -> None:
             "rows left out: a qube named too many label values in a day",
         )
     )
+    total = sum(spool.tell() for spool in spools.values())  # each is at its end
+    done = 0
     for name, kind, help_text in order:
         spool = spools.get(name)
         if spool is None:
             continue
         out.write(exposition.openmetrics_header(name, kind, help_text))
         spool.seek(0)
-        shutil.copyfileobj(spool, out)
+        while chunk := spool.read(1 << 20):
+            out.write(chunk)
+            done += len(chunk)  # characters: the bytes but for a name's UTF-8
+            progress.update("writing the families", done, "bytes", total=total)
     out.write("# EOF\n")
 
 
 def _write_file(
-    output: Path, chosen: list[Day], *, fmt: str, ledger: Ledger | None, skipped_days: int
+    output: Path,
+    chosen: list[Day],
+    *,
+    fmt: str,
+    ledger: Ledger | None,
+    skipped_days: int,
+    progress: Progress | None = None,
 ) -> Counts:
     """Write ``output`` whole or not at all.
 
@@ -504,7 +547,9 @@ def _write_file(
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            counts = write_days(chosen, out, fmt=fmt, ledger=None, skipped_days=skipped_days)
+            counts = write_days(
+                chosen, out, fmt=fmt, ledger=None, skipped_days=skipped_days, progress=progress
+            )
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(output)
@@ -536,12 +581,18 @@ def main(
         print(f"sysmon export: --from/--to: {exc}", file=sys.stderr)
         return 2
     book = Ledger(ledger or default_ledger()) if use_ledger else None
+    # On a terminal only: a pipe or a log gets the summary line alone.
+    progress = Progress("sysmon export")
     try:
-        chosen, skipped = plan(paths, fmt=fmt, host=host, since=since, until=until, ledger=book)
+        chosen, skipped = plan(
+            paths, fmt=fmt, host=host, since=since, until=until, ledger=book, progress=progress
+        )
     except ExportError as exc:
+        progress.close()
         print(f"sysmon export: {exc}", file=sys.stderr)
         return 2
     if not chosen and skipped and book is not None:
+        progress.close()
         # Not an empty export over the last one: nothing is written at all.
         print(
             f"sysmon export: nothing to export: all {skipped} days were exported before "
@@ -551,12 +602,18 @@ def main(
         return 1
     try:
         if output is None:
-            counts = write_days(chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped)
+            counts = write_days(
+                chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
+            )
         else:
-            counts = _write_file(output, chosen, fmt=fmt, ledger=book, skipped_days=skipped)
+            counts = _write_file(
+                output, chosen, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
+            )
     except OSError as exc:
+        progress.close()
         print(f"sysmon export: {output or 'stdout'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    progress.close()
     what = "samples" if fmt == "openmetrics" else "lines"
     print(
         f"sysmon export: {counts.days} days, {counts.samples:,} {what}; "

@@ -26,8 +26,6 @@ import fcntl
 import functools
 import json
 import os
-import re
-import secrets
 import shutil
 import stat
 import tarfile
@@ -40,16 +38,15 @@ import attrs
 import structlog
 
 from sysmon.schema import SCHEMA_VERSION
+from sysmon.store import identity
 from sysmon.store.daily import _move_aside, day_folders
 from sysmon.store.fs import fsync_dir, write_all, write_file
 
 ARCHIVE_DIR = "archives"
 #: The archive's metadata member, written into the day folder before packing.
 META_NAME = "sysmon-meta.json"
-#: A random identity for this sys-monitor, made once: it survives a rename of
-#: the qube (the private volume goes with it), so a machine's days stay one host.
-HOST_ID_NAME = "host-id"
-_HOST_ID = re.compile(r"[0-9a-f]{32}")
+#: The host's identity, made at the first tick (:mod:`sysmon.store.identity`).
+HOST_ID_NAME = identity.HOST_ID_NAME
 
 
 class ArchiveError(Exception):
@@ -247,24 +244,10 @@ def host_identity(out_dir: Path) -> str:
     Raises:
         ArchiveError: the file holds something else (it was replaced).
     """
-    path = out_dir / HOST_ID_NAME
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-        )
-    except FileExistsError:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-        if not _HOST_ID.fullmatch(text):
-            raise ArchiveError(f"{path} does not hold a host identity") from None
-        return text
-    identity = secrets.token_hex(16)
-    try:
-        os.write(fd, identity.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(out_dir)
-    return identity
+        return identity.host_identity(out_dir)
+    except identity.IdentityError as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 def day_meta(out_dir: Path, day: date, *, version: str, interval: float) -> dict[str, object]:
@@ -275,7 +258,15 @@ def day_meta(out_dir: Path, day: date, *, version: str, interval: float) -> dict
         "host": host_identity(out_dir),
         "day": day.isoformat(),
         "interval_s": interval,
-    }
+    } | _host_name(out_dir)
+
+
+def _host_name(out_dir: Path) -> dict[str, object]:
+    """The readable name beside the identity, if one is set (junk there: none)."""
+    with contextlib.suppress(identity.IdentityError, OSError):
+        if name := identity.read_host_name(out_dir):
+            return {"host_name": name}
+    return {}
 
 
 def _write_meta(path: Path, data: bytes) -> None:

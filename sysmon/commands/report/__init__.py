@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sysmon.commands.progress import Progress
 from sysmon.commands.report.read import ReportError, load, parse_when
 from sysmon.commands.report.render import render
 
@@ -36,13 +37,18 @@ def main(
     except OSError as exc:
         print(f"sysmon report: --out {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    # On a terminal only: a pipe or a log gets the page's name alone.
+    progress = Progress("sysmon report")
     try:
-        data = load(paths, set(vms) if vms else None, since, until)
+        data = load(paths, set(vms) if vms else None, since, until, progress=progress)
         if data.rows == 0:
             raise ReportError("no sysmon rows in " + ", ".join(map(str, paths)))
+        progress.update("drawing the charts", data.rows, "rows")
         page = render(data, out)
     except ReportError as exc:
+        progress.close()
         print(f"sysmon report: {exc}", file=sys.stderr)
         return 2
+    progress.close()
     print(f"{page} ({data.rows:,} rows)")
     return 0

@@ -17,21 +17,20 @@ import functools
 import io
 import itertools
 import os
-import sys
 import tarfile
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
 from sysmon import schema
+from sysmon.commands.progress import Progress
 from sysmon.records import Status
-from sysmon.store.archive import ArchiveError, day_members, day_units
+from sysmon.store.archive import ArchiveError, archive_day, day_members, day_units
 
 
 class ReportError(Exception):
@@ -465,6 +464,7 @@ def load(
     end: float,
     *,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> Data:
     """Read every day once, several days at a time; keep what the charts need.
 
@@ -477,14 +477,15 @@ def load(
     days = units(paths)
     workers = min(workers or os.cpu_count() or 1, len(days))
     merged = _Merge(np)
-    progress = _Progress(len(days))
+    progress = progress or Progress.quiet()
     if workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
             n = len(days)
-            for part in progress.each(pool.map(read_unit, days, [vms] * n, [start] * n, [end] * n)):
+            parts = pool.map(read_unit, days, [vms] * n, [start] * n, [end] * n)
+            for part in _each_day(days, parts, progress):
                 merged.add(part)
     else:
-        for part in progress.each(read_unit(day, vms, start, end) for day in days):
+        for part in _each_day(days, (read_unit(day, vms, start, end) for day in days), progress):
             merged.add(part)
     return merged.data()
 
@@ -555,23 +556,21 @@ class _Merge:
         return self.result
 
 
-class _Progress:
-    """Days read so far on stderr, once reading takes more than a moment."""
+def _each_day(days: list[Path], parts: Iterable[_Part], progress: Progress) -> Iterator[_Part]:
+    """``parts``, telling each day read and the rows so far (on a terminal)."""
+    rows = 0
+    for n, (unit, part) in enumerate(zip(days, parts, strict=False), 1):
+        rows += part.rows
+        day = archive_day(unit.name) if unit.is_file() else _folder_day(unit)
+        progress.update(f"read day {n}/{len(days)}{f' {day}' if day else ''}", rows, "rows")
+        yield part
 
-    def __init__(self, total: int) -> None:
-        self.total, self.start = total, time.monotonic()
 
-    def each(self, parts: Iterable[_Part]) -> Iterator[_Part]:
-        """``parts``, telling each one done."""
-        shown = False
-        for done, part in enumerate(parts, 1):
-            if sys.stderr.isatty() and time.monotonic() - self.start > 1.0:
-                shown = True
-                sys.stderr.write(f"\rread {done} of {self.total} days")
-                sys.stderr.flush()
-            yield part
-        if shown:
-            sys.stderr.write("\n")
+def _folder_day(unit: Path) -> date | None:
+    try:
+        return date.fromisoformat(unit.name)
+    except ValueError:
+        return None
 
 
 def _rate(
