@@ -177,7 +177,10 @@ def main(out_dir: Path, duration: float, interval: float) -> int:
         if not (math.isfinite(seconds) and seconds > 0):
             # The wording of Config's own check, which `run` gives for the same value.
             name = option.removeprefix("--")
-            print(f"sysmon demo: {name} must be above 0 seconds, got {seconds:g}", file=sys.stderr)
+            print(
+                f"sysmon demo: {option}: {name} must be above 0 seconds, got {seconds:g}",
+                file=sys.stderr,
+            )
             return 2
     try:
         if out_dir.exists() and not out_dir.is_dir():
