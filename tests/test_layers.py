@@ -18,7 +18,7 @@ SYSMON = Path(__file__).resolve().parent.parent / "sysmon"
 #: What each part may import of sysmon (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "sysmon.protocol": set(),
-    "sysmon.schema": {"sysmon.protocol"},
+    "sysmon.schema": {"sysmon.protocol", "sysmon.records"},
     "sysmon.records": {"sysmon.protocol"},
     "sysmon.collect": {"sysmon.protocol", "sysmon.records"},
     "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},

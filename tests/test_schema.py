@@ -6,6 +6,7 @@ import csv
 import io
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,3 +44,29 @@ class TestRowFormat:
     def test_nan_is_an_empty_cell(self):
         row = schema.SYSTEM.format_row([TS, "w", float("nan"), None, float("inf")] + [0] * 10)
         assert row.startswith(b"2025-08-31T23:59:59Z,w,,,,")
+
+
+class TestDescription:
+    def test_every_file_starts_with_time_and_qube(self):
+        for daily in schema.DAILY_FILES:
+            assert [c.role for c in daily.columns[:2]] == [schema.Role.TIME, schema.Role.KEY]
+
+    def test_encode_from_a_mapping_is_the_positional_row(self):
+        values = {"ts": TS, "vm": "work", "fs": "/dev/xvda3", "mount": "/rw", "size_kb": 5}
+        assert schema.DISK.encode(values) == schema.DISK.format_row(
+            [TS, "work", "/dev/xvda3", "/rw", 5, None, None, None]
+        )
+
+    def test_encode_names_a_column_the_file_has_not(self):
+        with pytest.raises(ValueError, match="disk.csv: no column size_bytes"):
+            schema.DISK.encode({"ts": TS, "vm": "w", "size_bytes": 1})
+
+    def test_a_value_without_a_type_is_refused(self):
+        with pytest.raises(ValueError, match="has a type"):
+            schema.Column("x", "int", schema.Role.VALUE)
+
+    def test_labels_and_states_are_declared(self):
+        assert schema.NETWORK.labels == ("if",)
+        assert schema.DISK.labels == ("fs", "mount")
+        assert schema.SCRAPES.column("status").values[0] == "ok"
+        assert schema.by_name("qubes.csv").column("state").values == schema.QUBE_STATES

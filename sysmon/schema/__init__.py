@@ -1,0 +1,54 @@
+"""The daily files' contract, used both ways.
+
+``files`` describes each daily file once (columns with their encoding, role,
+unit and type); the writer, every reader, the export's families, the rules'
+instances and the docs' column table all derive from it.  Pure.
+"""
+
+from sysmon.schema.files import (
+    ALERTS,
+    CONNECTIONS,
+    DAILY_FILES,
+    DISK,
+    MAX_ROW_BYTES,
+    MAX_TEXT_CHARS,
+    NETWORK,
+    QUBE_STATES,
+    QUBES,
+    SCHEMA_VERSION,
+    SCRAPES,
+    SYSTEM,
+    XEN,
+    Column,
+    DailyFile,
+    Role,
+    Schema,
+    by_name,
+    format_ts,
+    parse_ts,
+    readable_rows,
+)
+
+__all__ = [
+    "ALERTS",
+    "CONNECTIONS",
+    "DAILY_FILES",
+    "DISK",
+    "MAX_ROW_BYTES",
+    "MAX_TEXT_CHARS",
+    "NETWORK",
+    "QUBES",
+    "QUBE_STATES",
+    "SCHEMA_VERSION",
+    "SCRAPES",
+    "SYSTEM",
+    "XEN",
+    "Column",
+    "DailyFile",
+    "Role",
+    "Schema",
+    "by_name",
+    "format_ts",
+    "parse_ts",
+    "readable_rows",
+]
