@@ -58,7 +58,7 @@ class TestDescription:
         )
 
     def test_encode_names_a_column_the_file_has_not(self):
-        with pytest.raises(ValueError, match="disk.csv: no column size_bytes"):
+        with pytest.raises(ValueError, match=r"disk\.csv: no column size_bytes"):
             schema.DISK.encode({"ts": TS, "vm": "w", "size_bytes": 1})
 
     def test_a_value_without_a_type_is_refused(self):
