@@ -5,6 +5,7 @@ unit and type); the writer, every reader, the export's families, the rules'
 instances and the docs' column table all derive from it.  Pure.
 """
 
+from sysmon.schema.decode import MAX_LINE, Row, Skipped, decode_untrusted
 from sysmon.schema.files import (
     ALERTS,
     CONNECTIONS,
@@ -34,6 +35,7 @@ __all__ = [
     "CONNECTIONS",
     "DAILY_FILES",
     "DISK",
+    "MAX_LINE",
     "MAX_ROW_BYTES",
     "MAX_TEXT_CHARS",
     "NETWORK",
@@ -46,8 +48,11 @@ __all__ = [
     "Column",
     "DailyFile",
     "Role",
+    "Row",
     "Schema",
+    "Skipped",
     "by_name",
+    "decode_untrusted",
     "format_ts",
     "parse_ts",
     "readable_rows",

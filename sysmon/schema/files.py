@@ -10,6 +10,7 @@ import csv
 import enum
 import io
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -25,6 +26,9 @@ SCHEMA_VERSION = 1
 MAX_ROW_BYTES = 4096
 MAX_TEXT_CHARS = 1000
 _TEXT_KINDS = frozenset({"name", "text"})
+#: What a number cell may be: the writer's own forms, nothing float() also takes
+#: ("nan", "1e9", "1_0", spaces).
+_NUMBER = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
 _KINDS = frozenset({"ts", "name", "text", "int", "dec1", "dec2", "pct"})
 
 
@@ -71,6 +75,14 @@ class Column:
             raise ValueError(f"{self.name}: type {self.type}")
         if (self.role is Role.STATE) != bool(self.values):
             raise ValueError(f"{self.name}: a state, and only a state, lists its values")
+
+    def number(self, cell: str) -> float | None:
+        """A cell of this value column as a number; None if empty or not one."""
+        if self.kind == "pct":
+            cell = cell.removesuffix("%")
+        if not _NUMBER.fullmatch(cell):
+            return None
+        return float(cell)
 
     @property
     def base_unit(self) -> tuple[str, float]:

@@ -1,0 +1,117 @@
+"""The one way back from a daily file to rows: bounded, for files anyone may have written.
+
+A daily file in a day folder or an archive may have been written by an older
+sysmon, cut by a crash, or planted by someone with the vault's disk.  Every
+command reads it here: a line is read at most :data:`MAX_LINE` characters at a
+time (a line without end is read in pieces and skipped), a row of the wrong
+width or with a time that is not one is skipped, and each skip is counted by
+its reason.  Rows come out in the description's column order, a column the
+file lacks (an older layout) as an empty cell, as text: a reader converts only
+the cells it uses (:meth:`Column.number`).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from collections.abc import Iterator
+from typing import IO
+
+import attrs
+
+from sysmon.schema.files import DailyFile, Role, parse_ts
+
+#: The longest line read whole; rows are written under 4 KiB, and a file of
+#: an older sysmon has none longer.
+MAX_LINE = 1 << 16
+
+
+@attrs.define
+class Skipped:
+    """Rows a decoder left out, by reason."""
+
+    unreadable: int = 0  # the csv module could not read it (a field past its limit)
+    wrong_width: int = 0  # not as many cells as the header names
+    bad_time: int = 0  # a ts cell that is not a UTC time
+    not_sysmon: int = 0  # files whose header has no ts and vm, or names a column twice
+
+    @property
+    def rows(self) -> int:
+        """Rows left out, whatever the reason."""
+        return self.unreadable + self.wrong_width + self.bad_time
+
+
+@attrs.frozen
+class Row:
+    """One decoded row: its time in epoch seconds, its cells in the description's order."""
+
+    ts: int
+    cells: tuple[str, ...]
+
+
+class _Seconds:
+    """``ts`` cells to epoch seconds; every row of a tick shares its text."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.value: int | None = None
+
+    def __call__(self, text: str) -> int | None:
+        if text != self.text:
+            when = parse_ts(text)
+            self.text = text
+            self.value = int(when.timestamp()) if when is not None else None
+        return self.value
+
+
+def header_positions(daily: DailyFile, header: list[str]) -> list[int] | None:
+    """Where each described column is in a file with ``header`` (-1: absent).
+
+    None when it is not a daily file: no ``ts`` or ``vm``, or a name twice.
+    """
+    names = [name.strip() for name in header]
+    key = [c.name for c in daily.of_role(Role.TIME, Role.KEY)]
+    if len(set(names)) != len(names) or any(k not in names for k in key):
+        return None
+    where = {name: i for i, name in enumerate(names)}
+    return [where.get(name, -1) for name in daily.names]
+
+
+def decode_untrusted(
+    raw: IO[bytes], daily: DailyFile, skipped: Skipped, *, max_line: int = MAX_LINE
+) -> Iterator[Row]:
+    """The rows of ``raw`` (a daily file described by ``daily``), skipping what is not one."""
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = None
+    positions = header_positions(daily, header) if header else None
+    if header is None or positions is None:
+        skipped.not_sysmon += 1
+        return
+    width = len(header)
+    ts_at = positions[daily.names.index("ts")]
+    complete = positions == list(range(len(daily.names)))
+    seconds = _Seconds()
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            skipped.unreadable += 1
+            continue
+        if len(cells) != width:
+            skipped.wrong_width += 1
+            continue
+        ts = seconds(cells[ts_at])
+        if ts is None:
+            skipped.bad_time += 1
+            continue
+        if complete:
+            yield Row(ts, tuple(cells))
+        else:
+            yield Row(ts, tuple(cells[i] if i >= 0 else "" for i in positions))
