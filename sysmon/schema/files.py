@@ -332,6 +332,27 @@ XEN = _file(
     _gauge("memory_kb", "int", "kB", "memory Xen gives the qube"),
 )
 
+#: Each qube's own view against Xen's and its netvm's (issue #26).  Described
+#: ahead of its writer: not yet one of :data:`DAILY_FILES`.
+VIEWS = _file(
+    "views.csv",
+    "the qube, Xen and its netvm",
+    _gauge("cpu_self", "dec1", "percent", "CPU busy as the qube reports it, on Xen's scale"),
+    _gauge("cpu_xen", "dec1", "percent", "CPU busy as Xen sees it"),
+    _gauge("cpu_gap", "dec1", "percent", "cpu_xen - cpu_self"),
+    _gauge("mem_self_kb", "int", "kB", "memory the qube says it has"),
+    _gauge("mem_xen_kb", "int", "kB", "memory Xen gives the qube"),
+    _gauge("net_self_bytes", "int", "bytes", "bytes the qube says it sent and received"),
+    _gauge("net_netvm_bytes", "int", "bytes", "bytes its netvm's vif carried for it"),
+    Column(
+        "flag",
+        "name",
+        Role.STATE,
+        values=("agree", "one-view", "cpu", "memory", "traffic", "busy-but-silent"),
+        help="where the views disagree; agree and one-view are not a disagreement",
+    ),
+)
+
 #: Every daily file, in the order rows of one tick are written (alerts last:
 #: their cursor is committed after them).
 DAILY_FILES: tuple[DailyFile, ...] = (
@@ -348,7 +369,7 @@ DAILY_FILES: tuple[DailyFile, ...] = (
 
 def by_name(file_name: str) -> DailyFile:
     """The daily file called ``file_name``."""
-    for daily in DAILY_FILES:
+    for daily in (*DAILY_FILES, VIEWS):
         if daily.file_name == file_name:
             return daily
     raise KeyError(f"no daily file {file_name}")
