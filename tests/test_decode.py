@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sysmon import schema
-from sysmon.schema.decode import MAX_LINE, Skipped, decode_untrusted
+from sysmon.schema.decode import MAX_LINE, Row, Skipped, decode_untrusted
 
 TS = datetime(2026, 12, 6, 7, 0, 0, tzinfo=UTC)
 
 
-def decode(data: bytes, daily: schema.DailyFile = schema.DISK) -> tuple[list, Skipped]:
+def decode(data: bytes, daily: schema.DailyFile = schema.DISK) -> tuple[list[Row], Skipped]:
     skipped = Skipped()
     return list(decode_untrusted(io.BytesIO(data), daily, skipped)), skipped
 
@@ -32,7 +32,9 @@ disk_rows = st.lists(
 
 
 @given(disk_rows)
-def test_what_the_writer_encodes_decodes_back(rows):
+def test_what_the_writer_encodes_decodes_back(
+    rows: list[tuple[int, str, str, int, int | None]],
+) -> None:
     data = schema.DISK.header + b"".join(
         schema.DISK.encode(
             {
@@ -56,12 +58,12 @@ def test_what_the_writer_encodes_decodes_back(rows):
 
 
 @given(st.binary(max_size=3000))
-def test_any_bytes_decode_without_error_and_every_row_is_full_width(data):
+def test_any_bytes_decode_without_error_and_every_row_is_full_width(data: bytes) -> None:
     decoded, _ = decode(schema.DISK.header + data)
     assert all(len(r.cells) == len(schema.DISK.columns) for r in decoded)
 
 
-def test_each_skip_is_counted_by_its_reason():
+def test_each_skip_is_counted_by_its_reason() -> None:
     good = schema.DISK.encode({"ts": TS, "vm": "work", "fs": "/dev/xvdb", "mount": "/rw"})
     data = (
         schema.DISK.header
@@ -80,20 +82,20 @@ def test_each_skip_is_counted_by_its_reason():
     assert skipped.wrong_width >= 1  # the short row, and pieces of the endless line
 
 
-def test_an_older_layout_reads_its_missing_columns_as_empty():
+def test_an_older_layout_reads_its_missing_columns_as_empty() -> None:
     data = b"vm,ts,size_kb\nwork,2026-12-06T07:00:00Z,5\n"
     (row,), _ = decode(data)
     assert row.cells == ("2026-12-06T07:00:00Z", "work", "", "", "5", "", "", "")
 
 
-def test_a_file_that_is_not_a_daily_file_gives_no_rows():
+def test_a_file_that_is_not_a_daily_file_gives_no_rows() -> None:
     for data in (b"", b"a,b\n1,2\n", b"ts,vm,ts\n1,2,3\n"):
         decoded, skipped = decode(data)
         assert decoded == []
         assert skipped.not_sysmon == 1
 
 
-def test_number_takes_only_the_writers_forms():
+def test_number_takes_only_the_writers_forms() -> None:
     pct, size = schema.DISK.column("pct_used"), schema.DISK.column("size_kb")
     assert pct.number("12%") == 12
     assert size.number("-3.5") == -3.5
