@@ -149,9 +149,12 @@ class Tail:
     def _line_after(self, raw: IO[bytes], pos: int, limit: int) -> int | None:
         """The first line start after ``pos - 1``, below ``limit``."""
         raw.seek(pos - 1)
-        chunk = raw.read(PROBE)
-        self.bytes_read += len(chunk)
+        chunk = raw.read(512)  # a row is ~100 bytes; a longer one costs a second read
         newline = chunk.find(b"\n")
+        if newline < 0:
+            chunk += raw.read(PROBE)
+            newline = chunk.find(b"\n")
+        self.bytes_read += len(chunk)
         return pos + newline if newline >= 0 and pos + newline < limit else None
 
     def _ts_at(self, raw: IO[bytes], pos: int) -> int | None:
