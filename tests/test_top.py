@@ -444,6 +444,15 @@ def test_in_a_real_terminal_keys_sort_filter_find_and_quit(tmp_path: Path, tmux:
 
 
 @pytest.mark.slow
+def test_a_terminal_curses_cannot_use_is_one_line(tmp_path: Path, tmux: Tmux) -> None:
+    tmux.start(["env", "TERM=no-such-terminal", *_top(tmp_path)])
+    shown = tmux.wait(lambda s: "exited" in s, "the command to end")
+    assert "sysmon top: cannot draw on this terminal (TERM=no-such-terminal)" in shown
+    assert "exited 2" in shown
+    assert "Traceback" not in shown
+
+
+@pytest.mark.slow
 def test_on_a_live_demo_the_view_follows_the_ticks(tmp_path: Path, tmux: Tmux) -> None:
     """`sysmon demo` writes; `sysmon top` beside it shows each new tick, a wide terminal."""
     out = tmp_path / "demo"

@@ -619,4 +619,9 @@ def main(out_dir: Path, interval: float, *, once_only: bool, width: int | None) 
     os.environ.setdefault("ESCDELAY", "25")  # Esc leaves the find prompt at once
     board = LiveBoard(out_dir, interval)
     blocks = _blocks(locale.getpreferredencoding(do_setlocale=False))
-    return curses.wrapper(_loop, board, blocks)
+    try:
+        return curses.wrapper(_loop, board, blocks)
+    except curses.error as exc:
+        term = safe(os.environ.get("TERM", ""))
+        print(f"sysmon top: cannot draw on this terminal (TERM={term}): {exc}", file=sys.stderr)
+        return 2
