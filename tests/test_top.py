@@ -290,6 +290,18 @@ def test_a_fifo_or_symlink_in_the_day_folder_is_not_read(tmp_path: Path) -> None
     assert [line.vm for line in _board(tmp_path).lines()] == ["work"]  # and it did not block
 
 
+def test_soon_after_midnight_the_last_30_minutes_begin_yesterday(tmp_path: Path) -> None:
+    _tick(_day(tmp_path), TS.replace(hour=23, minute=50), "work", cpu=10)
+    tomorrow = TS.replace(hour=23, minute=50) + timedelta(minutes=15)
+    folder = tmp_path / tomorrow.date().isoformat()
+    folder.mkdir()
+    _tick(folder, tomorrow, "work", cpu=70)
+    board = LiveBoard(tmp_path, 10)
+    board.refresh(tomorrow)
+    assert board.folder == folder
+    assert [value for _, value in _by_vm(board)["work"].history] == [10, 70]
+
+
 def test_a_new_day_folder_is_followed(tmp_path: Path) -> None:
     _tick(_day(tmp_path), TS, "work", cpu=10)
     board = _board(tmp_path)

@@ -17,7 +17,7 @@ import shutil
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -25,6 +25,7 @@ import attrs
 from sysmon import schema
 from sysmon.commands.status import STALE_INTERVALS, Tail, format_age, latest_day
 from sysmon.records import Status
+from sysmon.store.daily import day_dir
 
 #: The sparkline's history, and what the first look reads of each file.
 WINDOW = 1800
@@ -508,12 +509,17 @@ class LiveBoard(Board):
         """Read what was appended; at midnight (a new folder), follow the new day."""
         folder = latest_day(self.out_dir, now)
         if folder != self.folder:
+            if self.folder is None and folder is not None:
+                # Started soon after midnight: the last 30 minutes begin yesterday.
+                yesterday = day_dir(self.out_dir, date.fromisoformat(folder.name) - timedelta(1))
+                read_day(self, _tails(yesterday), self.decoded)
             self.folder = folder
-            self.tails = {}
-            if folder is not None:
-                for daily in (*schema.DAILY_FILES, schema.VIEWS):
-                    self.tails[daily.file_name] = Tail(folder / daily.file_name, daily)
+            self.tails = {} if folder is None else _tails(folder)
         read_day(self, self.tails, self.decoded)
+
+
+def _tails(folder: Path) -> dict[str, Tail]:
+    return {d.file_name: Tail(folder / d.file_name, d) for d in (*schema.DAILY_FILES, schema.VIEWS)}
 
 
 def _blocks(encoding: str | None) -> str:
