@@ -320,8 +320,11 @@ def test_a_new_day_folder_is_followed(tmp_path: Path) -> None:
 def test_once_prints_the_table(tmp_path: Path) -> None:
     day = _day(tmp_path)
     _tick(day, TS, "work", cpu=12, xen=15, disk=42)
+    with (day / "scrapes.csv").open("a") as f:
+        f.write(f'{schema.format_ts(TS)},"{HOSTILE}",ok,1,1,1,0\n')
     done = run_sysmon("top", "--once", "--out-dir", tmp_path, "--width", 80)
     assert done.returncode == 0, done.stderr
+    assert set(done.stdout) <= DRAWABLE
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"{day.name}  12:00:00Z ")  # a day ago: no room for more
     assert lines[1].split()[:4] == ["NAME", "STATUS", "CPU", "XEN"]
