@@ -1,4 +1,4 @@
-"""Command line: ``python -m sysmon once|run|status|archive|report|export|demo``.
+"""Command line: ``python -m sysmon once|run|status|top|archive|report|export|demo``.
 
 Each command lives in :mod:`sysmon.commands`; this module parses, configures
 logging and loads the configuration (errors exit 2, naming the key).
@@ -58,6 +58,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return status.main(config.out_dir, config.interval, utc_now())
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """Every qube at a glance, live, from the files."""
+    from sysmon.commands import top  # noqa: PLC0415
+
+    config = _config(args)
+    return top.main(config.out_dir, config.interval, once_only=args.once, width=args.width)
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -132,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "status", "newest rows and each qube's last poll, from the files", parents=[files]
     )
     status.set_defaults(func=cmd_status, log_level=logging.WARNING)
+
+    top = command(
+        "top", "every qube live: status, CPU, memory, network, disk, last 30 min", parents=[files]
+    )
+    top.add_argument("--once", action="store_true", help="print the table once, as plain text")
+    top.add_argument("--width", type=int, help="--once: columns (default: the terminal's, or 100)")
+    top.set_defaults(func=cmd_top, log_level=logging.WARNING)
 
     archive = command(
         "archive", "archive complete UTC days and copy them to the vault", parents=[files]
