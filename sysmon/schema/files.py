@@ -77,12 +77,16 @@ class Column:
             raise ValueError(f"{self.name}: a state, and only a state, lists its values")
 
     def number(self, cell: str) -> float | None:
-        """A cell of this value column as a number; None if empty or not one."""
+        """A cell of this value column as a number; None if empty or not one.
+
+        A whole number stays an int: a counter past 2**53 keeps every digit.
+        """
         if self.kind == "pct":
             cell = cell.removesuffix("%")
-        if not _NUMBER.fullmatch(cell):
+        match = _NUMBER.fullmatch(cell)
+        if match is None:
             return None
-        return float(cell)
+        return float(cell) if match.group(1) else int(cell)
 
     @property
     def base_unit(self) -> tuple[str, float]:
