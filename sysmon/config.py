@@ -142,6 +142,13 @@ class Config:
     #: export's ``host_name`` label ("": none, the labels as before).
     host_name: str = attrs.field(default="", validator=_host_name)
     rules: tuple[Rule, ...] = attrs.field(default=(), validator=_rules)
+    #: Desktop notifications of rules with ``notify = true``: at most one per
+    #: rule and qube every notify_every seconds, notify_burst in all in that
+    #: time (then one summary of what was held back), and notify-send given
+    #: notify_timeout seconds before it is abandoned.
+    notify_every: float = attrs.field(default=300.0, validator=_positive())
+    notify_burst: int = attrs.field(default=5, validator=_positive(integer=True))
+    notify_timeout: float = attrs.field(default=5.0, validator=_positive())
 
     @property
     def budget(self) -> Budget:
@@ -181,7 +188,7 @@ def config_from_mapping(data: dict[str, Any], source: str) -> Config:
     try:
         if "rules" in values:
             values["rules"] = parse_rules(values["rules"], source)
-        numbers = {"interval", "scrape_timeout"} & set(values)
+        numbers = {"interval", "scrape_timeout", "notify_every", "notify_timeout"} & set(values)
         for key in numbers:  # TOML writes 10 for 10.0
             if isinstance(values[key], int) and not isinstance(values[key], bool):
                 values[key] = float(values[key])

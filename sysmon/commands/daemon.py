@@ -33,6 +33,7 @@ from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Tran
 from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
 from sysmon.collect.xen import XenFollower
 from sysmon.commands.archive import NightlyArchive
+from sysmon.commands.notify import Notifier, notifier_for
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
 from sysmon.records import ScrapeResult, Status, TickOutcome
@@ -150,6 +151,8 @@ class Daemon:
     xen: XenFollower | None = None
     archive: NightlyArchive | None = None
     on_tick: Callable[[PollReport], None] | None = None
+    #: Desktop notifications of the rules that ask for them.
+    notifier: Notifier | None = None
     health: Health = attrs.field()
     notes: list[str] = attrs.field(factory=list)
     ticks_done: int = 0
@@ -316,8 +319,12 @@ class Daemon:
             budget=self.config.budget,
             listed=listed,
         )
+        if self.notifier is not None:
+            plan = self.notifier.watch(plan, ts)  # type: ignore[assignment]
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101
+        if self.notifier is not None:
+            self.notifier.committed(outcome)
         if not self._identity_made:  # from the first tick: any day folder exports as this host
             made = await self.offload(make_identity, self.config.out_dir, self.config.host_name)
             self._identity_made = made is True
@@ -441,6 +448,8 @@ class Daemon:
         self._alive()
         if self.on_tick is not None:
             self.on_tick(report)
+        if self.notifier is not None:  # after the tick's ping: notify-send may take a while
+            await self.notifier.deliver()
 
     def _alive(self) -> None:
         """Tell systemd: READY=1 once, then a watchdog ping per tick."""
@@ -475,7 +484,9 @@ class Daemon:
 
 def main(config: Config) -> int:
     """``sysmon run``: qrexec to the qubes, dom0's stats stream, the nightly archive."""
-    daemon = Daemon(config, QrexecDiscovery(), Qrexec(), xen=XenFollower())
+    daemon = Daemon(
+        config, QrexecDiscovery(), Qrexec(), xen=XenFollower(), notifier=notifier_for(config)
+    )
     daemon.archive = NightlyArchive(
         config, note=daemon.note, wall_now=daemon.wall_now, steady_now=boot_time
     )

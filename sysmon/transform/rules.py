@@ -67,6 +67,8 @@ class Rule:
     for_seconds: float = 0.0
     for_polls: int = 0
     vm: str | None = None
+    #: Firing and resolved also go out as desktop notifications (transform/notify.py).
+    notify: bool = False
 
     def describe(self) -> str:
         """The rule as the user wrote it, for alert rows."""
@@ -102,7 +104,7 @@ def parse_rules(items: Any, source: str) -> tuple[Rule, ...]:
         label = f"rule {name!r}"
         if name in {r.name for r in rules}:
             raise RuleError(f"{source}: {label} is defined twice")
-        unknown = sorted(set(item) - {"name", "file", "expr", "op", "value", "for", "vm"})
+        unknown = sorted(set(item) - {"name", "file", "expr", "op", "value", "for", "vm", "notify"})
         if unknown:
             raise RuleError(f"{source}: {label}: unknown key {unknown[0]!r}")
         file = item.get("file")
@@ -141,7 +143,12 @@ def parse_rules(items: Any, source: str) -> tuple[Rule, ...]:
         vm = item.get("vm")
         if vm is not None and not (isinstance(vm, str) and is_valid_qube_name(vm)):
             raise RuleError(f"{source}: {label}: vm must be a qube name")
-        rules.append(Rule(name, file, columns, op, float(value), for_seconds, for_polls, vm))
+        notify = item.get("notify", False)
+        if not isinstance(notify, bool):
+            raise RuleError(f"{source}: {label}: notify must be true or false")
+        rules.append(
+            Rule(name, file, columns, op, float(value), for_seconds, for_polls, vm, notify)
+        )
     return tuple(rules)
 
 

@@ -1,0 +1,309 @@
+"""Desktop notifications: the rule field, the limiter, the text, notify-send."""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+from csvcheck import read_day
+from fakes import FakeQubes, inline
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from sysmon import schema
+from sysmon.commands.daemon import Daemon
+from sysmon.commands.notify import notifier_for, notify_argv
+from sysmon.config import Config, ConfigError, config_from_mapping, load_config
+from sysmon.records import AlertBatch, RuleState
+from sysmon.store.commit import commit_tick
+from sysmon.transform.notify import Event, Limiter, rule_events, safe
+from sysmon.transform.rules import evaluate, parse_rules
+
+TS = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+BUSY = {"name": "cpu-busy", "file": "system", "expr": "cpu_user", "op": ">", "value": 5}
+#: What a notification may hold: no markup, no control or escape bytes.
+ALLOWED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.,:%+()/-?")
+
+
+def fake_notify_send(tmp_path: Path, body: str = "") -> tuple[str, Path]:
+    """A notify-send that records its argv (one line, fields split by 0x1f)."""
+    log = tmp_path / "notify-send.log"
+    program = tmp_path / "notify-send"
+    program.write_text(
+        "#!/bin/sh\n"
+        f"for a in \"$@\"; do printf '%s\\037' \"$a\"; done >>'{log}'\n"
+        f"echo >>'{log}'\n{body}\n"
+    )
+    program.chmod(0o755)
+    return str(program), log
+
+
+def recorded(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+
+
+class TestRuleField:
+    def test_off_unless_asked(self) -> None:
+        (rule,) = parse_rules([BUSY], "sysmon.toml")
+        assert rule.notify is False
+        (rule,) = parse_rules([{**BUSY, "notify": True}], "sysmon.toml")
+        assert rule.notify is True
+
+    @pytest.mark.parametrize("bad", ["yes", 1, 0, None, []])
+    def test_not_a_boolean_is_an_error_naming_the_rule(self, bad: object) -> None:
+        with pytest.raises(ConfigError, match=r"rule 'cpu-busy': notify must be true or false"):
+            config_from_mapping({"rules": [{**BUSY, "notify": bad}]}, "sysmon.toml")
+
+    def test_settings(self) -> None:
+        config = config_from_mapping(
+            {"notify_every": 60, "notify_burst": 3, "notify_timeout": 2}, "sysmon.toml"
+        )
+        assert (config.notify_every, config.notify_burst, config.notify_timeout) == (60.0, 3, 2.0)
+        with pytest.raises(ConfigError, match="notify_burst must be a whole number"):
+            config_from_mapping({"notify_burst": 1.5}, "sysmon.toml")
+        with pytest.raises(ConfigError, match="notify_timeout must be above 0"):
+            config_from_mapping({"notify_timeout": 0}, "sysmon.toml")
+
+    def test_the_shipped_rules_notify_once_uncommented(self, tmp_path: Path) -> None:
+        """config/sysmon.toml's rules, the "#" removed, load with notify on."""
+        text = (Path(__file__).resolve().parent.parent / "config" / "sysmon.toml").read_text()
+        rules = re.sub(r"(?m)^#(?=\[\[rules|\w+ = )", "", text)
+        (tmp_path / "sysmon.toml").write_text(rules)
+        config = load_config(tmp_path / "sysmon.toml")
+        assert [(r.name, r.notify) for r in config.rules] == [
+            ("cpu-busy", True),
+            ("polls-failing", True),
+        ]
+
+    def test_no_notifier_without_a_rule_that_asks(self) -> None:
+        assert notifier_for(Config()) is None
+        rules = parse_rules([BUSY], "x")
+        assert notifier_for(Config(rules=rules)) is None
+        rules = parse_rules([{**BUSY, "notify": True}], "x")
+        assert notifier_for(Config(rules=rules)) is not None
+
+
+def event(rule: str = "r", vm: str = "work", t: float = 0.0) -> Event:
+    return Event(rule, vm, "firing", TS.timestamp() + t, 97.5, TS.timestamp())
+
+
+class TestLimiter:
+    def test_one_per_rule_and_qube_per_interval_then_a_summary(self) -> None:
+        limiter = Limiter(every=300, burst=5)
+        assert len(limiter.admit([event()], 0)) == 1
+        assert limiter.admit([event(), event()], 10) == []  # same rule and qube
+        assert len(limiter.admit([event(vm="other")], 20)) == 1
+        assert limiter.held == 2
+        assert limiter.admit([], 309) == []  # an interval after the first held back
+        assert limiter.admit([], 310) == [
+            (
+                "sysmon: 2 more notifications held back",
+                "since 12:00:00 UTC: every rule alert is in alerts.csv",
+            ),
+        ]
+        assert limiter.held == 0
+        assert len(limiter.admit([event()], 311)) == 1  # the interval has passed
+
+    def test_a_storm_is_capped(self) -> None:
+        limiter = Limiter(every=60, burst=3)
+        storm = [event(vm=f"q{i}") for i in range(100)]
+        assert len(limiter.admit(storm, 0)) == 3
+        assert limiter.held == 97
+        (summary,) = limiter.admit([], 60)
+        assert summary[0] == "sysmon: 97 more notifications held back"
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.floats(0, 100, allow_nan=False),
+                st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xyz")), max_size=8),
+            ),
+            max_size=40,
+        ),
+        st.floats(1, 60, allow_nan=False),
+        st.integers(1, 6),
+    )
+    def test_limits_hold_and_nothing_is_lost(
+        self, steps: list[tuple[float, list[tuple[str, str]]]], every: float, burst: int
+    ) -> None:
+        """Per (rule, qube) one per interval; at most ``burst`` in any interval;
+        every event is either sent or counted in a summary."""
+        limiter = Limiter(every=every, burst=burst)
+        now, sent, total, told = 0.0, [], 0, 0
+        for gap, pairs in steps:
+            now += gap
+            events = [event(rule, vm) for rule, vm in pairs]
+            total += len(events)
+            for title, _body in limiter.admit(events, now):
+                sent.append((now, title))
+        quiet = now + 2 * every  # a quiet tick, an interval after (with rounding's margin)
+        for title, _body in limiter.admit([], quiet):
+            sent.append((quiet, title))
+        per_key: dict[str, float] = {}
+        for t, title in sent:
+            if "held back" in title:
+                told += int(title.split()[1])
+                continue
+            assert title not in per_key or t - per_key[title] >= every
+            per_key[title] = t
+        times = [t for t, _ in sent]
+        for t in times:
+            assert sum(t <= u < t + every for u in times) <= burst
+        assert sum("held back" not in title for _, title in sent) + told == total
+
+
+class TestText:
+    @given(st.text())
+    def test_only_plain_characters_reach_a_notification(self, text: str) -> None:
+        assert set(safe(text)) <= ALLOWED
+        assert len(safe(text)) <= 200
+
+    def test_a_qubes_bytes_never_reach_the_text(self) -> None:
+        """An interface named with markup and escape sequences fires a rule: the
+        alert row keeps it (quoted by the CSV), the notification does not."""
+        rules = parse_rules(
+            [
+                {
+                    "name": "rx",
+                    "file": "network",
+                    "expr": "rx_bytes",
+                    "op": ">",
+                    "value": 1,
+                    "notify": True,
+                }
+            ],
+            "x",
+        )
+        hostile = "<b>e</b>&\x1b]0;pwn\x07"
+        row = schema.NETWORK.format_row([TS, "work", hostile, 5, 0, 0, 0, 0, 0])
+        fired, after = evaluate(rules, TS.timestamp(), {"network.csv": [row]}, {})
+        assert fired
+        assert "<b>e</b>&" in fired[0][1]
+        assert "pwn" in fired[0][1]
+        batches = [
+            AlertBatch(vm, (schema.ALERTS.format_row([TS, vm, message]),), None)
+            for vm, message in fired
+        ]
+        (ev,) = rule_events(rules, batches, {}, after, TS.timestamp())
+        assert (ev.rule, ev.vm, ev.kind, ev.value) == ("rx", "work", "firing", 5.0)
+        for text in (ev.title(), ev.body()):
+            assert set(text) <= ALLOWED
+            assert "pwn" not in text
+            assert "<" not in text
+
+    def test_a_name_dom0_would_not_list_is_left_out(self) -> None:
+        rules = parse_rules([{**BUSY, "notify": True}], "x")
+        vm = "<i>x"
+        message = "sysmon: rule cpu-busy firing on <i>x: cpu_user > 5 (now 9)"
+        batch = AlertBatch(vm, (schema.ALERTS.format_row([TS, vm, message]),), None)
+        assert rule_events(rules, [batch], {}, {}, TS.timestamp()) == []
+
+    def test_since_and_value(self) -> None:
+        rules = parse_rules([{**BUSY, "notify": True, "for": "5m"}], "x")
+        start = TS.timestamp() - 400
+        state = {"cpu-busy\0work\0": RuleState(since=start, polls=40, firing=True)}
+        message = "sysmon: rule cpu-busy firing on work: cpu_user > 5 for 300s (now 97.5)"
+        batch = AlertBatch("work", (schema.ALERTS.format_row([TS, "work", message]),), None)
+        (ev,) = rule_events(rules, [batch], {}, state, TS.timestamp())
+        assert ev.title() == "sysmon: cpu-busy firing on work"
+        assert ev.body() == "value 97.5, since 11:53:20 UTC, at 12:00:00 UTC (alerts.csv)"
+
+    def test_argv_ends_options_before_the_texts(self) -> None:
+        argv = notify_argv("notify-send", "-x", "--y", urgent=True)
+        assert argv[-3:] == ["--", "-x", "--y"]
+        assert "--urgency=critical" in argv
+
+
+def collector(tmp_path: Path, program: str, **config: object) -> Daemon:
+    """A daemon on the real clock, file work inline, polled a tick at a time."""
+    rules = parse_rules([{**BUSY, "notify": True}], "x")
+    cfg = Config(out_dir=tmp_path / "out", rules=rules, **config)  # type: ignore[arg-type]
+    notifier = notifier_for(cfg)
+    assert notifier is not None
+    notifier.program = program
+    qubes = FakeQubes({"a": "ok", "b": "ok"})
+    return Daemon(
+        cfg,
+        qubes,
+        qubes,
+        committer=functools.partial(commit_tick, sync=False),
+        notify=lambda _message: None,
+        offload=inline,
+        parse_offload=inline,  # type: ignore[arg-type]
+        notifier=notifier,
+    )
+
+
+async def ticks(daemon: Daemon, n: int) -> None:
+    for i in range(n):
+        await daemon.run_tick(TS + timedelta(seconds=10 * i))
+
+
+class TestDaemon:
+    async def test_a_firing_rule_notifies_once_per_qube(self, tmp_path: Path) -> None:
+        program, log = fake_notify_send(tmp_path)
+        daemon = collector(tmp_path, program)
+        await ticks(daemon, 4)
+        calls = recorded(log)
+        assert sorted(c[-2] for c in calls) == [
+            "sysmon: cpu-busy firing on a",
+            "sysmon: cpu-busy firing on b",
+        ]
+        for call in calls:
+            assert call[:3] == ["--app-name=sysmon", "--urgency=critical", "--"]
+            assert call[-1].startswith("value 10, since 12:00:10 UTC, at 12:00:10 UTC")
+        alerts = read_day(tmp_path / "out" / "2025-08-31")["alerts.csv"]
+        assert sum("rule cpu-busy firing" in r["msg"] for r in alerts) == 2  # the record
+
+    async def test_a_rule_without_notify_sends_nothing(self, tmp_path: Path) -> None:
+        program, log = fake_notify_send(tmp_path)
+        daemon = collector(tmp_path, program)
+        assert daemon.notifier is not None
+        daemon.notifier.rules = parse_rules([BUSY], "x")
+        await ticks(daemon, 3)
+        assert recorded(log) == []
+
+    @pytest.mark.parametrize(
+        ("how", "said"),
+        [
+            ("missing", "No such file"),
+            ("exit 1", "exited 1: no server"),
+            ("sleep 100", "no answer within 0.5 s"),
+        ],
+    )
+    async def test_undelivered_is_logged_once_and_costs_nothing_else(
+        self, tmp_path: Path, how: str, said: str
+    ) -> None:
+        if how == "missing":
+            program = str(tmp_path / "no-such-notify-send")
+        else:
+            program, _log = fake_notify_send(tmp_path, f"echo no server >&2; {how}")
+        daemon = collector(tmp_path, program, notify_timeout=0.5, notify_every=1)
+        with capture_logs() as logs:
+            await ticks(daemon, 3)
+            await trio.sleep(1)  # past notify_every: the same pairs again
+            await daemon.run_tick(TS + timedelta(seconds=30))
+        assert daemon.notifier is not None
+        assert daemon.notifier.failed >= 2
+        warned = [e for e in logs if e["event"] == "notification_not_delivered"]
+        assert len(warned) == 1
+        assert said in warned[0]["error"]
+        files = read_day(tmp_path / "out" / "2025-08-31")
+        assert len(files["system.csv"]) == 8  # every tick's rows
+        assert sum("firing" in r["msg"] for r in files["alerts.csv"]) == 2
+        if how == "sleep 100":  # the hung notify-send's group is gone
+            assert (
+                subprocess.run(
+                    ["pgrep", "-f", f"{tmp_path}/notify-send"], capture_output=True, check=False
+                ).returncode
+                == 1
+            )
