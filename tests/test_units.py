@@ -57,6 +57,8 @@ def test_sysmon_unit_keeps_the_essentials():
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "Restart=on-failure",
+        # notify-send's session bus (docs/notifications.md)
+        "Environment=DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus",
     ):
         assert f"\n{line}\n" in text, line
 
