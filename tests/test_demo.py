@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT, run_sysmon
 from csvcheck import read_day
@@ -77,3 +78,54 @@ def test_a_reader_that_goes_away_ends_the_demo_quietly(tmp_path):
         stderr = demo.stderr.read().decode()
     assert demo.wait(timeout=60) == 1
     assert "Traceback" not in stderr, stderr
+
+
+def _notify_send(folder: Path, body: str) -> Path:
+    """A notify-send on PATH that records its arguments, then runs ``body``."""
+    folder.mkdir()
+    log = folder / "argv.log"
+    program = folder / "notify-send"
+    program.write_text(
+        "#!/bin/sh\n"
+        f"for a in \"$@\"; do printf '%s|' \"$a\"; done >>'{log}'\necho >>'{log}'\n{body}\n"
+    )
+    program.chmod(0o755)
+    return log
+
+
+def _demo_with(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    out = tmp_path / "demo-out"
+    return run_sysmon(
+        "demo", "--duration", "2.5", "--interval", "1", "--out-dir", out, env=env, timeout=60
+    )
+
+
+def test_the_demo_rule_fires_and_notifies(tmp_path: Path) -> None:
+    log = _notify_send(tmp_path / "bin", "exit 0")
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/bus",
+    }
+    done = _demo_with(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    work = demo_names()[0]
+    assert f"notification: sent (1), rule demo-cpu firing on {work}" in done.stdout.splitlines()
+    (call,) = log.read_text().splitlines()
+    assert f"|--|sysmon: demo-cpu firing on {work}|value " in call
+    (day,) = [p for p in (tmp_path / "demo-out").iterdir() if p.is_dir()]
+    alerts = read_day(day)["alerts.csv"]
+    assert [r["vm"] for r in alerts if "rule demo-cpu firing" in r["msg"]] == [work]
+
+
+def test_without_a_notification_server_the_demo_says_so_once(tmp_path: Path) -> None:
+    _notify_send(tmp_path / "bin", "echo 'GDBus.Error: no server' >&2; exit 1")
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/bus",
+    }
+    done = _demo_with(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    (said,) = [line for line in done.stdout.splitlines() if line.startswith("notification:")]
+    assert said.startswith("notification: not shown, no notification server is running")
+    assert "GDBus.Error: no server" in said
+    assert "notification_not_delivered" not in done.stdout  # its own line, not a log line

@@ -31,8 +31,10 @@ import trio
 
 from sysmon.collect.process import ProcessResult, run_bounded
 from sysmon.commands.daemon import Daemon, PollReport
+from sysmon.commands.notify import Notifier
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
+from sysmon.transform.rules import Rule, parse_rules
 
 HANDLER_ENV = "SYSMON_HANDLER"
 
@@ -151,6 +153,55 @@ def _print_poll(report: PollReport) -> None:
     )
 
 
+def demo_rule(vm: str) -> Rule:
+    """A rule that fires at the demo's second poll (its first CPU figure) and notifies."""
+    (rule,) = parse_rules(
+        [
+            {
+                "name": "demo-cpu",
+                "file": "system",
+                "expr": "cpu_user + cpu_system",
+                "op": ">=",
+                "value": 0,
+                "vm": vm,
+                "notify": True,
+            }
+        ],
+        "demo",
+    )
+    return rule
+
+
+def no_notifications() -> str | None:
+    """Why no notification can be shown here, before trying; None: try."""
+    if shutil.which("notify-send") is None:
+        return "notify-send is not installed (Debian: libnotify-bin)"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS") and not (
+        runtime and Path(runtime, "bus").exists()
+    ):
+        return (
+            "no notification server can be reached "
+            "(no session bus: DBUS_SESSION_BUS_ADDRESS is not set)"
+        )
+    return None
+
+
+def notification_line(rule: Rule, notifier: Notifier | None, why_not: str | None) -> str:
+    """One line on what became of the demo rule's notification."""
+    if why_not is not None:
+        return f"notification: not shown, {why_not}; the rule's row is in alerts.csv"
+    assert notifier is not None  # noqa: S101 -- made whenever why_not is None
+    if notifier.sent:
+        return f"notification: sent ({notifier.sent}), rule {rule.name} firing on {rule.vm}"
+    if notifier.failed:
+        return (
+            f"notification: not shown, no notification server is running "
+            f"({notifier.last_error}); the rule's row is in alerts.csv"
+        )
+    return f"notification: none, rule {rule.name} did not fire within the demo"
+
+
 def latest_table(out_dir: Path, day_folder: Path) -> str:
     """The newest system.csv row of each qube, as a small table."""
     latest: dict[str, dict[str, str]] = {}
@@ -210,8 +261,14 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
     # A line per poll as it happens, into a pipe too (``| tee``, ``| head``).
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    config = Config(out_dir=out_dir, interval=interval, scrape_timeout=min(8.0, interval * 0.8))
     names = demo_names()
+    rule = demo_rule(names[0])
+    config = Config(
+        out_dir=out_dir,
+        interval=interval,
+        scrape_timeout=min(8.0, interval * 0.8),
+        rules=(rule,),
+    )
     print(f"sysmon demo: {', '.join(names)} are this machine, polled with {handler}")
     print(
         "  (they share its CPU, memory and load; each sees its own slice of the"
@@ -221,6 +278,20 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         f"writing daily CSV files under {out_dir}/<UTC day>/"
         f" every {interval:g} s for {duration:g} s"
     )
+    print(
+        f"rule {rule.name} ({rule.describe()} on {rule.vm}) fires at the second poll"
+        " and shows a desktop notification"
+    )
+    why_not = no_notifications()
+    notifier = None
+    if why_not is None:
+        notifier = Notifier(
+            config.rules,
+            config.notify_every,
+            config.notify_burst,
+            config.notify_timeout,
+            log_failures=False,
+        )
     reports: list[PollReport] = []
 
     def on_tick(report: PollReport) -> None:
@@ -233,6 +304,7 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         LocalHandler(handler, tuple(names)),
         notify=lambda _message: None,
         on_tick=on_tick,
+        notifier=notifier,
     )
     interrupted: list[bool] = []
     async with trio.open_nursery() as ticks:  # ticks under way finish after the deadline
@@ -241,6 +313,7 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
                 watch.start_soon(_stop_on_ctrl_c, scope, interrupted)
                 await daemon.tick_loop(ticks)
     written = [r for r in reports if sum(r.outcome.written.values())]
+    print(notification_line(rule, notifier, why_not))
     if written:
         print()
         print(latest_table(out_dir, out_dir / f"{written[-1].ts:%Y-%m-%d}"))
