@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from sysmon.commands.progress import Progress
-from sysmon.commands.report.read import ReportError, load, parse_when
+from sysmon.commands.report.read import ReportError, load, parse_when, units
 from sysmon.commands.report.render import render
+from sysmon.commands.report.summary import render_summary, summarize
 
 
 def main(
@@ -43,8 +44,10 @@ def main(
         data = load(paths, set(vms) if vms else None, since, until, progress=progress)
         if data.rows == 0:
             raise ReportError("no sysmon rows in " + ", ".join(map(str, paths)))
+        progress.update("gathering what needs attention", data.rows, "rows")
+        summary = summarize(units(paths), set(vms) if vms else None, since, until)
         progress.update("drawing the charts", data.rows, "rows")
-        page = render(data, out)
+        page = render(data, out, render_summary(summary))
     except ReportError as exc:
         progress.close()
         print(f"sysmon report: {exc}", file=sys.stderr)

@@ -329,8 +329,11 @@ def identical(data: Data) -> list[list[str]]:
     return [sorted(vms) for vms in groups.values() if len(vms) > 1]
 
 
-def render(data: Data, out: Path) -> Path:
-    """Write the PNG charts and one self-contained ``index.html`` into ``out``."""
+def render(data: Data, out: Path, summary: str = "") -> Path:
+    """Write the PNG charts and one self-contained ``index.html`` into ``out``.
+
+    ``summary``: the first screen's HTML (summary.py), above the charts.
+    """
     plt = import_pyplot()
     out.mkdir(parents=True, exist_ok=True)
     bins = Bins.spanning(data)
@@ -343,6 +346,7 @@ def render(data: Data, out: Path) -> Path:
             "td:nth-child(n+3){text-align:right}img{max-width:100%}</style></head><body>"
         ),
         f"<h1>sysmon report</h1><p>{data.rows:,} rows read. All times UTC.</p>",
+        summary,
     ]  # fmt: skip
     if data.skipped or data.cut_series:
         parts.append(
@@ -362,7 +366,7 @@ def render(data: Data, out: Path) -> Path:
         parts.append(f"<tr><td>{html.escape(vm)}</td><td>{shown}</td></tr>")
     parts.append("</table>")
     for chart in charts_of(data):
-        parts.append(f"<h2>{html.escape(chart.title)}</h2>")
+        parts.append(f"<h2 id='{chart.name}'>{html.escape(chart.title)}</h2>")
         png, ranked = draw(plt, chart, bins) if bins else (None, Ranked.of({}))
         if png is None:
             parts.append("<p>No data.</p>")
@@ -372,7 +376,7 @@ def render(data: Data, out: Path) -> Path:
         parts.append(f"<img alt='{chart.name}' src='data:image/png;base64,{encoded}'>")
         parts.append(_table(chart, ranked))
     parts.append(
-        f"<h2>Alerts ({len(data.alerts):,})</h2><table>"
+        f"<h2 id='alert-list'>Alerts ({len(data.alerts):,})</h2><table>"
         "<tr><th>poll (UTC)</th><th>qube</th><th>message</th></tr>"
     )
     for t, vm, msg in sorted(data.alerts)[-2000:]:

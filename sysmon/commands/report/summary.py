@@ -1,0 +1,346 @@
+"""The report's first screen: what needs attention, above the charts.
+
+Qubes whose polls failed most, disks at 90 % or more, the rules that fired,
+the alerts grouped by (qube, message) with counts, the qubes whose views
+disagree (views.csv, when the days have it) and a line per day on the
+archive's delivery.  Each list is short (the rest is counted, and linked to
+the chart below).  Every file is read through the bounded decoder
+(:func:`sysmon.schema.decode.decode_untrusted`); names and messages are a
+qube's bytes, printed escaped and cut.  What it keeps is bounded too: at
+most :data:`MAX_KEYS` distinct (qube, message) pairs and (qube, mount)
+pairs, the rest counted as "other".
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import html
+import io
+import os
+import re
+import tarfile
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from sysmon import schema
+from sysmon.protocol.text import strip_controls
+from sysmon.records import Status
+from sysmon.schema.decode import Skipped, decode_untrusted
+from sysmon.store import archive
+
+#: Lines of each list; the rest are counted.
+SHOWN = 6
+#: Distinct (qube, message) and (qube, mount) pairs kept; more are "other".
+MAX_KEYS = 20_000
+#: Characters of a message or a name shown.
+MAX_TEXT = 120
+DISK_FULL = 90.0
+#: A journal entry's own time before its text: not part of what it says.
+_ENTRY_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z ")
+_DIGITS_RE = re.compile(r"\d+")
+_RULE_RE = re.compile(r"sysmon: rule ([A-Za-z0-9_.-]{1,64}) (firing|resolved) ")
+_FILES = {d.file_name: d for d in (schema.SCRAPES, schema.DISK, schema.ALERTS, schema.VIEWS)}
+_AGREE = {"agree", "one-view", ""}
+_OK = {Status.OK.value, Status.SKIPPED.value}
+_STATUS = schema.SCRAPES.names.index("status")
+_MOUNT = schema.DISK.names.index("mount")
+_PCT = schema.DISK.names.index("pct_used")
+_MSG = schema.ALERTS.names.index("msg")
+_FLAG = schema.VIEWS.names.index("flag")
+_VM = 1  # every daily file: ts, vm, ...
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError, archive.ArchiveError)
+
+
+@attrs.define
+class Summary:
+    """What the first screen shows, gathered over every day read."""
+
+    polls: Counter[str] = attrs.field(factory=Counter)
+    failed: dict[str, Counter[str]] = attrs.field(factory=dict)
+    #: (qube, mount) -> (time of its last row, pct then, highest pct).
+    disks: dict[tuple[str, str], tuple[int, float, float]] = attrs.field(factory=dict)
+    rules: dict[str, Counter[str]] = attrs.field(factory=dict)
+    #: (qube, message with its numbers as #) -> count, and the first such message.
+    alerts: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    example: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    alerts_other: int = 0
+    views: dict[str, Counter[str]] = attrs.field(factory=dict)
+    views_read: bool = False
+    archive: list[tuple[str, str]] = attrs.field(factory=list)
+    skipped: Skipped = attrs.field(factory=Skipped)
+
+    def join(self, later: Summary) -> None:
+        """Add a later day's summary to this one."""
+        self.polls.update(later.polls)
+        _join_counts(self.failed, later.failed)
+        for key, seen in later.disks.items():
+            if key in self.disks:
+                before = self.disks[key]
+                newest = seen if seen[0] >= before[0] else before
+                self.disks[key] = (newest[0], newest[1], max(seen[2], before[2]))
+            elif len(self.disks) < MAX_KEYS:
+                self.disks[key] = seen
+        _join_counts(self.rules, later.rules)
+        self.alerts_other += later.alerts_other
+        for key, n in later.alerts.items():
+            if key in self.alerts or len(self.alerts) < MAX_KEYS:
+                self.alerts[key] += n
+                self.example.setdefault(key, later.example[key])
+            else:
+                self.alerts_other += n
+        _join_counts(self.views, later.views)
+        self.views_read |= later.views_read
+        self.archive += later.archive
+        for field in ("unreadable", "wrong_width", "bad_time", "not_sysmon"):
+            setattr(
+                self.skipped, field, getattr(self.skipped, field) + getattr(later.skipped, field)
+            )
+
+    def add_row(self, name: str, vm: str, ts: int, cells: tuple[str, ...]) -> None:
+        """One decoded row of ``name``."""
+        if name == "scrapes.csv":
+            self.polls[vm] += 1
+            status = cells[_STATUS]
+            if status not in _OK:
+                self.failed.setdefault(vm, Counter())[status[:20]] += 1
+        elif name == "disk.csv":
+            pct = schema.DISK.column("pct_used").number(cells[_PCT])
+            key = (vm, cells[_MOUNT][:MAX_TEXT])
+            if pct is None or (key not in self.disks and len(self.disks) >= MAX_KEYS):
+                return
+            last_ts, last, peak = self.disks.get(key, (ts, float(pct), float(pct)))
+            if ts >= last_ts:
+                last_ts, last = ts, float(pct)
+            self.disks[key] = (last_ts, last, max(peak, float(pct)))
+        elif name == "alerts.csv":
+            msg = cells[_MSG]
+            if (entry_time := _ENTRY_TIME_RE.match(msg)) is not None:
+                msg = msg[entry_time.end() :]
+            msg = msg[:MAX_TEXT]
+            match = _RULE_RE.match(msg)
+            if match and match[2] == "firing":
+                self.rules.setdefault(match[1], Counter())[vm] += 1
+            # The same message with another pid, size or value is the same alert.
+            key = (vm, _DIGITS_RE.sub("#", msg))
+            if key in self.alerts or len(self.alerts) < MAX_KEYS:
+                self.alerts[key] += 1
+                self.example.setdefault(key, msg)
+            else:
+                self.alerts_other += 1
+        elif name == "views.csv":  # the flag: where the views disagree
+            flag = cells[_FLAG]
+            if flag not in _AGREE:
+                self.views.setdefault(vm, Counter())[flag[:20]] += 1
+
+
+class _Lent(io.RawIOBase):
+    """``raw`` lent to the decoder, which drops its text wrapper unclosed.
+
+    Closing this does not close ``raw`` (its opener's ``with`` does), so the
+    dropped wrapper has nothing to warn about.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _join_counts(into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
+    for key, counts in other.items():
+        into.setdefault(key, Counter()).update(counts)
+
+
+def _day_of(unit: Path) -> date | None:
+    if unit.is_file():
+        return archive.archive_day(unit.name)
+    try:
+        return date.fromisoformat(unit.name)
+    except ValueError:
+        return None
+
+
+def delivery(unit: Path, today: date) -> str:
+    """One line on how this day stands with the vault."""
+    day = _day_of(unit)
+    if unit.is_file():
+        return f"read from its archive {unit.name} (in the vault, or restored from it)"
+    if day is None:
+        return "a folder that is not a day's: its delivery is unknown"
+    out_dir = unit.parent
+    folder = archive.archive_dir(out_dir)
+    if archive.is_delivered(out_dir, day):
+        try:
+            sent = (folder / f"monitor-{day.isoformat()}.delivered").read_text().splitlines()[0]
+        except (OSError, IndexError):
+            sent = "?"
+        return f"delivered to the vault as {sent[:80]}"
+    tries: list[str] = []
+    with contextlib.suppress(OSError):  # none: no copy was tried
+        tries = (folder / f"monitor-{day.isoformat()}.attempts").read_text().splitlines()
+    if (folder / f"monitor-{day.isoformat()}.delivered").exists():
+        return "delivered, but rows were added since: it goes again"
+    if tries:
+        last = "refused by policy" if tries[-1] == "refused" else "failed or cut short"
+        return f"NOT delivered: {len(tries)} tries, the last {last}"
+    if day >= today:
+        return "today: archived and delivered after it ends (UTC)"
+    if archive.tgz_path(out_dir, day).exists():
+        return "NOT delivered: archived, no copy tried yet"
+    return "NOT delivered: not archived yet"
+
+
+def summarize_unit(
+    unit: Path, vms: set[str] | None, start: float, end: float, today: date
+) -> Summary:
+    """What the first screen needs from one day folder or archive."""
+    summary = Summary()
+    day = _day_of(unit)
+    label = day.isoformat() if day else unit.name
+    try:
+        for name, opener in archive.day_members(unit):
+            daily = _FILES.get(name)
+            if daily is None:
+                continue
+            summary.views_read |= name == "views.csv"
+            with opener() as raw:
+                lent = io.BufferedReader(_Lent(raw), 1 << 16)
+                for row in decode_untrusted(lent, daily, summary.skipped):
+                    vm = row.cells[_VM]
+                    if (vms is not None and vm not in vms) or not start <= row.ts <= end:
+                        continue
+                    summary.add_row(name, vm, row.ts, row.cells)
+    except UNREADABLE as exc:
+        summary.archive.append((label, f"cannot be read ({exc})"))
+        return summary
+    summary.archive.append((label, delivery(unit, today)))
+    return summary
+
+
+def summarize(
+    units: Iterable[Path],
+    vms: set[str] | None,
+    start: float,
+    end: float,
+    today: date | None = None,
+    *,
+    workers: int | None = None,
+) -> Summary:
+    """Read what the first screen needs, several days at a time, joined in day order."""
+    today = today or datetime.now(UTC).date()
+    days = list(units)
+    workers = min(workers or os.cpu_count() or 1, len(days))
+    merged = Summary()
+    if workers > 1:
+        n = len(days)
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            for part in pool.map(
+                summarize_unit, days, [vms] * n, [start] * n, [end] * n, [today] * n
+            ):
+                merged.join(part)
+    else:
+        for day in days:
+            merged.join(summarize_unit(day, vms, start, end, today))
+    return merged
+
+
+def _text(value: str) -> str:
+    shown = strip_controls(value)
+    return html.escape(shown if len(shown) <= MAX_TEXT else shown[: MAX_TEXT - 1] + "…")
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n:,} times"
+
+
+def _more(total: int, anchor: str, what: str) -> str:
+    hidden = total - SHOWN
+    if hidden <= 0:
+        return ""
+    return f"<li>and {hidden:,} more {what}: <a href='#{anchor}'>below</a></li>"
+
+
+def render_summary(summary: Summary) -> str:
+    """The first screen as HTML: short lists with links to the charts below."""
+    parts = ["<section id='attention'><h2>What needs attention</h2>"]
+    failing = sorted(summary.failed, key=lambda vm: (-sum(summary.failed[vm].values()), vm))
+    parts.append(
+        "<h3>Polls that failed (<a href='#failures'>chart</a>)</h3><ul>"
+        if failing
+        else "<h3>Polls</h3><ul><li>every poll answered (or was skipped while busy)</li>"
+    )
+    for vm in failing[:SHOWN]:
+        counts = summary.failed[vm]
+        kinds = ", ".join(f"{_text(k)} {n:,}" for k, n in counts.most_common(3))
+        parts.append(
+            f"<li><b>{_text(vm)}</b>: {sum(counts.values()):,} of {summary.polls[vm]:,} "
+            f"polls failed ({kinds})</li>"
+        )
+    parts.append(_more(len(failing), "failures", "qubes") + "</ul>")
+    full = sorted(
+        (k for k, (_t, last, peak) in summary.disks.items() if peak >= DISK_FULL),
+        key=lambda k: (-summary.disks[k][1], k),
+    )
+    parts.append(f"<h3>Disks at {DISK_FULL:g} % or more (<a href='#disk'>chart</a>)</h3><ul>")
+    if not full:
+        parts.append(f"<li>none reached {DISK_FULL:g} %</li>")
+    for vm, mount in full[:SHOWN]:
+        t, last, peak = summary.disks[(vm, mount)]
+        when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+        parts.append(
+            f"<li><b>{_text(vm)}</b> {_text(mount)}: {last:g} % at {when}"
+            + (f" (peak {peak:g} %)" if peak > last else "")
+            + "</li>"
+        )
+    parts.append(_more(len(full), "disk", "filesystems") + "</ul>")
+    parts.append("<h3>Rules that fired (<a href='#alerts'>alerts</a>)</h3><ul>")
+    if not summary.rules:
+        parts.append("<li>none</li>")
+    for rule, per_vm in sorted(summary.rules.items(), key=lambda r: (-r[1].total(), r[0])):
+        where = ", ".join(f"{_text(vm)} {n:,}" for vm, n in per_vm.most_common(4))
+        rest = len(per_vm) - 4
+        parts.append(
+            f"<li><b>{_text(rule)}</b>: fired {_times(per_vm.total())} ({where}"
+            + (f", {rest} more qubes" if rest > 0 else "")
+            + ")</li>"
+        )
+    total = summary.alerts.total() + summary.alerts_other
+    parts.append(
+        f"<h3>Alerts: {total:,} in {len(summary.alerts):,} kinds "
+        "(<a href='#alerts'>chart</a>, <a href='#alert-list'>all</a>)</h3><ul>"
+    )
+    for key, n in summary.alerts.most_common(SHOWN):
+        example = summary.example[key]
+        parts.append(f"<li>{n:,}&times; <b>{_text(key[0])}</b>: {_text(example)}</li>")
+    if summary.alerts_other:
+        parts.append(f"<li>{summary.alerts_other:,} more of other kinds</li>")
+    parts.append(_more(len(summary.alerts), "alert-list", "kinds") + "</ul>")
+    if summary.views_read:
+        parts.append("<h3>Qubes whose views disagree (<a href='#xen_cpu'>Xen's view</a>)</h3><ul>")
+        if not summary.views:
+            parts.append("<li>none: inside, Xen and the netvm agree</li>")
+        ranked = sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
+        for vm in ranked[:SHOWN]:
+            flags = ", ".join(f"{_text(f)} {n:,}" for f, n in summary.views[vm].most_common())
+            parts.append(f"<li><b>{_text(vm)}</b>: {flags} polls</li>")
+        parts.append(_more(len(ranked), "xen_cpu", "qubes") + "</ul>")
+    parts.append("<h3>Archive delivery</h3><ul>")
+    for day, line in summary.archive[-14:]:
+        parts.append(f"<li>{day}: {_text(line)}</li>")
+    if len(summary.archive) > 14:
+        parts.append(f"<li>and {len(summary.archive) - 14} earlier days</li>")
+    parts.append("</ul></section>")
+    return "\n".join(parts)

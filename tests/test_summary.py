@@ -1,0 +1,226 @@
+"""The report's first screen: what needs attention, short, escaped, bounded."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sysmon import schema
+from sysmon.commands.report import summary as summary_module
+from sysmon.commands.report.summary import Summary, render_summary, summarize
+from sysmon.schema.files import DailyFile
+from sysmon.store.archive import (
+    archive_dir,
+    build_archive,
+    mark_delivered,
+    record_attempt,
+    record_refused,
+)
+
+DAY = date(2025, 8, 31)
+T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+TODAY = date(2025, 9, 10)
+EVERYTHING = (float("-inf"), float("inf"))
+
+
+def write(folder: Path, daily: DailyFile, rows: list[list[object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / daily.file_name
+    with path.open("ab") as f:
+        if f.tell() == 0:
+            f.write(daily.header)
+        for row in rows:
+            f.write(daily.format_row(row))
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def scrapes(vm: str, statuses: list[str]) -> list[list[object]]:
+    return [[at(10 * i), vm, s, 5, 100, 3, 0] for i, s in enumerate(statuses)]
+
+
+def alert(seconds: int, vm: str, msg: str) -> list[object]:
+    return [at(seconds), vm, msg]
+
+
+def text_of(html_text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html_text))
+
+
+@pytest.fixture(name="day")
+def _day(tmp_path: Path) -> Path:
+    folder = tmp_path / "out" / DAY.isoformat()
+    write(
+        folder,
+        schema.SCRAPES,
+        scrapes("flaky", ["ok", "timeout", "timeout", "refused", "ok"])
+        + scrapes("calm", ["ok", "skipped", "ok", "ok", "ok"])
+        + scrapes("worse", ["timeout"] * 5),
+    )
+    write(
+        folder,
+        schema.DISK,
+        [
+            [at(0), "work", "/dev/xvdb", "/rw", 100, 95, 5, 95],
+            [at(60), "work", "/dev/xvdb", "/rw", 100, 91, 9, 91],
+            [at(0), "work", "/dev/xvda", "/", 100, 50, 50, 50],
+            [at(0), "evil", "/dev/x", "<script>alert(1)</script>", 100, 99, 1, 99],
+        ],
+    )
+    journal = [
+        alert(i, "work", f"2025-08-31T11:{i % 60:02d}:00.000000Z sshd[{100 + i}]: Failed password")
+        for i in range(1000)
+    ]
+    write(
+        folder,
+        schema.ALERTS,
+        [
+            *journal,
+            alert(5, "work", "sysmon: rule cpu-busy firing on work: cpu_user > 90 (now 97)"),
+            alert(50, "work", "sysmon: rule cpu-busy resolved on work: cpu_user > 90 (now 3)"),
+            alert(60, "work", "sysmon: rule cpu-busy firing on work: cpu_user > 90 (now 95)"),
+            alert(70, "evil", "sysmon: rule cpu-busy firing on evil: cpu_user > 90 (now 99)"),
+            alert(80, "evil", "<img src=x onerror=alert(1)>\x1b[2J"),
+        ],
+    )
+    return folder
+
+
+def test_what_needs_attention(day: Path) -> None:
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    shown = text_of(render_summary(s))
+    # Failed polls, the worst first, skipped is not a failure.
+    assert shown.index("worse : 5 of 5 polls failed (timeout 5)") < shown.index(
+        "flaky : 3 of 5 polls failed (timeout 2, refused 1)"
+    )
+    assert "calm" not in shown
+    # Disks: the last value, and the peak when it was higher; 50 % is not listed.
+    assert "work /rw: 91 % at 2025-08-31 12:01 (peak 95 %)" in shown
+    assert "work / :" not in shown
+    # Rules: the firings counted per qube.
+    assert "cpu-busy : fired 3 times (work 2, evil 1)" in shown
+    # A thousand journal lines, each with its own time and pid, are one kind.
+    assert "1,000&times; work : sshd[100]: Failed password" in shown
+    assert "Alerts: 1,005 in " in shown
+    assert "Archive delivery 2025-08-31: NOT delivered: not archived yet" in shown
+
+
+def test_a_qubes_names_and_messages_are_escaped(day: Path) -> None:
+    page = render_summary(summarize([day], None, *EVERYTHING, TODAY, workers=1))
+    assert "<script" not in page
+    assert "<img" not in page
+    assert "\x1b" not in page
+    assert "&lt;script&gt;" in page
+
+
+def test_every_link_leads_to_the_page(day: Path, tmp_path: Path) -> None:
+    """The summary's links point at ids the report's page has."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("pandas")
+    from sysmon.commands.report import main  # noqa: PLC0415
+
+    assert main([day], tmp_path / "page", None, None, None) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert page.index("What needs attention") < page.index("<img")  # above the charts
+    targets = set(re.findall(r"href='#([\w-]+)'", page))
+    assert targets >= {"failures", "disk", "alerts", "alert-list"}
+    for target in targets:
+        assert f"id='{target}'" in page, target
+
+
+def test_views_when_the_days_have_them(day: Path) -> None:
+    assert "views disagree" not in render_summary(summarize([day], None, *EVERYTHING, TODAY))
+    width = len(schema.VIEWS.columns)
+    rows = [
+        [at(10 * i), vm, *([1] * (width - 3)), flag]
+        for i, (vm, flag) in enumerate(
+            [("work", "agree"), ("work", "one-view"), ("evil", "busy-but-silent"), ("evil", "cpu")]
+        )
+    ]
+    write(day, schema.VIEWS, rows)
+    shown = text_of(render_summary(summarize([day], None, *EVERYTHING, TODAY, workers=1)))
+    assert "Qubes whose views disagree" in shown
+    assert "evil : busy-but-silent 1, cpu 1 polls" in shown
+    assert "work :" not in shown.split("views disagree")[1].split("Archive")[0]
+
+
+def test_a_line_per_day_on_delivery(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    days = [DAY + timedelta(days=i) for i in range(5)]
+    for d in days:
+        write(out / d.isoformat(), schema.SCRAPES, scrapes("a", ["ok"]))
+    build_archive(out, days[0])
+    mark_delivered(out, days[0], "monitor-2025-08-31.tgz")
+    build_archive(out, days[1])
+    record_attempt(out, days[1])
+    record_refused(out, days[1])
+    build_archive(out, days[2])
+    lines = summarize([out / d.isoformat() for d in days], None, *EVERYTHING, days[4]).archive
+    assert lines == [
+        ("2025-08-31", "delivered to the vault as monitor-2025-08-31.tgz"),
+        ("2025-09-01", "NOT delivered: 1 tries, the last refused by policy"),
+        ("2025-09-02", "NOT delivered: archived, no copy tried yet"),
+        ("2025-09-03", "NOT delivered: not archived yet"),
+        ("2025-09-04", "today: archived and delivered after it ends (UTC)"),
+    ]
+    # Read from the archive itself (in the vault): said so.
+    (line,) = summarize([archive_dir(out) / "monitor-2025-09-01.tgz"], None, *EVERYTHING).archive
+    assert line == (
+        "2025-09-01",
+        "read from its archive monitor-2025-09-01.tgz (in the vault, or restored from it)",
+    )
+
+
+def test_filters_and_days_in_parallel_match_one_by_one(day: Path) -> None:
+    second = day.parent / (DAY + timedelta(days=1)).isoformat()
+    write(second, schema.SCRAPES, [[at(86400), "flaky", "timeout", 5, 100, 3, 0]])
+    write(second, schema.DISK, [[at(86400), "work", "/dev/xvdb", "/rw", 100, 92, 8, 92]])
+    one = summarize([day, second], None, *EVERYTHING, TODAY, workers=1)
+    two = summarize([day, second], None, *EVERYTHING, TODAY, workers=2)
+    assert render_summary(one) == render_summary(two)
+    assert one.failed["flaky"]["timeout"] == 3
+    assert one.disks[("work", "/rw")][1:] == (92.0, 95.0)  # the newest, the highest
+    only = summarize([day, second], {"work"}, *EVERYTHING, TODAY, workers=1)
+    assert set(only.polls) == set()
+    assert set(only.alerts) == {key for key in only.alerts if key[0] == "work"}
+    early = summarize([day, second], None, float("-inf"), at(25).timestamp(), TODAY, workers=1)
+    assert early.polls["flaky"] == 3  # 12:00:00, :10, :20
+
+
+def test_what_it_keeps_is_bounded(day: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A qube inventing messages cannot grow the summary: past the cap, "other"."""
+    monkeypatch.setattr(summary_module, "MAX_KEYS", 3)
+    write(day, schema.ALERTS, [alert(i, "evil", f"new {'x' * (i % 50)}") for i in range(200)])
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert len(s.alerts) == 3
+    assert s.alerts.total() + s.alerts_other == 1005 + 200
+    assert "more of other kinds" in text_of(render_summary(s))
+
+
+def test_one_screen_however_many_qubes(tmp_path: Path) -> None:
+    folder = tmp_path / DAY.isoformat()
+    write(folder, schema.SCRAPES, [r for i in range(300) for r in scrapes(f"q{i}", ["timeout"])])
+    write(
+        folder,
+        schema.DISK,
+        [[at(0), f"q{i}", "/dev/x", "/rw", 100, 99, 1, 99] for i in range(300)],
+    )
+    write(folder, schema.ALERTS, [alert(0, f"q{i}", f"m{'y' * i}") for i in range(300)])
+    page = render_summary(summarize([folder], None, *EVERYTHING, TODAY, workers=1))
+    assert page.count("<li>") <= 6 * 4 + 4 + 14
+    assert "and 294 more qubes" in text_of(page)
+    assert "and 294 more filesystems" in text_of(page)
+
+
+def test_an_unreadable_archive_is_a_line_not_a_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "monitor-2025-08-31.tgz"
+    broken.write_bytes(b"\x1f\x8b not gzip")
+    (line,) = summarize([broken], None, *EVERYTHING, TODAY).archive
+    assert line[0] == "2025-08-31"
+    assert line[1].startswith("cannot be read (")
+    assert isinstance(Summary(), Summary)
