@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
+from conftest import require_tool
 from csvcheck import read_day
 from fakes import FakeQubes, inline
 from hypothesis import given, settings
@@ -18,7 +21,7 @@ from structlog.testing import capture_logs
 
 from sysmon import schema
 from sysmon.commands.daemon import Daemon
-from sysmon.commands.notify import notifier_for, notify_argv
+from sysmon.commands.notify import Notifier, notifier_for, notify_argv
 from sysmon.config import Config, ConfigError, config_from_mapping, load_config
 from sysmon.records import AlertBatch, RuleState
 from sysmon.store.commit import commit_tick
@@ -307,3 +310,74 @@ class TestDaemon:
                 ).returncode
                 == 1
             )
+
+
+SESSION_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>session</type><listen>unix:path={socket}</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow send_destination="*" eavesdrop="true"/>
+<allow eavesdrop="true"/><allow own="*"/></policy></busconfig>
+"""
+
+
+def _wait_for(path: Path, text: str) -> None:
+    for _ in range(400):
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: no {text!r}")
+
+
+@pytest.mark.slow
+def test_the_real_notify_send_reaches_a_notification_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """notify-send (libnotify-bin) on a private session bus (dbus-daemon), to a
+    small org.freedesktop.Notifications server that records what it is shown."""
+    notify_send = require_tool("notify-send")
+    dbus_daemon = require_tool("dbus-daemon")
+    bus_socket = tmp_path / "bus"
+    (tmp_path / "session.conf").write_text(SESSION_CONF.format(socket=bus_socket))
+    shown = tmp_path / "shown.log"
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={bus_socket}")
+    children = []
+    try:
+        children.append(
+            subprocess.Popen(
+                [dbus_daemon, f"--config-file={tmp_path / 'session.conf'}", "--nofork"],
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait_for_socket(bus_socket)
+        server = Path(__file__).with_name("notification_server.py")
+        children.append(subprocess.Popen([sys.executable, str(server), str(shown)]))
+        _wait_for(shown, "ready")
+        rules = parse_rules([{**BUSY, "notify": True}], "x")
+        notifier = Notifier(rules, 300, 5, 10, program=notify_send)
+        notifier.queue.append(("sysmon: cpu-busy firing on work", "value 97.5, since 12:00 UTC"))
+        trio.run(notifier.deliver)
+        assert (notifier.sent, notifier.failed, notifier.last_error) == (1, 0, None)
+        _wait_for(shown, "cpu-busy")
+        assert shown.read_text().splitlines()[1:] == [
+            "sysmon\tsysmon: cpu-busy firing on work\tvalue 97.5, since 12:00 UTC"
+        ]
+        # The server gone: undelivered, said once, nothing else.
+        children[-1].terminate()
+        children[-1].wait(timeout=10)
+        notifier.queue.append(("sysmon: cpu-busy resolved on work", "value 3"))
+        with capture_logs() as logs:
+            trio.run(notifier.deliver)
+        assert (notifier.sent, notifier.failed) == (1, 1)
+        assert [e["event"] for e in logs] == ["notification_not_delivered"]
+    finally:
+        for child in reversed(children):
+            child.terminate()
+            child.wait(timeout=10)
+
+
+def _wait_for_socket(path: Path) -> None:
+    for _ in range(400):
+        if path.exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no bus at {path}")
