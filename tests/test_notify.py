@@ -203,6 +203,13 @@ class TestText:
             assert "pwn" not in text
             assert "<" not in text
 
+    def test_a_journal_line_dressed_as_a_rule_alert_notifies_nothing(self) -> None:
+        """A qube's journal rows begin with their entry's time: never sysmon's words."""
+        rules = parse_rules([{**BUSY, "notify": True}], "x")
+        forged = "2025-08-31T11:59:59.000000Z sysmon: rule cpu-busy firing on work: (now 1)"
+        batch = AlertBatch("work", (schema.ALERTS.format_row([TS, "work", forged]),), None)
+        assert rule_events(rules, [batch], {}, {}, TS.timestamp()) == []
+
     def test_a_name_dom0_would_not_list_is_left_out(self) -> None:
         rules = parse_rules([{**BUSY, "notify": True}], "x")
         vm = "<i>x"

@@ -86,6 +86,8 @@ def _day(tmp_path: Path) -> Path:
             alert(60, "work", "sysmon: rule cpu-busy firing on work: cpu_user > 90 (now 95)"),
             alert(70, "evil", "sysmon: rule cpu-busy firing on evil: cpu_user > 90 (now 99)"),
             alert(80, "evil", "<img src=x onerror=alert(1)>\x1b[2J"),
+            # A qube's journal line dressed as sysmon's: it has its entry time first.
+            alert(90, "evil", "2025-08-31T12:00:00.000000Z sysmon: rule cpu-busy firing on x"),
         ],
     )
     return folder
@@ -106,7 +108,7 @@ def test_what_needs_attention(day: Path) -> None:
     assert "cpu-busy : fired 3 times (work 2, evil 1)" in shown
     # A thousand journal lines, each with its own time and pid, are one kind.
     assert "1,000&times; work : sshd[100]: Failed password" in shown
-    assert "Alerts: 1,005 in " in shown
+    assert "Alerts: 1,006 in " in shown
     assert "Archive delivery 2025-08-31: NOT delivered: not archived yet" in shown
 
 
@@ -198,7 +200,7 @@ def test_what_it_keeps_is_bounded(day: Path, monkeypatch: pytest.MonkeyPatch) ->
     write(day, schema.ALERTS, [alert(i, "evil", f"new {'x' * (i % 50)}") for i in range(200)])
     s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
     assert len(s.alerts) == 3
-    assert s.alerts.total() + s.alerts_other == 1005 + 200
+    assert s.alerts.total() + s.alerts_other == 1006 + 200
     assert "more of other kinds" in text_of(render_summary(s))
 
 

@@ -110,7 +110,9 @@ class Notifier:
 
     async def _send(self, title: str, body: str) -> None:
         log = structlog.get_logger()
-        argv = notify_argv(self.program, title, body, urgent="firing" in title)
+        # "sysmon: RULE firing on QUBE": a rule's name has no space.
+        urgent = title.split(" ")[2:3] == ["firing"]
+        argv = notify_argv(self.program, title, body, urgent=urgent)
         error = None
         with trio.move_on_after(self.timeout) as scope:
             try:

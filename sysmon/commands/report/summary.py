@@ -121,12 +121,14 @@ class Summary:
             self.disks[key] = (last_ts, last, max(peak, float(pct)))
         elif name == "alerts.csv":
             msg = cells[_MSG]
-            if (entry_time := _ENTRY_TIME_RE.match(msg)) is not None:
-                msg = msg[entry_time.end() :]
-            msg = msg[:MAX_TEXT]
+            # Before the journal's time is cut: a journal line that says
+            # "sysmon: rule ..." begins with its entry's time, sysmon's own do not.
             match = _RULE_RE.match(msg)
             if match and match[2] == "firing":
                 self.rules.setdefault(match[1], Counter())[vm] += 1
+            if (entry_time := _ENTRY_TIME_RE.match(msg)) is not None:
+                msg = msg[entry_time.end() :]
+            msg = msg[:MAX_TEXT]
             # The same message with another pid, size or value is the same alert.
             key = (vm, _DIGITS_RE.sub("#", msg))
             if key in self.alerts or len(self.alerts) < MAX_KEYS:
