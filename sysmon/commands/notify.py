@@ -79,6 +79,7 @@ class Notifier:
         """``plan``, keeping what it built (it runs in the commit's thread)."""
         if not self.enabled:
             return plan
+        self._watched.clear()  # a commit that raised left its tick here: not kept
 
         def watched(previous: State) -> TickRows:
             built = plan(previous)
