@@ -155,7 +155,7 @@ def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -
         if daily is schema.ALERTS or not rows:
             continue
         try:
-            append_rows(folder / daily.file_name, daily, rows, sync=sync)
+            append_rows(folder / daily.file_name, daily, [r.line for r in rows], sync=sync)
             tally.written[daily.file_name] = len(rows)
         except WriteError as exc:
             tally.written[daily.file_name] = exc.written
@@ -181,9 +181,9 @@ def _append_alerts(
     commits = []
     end = start
     for batch in built.alerts:
-        end += sum(len(r) for r in batch.rows)
+        end += sum(len(r.line) for r in batch.rows)
         commits.append((batch.vm, end, batch.next_state))
-    all_rows = [row for batch in built.alerts for row in batch.rows]
+    all_rows = [row.line for batch in built.alerts for row in batch.rows]
     try:
         append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
         tally.written[schema.ALERTS.file_name] = len(all_rows)

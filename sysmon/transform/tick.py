@@ -11,11 +11,10 @@ from datetime import datetime
 
 import attrs
 
-from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
-from sysmon.transform.rows import DEFAULT_BUDGET, build_tick_rows
+from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
 
 
@@ -47,7 +46,6 @@ def build_tick(
     )
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
-        AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
-        for vm, message in fired
+        AlertBatch(vm, (alert_row(ts, vm, message),), None) for vm, message in fired
     )
     return attrs.evolve(built, alerts=built.alerts + rule_alerts, rule_state=rule_state)
