@@ -109,6 +109,39 @@ def test_only_one_module_spawns_processes():
     assert spawners == {"sysmon.collect.process"}
 
 
+#: Inside the store, each module does one job: the read side (finding days)
+#: writes nothing, delivery and retention stand apart from building archives.
+STORE_APART: dict[str, set[str]] = {
+    "sysmon.store.days": {
+        "sysmon.store.archive",
+        "sysmon.store.commit",
+        "sysmon.store.delivery",
+        "sysmon.store.retention",
+        "sysmon.store.state",
+    },
+    "sysmon.store.delivery": {
+        "sysmon.store.archive",
+        "sysmon.store.commit",
+        "sysmon.store.retention",
+    },
+    "sysmon.store.retention": {"sysmon.store.archive", "sysmon.store.commit"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORE_APART))
+def test_store_modules_keep_to_their_job(name):
+    """days, delivery and retention import none of the store modules above them."""
+    path = SYSMON.parent / (name.replace(".", "/") + ".py")
+    assert imports(path) & STORE_APART[name] == set()
+
+
+def test_store_apart_is_not_vacuous(tmp_path):
+    """A read-side module importing the delivery markers is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from sysmon.store.delivery import is_delivered\n")
+    assert imports(bad) & STORE_APART["sysmon.store.days"] != set()
+
+
 @pytest.mark.parametrize(
     ("name", "source"),
     [
