@@ -17,14 +17,15 @@ SYSMON = Path(__file__).resolve().parent.parent / "sysmon"
 
 #: What each part may import of sysmon (besides itself).
 ALLOWED: dict[str, set[str]] = {
+    "sysmon.events": set(),  # the log events' names: a leaf any part may name
     "sysmon.protocol": set(),
-    "sysmon.schema": {"sysmon.protocol", "sysmon.records"},
-    "sysmon.records": {"sysmon.protocol"},
-    "sysmon.collect": {"sysmon.protocol", "sysmon.records"},
-    "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
-    "sysmon.store": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
-    "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform"},
-    "sysmon.logconfig": set(),
+    "sysmon.schema": {"sysmon.protocol", "sysmon.records", "sysmon.events"},
+    "sysmon.records": {"sysmon.protocol", "sysmon.events"},
+    "sysmon.collect": {"sysmon.protocol", "sysmon.records", "sysmon.events"},
+    "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema", "sysmon.events"},
+    "sysmon.store": {"sysmon.protocol", "sysmon.records", "sysmon.schema", "sysmon.events"},
+    "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform", "sysmon.events"},
+    "sysmon.logconfig": {"sysmon.events"},
     "sysmon.commands": {
         "sysmon",  # the root holds only __version__
         "sysmon.protocol",
@@ -34,13 +35,20 @@ ALLOWED: dict[str, set[str]] = {
         "sysmon.transform",
         "sysmon.store",
         "sysmon.config",
+        "sysmon.events",
     },
-    "sysmon.cli": {"sysmon", "sysmon.commands", "sysmon.config", "sysmon.logconfig"},
+    "sysmon.cli": {
+        "sysmon",
+        "sysmon.commands",
+        "sysmon.config",
+        "sysmon.logconfig",
+        "sysmon.events",
+    },
     "sysmon.__main__": {"sysmon.cli"},
     "sysmon": set(),
 }
 #: Parts that must not touch trio, files or processes.
-PURE = ("sysmon.protocol", "sysmon.schema", "sysmon.records", "sysmon.transform")
+PURE = ("sysmon.protocol", "sysmon.schema", "sysmon.records", "sysmon.transform", "sysmon.events")
 IMPURE_MODULES = {"trio", "subprocess", "os", "socket", "tarfile", "fcntl", "shutil"}
 
 

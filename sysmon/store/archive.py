@@ -26,6 +26,7 @@ from pathlib import Path
 
 import structlog
 
+from sysmon import events
 from sysmon.schema import SCHEMA_VERSION
 from sysmon.store import identity
 from sysmon.store.daily import _move_aside
@@ -162,7 +163,7 @@ def _write_meta(path: Path, data: bytes) -> None:
             return
         if stat.S_ISLNK(there.st_mode):
             path.unlink()
-            structlog.get_logger().error("meta_link_removed", file=str(path))
+            structlog.get_logger().error(events.META_LINK_REMOVED, file=str(path))
         else:
             _move_aside(path, "not a regular file")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
