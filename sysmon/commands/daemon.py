@@ -175,6 +175,15 @@ class PollReport:
     outcome: TickOutcome
 
 
+@attrs.frozen
+class _ListFailing:
+    """dom0's list failing: its error, how often in a row, and when to ask again."""
+
+    error: str
+    tries: int
+    retry_at: float
+
+
 @attrs.define
 class Daemon:
     """The collector: one tick (:meth:`poll`), and the loops that repeat it."""
@@ -191,10 +200,7 @@ class Daemon:
     ticks_done: int = 0
     last_qubes_ts: float = -math.inf
     _ordered: trio.Event | None = None
-    _discovery_error: str | None = None
-    #: While dom0's list fails: how often in a row, and when to ask again.
-    _discovery_failures: int = 0
-    _discovery_retry_at: float = -math.inf
+    _failing: _ListFailing | None = None
     _ready_sent: bool = False
     _rejected_alerted: str | None = None
     _self_name: str | None = None
@@ -444,25 +450,21 @@ class Daemon:
         """One tick of the loop: :meth:`poll`, its log line, systemd's watchdog."""
         log = structlog.get_logger()
         start = trio.current_time()
-        if self._discovery_error is not None and start < self._discovery_retry_at:
+        if self._failing is not None and start < self._failing.retry_at:
             self._alive()  # a failing list is a state to live in, not a hang
             return
         try:
             report = await self.poll(ts)
         except DiscoveryError as exc:
-            self._discovery_failures += 1
-            retry_in = backoff_delay(self.config.interval, self._discovery_failures)
-            self._discovery_retry_at = start + retry_in
-            if str(exc) != self._discovery_error:
+            was = self._failing
+            tries = (was.tries if was else 0) + 1
+            retry_in = backoff_delay(self.config.interval, tries)
+            if was is None or str(exc) != was.error:
                 log.error(events.DISCOVERY_FAILED, error=str(exc), retry_in=retry_in)  # noqa: TRY400 -- expected, no traceback
                 self.note(f"sysmon: discovery failed: {exc}")
             else:
-                log.info(
-                    events.DISCOVERY_STILL_FAILING,
-                    tries=self._discovery_failures,
-                    retry_in=retry_in,
-                )
-            self._discovery_error = str(exc)
+                log.info(events.DISCOVERY_STILL_FAILING, tries=tries, retry_in=retry_in)
+            self._failing = _ListFailing(str(exc), tries, start + retry_in)
             if not self.notes:
                 self._alive()
                 return
@@ -473,10 +475,9 @@ class Daemon:
                 outcome = await self._commit(ts, [], None)
             report = PollReport(ts, (), (), outcome)
         else:
-            if self._discovery_error is not None:
-                log.info(events.DISCOVERY_RECOVERED, tries=self._discovery_failures)
-                self._discovery_error = None
-                self._discovery_failures = 0
+            if self._failing is not None:
+                log.info(events.DISCOVERY_RECOVERED, tries=self._failing.tries)
+                self._failing = None
         self._log_tick(report, trio.current_time() - start)
         self.ticks_done += 1
         self._alive()
