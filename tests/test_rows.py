@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sysmon import schema
+from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.metrics import (
     AlertRecord,
     ConnRecord,
@@ -18,6 +19,7 @@ from sysmon.protocol.metrics import (
     Snapshot,
     SysRecord,
 )
+from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, TickRows
 from sysmon.transform.rows import alert_key, build_tick_rows, new_alerts
 
@@ -119,6 +121,26 @@ class TestTickRows:
                 "avail_kb": 70,
                 "pct_used": 30,
             }
+        ]
+
+    def test_dom0s_rows_get_their_values(self):
+        """xen.csv and qubes.csv: each figure in its own column, the qube as dom0 named it."""
+        xen = [DomainStats("work", 12, 48, 9000, 400_000)]
+        qubes = [QubeInfo("work", "AppVM", "Running"), QubeInfo("vault", "AppVM", "Halted")]
+        built = build_tick_rows(TS, [], qubes, {}, xen)
+        assert [r.values for r in built.rows["xen.csv"]] == [
+            {
+                "ts": TS,
+                "vm": "work",
+                "cpu_usage": 12,
+                "cpu_usage_raw": 48,
+                "cpu_time_ms": 9000,
+                "memory_kb": 400_000,
+            }
+        ]
+        assert [r.values for r in built.rows["qubes.csv"]] == [
+            {"ts": TS, "vm": "work", "state": "Running"},
+            {"ts": TS, "vm": "vault", "state": "Halted"},
         ]
 
     def test_a_line_is_its_values_encoded(self):
