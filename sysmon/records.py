@@ -205,11 +205,25 @@ class RuleState:
 
 
 @attrs.frozen
+class Row:
+    """One row of a daily file: its values keyed by column, and its line.
+
+    The transform and the rules work on ``values``; ``line`` is their
+    encoding (``DailyFile.encode``), made once where the daily budget needs
+    the row's size, and is what the store appends -- nothing is decoded back.
+    """
+
+    file: str
+    values: Mapping[str, object]
+    line: bytes = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
 class AlertBatch:
     """One qube's alert rows of a tick and the state to commit after them."""
 
     vm: str
-    rows: tuple[bytes, ...]
+    rows: tuple[Row, ...]
     next_state: QubeState | None
 
 
@@ -217,7 +231,7 @@ class AlertBatch:
 class TickRows:
     """Everything a tick writes.  ``rows`` maps file name to rows (no alerts)."""
 
-    rows: Mapping[str, tuple[bytes, ...]]
+    rows: Mapping[str, tuple[Row, ...]]
     alerts: tuple[AlertBatch, ...]
     states: Mapping[str, QubeState]
     restarted: tuple[str, ...] = ()

@@ -10,13 +10,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple, Unpack
 
 import attrs
 import trio
 from conftest import ROOT
 
 from sysmon.collect.process import ProcessResult
-from sysmon.commands.daemon import Daemon
+from sysmon.commands.daemon import Collaborators, Daemon
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
 from sysmon.protocol.metrics import (
@@ -30,6 +31,9 @@ from sysmon.protocol.metrics import (
 from sysmon.records import ScrapeResult, TickOutcome
 from sysmon.store.commit import commit_tick
 from sysmon.transform.tick import build_tick
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: A hostile handler's reply: impersonation, CSV breaking and formula injection.
 LIAR_PAYLOAD = b"""sys: protocol=1 boot_id=liar-boot btime=1 mem_total_kb=5 vm=dom0
@@ -139,7 +143,7 @@ class FakeQubes:
         return ProcessResult(0, render(snap), b"")
 
 
-async def inline(fn: Callable[..., object], *args: object) -> object:
+async def inline(fn: Callable[[Unpack[Ts]], T], /, *args: *Ts) -> T:
     """Offload that runs inline: a thread would let autojump_clock run ahead."""
     return fn(*args)
 
@@ -153,17 +157,21 @@ def daemon_on_virtual_time(
     **config: object,
 ) -> Daemon:
     """A Daemon on virtual time: wall clock from ``start``, real files without
-    fsync, file work inline; ``overrides`` replace Daemon fields."""
+    fsync, file work inline; ``overrides`` replace Daemon fields or its
+    collaborators (``notify``, ``offload``...)."""
     t0 = trio.current_time()
-    fields: dict[str, object] = {
+    uses: dict[str, object] = {
         "wall_now": lambda: start + timedelta(seconds=trio.current_time() - t0),
         "committer": functools.partial(commit_tick, sync=False),
         "notify": lambda _message: None,
         "offload": inline,
         "parse_offload": inline,
-        **(overrides or {}),
     }
-    return Daemon(Config(out_dir=tmp_path, **config), qubes, qubes, **fields)  # type: ignore[arg-type]
+    fields: dict[str, object] = {}
+    for name, value in (overrides or {}).items():
+        (uses if name in uses else fields)[name] = value
+    collaborators = Collaborators(**uses)  # type: ignore[arg-type]
+    return Daemon(Config(out_dir=tmp_path, **config), qubes, qubes, collaborators, **fields)  # type: ignore[arg-type]
 
 
 async def run_for(c: Daemon, seconds: float) -> None:

@@ -23,17 +23,9 @@ from sysmon import __version__
 from sysmon.commands.archive import NightlyArchive, next_archive_time, qvm_copy_to_vm, run_archive
 from sysmon.config import Config
 from sysmon.schema import SCHEMA_VERSION
-from sysmon.store.archive import (
-    HOST_ID_NAME,
-    META_NAME,
-    ArchiveError,
-    build_archive,
-    host_identity,
-    is_delivered,
-    prune,
-    record_attempt,
-    tgz_path,
-)
+from sysmon.store.archive import HOST_ID_NAME, META_NAME, build_archive, host_identity
+from sysmon.store.days import ArchiveError, tgz_path
+from sysmon.store.delivery import is_delivered, record_attempt
 
 TODAY = date(2025, 9, 8)
 
@@ -190,31 +182,6 @@ class TestDeliver:
             os.environ["PATH"] = env["PATH"].split(":", 1)[1]
         assert [o.status for o in report.days] == ["timeout"]
         assert leftover_processes(tmp_path / "world") == []
-
-
-class TestPrune:
-    def test_never_today_never_undelivered(self, tmp_path):
-        for d in range(1, 9):
-            make_day(tmp_path, date(2025, 9, d))
-        for d in (1, 2, 5):
-            (tmp_path / "archives").mkdir(exist_ok=True)
-            (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
-        pruned = prune(tmp_path, TODAY, retention_days=3, min_free_bytes=0)
-        assert pruned.folders == (date(2025, 9, 1), date(2025, 9, 2))
-        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("2025"))
-        assert left == [f"2025-09-0{d}" for d in (3, 4, 5, 6, 7, 8)]
-
-    def test_disk_guard_takes_oldest_delivered_first_then_warns(self, tmp_path):
-        for d in range(1, 9):
-            make_day(tmp_path, date(2025, 9, d))
-        (tmp_path / "archives").mkdir()
-        for d in (3, 6):
-            (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
-        pruned = prune(tmp_path, TODAY, retention_days=14, min_free_bytes=2**62)
-        assert pruned.folders == (date(2025, 9, 3), date(2025, 9, 6))
-        assert pruned.low_on_space_undelivered
-        assert (tmp_path / "2025-09-08").exists()
-        assert (tmp_path / "2025-09-01").exists()
 
 
 class TestSchedule:
@@ -415,43 +382,6 @@ def test_the_vaults_errno_is_explained_and_retried(tmp_path, mode, code, reason)
     assert second.returncode == 0, second.stderr
     assert (incoming / f"monitor-{yesterday}.2.tgz").is_file()
     assert is_delivered(tmp_path / "out", yesterday)
-
-
-class TestByteCeiling:
-    def test_over_the_ceiling_oldest_delivered_days_go_first_and_it_says_so(self, tmp_path):
-        """Retention by size: only delivered days, oldest first, until under the ceiling."""
-        for d in range(1, 8):
-            folder = make_day(tmp_path, date(2025, 9, d))
-            (folder / "network.csv").write_bytes(b"x" * 100_000)
-            if d <= 5:
-                (tmp_path / "archives").mkdir(exist_ok=True)
-                (tmp_path / "archives" / f"monitor-2025-09-0{d}.delivered").write_text("x\n")
-        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=350_000)
-        assert pruned.over_ceiling == (
-            date(2025, 9, 1),
-            date(2025, 9, 2),
-            date(2025, 9, 3),
-            date(2025, 9, 4),
-        )
-        assert [d.name for d in sorted(tmp_path.iterdir()) if d.name[0] == "2"] == [
-            "2025-09-05",
-            "2025-09-06",
-            "2025-09-07",
-        ]
-        assert not pruned.ceiling_undelivered
-
-    def test_undelivered_days_are_never_deleted_but_it_is_said(self, tmp_path):
-        for d in (6, 7):
-            (make_day(tmp_path, date(2025, 9, d)) / "network.csv").write_bytes(b"x" * 100_000)
-        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=150_000)
-        assert pruned.over_ceiling == ()
-        assert pruned.ceiling_undelivered
-        assert (tmp_path / "2025-09-06").is_dir()
-
-    def test_under_the_ceiling_nothing_goes(self, tmp_path):
-        make_day(tmp_path, date(2025, 9, 1))
-        pruned = prune(tmp_path, TODAY, retention_days=30, min_free_bytes=0, max_bytes=10**9)
-        assert pruned.over_ceiling == ()
 
 
 async def test_the_nightly_task_says_what_the_ceiling_deleted(tmp_path, autojump_clock):

@@ -13,7 +13,10 @@ from csvcheck import read_day
 from fakes import FakeQubes, daemon_on_virtual_time, run_for
 from structlog.testing import capture_logs
 
+from sysmon import events
 from sysmon.protocol.admin import Discovery, DiscoveryError
+from sysmon.store.commit import commit_tick
+from sysmon.transform.tick import TickPlan
 
 collector = daemon_on_virtual_time
 
@@ -59,13 +62,12 @@ class TestScheduling:
             t = trio.current_time() - t0
             return base + timedelta(seconds=t + (jump["by"] if t >= jump["at"] else 0))
 
-        c = collector(tmp_path, FakeQubes({"a": "ok"}), base)
-        c.wall_now = wall
+        c = collector(tmp_path, FakeQubes({"a": "ok"}), base, overrides={"wall_now": wall})
         with capture_logs() as logs:
             await run_for(c, 50)
         ts = [r["ts"][11:19] for r in read_day(tmp_path / "2025-08-31")["system.csv"]]
         assert ts == ["12:00:10", "12:00:20", "12:01:30", "12:01:40", "12:01:50"]
-        assert [e["count"] for e in logs if e["event"] == "ticks_missed"] == [6]
+        assert [e["count"] for e in logs if e["event"] == events.TICKS_MISSED] == [6]
 
     async def test_clock_step_back_never_writes_out_of_order(self, tmp_path, autojump_clock):
         t0 = trio.current_time()
@@ -75,13 +77,12 @@ class TestScheduling:
             t = trio.current_time() - t0
             return base + timedelta(seconds=t - (25 if t >= 32 else 0))
 
-        c = collector(tmp_path, FakeQubes({"a": "ok"}), base)
-        c.wall_now = wall
+        c = collector(tmp_path, FakeQubes({"a": "ok"}), base, overrides={"wall_now": wall})
         with capture_logs() as logs:
             await run_for(c, 80)
         ts = [r["ts"] for r in read_day(tmp_path / "2025-08-31")["system.csv"]]
         assert ts == sorted(set(ts))
-        assert any(e["event"] in {"clock_stepped", "tick_not_written"} for e in logs)
+        assert any(e["event"] in {events.CLOCK_STEPPED, events.TICK_NOT_WRITTEN} for e in logs)
 
 
 class TestMisbehavingQubes:
@@ -92,7 +93,9 @@ class TestMisbehavingQubes:
             await run_for(c, 600)
         assert qubes.calls["ok"] == 59  # ticks at :10 ... 9:50
         assert qubes.calls["deny"] < 12
-        changes = [e for e in logs if e["event"] == "qube_status_changed" and e["vm"] == "deny"]
+        changes = [
+            e for e in logs if e["event"] == events.QUBE_STATUS_CHANGED and e["vm"] == "deny"
+        ]
         assert [e["status"] for e in changes] == ["refused"]
         scrapes = read_day(tmp_path / "2025-08-31")["scrapes.csv"]
         assert sum(r["vm"] == "deny" for r in scrapes) == 59  # every tick explained
@@ -272,8 +275,8 @@ async def test_a_failing_list_is_a_state_the_daemon_lives_in(tmp_path, autojump_
     times = [t0, *(t for t, _ in pings), t_end]
     assert max(b - a for a, b in itertools.pairwise(times)) <= 30
     # Said once, in the log and in alerts.csv; asked again with backoff (not 120 times).
-    assert [e["event"] for e in logs].count("discovery_failed") == 1
-    assert [e["event"] for e in logs].count("discovery_recovered") == 1
+    assert [e["event"] for e in logs].count(events.DISCOVERY_FAILED) == 1
+    assert [e["event"] for e in logs].count(events.DISCOVERY_RECOVERED) == 1
     assert failing_lists <= 12
     alerts = read_day(tmp_path / "2025-08-31")["alerts.csv"]
     assert sum("discovery failed" in r["msg"] for r in alerts) == 1
@@ -281,3 +284,50 @@ async def test_a_failing_list_is_a_state_the_daemon_lives_in(tmp_path, autojump_
     rows = read_day(tmp_path / "2025-08-31")["system.csv"]
     assert rows
     assert min(r["ts"] for r in rows) <= "2025-08-31T12:25:10"
+
+
+async def test_serve_stops_when_its_trigger_fires(tmp_path, autojump_clock):
+    """No signal wired in: the trigger it is handed ends the run, systemd is told STOPPING."""
+    said: list[str] = []
+    stop = trio.Event()
+
+    async def trigger(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await stop.wait()
+
+    c = collector(
+        tmp_path,
+        FakeQubes({"a": "ok"}),
+        datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC),
+        overrides={"notify": said.append},
+    )
+    with capture_logs() as logs, trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.serve, trigger)
+            await trio.sleep(35)
+            stop.set()
+    assert c.ticks_done == 3
+    assert said == ["READY=1", "WATCHDOG=1", "WATCHDOG=1", "STOPPING=1"]
+    assert [e["event"] for e in logs][-1] == events.SYSMON_STOPPED
+
+
+async def test_the_commit_calls_the_ticks_plan_with_the_state_it_loaded(tmp_path, autojump_clock):
+    """The plan is a named value (TickPlan) bound to the tick; the committer calls it."""
+    seen: list[object] = []
+
+    def committer(out_dir, ts, plan):
+        seen.append(plan)
+        return commit_tick(out_dir, ts, plan, sync=False)
+
+    c = collector(
+        tmp_path,
+        FakeQubes({"a": "ok"}),
+        datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC),
+        overrides={"committer": committer},
+    )
+    report = await c.poll(datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC))
+    (plan,) = seen
+    assert isinstance(plan, TickPlan)
+    assert plan.ts == report.ts
+    assert [r.vm for r in plan.results] == ["a"]
+    assert report.outcome.written["system.csv"] == 1

@@ -17,14 +17,15 @@ SYSMON = Path(__file__).resolve().parent.parent / "sysmon"
 
 #: What each part may import of sysmon (besides itself).
 ALLOWED: dict[str, set[str]] = {
+    "sysmon.events": set(),  # the log events' names: a leaf any part may name
     "sysmon.protocol": set(),
-    "sysmon.schema": {"sysmon.protocol", "sysmon.records"},
-    "sysmon.records": {"sysmon.protocol"},
-    "sysmon.collect": {"sysmon.protocol", "sysmon.records"},
-    "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
-    "sysmon.store": {"sysmon.protocol", "sysmon.records", "sysmon.schema"},
-    "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform"},
-    "sysmon.logconfig": set(),
+    "sysmon.schema": {"sysmon.protocol", "sysmon.records", "sysmon.events"},
+    "sysmon.records": {"sysmon.protocol", "sysmon.events"},
+    "sysmon.collect": {"sysmon.protocol", "sysmon.records", "sysmon.events"},
+    "sysmon.transform": {"sysmon.protocol", "sysmon.records", "sysmon.schema", "sysmon.events"},
+    "sysmon.store": {"sysmon.protocol", "sysmon.records", "sysmon.schema", "sysmon.events"},
+    "sysmon.config": {"sysmon.protocol", "sysmon.records", "sysmon.transform", "sysmon.events"},
+    "sysmon.logconfig": {"sysmon.events"},
     "sysmon.commands": {
         "sysmon",  # the root holds only __version__
         "sysmon.protocol",
@@ -34,13 +35,20 @@ ALLOWED: dict[str, set[str]] = {
         "sysmon.transform",
         "sysmon.store",
         "sysmon.config",
+        "sysmon.events",
     },
-    "sysmon.cli": {"sysmon", "sysmon.commands", "sysmon.config", "sysmon.logconfig"},
+    "sysmon.cli": {
+        "sysmon",
+        "sysmon.commands",
+        "sysmon.config",
+        "sysmon.logconfig",
+        "sysmon.events",
+    },
     "sysmon.__main__": {"sysmon.cli"},
     "sysmon": set(),
 }
 #: Parts that must not touch trio, files or processes.
-PURE = ("sysmon.protocol", "sysmon.schema", "sysmon.records", "sysmon.transform")
+PURE = ("sysmon.protocol", "sysmon.schema", "sysmon.records", "sysmon.transform", "sysmon.events")
 IMPURE_MODULES = {"trio", "subprocess", "os", "socket", "tarfile", "fcntl", "shutil"}
 
 
@@ -107,6 +115,39 @@ def test_only_one_module_spawns_processes():
         or "run_process" in p.read_text()
     }
     assert spawners == {"sysmon.collect.process"}
+
+
+#: Inside the store, each module does one job: the read side (finding days)
+#: writes nothing, delivery and retention stand apart from building archives.
+STORE_APART: dict[str, set[str]] = {
+    "sysmon.store.days": {
+        "sysmon.store.archive",
+        "sysmon.store.commit",
+        "sysmon.store.delivery",
+        "sysmon.store.retention",
+        "sysmon.store.state",
+    },
+    "sysmon.store.delivery": {
+        "sysmon.store.archive",
+        "sysmon.store.commit",
+        "sysmon.store.retention",
+    },
+    "sysmon.store.retention": {"sysmon.store.archive", "sysmon.store.commit"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORE_APART))
+def test_store_modules_keep_to_their_job(name):
+    """days, delivery and retention import none of the store modules above them."""
+    path = SYSMON.parent / (name.replace(".", "/") + ".py")
+    assert imports(path) & STORE_APART[name] == set()
+
+
+def test_store_apart_is_not_vacuous(tmp_path):
+    """A read-side module importing the delivery markers is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from sysmon.store.delivery import is_delivered\n")
+    assert imports(bad) & STORE_APART["sysmon.store.days"] != set()
 
 
 @pytest.mark.parametrize(

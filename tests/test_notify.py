@@ -20,12 +20,13 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from sysmon import schema
-from sysmon.commands.daemon import Daemon
+from sysmon.commands.daemon import Collaborators, Daemon
 from sysmon.commands.notify import Notifier, notifier_for, notify_argv
 from sysmon.config import Config, ConfigError, config_from_mapping, load_config
 from sysmon.records import AlertBatch, RuleState
 from sysmon.store.commit import commit_tick
 from sysmon.transform.notify import Event, Limiter, rule_events, safe
+from sysmon.transform.rows import alert_row, encode_row
 from sysmon.transform.rules import evaluate, parse_rules
 
 TS = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
@@ -187,15 +188,15 @@ class TestText:
             "x",
         )
         hostile = "<b>e</b>&\x1b]0;pwn\x07"
-        row = schema.NETWORK.format_row([TS, "work", hostile, 5, 0, 0, 0, 0, 0])
+        row = encode_row(
+            schema.NETWORK,
+            {"ts": TS, "vm": "work", "if": hostile, "rx_bytes": 5, "tx_bytes": 0},
+        )
         fired, after = evaluate(rules, TS.timestamp(), {"network.csv": [row]}, {})
         assert fired
         assert "<b>e</b>&" in fired[0][1]
         assert "pwn" in fired[0][1]
-        batches = [
-            AlertBatch(vm, (schema.ALERTS.format_row([TS, vm, message]),), None)
-            for vm, message in fired
-        ]
+        batches = [AlertBatch(vm, (alert_row(TS, vm, message),), None) for vm, message in fired]
         (ev,) = rule_events(rules, batches, {}, after, TS.timestamp())
         assert (ev.rule, ev.vm, ev.kind, ev.value) == ("rx", "work", "firing", 5.0)
         for text in (ev.title(), ev.body()):
@@ -207,14 +208,14 @@ class TestText:
         """A qube's journal rows begin with their entry's time: never sysmon's words."""
         rules = parse_rules([{**BUSY, "notify": True}], "x")
         forged = "2025-08-31T11:59:59.000000Z sysmon: rule cpu-busy firing on work: (now 1)"
-        batch = AlertBatch("work", (schema.ALERTS.format_row([TS, "work", forged]),), None)
+        batch = AlertBatch("work", (alert_row(TS, "work", forged),), None)
         assert rule_events(rules, [batch], {}, {}, TS.timestamp()) == []
 
     def test_a_name_dom0_would_not_list_is_left_out(self) -> None:
         rules = parse_rules([{**BUSY, "notify": True}], "x")
         vm = "<i>x"
         message = "sysmon: rule cpu-busy firing on <i>x: cpu_user > 5 (now 9)"
-        batch = AlertBatch(vm, (schema.ALERTS.format_row([TS, vm, message]),), None)
+        batch = AlertBatch(vm, (alert_row(TS, vm, message),), None)
         assert rule_events(rules, [batch], {}, {}, TS.timestamp()) == []
 
     def test_since_and_value(self) -> None:
@@ -222,7 +223,7 @@ class TestText:
         start = TS.timestamp() - 400
         state = {"cpu-busy\0work\0": RuleState(since=start, polls=40, firing=True)}
         message = "sysmon: rule cpu-busy firing on work: cpu_user > 5 for 300s (now 97.5)"
-        batch = AlertBatch("work", (schema.ALERTS.format_row([TS, "work", message]),), None)
+        batch = AlertBatch("work", (alert_row(TS, "work", message),), None)
         (ev,) = rule_events(rules, [batch], {}, state, TS.timestamp())
         assert ev.title() == "sysmon: cpu-busy firing on work"
         assert ev.body() == "value 97.5, since 11:53:20 UTC, at 12:00:00 UTC (alerts.csv)"
@@ -241,16 +242,13 @@ def collector(tmp_path: Path, program: str, **config: object) -> Daemon:
     assert notifier is not None
     notifier.program = program
     qubes = FakeQubes({"a": "ok", "b": "ok"})
-    return Daemon(
-        cfg,
-        qubes,
-        qubes,
+    uses = Collaborators(
         committer=functools.partial(commit_tick, sync=False),
         notify=lambda _message: None,
         offload=inline,
-        parse_offload=inline,  # type: ignore[arg-type]
-        notifier=notifier,
+        parse_offload=inline,
     )
+    return Daemon(cfg, qubes, qubes, uses, notifier=notifier)
 
 
 async def ticks(daemon: Daemon, n: int) -> None:

@@ -9,7 +9,17 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
+from sysmon import schema
+from sysmon.protocol.admin import QubeInfo
+from sysmon.protocol.metrics import (
+    AlertRecord,
+    ConnRecord,
+    DiskRecord,
+    NetRecord,
+    Snapshot,
+    SysRecord,
+)
+from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertCursor, Budget, QubeState, ScrapeResult, TickRows
 from sysmon.transform.rows import alert_key, build_tick_rows, new_alerts
 
@@ -35,9 +45,13 @@ class TestTickRows:
         prev = {"work": QubeState(boot_id="old", cpu_ticks=(0,) * 8)}
         built = build_tick_rows(TS, [_result("work", _snap("new", (9,) * 8))], None, prev)
         (system_row,) = built.rows["system.csv"]
-        assert system_row.startswith(b"2025-08-31T12:00:10Z,work,,,,")
+        assert system_row.values["ts"] == TS
+        assert system_row.values["vm"] == "work"
+        assert [system_row.values[c] for c in ("cpu_user", "cpu_system", "cpu_idle")] == [None] * 3
         (batch,) = built.alerts
-        assert batch.rows == (b"2025-08-31T12:00:10Z,work,sysmon: work restarted\n",)
+        assert [r.values for r in batch.rows] == [
+            {"ts": TS, "vm": "work", "msg": "sysmon: work restarted"}
+        ]
         assert built.restarted == ("work",)
 
     def test_same_boot_fills_cpu(self):
@@ -45,12 +59,112 @@ class TestTickRows:
         built = build_tick_rows(
             TS, [_result("work", _snap("b", (1, 0, 1, 8, 0, 0, 0, 0)))], None, prev
         )
-        assert built.rows["system.csv"][0].startswith(b"2025-08-31T12:00:10Z,work,10.0,10.0,80.0,")
+        values = built.rows["system.csv"][0].values
+        assert (values["cpu_user"], values["cpu_system"], values["cpu_idle"]) == (10.0, 10.0, 80.0)
+
+    def test_every_column_gets_its_value(self):
+        """Each value lands in its own column: two swapped columns fail here."""
+        sys = SysRecord(boot_id="b", load1=0.5, load5=0.25, load15=0.125, mem_total_kb=1000,
+                        mem_avail_kb=300, swap_total_kb=50, swap_free_kb=20, procs_running=3,
+                        procs_blocked=1)  # fmt: skip
+        snap = Snapshot(
+            sys,
+            (NetRecord("eth0", 1, 2, 3, 4, 5, 6),),
+            ConnRecord(7, 8),
+            (DiskRecord("/dev/xvda", "/", 100, 30, 70),),
+            (),
+            0,
+            1,
+            1,
+            0,
+        )
+        built = build_tick_rows(TS, [_result("work", snap)], None, {})
+        head = {"ts": TS, "vm": "work"}
+        assert built.rows["system.csv"][0].values == {
+            **head,
+            "cpu_user": None,
+            "cpu_system": None,
+            "cpu_idle": None,
+            "load1": 0.5,
+            "load5": 0.25,
+            "load15": 0.125,
+            "mem_total_kb": 1000,
+            "mem_used_kb": 700,
+            "mem_avail_kb": 300,
+            "swap_total_kb": 50,
+            "swap_used_kb": 30,
+            "procs_running": 3,
+            "procs_blocked": 1,
+        }
+        assert [r.values for r in built.rows["network.csv"]] == [
+            {
+                **head,
+                "if": "eth0",
+                "rx_bytes": 1,
+                "rx_errs": 2,
+                "rx_drop": 3,
+                "tx_bytes": 4,
+                "tx_errs": 5,
+                "tx_drop": 6,
+            }
+        ]
+        assert [r.values for r in built.rows["connections.csv"]] == [
+            {**head, "tcp_established": 7, "udp_sockets": 8}
+        ]
+        assert [r.values for r in built.rows["disk.csv"]] == [
+            {
+                **head,
+                "fs": "/dev/xvda",
+                "mount": "/",
+                "size_kb": 100,
+                "used_kb": 30,
+                "avail_kb": 70,
+                "pct_used": 30,
+            }
+        ]
+
+    def test_dom0s_rows_get_their_values(self):
+        """xen.csv and qubes.csv: each figure in its own column, the qube as dom0 named it."""
+        xen = [DomainStats("work", 12, 48, 9000, 400_000)]
+        qubes = [QubeInfo("work", "AppVM", "Running"), QubeInfo("vault", "AppVM", "Halted")]
+        built = build_tick_rows(TS, [], qubes, {}, xen)
+        assert [r.values for r in built.rows["xen.csv"]] == [
+            {
+                "ts": TS,
+                "vm": "work",
+                "cpu_usage": 12,
+                "cpu_usage_raw": 48,
+                "cpu_time_ms": 9000,
+                "memory_kb": 400_000,
+            }
+        ]
+        assert [r.values for r in built.rows["qubes.csv"]] == [
+            {"ts": TS, "vm": "work", "state": "Running"},
+            {"ts": TS, "vm": "vault", "state": "Halted"},
+        ]
+
+    def test_a_line_is_its_values_encoded(self):
+        """What the store appends is the schema's encoding of the row's values."""
+        built = build_tick_rows(TS, [_result("work", _snap("b"))], None, {})
+        for rows in built.rows.values():
+            for row in rows:
+                assert row.line == schema.by_name(row.file).encode(row.values)
 
     def test_failed_scrape_only_gets_a_scrapes_row(self):
         failed = ScrapeResult(vm="x", status="timeout", duration_ms=8000)
         built = build_tick_rows(TS, [failed], None, {})
-        assert built.rows["scrapes.csv"] == (b"2025-08-31T12:00:10Z,x,timeout,8000,0,0,0\n",)
+        assert [r.values for r in built.rows["scrapes.csv"]] == [
+            {
+                "ts": TS,
+                "vm": "x",
+                "status": "timeout",
+                "duration_ms": 8000,
+                "bytes": 0,
+                "lines_ok": 0,
+                "lines_rejected": 0,
+            }
+        ]
+        assert built.rows["scrapes.csv"][0].line == b"2025-08-31T12:00:10Z,x,timeout,8000,0,0,0\n"
         assert all(not rows for name, rows in built.rows.items() if name != "scrapes.csv")
         assert built.states == {}
 
@@ -144,20 +258,26 @@ class TestDailyBudget:
             30, budget, {"hog": lambda _i: _wide("b", big), "work": lambda _i: _snap("w")}
         )
         statuses = [
-            row.split(b",")[2].decode()
+            row.values["status"]
             for t in ticks
             for row in t.rows["scrapes.csv"]
-            if b",hog," in row
+            if row.values["vm"] == "hog"
         ]
         assert statuses[0] == "ok"
         assert statuses[-1] == "over-budget"
         hog_bytes = sum(
-            len(r) for t in ticks for rows in t.rows.values() for r in rows if b",hog," in r
+            len(r.line)
+            for t in ticks
+            for rows in t.rows.values()
+            for r in rows
+            if r.values["vm"] == "hog"
         )
         assert hog_bytes <= budget.bytes_per_day + 30 * 100  # its rows, plus scrapes rows
-        work_rows = [r for t in ticks for r in t.rows["system.csv"] if b",work," in r]
+        work_rows = [r for t in ticks for r in t.rows["system.csv"] if r.values["vm"] == "work"]
         assert len(work_rows) == 30
-        notes = [r for t in ticks for b in t.alerts for r in b.rows if b"budget" in r]
+        notes = [
+            r for t in ticks for b in t.alerts for r in b.rows if "budget" in str(r.values["msg"])
+        ]
         assert len(notes) == 1  # said once
         assert state["hog"].over_budget
 
@@ -183,9 +303,11 @@ class TestDailyBudget:
         ticks, _ = _run_day(
             3, budget, {"inventor": lambda i: _wide("b", [f"n{i}-{j}" for j in range(4)])}
         )
-        names = {r.split(b",")[2] for t in ticks for r in t.rows["network.csv"]}
+        names = {r.values["if"] for t in ticks for r in t.rows["network.csv"]}
         assert len(names) == 5
-        notes = [r for t in ticks for b in t.alerts for r in b.rows if b"names" in r]
+        notes = [
+            r for t in ticks for b in t.alerts for r in b.rows if "names" in str(r.values["msg"])
+        ]
         assert len(notes) == 1
 
 

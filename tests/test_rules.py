@@ -11,8 +11,9 @@ from fakes import write_tick
 from sysmon import schema
 from sysmon.config import ConfigError, config_from_mapping
 from sysmon.protocol.metrics import Snapshot, SysRecord
-from sysmon.records import RuleState, ScrapeResult
+from sysmon.records import Row, RuleState, ScrapeResult
 from sysmon.store.state import load_state
+from sysmon.transform.rows import encode_row
 from sysmon.transform.rules import GRACE, MAX_INSTANCES, RuleError, evaluate, parse_rules
 
 EXAMPLES = [
@@ -45,9 +46,15 @@ EXAMPLES = [
 TS = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 
 
-def system_row(t: float, vm: str, user: float, system: float) -> bytes:
+def system_row(t: float, vm: str, user: float, system: float) -> Row:
     ts = datetime.fromtimestamp(t, tz=UTC)
-    return schema.SYSTEM.format_row([ts, vm, user, system, 100 - user - system] + [0] * 10)
+    values = {"ts": ts, "vm": vm, "cpu_user": user, "cpu_system": system}
+    return encode_row(schema.SYSTEM, {**values, "cpu_idle": 100 - user - system})
+
+
+def disk_row(ts: datetime, vm: str, fs: str, mount: str, used: int) -> Row:
+    sizes = {"size_kb": 100, "used_kb": used, "avail_kb": 100 - used, "pct_used": used}
+    return encode_row(schema.DISK, {"ts": ts, "vm": vm, "fs": fs, "mount": mount, **sizes})
 
 
 class TestParse:
@@ -130,18 +137,30 @@ class TestEvaluate:
             ["timeout", "timeout", "ok", "timeout", "refused", "no-service", "error"]
         ):
             ts = datetime.fromtimestamp(10 * i, tz=UTC)
-            row = schema.SCRAPES.format_row([ts, "flaky", status, 1, 0, 0, 0])
+            row = encode_row(schema.SCRAPES, {"ts": ts, "vm": "flaky", "status": status})
             notes, state = evaluate([rule], 10.0 * i, {"scrapes.csv": [row]}, state)
             fired += [i for _ in notes]
         assert fired == [5]
+
+    def test_a_rule_sees_the_row_as_the_file_holds_it(self):
+        """The value as written (rounded to its column), the name as written (neutralised)."""
+        (rule,) = parse_rules([{**EXAMPLES[0], "expr": "cpu_user", "value": 90}], "t")
+        notes, _ = evaluate([rule], 0, {"system.csv": [system_row(0, "work", 90.04, 0)]}, {})
+        assert notes == []  # the file says 90.0
+        (disk,) = parse_rules([EXAMPLES[2]], "t")
+        row = disk_row(datetime.fromtimestamp(0, tz=UTC), "work", "/dev/x", "=cmd|x", 95)
+        notes, _ = evaluate([disk], 0, {"disk.csv": [row]}, {})
+        assert [msg for _, msg in notes] == [
+            "sysmon: rule disk-full firing on work '=cmd|x: pct_used >= 90 (now 95)"
+        ]
 
     def test_disk_rules_are_per_mount(self):
         (rule,) = parse_rules([EXAMPLES[2]], "t")
         ts = datetime.fromtimestamp(0, tz=UTC)
         rows = {
             "disk.csv": [
-                schema.DISK.format_row([ts, "work", "/dev/xvda", "/", 100, 95, 5, 95]),
-                schema.DISK.format_row([ts, "work", "/dev/xvdb", "/rw", 100, 10, 90, 10]),
+                disk_row(ts, "work", "/dev/xvda", "/", 95),
+                disk_row(ts, "work", "/dev/xvdb", "/rw", 10),
             ]
         }
         notes, _ = evaluate([rule], 0, rows, {})
@@ -183,13 +202,9 @@ class TestBoundedState:
     """A qube inventing names cannot grow the rule state without bound."""
 
     @staticmethod
-    def disk_rows(t: float, vm: str, mounts: list[str]) -> dict[str, list[bytes]]:
+    def disk_rows(t: float, vm: str, mounts: list[str]) -> dict[str, list[Row]]:
         ts = datetime.fromtimestamp(t, tz=UTC)
-        return {
-            "disk.csv": [
-                schema.DISK.format_row([ts, vm, "/dev/x", m, 100, 95, 5, 95]) for m in mounts
-            ]
-        }
+        return {"disk.csv": [disk_row(ts, vm, "/dev/x", m, 95) for m in mounts]}
 
     def test_instances_per_rule_and_qube_are_capped(self):
         (rule,) = parse_rules([EXAMPLES[2]], "t")

@@ -23,13 +23,27 @@ from sysmon.commands.archive import NightlyArchive, run_archive
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo, select_targets
 from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
-from sysmon.records import AlertCursor, Budget, PoolState, QubeState, ScrapeResult, State, TickRows
+from sysmon.records import (
+    AlertCursor,
+    Budget,
+    PoolState,
+    QubeState,
+    Row,
+    ScrapeResult,
+    State,
+    TickRows,
+)
 from sysmon.store.archive import is_delivered
 from sysmon.store.state import from_json, to_json
 from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 BURST = 50  # the handler's MAX_ALERTS: what one poll can carry
+
+
+def _lines(rows: Sequence[Row]) -> list[bytes]:
+    """The lines the store writes for ``rows``."""
+    return [r.line for r in rows]
 
 
 def _snap(boot: str, alerts: tuple[AlertRecord, ...] = ()) -> Snapshot:
@@ -216,8 +230,10 @@ def _bytes_of(ticks: list[TickRows], prefix: str) -> int:
     for t in ticks:
         for name, rows in t.rows.items():
             if name != "scrapes.csv":
-                total += sum(len(r) for r in rows if r.split(b",")[1].startswith(prefix.encode()))
-        total += sum(len(r) for b in t.alerts for r in b.rows if b.vm.startswith(prefix))
+                total += sum(
+                    len(r) for r in _lines(rows) if r.split(b",")[1].startswith(prefix.encode())
+                )
+        total += sum(len(r) for b in t.alerts for r in _lines(b.rows) if b.vm.startswith(prefix))
     return total
 
 
@@ -238,7 +254,7 @@ def test_disposables_in_a_row_share_one_budget() -> None:
     ticks, _ = _run(polls, budget, SEEN)
     written = _bytes_of(ticks, "disp")
     assert written <= budget.dispvm_bytes_per_day + 6 * 1000, written  # + each one's notes
-    notes = [r for t in ticks for b in t.alerts for r in b.rows if b"disposables" in r]
+    notes = [r for t in ticks for b in t.alerts for r in _lines(b.rows) if b"disposables" in r]
     assert len(notes) == len({r.split(b",")[1] for r in notes})  # each drop said once a qube
 
 
@@ -283,7 +299,7 @@ def test_a_reused_disposable_name_starts_with_a_fresh_allowance_4_3() -> None:
     hostile = QubeInfo("disp42", "DispVM", "Running", _uuid(1))
     honest = QubeInfo("disp42", "DispVM", "Running", _uuid(2))
     ticks, _ = _run([[(hostile, _inventor("h"))], [(honest, _honest("h"))]], budget, SEEN)
-    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r]
+    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r.line]
 
 
 def test_a_reused_disposable_name_starts_with_a_fresh_allowance_4_2() -> None:
@@ -291,7 +307,7 @@ def test_a_reused_disposable_name_starts_with_a_fresh_allowance_4_2() -> None:
     budget = Budget(names_per_day=256)
     disp = QubeInfo("disp42", "DispVM", "Running")
     ticks, _ = _run([[(disp, _inventor("boot-1"))], [(disp, _honest("boot-2"))]], budget, SEEN)
-    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r]
+    assert [r for r in ticks[1].rows["network.csv"] if b",disp42," in r.line]
 
 
 def test_an_honest_disposable_stopped_by_the_shared_budget_is_told_once() -> None:
@@ -301,7 +317,7 @@ def test_an_honest_disposable_stopped_by_the_shared_budget_is_told_once() -> Non
     polls = [[(hog, _flood("a"))] for _ in range(20)]
     polls += [[(honest, _flood("b", names=1))] for _ in range(5)]
     ticks, _ = _run(polls, budget, SEEN)
-    told = [r for t in ticks for b in t.alerts for r in b.rows if b.vm == "disp2"]
+    told = [r for t in ticks for b in t.alerts for r in _lines(b.rows) if b.vm == "disp2"]
     assert len(told) == 1
     assert b"disposables" in told[0]
     assert b"disp1" in told[0]  # who spent it
@@ -324,9 +340,9 @@ def test_a_user_filling_the_journal_cannot_blind_root() -> None:
     ticks, state = _run(polls, budget, SEEN)
     system = [r for t in ticks for r in t.rows["system.csv"]]
     assert len(system) == 200  # every poll's metric rows
-    journal = sum(len(r) for t in ticks for b in t.alerts for r in b.rows)
+    journal = sum(len(r) for t in ticks for b in t.alerts for r in _lines(b.rows))
     assert journal <= budget.alert_bytes_per_day + 2000
-    notes = [r for t in ticks for b in t.alerts for r in b.rows if b"journal" in r]
+    notes = [r for t in ticks for b in t.alerts for r in _lines(b.rows) if b"journal" in r]
     assert len(notes) == 1
     assert b"user" in notes[0]  # whose lines took the share
     assert not state.qubes["work"].over_budget
@@ -339,7 +355,7 @@ def test_a_flood_of_disposables_past_the_shared_budget_is_named_64_times_then_su
         [(QubeInfo(f"disp{d}", "DispVM", "Running", _uuid(d)), _flood(f"b{d}"))] for d in range(100)
     ]
     ticks, _ = _run(polls, budget, SEEN)
-    lines = [r for t in ticks for b in t.alerts for r in b.rows]
+    lines = [r for t in ticks for b in t.alerts for r in _lines(b.rows)]
     assert sum(b"is over the shared budget" in r for r in lines) == POOL_TOLD_MAX
     assert sum(b"not named again" in r for r in lines) == 1
     assert len(lines) == POOL_TOLD_MAX + 1

@@ -40,7 +40,12 @@ def test_systemd_analyze_verify(unit, tmp_path):
             text = text.replace(installed, here)
         (tmp_path / source.name).write_text(text)
     done = subprocess.run(
-        [analyze, "verify", str(tmp_path / unit.name)], capture_output=True, text=True, check=False
+        # Whether tcpdump's man page is here is this host's business, not the
+        # unit's: the installed units are verified with their pages in test_packages.
+        [analyze, "verify", "--man=no", str(tmp_path / unit.name)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr  # unknown keys are only warned about

@@ -23,8 +23,9 @@ import structlog
 import trio
 from dateutil import tz
 
-from sysmon import __version__
+from sysmon import __version__, events
 from sysmon.collect.process import run_bounded
+from sysmon.commands.offload import Offload
 from sysmon.config import Config
 from sysmon.protocol.admin import EXIT_REFUSED
 from sysmon.store.archive import (
@@ -54,7 +55,6 @@ MAX_RETRY = 6 * 3600.0
 
 #: Runs the copy of one file to the vault; returns the exit status.
 Copier = Callable[[str, Path], Awaitable[int]]
-Offload = Callable[..., Awaitable[object]]
 
 
 async def qvm_copy_to_vm(vault: str, path: Path) -> int:
@@ -108,7 +108,7 @@ async def run_archive(
     """
     with archive_lock(config.out_dir) as held:
         if not held:
-            structlog.get_logger().warning("archive_busy", out_dir=str(config.out_dir))
+            structlog.get_logger().warning(events.ARCHIVE_BUSY, out_dir=str(config.out_dir))
             return ArchiveReport(days=(), pruned=Pruned(), busy=True)
         return await _run_archive(
             config,
@@ -155,17 +155,14 @@ async def _run_archive(
             path = await offload(build_archive, out_dir, day, meta)
         except ArchiveError as exc:
             outcomes.append(DayOutcome(day, "failed", str(exc)))
-            log.error("archive_failed", day=day.isoformat(), error=str(exc))  # noqa: TRY400
+            log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=str(exc))  # noqa: TRY400
             break
-        assert isinstance(path, Path)  # noqa: S101
         if not copy:
             outcomes.append(DayOutcome(day, "built", str(path)))
             continue
         name = await offload(outgoing_name, out_dir, day)
-        assert isinstance(name, str)  # noqa: S101
         await offload(record_attempt, out_dir, day)
         staged = await offload(stage_for_copy, out_dir, day, name)
-        assert isinstance(staged, Path)  # noqa: S101
         with trio.move_on_after(copy_timeout) as scope:
             try:
                 code = await copier(config.vault, staged)
@@ -180,7 +177,7 @@ async def _run_archive(
             outcomes.append(
                 DayOutcome(day, "delivered", f"{config.vault}: QubesIncoming/.../{name}")
             )
-            log.info("archive_delivered", day=day.isoformat(), vault=config.vault, name=name)
+            log.info(events.ARCHIVE_DELIVERED, day=day.isoformat(), vault=config.vault, name=name)
             continue
         if code == EXIT_REFUSED:
             await offload(record_refused, out_dir, day)
@@ -188,7 +185,7 @@ async def _run_archive(
         elif code is not None:
             detail = f"qvm-copy-to-vm failed (exit {code}{VAULT_ERRNO.get(code, '')})"
         outcomes.append(DayOutcome(day, "refused" if code == EXIT_REFUSED else "failed", detail))
-        log.error("archive_failed", day=day.isoformat(), error=detail)
+        log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=detail)
         break
     if min_free_bytes is None:
         min_free_bytes = config.min_free_mb * 1024 * 1024
@@ -202,10 +199,9 @@ async def _run_archive(
             config.max_data_mb * 1024 * 1024,
         )
     )
-    assert isinstance(pruned, Pruned)  # noqa: S101
     if pruned.folders or pruned.archives:
         log.info(
-            "archive_pruned",
+            events.ARCHIVE_PRUNED,
             folders=[d.isoformat() for d in pruned.folders],
             archives=[d.isoformat() for d in pruned.archives],
         )

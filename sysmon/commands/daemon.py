@@ -8,32 +8,37 @@ sysmon's own notes in one go.  The daemon adds the loops around it: ticks
 scheduled on trio's monotonic clock and aligned to wall-clock multiples of
 the interval (every row of a tick shares one ``ts``), committed in ``ts``
 order, missed ticks skipped rather than bunched; dom0's stats stream; the
-nightly archive; SIGTERM; and one canonical log line per tick.
+nightly archive; a stop trigger (SIGTERM or SIGINT unless told otherwise);
+and one canonical log line per tick.  What it is handed from outside -- the
+wall clock, the commit, systemd's socket, how blocking work runs -- is one
+object, :class:`Collaborators`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import structlog
 import trio
 
+from sysmon import events
 from sysmon.collect.health import Health, backoff_delay
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
 from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
 from sysmon.collect.xen import XenFollower
 from sysmon.commands.archive import NightlyArchive
 from sysmon.commands.notify import Notifier, notifier_for
+from sysmon.commands.offload import Offload
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
 from sysmon.records import ScrapeResult, Status, TickOutcome
@@ -42,13 +47,13 @@ from sysmon.store import identity
 from sysmon.store.commit import Plan, commit_tick
 from sysmon.store.daily import locked
 from sysmon.store.state import load_state
-from sysmon.transform.tick import build_tick
+from sysmon.transform.tick import TickPlan
 
 QUBES_EVERY = 60.0
 
-#: How blocking file work runs: ``trio.to_thread.run_sync``, or inline in
-#: tests on virtual time (a thread would let autojump_clock run ahead).
-Offload = Callable[..., Awaitable[object]]
+__all__ = ["Collaborators", "Daemon", "Offload", "PollReport", "StopTrigger", "stop_on_signals"]
+
+#: Writes one tick: the rows its plan builds from the state, under the lock.
 Committer = Callable[[Path, datetime, Plan], TickOutcome]
 
 
@@ -74,7 +79,7 @@ def sd_notify(message: str) -> None:
             sock.connect(address)
             sock.sendall(message.encode())
     except OSError as exc:
-        structlog.get_logger().warning("sd_notify_failed", error=str(exc))
+        structlog.get_logger().warning(events.SD_NOTIFY_FAILED, error=str(exc))
 
 
 def make_identity(out_dir: Path, host_name: str) -> bool:
@@ -90,14 +95,16 @@ def make_identity(out_dir: Path, host_name: str) -> bool:
     except identity.IdentityError as exc:
         refused = str(exc)
     except OSError as exc:
-        log.warning("host_identity_not_written", error=f"{exc.filename}: {exc.strerror or exc}")
+        log.warning(
+            events.HOST_IDENTITY_NOT_WRITTEN, error=f"{exc.filename}: {exc.strerror or exc}"
+        )
         return False
     if refused is not None:
-        log.error("host_identity_refused", error=refused)
+        log.error(events.HOST_IDENTITY_REFUSED, error=refused)
     try:
         identity.set_host_name(out_dir, host_name)
     except OSError as exc:
-        log.warning("host_name_not_written", error=f"{exc.filename}: {exc.strerror or exc}")
+        log.warning(events.HOST_NAME_NOT_WRITTEN, error=f"{exc.filename}: {exc.strerror or exc}")
         return False
     return True
 
@@ -114,7 +121,7 @@ def read_cursors(out_dir: Path) -> dict[str, str]:
         with locked(out_dir):
             state = load_state(out_dir)
     except OSError as exc:
-        structlog.get_logger().error("state_unreadable", error=str(exc))
+        structlog.get_logger().error(events.STATE_UNREADABLE, error=str(exc))
         return {}
     return {vm: q.cursor.argument() for vm, q in state.qubes.items() if q.cursor is not None}
 
@@ -123,6 +130,40 @@ def _log_by_status(event: str, status: Status, **fields: object) -> None:
     """Info when ``status`` is ok, a warning otherwise."""
     log = structlog.get_logger()
     (log.info if status is Status.OK else log.warning)(event, status=status, **fields)
+
+
+class StopTrigger(Protocol):
+    """Returns when the daemon should stop; says ``task_status.started()`` once listening."""
+
+    async def __call__(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Wait for the stop."""
+        ...
+
+
+async def stop_on_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The service's stop trigger: SIGTERM (systemd) or SIGINT."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            structlog.get_logger().info(events.SIGNAL_RECEIVED, signal=signal.Signals(signum).name)
+            return
+
+
+@attrs.frozen
+class Collaborators:
+    """What the daemon is handed from outside, as one object; the defaults are the real ones.
+
+    ``wall_now`` the wall clock (rows' time; ticks ride trio's clock);
+    ``committer`` writes a tick under the lock; ``notify`` tells systemd;
+    ``offload`` runs blocking file work, ``parse_offload`` a large reply's
+    parse (worker threads; inline in tests on virtual time).
+    """
+
+    wall_now: Callable[[], datetime] = utc_now
+    committer: Committer = commit_tick
+    notify: Callable[[str], None] = sd_notify
+    offload: Offload = trio.to_thread.run_sync
+    parse_offload: ParseOffload = in_worker_thread
 
 
 @attrs.frozen
@@ -135,6 +176,15 @@ class PollReport:
     outcome: TickOutcome
 
 
+@attrs.frozen
+class _ListFailing:
+    """dom0's list failing: its error, how often in a row, and when to ask again."""
+
+    error: str
+    tries: int
+    retry_at: float
+
+
 @attrs.define
 class Daemon:
     """The collector: one tick (:meth:`poll`), and the loops that repeat it."""
@@ -142,12 +192,7 @@ class Daemon:
     config: Config
     source: DiscoverySource
     transport: Transport
-    wall_now: Callable[[], datetime] = utc_now
-    committer: Committer = commit_tick
-    notify: Callable[[str], None] = sd_notify
-    offload: Offload = trio.to_thread.run_sync
-    #: How a large (hostile) reply is parsed: a worker thread, inline in tests.
-    parse_offload: ParseOffload = in_worker_thread
+    uses: Collaborators = Collaborators()
     xen: XenFollower | None = None
     archive: NightlyArchive | None = None
     on_tick: Callable[[PollReport], None] | None = None
@@ -158,10 +203,7 @@ class Daemon:
     ticks_done: int = 0
     last_qubes_ts: float = -math.inf
     _ordered: trio.Event | None = None
-    _discovery_error: str | None = None
-    #: While dom0's list fails: how often in a row, and when to ask again.
-    _discovery_failures: int = 0
-    _discovery_retry_at: float = -math.inf
+    _failing: _ListFailing | None = None
     _ready_sent: bool = False
     _rejected_alerted: str | None = None
     _self_name: str | None = None
@@ -220,7 +262,7 @@ class Daemon:
             raise DiscoveryError(f"admin.vm.List: no reply within {config.scrape_timeout:g} s")
         log = structlog.get_logger()
         for reason in discovery.rejected:
-            log.warning("discovery_line_rejected", reason=reason)
+            log.warning(events.DISCOVERY_LINE_REJECTED, reason=reason)
         if discovery.unusable:
             raise DiscoveryError(
                 f"admin.vm.List: none of the {discovery.lines} lines dom0 sent is usable "
@@ -249,8 +291,7 @@ class Daemon:
         poll, skipped = self.health.plan(targets, trio.current_time())
         self.health.set_in_flight(poll, in_flight=True)
         try:
-            cursors = await self.offload(read_cursors, self.config.out_dir)
-            assert isinstance(cursors, dict)  # noqa: S101
+            cursors = await self.uses.offload(read_cursors, self.config.out_dir)
             arguments = {
                 vm: self.health.argument(
                     vm,
@@ -268,13 +309,13 @@ class Daemon:
                 concurrency=self.config.concurrency,
                 on_result=lambda r: self.health.set_in_flight([r.vm], in_flight=False),
                 addresses={q.name: q.address for q in discovery.qubes},
-                parse_offload=self.parse_offload,
+                parse_offload=self.uses.parse_offload,
             )
         finally:
             self.health.set_in_flight(poll, in_flight=False)
         for r in polled:  # the canonical line of each qube's poll
             _log_by_status(
-                "scrape_done",
+                events.SCRAPE_DONE,
                 r.status,
                 vm=r.vm,
                 duration_ms=r.duration_ms,
@@ -285,7 +326,7 @@ class Daemon:
             )
         for change in self.health.record(polled, trio.current_time()):
             _log_by_status(
-                "qube_status_changed",
+                events.QUBE_STATUS_CHANGED,
                 change.status,
                 vm=change.vm,
                 was=change.was,
@@ -307,8 +348,7 @@ class Daemon:
         notes = [(me, message) for message in self.notes]
         self.notes.clear()
         xen = self.xen.fresh(trio.current_time(), self._listed) if self.xen is not None else ()
-        plan = functools.partial(
-            build_tick,
+        plan = TickPlan(
             ts=ts,
             results=results,
             qubes=qubes,
@@ -319,15 +359,14 @@ class Daemon:
             budget=self.config.budget,
             listed=listed,
         )
-        if self.notifier is not None:
-            plan = self.notifier.watch(plan, ts)  # type: ignore[assignment]
-        outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
-        assert isinstance(outcome, TickOutcome)  # noqa: S101
+        watched = self.notifier.watch(plan, ts) if self.notifier is not None else plan
+        outcome = await self.uses.offload(self.uses.committer, self.config.out_dir, ts, watched)
         if self.notifier is not None:
             self.notifier.committed(outcome)
         if not self._identity_made:  # from the first tick: any day folder exports as this host
-            made = await self.offload(make_identity, self.config.out_dir, self.config.host_name)
-            self._identity_made = made is True
+            self._identity_made = await self.uses.offload(
+                make_identity, self.config.out_dir, self.config.host_name
+            )
         for error in outcome.errors:
             if error.startswith("state: "):  # the tick is dropped, or rolled back at the next
                 self.note(
@@ -341,7 +380,7 @@ class Daemon:
             )
         if outcome.stepped_back is not None:
             structlog.get_logger().warning(
-                "clock_stepped", direction="back", seconds=outcome.stepped_back, rows="resumed"
+                events.CLOCK_STEPPED, direction="back", seconds=outcome.stepped_back, rows="resumed"
             )
         return outcome
 
@@ -358,77 +397,80 @@ class Daemon:
 
     # -- the loops ----------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until SIGTERM or SIGINT, then return (exit 0)."""
+    async def serve(
+        self,
+        stop: StopTrigger = stop_on_signals,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until ``stop`` returns (SIGTERM or SIGINT by default), then return (exit 0)."""
         log = structlog.get_logger()
         log.info(
-            "sysmon_started",
+            events.SYSMON_STARTED,
             out_dir=str(self.config.out_dir),
             interval=self.config.interval,
             scrape_timeout=self.config.scrape_timeout,
             concurrency=self.config.concurrency,
         )
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._watch_signals, nursery.cancel_scope)
+            await nursery.start(self._stop_when, stop, nursery.cancel_scope)
             if self.xen is not None:
                 nursery.start_soon(self.xen.run)
             if self.archive is not None:
                 nursery.start_soon(self.archive.run)
             nursery.start_soon(self.tick_loop, nursery)
             task_status.started()
-        log.info("sysmon_stopped", ticks=self.ticks_done)
+        log.info(events.SYSMON_STOPPED, ticks=self.ticks_done)
 
-    async def _watch_signals(
-        self, cancel_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    async def _stop_when(
+        self,
+        stop: StopTrigger,
+        cancel_scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None],
     ) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                structlog.get_logger().info("signal_received", signal=signal.Signals(signum).name)
-                self.notify("STOPPING=1")
-                cancel_scope.cancel()
-                return
+        await stop(task_status=task_status)
+        self.uses.notify("STOPPING=1")
+        cancel_scope.cancel()
 
     async def tick_loop(self, nursery: trio.Nursery) -> None:
         """Start a tick at every wall-clock multiple of the interval."""
         log = structlog.get_logger()
         interval = self.config.interval
         while True:
-            wall = self.wall_now().timestamp()
+            wall = self.uses.wall_now().timestamp()
             due = (math.floor(wall / interval) + 1) * interval
             await trio.sleep(due - wall)
-            now = self.wall_now().timestamp()
+            now = self.uses.wall_now().timestamp()
             tick = math.floor(now / interval) * interval
             if tick < due:
                 # The wall clock went back while we slept: wait for the tick again.
-                log.warning("clock_stepped", direction="back", seconds=round(due - now, 3))
+                log.warning(events.CLOCK_STEPPED, direction="back", seconds=round(due - now, 3))
                 continue
             if tick > due:
                 missed = round((tick - due) / interval)
-                log.warning("ticks_missed", count=missed, seconds=round(tick - due, 3))
+                log.warning(events.TICKS_MISSED, count=missed, seconds=round(tick - due, 3))
             nursery.start_soon(self.run_tick, datetime.fromtimestamp(tick, tz=UTC))
 
     async def run_tick(self, ts: datetime) -> None:
         """One tick of the loop: :meth:`poll`, its log line, systemd's watchdog."""
         log = structlog.get_logger()
         start = trio.current_time()
-        if self._discovery_error is not None and start < self._discovery_retry_at:
+        if self._failing is not None and start < self._failing.retry_at:
             self._alive()  # a failing list is a state to live in, not a hang
             return
         try:
             report = await self.poll(ts)
         except DiscoveryError as exc:
-            self._discovery_failures += 1
-            retry_in = backoff_delay(self.config.interval, self._discovery_failures)
-            self._discovery_retry_at = start + retry_in
-            if str(exc) != self._discovery_error:
-                log.error("discovery_failed", error=str(exc), retry_in=retry_in)  # noqa: TRY400 -- expected, no traceback
+            was = self._failing
+            tries = (was.tries if was else 0) + 1
+            retry_in = backoff_delay(self.config.interval, tries)
+            if was is None or str(exc) != was.error:
+                log.error(events.DISCOVERY_FAILED, error=str(exc), retry_in=retry_in)  # noqa: TRY400 -- expected, no traceback
                 self.note(f"sysmon: discovery failed: {exc}")
             else:
-                log.info(
-                    "discovery_still_failing", tries=self._discovery_failures, retry_in=retry_in
-                )
-            self._discovery_error = str(exc)
+                log.info(events.DISCOVERY_STILL_FAILING, tries=tries, retry_in=retry_in)
+            self._failing = _ListFailing(str(exc), tries, start + retry_in)
             if not self.notes:
                 self._alive()
                 return
@@ -439,10 +481,9 @@ class Daemon:
                 outcome = await self._commit(ts, [], None)
             report = PollReport(ts, (), (), outcome)
         else:
-            if self._discovery_error is not None:
-                log.info("discovery_recovered", tries=self._discovery_failures)
-                self._discovery_error = None
-                self._discovery_failures = 0
+            if self._failing is not None:
+                log.info(events.DISCOVERY_RECOVERED, tries=self._failing.tries)
+                self._failing = None
         self._log_tick(report, trio.current_time() - start)
         self.ticks_done += 1
         self._alive()
@@ -453,7 +494,7 @@ class Daemon:
 
     def _alive(self) -> None:
         """Tell systemd: READY=1 once, then a watchdog ping per tick."""
-        self.notify("WATCHDOG=1" if self._ready_sent else "READY=1")
+        self.uses.notify("WATCHDOG=1" if self._ready_sent else "READY=1")
         self._ready_sent = True
 
     def _log_tick(self, report: PollReport, seconds: float) -> None:
@@ -473,13 +514,16 @@ class Daemon:
         }
         log = structlog.get_logger()
         if outcome.skipped:
-            log.warning("tick_not_written", reason=outcome.skipped, **fields)
+            log.warning(events.TICK_NOT_WRITTEN, reason=outcome.skipped, **fields)
         elif outcome.errors:
             log.error(
-                "tick_write_failed", dropped=outcome.dropped, errors=list(outcome.errors), **fields
+                events.TICK_WRITE_FAILED,
+                dropped=outcome.dropped,
+                errors=list(outcome.errors),
+                **fields,
             )
         else:
-            log.info("tick_done", **fields)
+            log.info(events.TICK_DONE, **fields)
 
 
 def main(config: Config) -> int:
@@ -488,7 +532,7 @@ def main(config: Config) -> int:
         config, QrexecDiscovery(), Qrexec(), xen=XenFollower(), notifier=notifier_for(config)
     )
     daemon.archive = NightlyArchive(
-        config, note=daemon.note, wall_now=daemon.wall_now, steady_now=boot_time
+        config, note=daemon.note, wall_now=daemon.uses.wall_now, steady_now=boot_time
     )
     trio.run(daemon.serve, strict_exception_groups=True)
     return 0

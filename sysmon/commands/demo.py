@@ -30,7 +30,7 @@ import attrs
 import trio
 
 from sysmon.collect.process import ProcessResult, run_bounded
-from sysmon.commands.daemon import Daemon, PollReport
+from sysmon.commands.daemon import Collaborators, Daemon, PollReport
 from sysmon.commands.notify import Notifier
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
@@ -302,7 +302,7 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         config,
         DemoDiscovery(tuple(names)),
         LocalHandler(handler, tuple(names)),
-        notify=lambda _message: None,
+        Collaborators(notify=lambda _message: None),
         on_tick=on_tick,
         notifier=notifier,
     )

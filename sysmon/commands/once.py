@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
-from sysmon.commands.daemon import Daemon, Offload, PollReport, utc_now
+from sysmon.commands.daemon import Collaborators, Daemon, Offload, PollReport, utc_now
 from sysmon.config import Config
 from sysmon.protocol.admin import DiscoveryError
 from sysmon.records import Status
@@ -34,9 +34,8 @@ async def run_once(
     Raises:
         DiscoveryError: the qubes could not be listed; nothing was written.
     """
-    daemon = Daemon(
-        config, source, transport, wall_now=now, notify=lambda _message: None, offload=offload
-    )
+    uses = Collaborators(wall_now=now, notify=lambda _message: None, offload=offload)
+    daemon = Daemon(config, source, transport, uses)
     return await daemon.poll(now().astimezone(UTC).replace(microsecond=0))
 
 

@@ -88,6 +88,10 @@ class Column:
             return None
         return float(cell) if match.group(1) else int(cell)
 
+    def cell(self, value: object) -> str:
+        """``value`` as this column writes it (rounded, cleaned; empty for None)."""
+        return _cell(self.kind, value)
+
     @property
     def base_unit(self) -> tuple[str, float]:
         """The unit the engines are given and the factor to it."""

@@ -11,20 +11,36 @@ alert cursor moved, so no journal entry is filed twice or lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import structlog
 
-from sysmon import schema
+from sysmon import events, schema
 from sysmon.records import PendingTick, QubeState, State, TickOutcome, TickRows
 from sysmon.store.daily import WriteError, append_rows, ensure_day, locked, truncate_to
 from sysmon.store.state import load_state, save_state
 
-#: Builds a tick's rows from the state before it.
-Plan = Callable[[State], TickRows]
+
+class Plan(Protocol):
+    """A tick's rows, built from the state before it: called by the commit, under its lock.
+
+    The inversion: the store sits below the transform and never imports it,
+    yet the rows depend on the state only the store may read (the alert
+    cursors, the budgets, the rules' standing).  So the caller hands the
+    commit a plan -- this tick's results, bound -- and the commit calls it
+    with the state it loaded under the lock: no other writer can move the
+    state between reading it and writing the tick.  A plan is pure; it
+    writes nothing and may be called at most once per commit.
+    """
+
+    def __call__(self, previous: State, /) -> TickRows:
+        """Every row of the tick and the state after it."""
+        ...
+
+
 #: How far back the wall clock may step and rows still wait for it to pass
 #: the newest written second, so they stay in time order (an NTP correction,
 #: a stepped clock).  Past this the clock that ran ahead was wrong: rows
@@ -50,7 +66,7 @@ def recover(out_dir: Path, state: State) -> State:
             cut[name] = over
     recovered = attrs.evolve(state, pending=None)
     save_state(out_dir, recovered)
-    structlog.get_logger().warning("tick_rolled_back", folder=str(folder), cut_bytes=cut)
+    structlog.get_logger().warning(events.TICK_ROLLED_BACK, folder=str(folder), cut_bytes=cut)
     return recovered
 
 
@@ -78,7 +94,7 @@ def commit_tick(out_dir: Path, ts: datetime, plan: Plan, *, sync: bool = True) -
             return outcome
     except OSError as exc:
         reason = f"{exc.filename or out_dir}: {exc.strerror or exc}"
-        structlog.get_logger().error("tick_commit_failed", error=reason)
+        structlog.get_logger().error(events.TICK_COMMIT_FAILED, error=reason)
         return TickOutcome(errors=(reason,))
 
 
@@ -155,7 +171,7 @@ def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -
         if daily is schema.ALERTS or not rows:
             continue
         try:
-            append_rows(folder / daily.file_name, daily, rows, sync=sync)
+            append_rows(folder / daily.file_name, daily, [r.line for r in rows], sync=sync)
             tally.written[daily.file_name] = len(rows)
         except WriteError as exc:
             tally.written[daily.file_name] = exc.written
@@ -181,9 +197,9 @@ def _append_alerts(
     commits = []
     end = start
     for batch in built.alerts:
-        end += sum(len(r) for r in batch.rows)
+        end += sum(len(r.line) for r in batch.rows)
         commits.append((batch.vm, end, batch.next_state))
-    all_rows = [row for batch in built.alerts for row in batch.rows]
+    all_rows = [row.line for batch in built.alerts for row in batch.rows]
     try:
         append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
         tally.written[schema.ALERTS.file_name] = len(all_rows)

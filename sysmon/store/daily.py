@@ -27,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from sysmon import events
 from sysmon.schema import DAILY_FILES, Schema
 from sysmon.store.fs import write_all
 
@@ -104,7 +105,9 @@ def _move_aside(path: Path, why: str) -> str:
         n += 1
         aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
     path.rename(aside)
-    structlog.get_logger().error("daily_file_moved_aside", file=str(path), to=aside.name, why=why)
+    structlog.get_logger().error(
+        events.DAILY_FILE_MOVED_ASIDE, file=str(path), to=aside.name, why=why
+    )
     return aside.name
 
 
@@ -162,7 +165,7 @@ def _repair_tail_rw(path: Path, rfd: int, wfd: int) -> int:
         end = start
     os.ftruncate(wfd, keep)
     structlog.get_logger().warning(
-        "torn_line_repaired", file=str(path), cut_bytes=size - keep, kept_bytes=keep
+        events.TORN_LINE_REPAIRED, file=str(path), cut_bytes=size - keep, kept_bytes=keep
     )
     return keep
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from sysmon import events
 from sysmon.records import AlertCursor, PendingTick, PoolState, QubeState, RuleState, State
 from sysmon.schema import DAILY_FILES
 from sysmon.store.fs import replace_atomically
@@ -163,7 +164,7 @@ def load_state(out_dir: Path) -> State:
         aside = path.with_name(f"{STATE_NAME}.damaged-{int(time.time())}")
         path.replace(aside)
         structlog.get_logger().error(
-            "state_damaged", file=str(path), moved_to=str(aside), error=str(exc)
+            events.STATE_DAMAGED, file=str(path), moved_to=str(aside), error=str(exc)
         )
         return State()
 

@@ -14,7 +14,6 @@ qube's bytes (an interface or mount name in the alert row) never get in.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections import deque
@@ -93,9 +92,10 @@ def rule_events(
     for batch in alerts:
         if not is_valid_qube_name(batch.vm):
             continue
-        for raw in batch.rows:
-            cells = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
-            message = cells[2] if len(cells) >= 3 else ""
+        for row in batch.rows:
+            message = row.values.get("msg")
+            if not isinstance(message, str):
+                continue
             for rule in notifying:
                 for kind in _KINDS:
                     head = f"sysmon: rule {rule.name} {kind} on {batch.vm}"

@@ -25,11 +25,12 @@ from sysmon.records import (
     Budget,
     PoolState,
     QubeState,
+    Row,
     ScrapeResult,
     Status,
     TickRows,
 )
-from sysmon.transform.rates import cpu_percent, ticks_of
+from sysmon.transform.rates import CpuPercent, cpu_percent, ticks_of
 
 UNKNOWN_BOOT = "unknown"
 #: dom0's class for disposables (core-admin ``qubes/vm/dispvm.py``).
@@ -116,80 +117,81 @@ def _minus(a: int | None, b: int | None) -> int | None:
     return a - b if a is not None and b is not None else None
 
 
-def _snapshot_rows(
-    ts: datetime, vm: str, snap: Snapshot, prev: QubeState | None, budget: Budget
-) -> tuple[dict[str, list[bytes]], list[AlertRecord], QubeState, bool]:
-    rows: dict[str, list[bytes]] = {}
+def encode_row(daily: schema.DailyFile, values: Mapping[str, object]) -> Row:
+    """A row of ``daily`` from its values, with its line encoded (once)."""
+    return Row(daily.file_name, values, daily.encode(values))
+
+
+def alert_row(ts: datetime, vm: str, msg: str) -> Row:
+    """An ``alerts.csv`` row."""
+    return encode_row(schema.ALERTS, {"ts": ts, "vm": vm, "msg": msg})
+
+
+def _snapshot_values(
+    ts: datetime, vm: str, snap: Snapshot, cpu: CpuPercent | None
+) -> list[tuple[schema.DailyFile, dict[str, object]]]:
+    """A snapshot's rows as values keyed by column, in file order."""
     sys = snap.sys
     assert sys is not None  # noqa: S101 -- the parser guarantees it
-    boot_id = sys.boot_id or UNKNOWN_BOOT
-    restarted = prev is not None and prev.boot_id is not None and prev.boot_id != boot_id
-    ticks = ticks_of(sys)
-    same_boot = prev is not None and prev.boot_id == boot_id
-    cpu = cpu_percent(prev.cpu_ticks if same_boot and prev else None, ticks)
-    rows[schema.SYSTEM.file_name] = [
-        schema.SYSTEM.format_row(
-            [
-                ts,
-                vm,
-                cpu.user if cpu else None,
-                cpu.system if cpu else None,
-                cpu.idle if cpu else None,
-                sys.load1,
-                sys.load5,
-                sys.load15,
-                sys.mem_total_kb,
-                _minus(sys.mem_total_kb, sys.mem_avail_kb),
-                sys.mem_avail_kb,
-                sys.swap_total_kb,
-                _minus(sys.swap_total_kb, sys.swap_free_kb),
-                sys.procs_running,
-                sys.procs_blocked,
-            ]
+    out: list[tuple[schema.DailyFile, dict[str, object]]] = [
+        (
+            schema.SYSTEM,
+            {
+                "ts": ts,
+                "vm": vm,
+                "cpu_user": cpu.user if cpu else None,
+                "cpu_system": cpu.system if cpu else None,
+                "cpu_idle": cpu.idle if cpu else None,
+                "load1": sys.load1,
+                "load5": sys.load5,
+                "load15": sys.load15,
+                "mem_total_kb": sys.mem_total_kb,
+                "mem_used_kb": _minus(sys.mem_total_kb, sys.mem_avail_kb),
+                "mem_avail_kb": sys.mem_avail_kb,
+                "swap_total_kb": sys.swap_total_kb,
+                "swap_used_kb": _minus(sys.swap_total_kb, sys.swap_free_kb),
+                "procs_running": sys.procs_running,
+                "procs_blocked": sys.procs_blocked,
+            },
         )
     ]
-    rows[schema.NETWORK.file_name] = [
-        schema.NETWORK.format_row(
-            [
-                ts,
-                vm,
-                n.interface,
-                n.rx_bytes,
-                n.rx_errs,
-                n.rx_drop,
-                n.tx_bytes,
-                n.tx_errs,
-                n.tx_drop,
-            ]
+    out += [
+        (
+            schema.NETWORK,
+            {
+                "ts": ts,
+                "vm": vm,
+                "if": n.interface,
+                "rx_bytes": n.rx_bytes,
+                "rx_errs": n.rx_errs,
+                "rx_drop": n.rx_drop,
+                "tx_bytes": n.tx_bytes,
+                "tx_errs": n.tx_errs,
+                "tx_drop": n.tx_drop,
+            },
         )
         for n in snap.net
     ]
     if snap.conn is not None:
-        rows[schema.CONNECTIONS.file_name] = [
-            schema.CONNECTIONS.format_row(
-                [ts, vm, snap.conn.tcp_established, snap.conn.udp_sockets]
-            )
-        ]
-    rows[schema.DISK.file_name] = [
-        schema.DISK.format_row(
-            [
-                ts,
-                vm,
-                d.fs,
-                d.mount,
-                d.size_kb,
-                d.used_kb,
-                d.avail_kb,
-                _pct_used(d.used_kb, d.avail_kb),
-            ]
+        conn = {"tcp_established": snap.conn.tcp_established, "udp_sockets": snap.conn.udp_sockets}
+        out.append((schema.CONNECTIONS, {"ts": ts, "vm": vm, **conn}))
+    out += [
+        (
+            schema.DISK,
+            {
+                "ts": ts,
+                "vm": vm,
+                "fs": d.fs,
+                "mount": d.mount,
+                "size_kb": d.size_kb,
+                "used_kb": d.used_kb,
+                "avail_kb": d.avail_kb,
+                "pct_used": _pct_used(d.used_kb, d.avail_kb),
+            },
         )
         for d in snap.disk
     ]
-    fresh, cursor = new_alerts(
-        snap.alerts, prev.cursor if prev else None, boot_id, budget.cursor_seen
-    )
-    state = QubeState(boot_id=boot_id, cpu_ticks=ticks, cursor=cursor)
-    return rows, fresh, state, restarted
+    return out
 
 
 def name_digest(name: str) -> str:
@@ -264,18 +266,17 @@ def _tally(
     return tuple(sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:TALLY_KEEP])
 
 
-def _scrape_row(ts: datetime, result: ScrapeResult, status: Status) -> bytes:
-    return schema.SCRAPES.format_row(
-        [
-            ts,
-            result.vm,
-            status,
-            result.duration_ms,
-            result.n_bytes,
-            result.lines_ok,
-            result.lines_rejected,
-        ]
-    )
+def _scrape_row(ts: datetime, result: ScrapeResult, status: Status) -> Row:
+    values = {
+        "ts": ts,
+        "vm": result.vm,
+        "status": status,
+        "duration_ms": result.duration_ms,
+        "bytes": result.n_bytes,
+        "lines_ok": result.lines_ok,
+        "lines_rejected": result.lines_rejected,
+    }
+    return encode_row(schema.SCRAPES, values)
 
 
 def _new_day(q: QubeState, day: str) -> QubeState:
@@ -311,16 +312,21 @@ def _pool_of(info: QubeInfo | None, q: QubeState, day: str) -> str | None:
     return NEW_POOL if q.first_day == day else None
 
 
-@attrs.define
-class _Share:
-    """One qube's share of the day, worked out for one poll."""
+@attrs.frozen
+class _Polled:
+    """One qube's part of a tick: its scrapes row, what it may file today, its next state.
 
-    rows: dict[str, list[bytes]]
-    alert_rows: list[bytes]
-    said: list[bytes]
-    state: QubeState
-    over: bool
-    restarted: bool
+    ``alerts`` are what is said of it (notes first, then its restart and its
+    journal); ``state`` is None for a failed poll (its state stands);
+    ``pool`` is its shared budget as this poll left it, if it has one.
+    """
+
+    scrape: Row
+    rows: tuple[Row, ...] = ()
+    alerts: tuple[Row, ...] = ()
+    state: QubeState | None = None
+    restarted: bool = False
+    pool: tuple[str, PoolState] | None = None
 
 
 def _journal_share(
@@ -330,28 +336,24 @@ def _journal_share(
     prev: QubeState,
     state: QubeState,
     budget: Budget,
-) -> tuple[list[bytes], list[bytes], QubeState]:
+) -> tuple[list[Row], list[Row], QubeState]:
     """Journal rows to file, notes, and the state: alerts take at most their share.
 
     Past it they are not filed today (the cursor waits: nothing is lost), and
     metric rows keep the rest of the day's bytes.
     """
     rows = [
-        schema.ALERTS.format_row(
-            [ts, vm, f"{format_entry_time(a.ts_us)} {a.identifier}: {a.message}"]
-        )
+        alert_row(ts, vm, f"{format_entry_time(a.ts_us)} {a.identifier}: {a.message}")
         for a in fresh
     ]
     if not rows:
         return [], [], state
-    size = sum(len(r) for r in rows)
-    by = _tally(prev.alert_by, ((a.identifier, len(r)) for a, r in zip(fresh, rows, strict=True)))
+    size = sum(len(r.line) for r in rows)
+    by = _tally(
+        prev.alert_by, ((a.identifier, len(r.line)) for a, r in zip(fresh, rows, strict=True))
+    )
     if prev.alerts_over or prev.alert_bytes + size > budget.alert_bytes_per_day:
-        said = (
-            []
-            if prev.alerts_over
-            else [schema.ALERTS.format_row([ts, vm, _alerts_note(vm, budget, by)])]
-        )
+        said = [] if prev.alerts_over else [alert_row(ts, vm, _alerts_note(vm, budget, by))]
         return [], said, attrs.evolve(state, cursor=prev.cursor, alerts_over=True, alert_by=by)
     return rows, [], attrs.evolve(state, alert_bytes=prev.alert_bytes + size, alert_by=by)
 
@@ -381,52 +383,28 @@ def build_tick_rows(
     under a known name (another UUID; a disposable's new boot on 4.2) starts
     with a fresh allowance of its own.
     """
-    out: dict[str, list[bytes]] = {
-        s.file_name: [] for s in schema.DAILY_FILES if s is not schema.ALERTS
-    }
-    batches: list[AlertBatch] = [
-        AlertBatch(vm=vm, rows=(schema.ALERTS.format_row([ts, vm, msg]),), next_state=None)
-        for vm, msg in notes
-    ]
-    states: dict[str, QubeState] = {}
-    restarted: list[str] = []
     day = ts.astimezone(UTC).date().isoformat()
     info_of = {q.name: q for q in listed}
     shared = {name: p if p.day == day else PoolState(day=day) for name, p in (pools or {}).items()}
-    for result in results:
-        prev = previous.get(result.vm)
-        if prev is not None and prev.day != day:  # a new UTC day: a fresh share
-            prev = _new_day(prev, day)
-        if result.snapshot is None:
-            out[schema.SCRAPES.file_name].append(_scrape_row(ts, result, result.status))
-            continue
-        info = info_of.get(result.vm)
-        share = _qube_share(ts, result, prev, info, bool(previous), budget, shared)
-        if share.restarted:
-            restarted.append(result.vm)
-        out[schema.SCRAPES.file_name].append(
-            _scrape_row(ts, result, Status.OVER_BUDGET if share.over else result.status)
-        )
-        for name, file_rows in share.rows.items():
-            out[name].extend(file_rows)
-        if share.alert_rows or share.said:
-            batches.append(
-                AlertBatch(
-                    vm=result.vm, rows=(*share.said, *share.alert_rows), next_state=share.state
-                )
-            )
-        else:
-            states[result.vm] = share.state
-    out[schema.XEN.file_name].extend(
-        schema.XEN.format_row([ts, s.vm, s.cpu_usage, s.cpu_usage_raw, s.cpu_time_ms, s.memory_kb])
-        for s in xen
-    )
+    polled: list[tuple[str, _Polled]] = []
+    for result in results:  # one qube after another: the shared budgets carry over
+        step = _poll(ts, result, previous, info_of.get(result.vm), budget, shared)
+        if step.pool is not None:
+            shared[step.pool[0]] = step.pool[1]
+        polled.append((result.vm, step))
+    rows: dict[str, list[Row]] = {
+        d.file_name: [] for d in schema.DAILY_FILES if d is not schema.ALERTS
+    }
+    for _vm, step in polled:
+        rows[schema.SCRAPES.file_name].append(step.scrape)
+        for row in step.rows:
+            rows[row.file].append(row)
+    rows[schema.XEN.file_name] += [_xen_row(ts, s) for s in xen]
     if qubes is not None:
-        out[schema.QUBES.file_name].extend(
-            schema.QUBES.format_row([ts, q.name, q.state]) for q in qubes
-        )
-    sampled = {r.vm for r in results if r.snapshot is not None}
-    forget, kept = _forget(ts, previous, sampled, listed)
+        rows[schema.QUBES.file_name] += [
+            encode_row(schema.QUBES, {"ts": ts, "vm": q.name, "state": q.state}) for q in qubes
+        ]
+    forget, kept = _forget(ts, previous, {vm for vm, p in polled if p.state is not None}, listed)
     if not previous:
         # A fresh start: every qube dom0 lists now, running or not, is one
         # seen before -- only qubes created from here on are new.
@@ -435,66 +413,86 @@ def build_tick_rows(
             for q in listed
             if q.klass != DISPVM_CLASS and q.name != "dom0"
         }
+    said = [AlertBatch(vm, (alert_row(ts, vm, msg),), None) for vm, msg in notes]
     return TickRows(
         forget=forget,
-        rows={name: tuple(rows) for name, rows in out.items()},
-        alerts=tuple(batches),
-        states={**kept, **states},
-        restarted=tuple(restarted),
+        rows={name: tuple(file_rows) for name, file_rows in rows.items()},
+        alerts=(*said, *(AlertBatch(vm, p.alerts, p.state) for vm, p in polled if p.alerts)),
+        states={
+            **kept,
+            **{vm: p.state for vm, p in polled if p.state is not None and not p.alerts},
+        },
+        restarted=tuple(vm for vm, p in polled if p.restarted),
         pools={name: p for name, p in shared.items() if p.day_bytes or p.over},
     )
 
 
-def _qube_share(
+def _xen_row(ts: datetime, s: DomainStats) -> Row:
+    values = {
+        "ts": ts,
+        "vm": s.vm,
+        "cpu_usage": s.cpu_usage,
+        "cpu_usage_raw": s.cpu_usage_raw,
+        "cpu_time_ms": s.cpu_time_ms,
+        "memory_kb": s.memory_kb,
+    }
+    return encode_row(schema.XEN, values)
+
+
+def _poll(
     ts: datetime,
     result: ScrapeResult,
-    prev: QubeState | None,
+    previous: Mapping[str, QubeState],
     info: QubeInfo | None,
-    known_before: bool,
     budget: Budget,
-    shared: dict[str, PoolState],
-) -> _Share:
-    """One qube's rows of this poll, within its share and its pool's."""
+    shared: Mapping[str, PoolState],
+) -> _Polled:
+    """One qube's part of the tick: its rows, within its share and its pool's."""
     vm, day = result.vm, ts.astimezone(UTC).date().isoformat()
     snap = result.snapshot
-    assert snap is not None  # noqa: S101 -- the caller checked
-    assert snap.sys is not None  # noqa: S101 -- the parser guarantees it
-    boot_id = snap.sys.boot_id or UNKNOWN_BOOT
-    first_day = day if known_before else ""
+    if snap is None:
+        return _Polled(_scrape_row(ts, result, result.status))
+    prev = previous.get(vm)
+    if prev is not None and prev.day != day:  # a new UTC day: a fresh share
+        prev = _new_day(prev, day)
+    sys = snap.sys
+    assert sys is not None  # noqa: S101 -- the parser guarantees it
+    boot_id = sys.boot_id or UNKNOWN_BOOT
+    first_day = day if previous else ""
     if prev is not None and _another_qube(prev, info, boot_id):
         # Its allowances went with it; a re-created named qube is new today.
         first_day = prev.first_day if info and info.klass == DISPVM_CLASS else day
         prev = attrs.evolve(_new_day(prev, day), first_day=first_day)
     base = prev or QubeState(day=day, first_day=first_day)
     snap, names, dropped = _admit_names(snap, base.day_names, budget.names_per_day)
-    rows, fresh, state, was_restarted = _snapshot_rows(ts, vm, snap, prev, budget)
-    state = attrs.evolve(
-        state,
+    restarted = prev is not None and prev.boot_id is not None and prev.boot_id != boot_id
+    ticks = ticks_of(sys)
+    same_boot = prev is not None and prev.boot_id == boot_id
+    cpu = cpu_percent(prev.cpu_ticks if same_boot and prev else None, ticks)
+    # The budget needs each row's size: each is encoded here, once.
+    rows = [encode_row(daily, values) for daily, values in _snapshot_values(ts, vm, snap, cpu)]
+    fresh, cursor = new_alerts(
+        snap.alerts, base.cursor if prev else None, boot_id, budget.cursor_seen
+    )
+    state = QubeState(
+        boot_id=boot_id,
+        cpu_ticks=ticks,
+        cursor=cursor,
         uuid=info.uuid if info is not None and info.uuid is not None else base.uuid,
         first_day=base.first_day,
         day=day,
     )
-    said: list[bytes] = []
-    if (
-        dropped
-        and len(names) >= budget.names_per_day
-        and len(base.day_names) < budget.names_per_day
-    ):
-        said.append(schema.ALERTS.format_row([ts, vm, _names_note(vm, budget)]))
-    alert_rows = []
-    if was_restarted:
-        alert_rows.append(schema.ALERTS.format_row([ts, vm, f"sysmon: {vm} restarted"]))
+    said: list[Row] = []
+    if dropped and len(names) >= budget.names_per_day > len(base.day_names):
+        said.append(alert_row(ts, vm, _names_note(vm, budget)))
+    alerts = [alert_row(ts, vm, f"sysmon: {vm} restarted")] if restarted else []
     journal, journal_said, state = _journal_share(ts, vm, fresh, base, state, budget)
     said += journal_said
-    alert_rows += journal
-    size = sum(len(r) for file_rows in rows.values() for r in file_rows)
-    size += sum(len(r) for r in alert_rows)
+    alerts += journal
+    size = sum(len(r.line) for r in rows) + sum(len(r.line) for r in alerts)
     pool = _pool_of(info, base, day)
-    pool_state = shared.get(pool, PoolState(day=day)) if pool else None
-    limit = POOL_LIMITS[pool](budget) if pool else 0
-    pool_over = pool_state is not None and (pool_state.over or pool_state.day_bytes + size > limit)
-    over = base.over_budget or base.day_bytes + size > budget.bytes_per_day or pool_over
-    if over:
+    verdict = _spend(ts, vm, base, size, budget, pool, shared)
+    if verdict.over:
         # Nothing of it today: the sample still counts for the next CPU
         # share, but the cursor waits for tomorrow.
         state = attrs.evolve(
@@ -505,28 +503,71 @@ def _qube_share(
             day_names=names,
             alert_bytes=base.alert_bytes,
         )
-        note: str | None = _budget_note(vm, budget)
-        if pool is not None and pool_state is not None and pool_over:
-            note = _pool_note(vm, pool, limit, pool_state)
-            if not base.over_budget:  # each member told once, the first POOL_TOLD_MAX by name
-                if pool_state.told == POOL_TOLD_MAX:
-                    note = f"sysmon: more qubes are over the shared budget of {POOL_WORDS[pool]}"
-                    note += ": they are not named again today (scrapes.csv says over-budget)"
-                elif pool_state.told > POOL_TOLD_MAX:
-                    note = None
-                pool_state = attrs.evolve(pool_state, told=pool_state.told + 1)
-            shared[pool] = attrs.evolve(pool_state, over=True)
-        if not base.over_budget and note is not None:
-            said.append(schema.ALERTS.format_row([ts, vm, note]))
-        return _Share({}, [], said, state, over=True, restarted=was_restarted)
-    if pool is not None and pool_state is not None:
-        shared[pool] = attrs.evolve(
+        said += verdict.said
+        return _Polled(
+            _scrape_row(ts, result, Status.OVER_BUDGET),
+            alerts=tuple(said),
+            state=state,
+            restarted=restarted,
+            pool=verdict.pool,
+        )
+    state = attrs.evolve(state, day_bytes=base.day_bytes + size, day_names=names)
+    return _Polled(
+        _scrape_row(ts, result, result.status),
+        rows=tuple(rows),
+        alerts=(*said, *alerts),
+        state=state,
+        restarted=restarted,
+        pool=verdict.pool,
+    )
+
+
+@attrs.frozen
+class _Verdict:
+    """Whether a qube's rows of one poll fit its share and its pool's."""
+
+    over: bool
+    said: tuple[Row, ...] = ()
+    pool: tuple[str, PoolState] | None = None
+
+
+def _spend(
+    ts: datetime,
+    vm: str,
+    base: QubeState,
+    size: int,
+    budget: Budget,
+    pool: str | None,
+    shared: Mapping[str, PoolState],
+) -> _Verdict:
+    """``size`` bytes of ``vm`` against its day and its pool's: over, what is said, the pool."""
+    day = base.day
+    pool_state = shared.get(pool, PoolState(day=day)) if pool else None
+    limit = POOL_LIMITS[pool](budget) if pool else 0
+    pool_over = pool_state is not None and (pool_state.over or pool_state.day_bytes + size > limit)
+    if not (base.over_budget or base.day_bytes + size > budget.bytes_per_day or pool_over):
+        if pool is None or pool_state is None:
+            return _Verdict(over=False)
+        spent = attrs.evolve(
             pool_state,
             day_bytes=pool_state.day_bytes + size,
             by=_tally(pool_state.by, [(vm, size)]),
         )
-    state = attrs.evolve(state, day_bytes=base.day_bytes + size, day_names=names)
-    return _Share(rows, alert_rows, said, state, over=False, restarted=was_restarted)
+        return _Verdict(over=False, pool=(pool, spent))
+    note: str | None = _budget_note(vm, budget)
+    after: tuple[str, PoolState] | None = None
+    if pool is not None and pool_state is not None and pool_over:
+        note = _pool_note(vm, pool, limit, pool_state)
+        if not base.over_budget:  # each member told once, the first POOL_TOLD_MAX by name
+            if pool_state.told == POOL_TOLD_MAX:
+                note = f"sysmon: more qubes are over the shared budget of {POOL_WORDS[pool]}"
+                note += ": they are not named again today (scrapes.csv says over-budget)"
+            elif pool_state.told > POOL_TOLD_MAX:
+                note = None
+            pool_state = attrs.evolve(pool_state, told=pool_state.told + 1)
+        after = (pool, attrs.evolve(pool_state, over=True))
+    said = (alert_row(ts, vm, note),) if not base.over_budget and note is not None else ()
+    return _Verdict(over=True, said=said, pool=after)
 
 
 def _forget(

@@ -10,8 +10,6 @@ in the state file, so a restart neither repeats nor forgets a firing rule.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import operator
 import re
@@ -23,7 +21,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.protocol.names import is_valid_qube_name
-from sysmon.records import RuleState, Status
+from sysmon.records import Row, RuleState, Status
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -152,13 +150,18 @@ def parse_rules(items: Any, source: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _value(row: Mapping[str, str], columns: Iterable[str]) -> float | None:
+def _cell(daily: schema.DailyFile, row: Row, column: str) -> str:
+    # As the file says it: a rule sees the rounded number and the cleaned name.
+    return daily.column(column).cell(row.values.get(column))
+
+
+def _value(daily: schema.DailyFile, row: Row, columns: Iterable[str]) -> float | None:
     total = 0.0
     for column in columns:
         if column == "failed":
-            total += 0.0 if row.get("status") in {Status.OK, Status.SKIPPED} else 1.0
+            total += 0.0 if row.values.get("status") in {Status.OK, Status.SKIPPED} else 1.0
             continue
-        text = (row.get(column) or "").rstrip("%")
+        text = _cell(daily, row, column).rstrip("%")
         if not text:
             return None
         try:
@@ -175,7 +178,7 @@ def _message(rule: Rule, what: str, where: str, value: float) -> str:
 def evaluate(
     rules: Iterable[Rule],
     ts: float,
-    rows: Mapping[str, Iterable[bytes]],
+    rows: Mapping[str, Iterable[Row]],
     state: Mapping[str, RuleState],
 ) -> tuple[list[tuple[str, str]], dict[str, RuleState]]:
     """Apply the rules to one tick's rows.
@@ -190,21 +193,17 @@ def evaluate(
     notes: list[tuple[str, str]] = []
     new_state = {key: r for key, r in state.items() if ts - r.seen <= GRACE}
     per_qube = Counter(key.rsplit("\0", 1)[0] for key in new_state)
-    parsed: dict[str, list[dict[str, str]]] = {}
     for rule in rules:
-        file_name = f"{rule.file}.csv"
-        if file_name not in parsed:
-            text = b"".join(rows.get(file_name, ())).decode("utf-8", errors="replace")
-            header = [c.name for c in _FILES[rule.file].columns]
-            parsed[file_name] = list(csv.DictReader(io.StringIO(text), fieldnames=header))
-        for row in parsed[file_name]:
-            vm = row.get("vm", "")
+        daily = _FILES[rule.file]
+        label = _INSTANCE.get(rule.file)
+        for row in rows.get(daily.file_name, ()):
+            vm = _cell(daily, row, "vm")
             if rule.vm is not None and vm != rule.vm:
                 continue
-            value = _value(row, rule.columns)
+            value = _value(daily, row, rule.columns)
             if value is None:
                 continue
-            instance = row.get(_INSTANCE.get(rule.file, ""), "") if rule.file in _INSTANCE else ""
+            instance = _cell(daily, row, label) if label else ""
             key = f"{rule.name}\0{vm}\0{instance}"
             where = f"{vm}" + (f" {instance}" if instance else "")
             before = new_state.get(key)

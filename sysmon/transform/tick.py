@@ -11,11 +11,10 @@ from datetime import datetime
 
 import attrs
 
-from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
-from sysmon.transform.rows import DEFAULT_BUDGET, build_tick_rows
+from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
 
 
@@ -47,7 +46,40 @@ def build_tick(
     )
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
-        AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
-        for vm, message in fired
+        AlertBatch(vm, (alert_row(ts, vm, message),), None) for vm, message in fired
     )
     return attrs.evolve(built, alerts=built.alerts + rule_alerts, rule_state=rule_state)
+
+
+@attrs.frozen
+class TickPlan:
+    """One tick's plan: its results bound, waiting for the state the commit loads.
+
+    Calling it is :func:`build_tick` on that state; it satisfies
+    ``sysmon.store.commit.Plan`` without the store importing this module.
+    """
+
+    ts: datetime
+    results: Sequence[ScrapeResult]
+    qubes: Sequence[QubeInfo] | None
+    xen: Sequence[DomainStats] = ()
+    notes: Sequence[tuple[str, str]] = ()
+    rules: Sequence[Rule] = ()
+    me: str = "sys-monitor"
+    budget: Budget = DEFAULT_BUDGET
+    listed: Sequence[QubeInfo] = ()
+
+    def __call__(self, previous: State, /) -> TickRows:
+        """Every row of the tick and the state after it, from ``previous``."""
+        return build_tick(
+            previous,
+            ts=self.ts,
+            results=self.results,
+            qubes=self.qubes,
+            xen=self.xen,
+            notes=self.notes,
+            rules=self.rules,
+            me=self.me,
+            budget=self.budget,
+            listed=self.listed,
+        )

@@ -1,0 +1,134 @@
+"""Where the days are: day folders and archives under an out_dir, and their members.
+
+The read side of the store: ``export``, ``report`` and ``status`` find the
+days they read here, whether a day is still a folder or already a
+``monitor-YYYY-MM-DD.tgz``, and open its files through :func:`day_members`.
+Archives live under ``<out_dir>/archives/`` (outside every tailer's
+``*/<file>.csv`` glob).
+"""
+
+from __future__ import annotations
+
+import functools
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import IO
+
+from sysmon.store.daily import day_folders
+
+ARCHIVE_DIR = "archives"
+
+
+class ArchiveError(Exception):
+    """A day could not be archived, or found as one; the message says why."""
+
+
+def archive_dir(out_dir: Path) -> Path:
+    """Where archives and their markers live."""
+    return out_dir / ARCHIVE_DIR
+
+
+def tgz_path(out_dir: Path, day: date) -> Path:
+    """The verified archive of ``day``."""
+    return archive_dir(out_dir) / f"monitor-{day.isoformat()}.tgz"
+
+
+def archive_day(name: str) -> date | None:
+    """The day of an archive named ``monitor-YYYY-MM-DD[.N].tgz``, else None."""
+    if not (name.startswith("monitor-") and name.endswith(".tgz")):
+        return None
+    try:
+        return date.fromisoformat(name.removeprefix("monitor-")[:10])
+    except ValueError:
+        return None
+
+
+def archived_days(out_dir: Path) -> list[date]:
+    """The days of the local archives (in no particular order)."""
+    folder = archive_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    return [day for p in folder.glob("monitor-*.tgz") if (day := archive_day(p.name)) is not None]
+
+
+def folder_members(folder: Path) -> dict[str, int]:
+    """A day folder's files as an archive names them (``DAY/<file>``), with their sizes."""
+    return {
+        f"{folder.name}/{p.name}": p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def day_units(paths: Iterable[Path]) -> list[Path]:
+    """Day folders and ``monitor-*.tgz`` archives under ``paths``, one per day, by day.
+
+    A folder wins over its archive; of a day's archives (``.N`` copies), the
+    first its name sorts.
+    ``paths`` are day folders, archives, folders of archives, or out_dirs
+    (their day folders and their ``archives/``).
+
+    Raises:
+        ArchiveError: a path that is none of these.
+    """
+    by_day: dict[str, Path] = {}
+    for path in paths:
+        if path.is_file():
+            day = archive_day(path.name)
+            by_day.setdefault(day.isoformat() if day else path.name, path)
+        elif path.is_dir() and (_is_day(path.name) or (path / "system.csv").exists()):
+            by_day[path.name] = path
+        elif path.is_dir():
+            # An out_dir's archives/, or a folder of archives (the vault's QubesIncoming).
+            for tgz in sorted(
+                [*archive_dir(path).glob("monitor-*.tgz"), *path.glob("monitor-*.tgz")]
+            ):
+                if (day := archive_day(tgz.name)) is not None:
+                    by_day.setdefault(day.isoformat(), tgz)
+            for folder_day in day_folders(path):
+                by_day[folder_day.isoformat()] = path / folder_day.isoformat()
+        else:
+            raise ArchiveError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
+    return [by_day[day] for day in sorted(by_day)]
+
+
+def _is_day(name: str) -> bool:
+    try:
+        date.fromisoformat(name)
+    except ValueError:
+        return False
+    return len(name) == 10  # YYYY-MM-DD, not 20250831
+
+
+def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """(file name, opener) of a day folder's regular files or a day archive's members.
+
+    Each name once, in the archive's own order (so that each member is read
+    on from where the gzip stream is, not from its start again).
+    """
+    if unit.is_dir():
+        for child in sorted(unit.iterdir()):
+            if child.is_file() and not child.is_symlink():
+                yield child.name, functools.partial(_open_binary, child)
+        return
+    seen: set[str] = set()
+    with tarfile.open(unit, "r:gz") as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if member.isfile() and name not in seen:
+                seen.add(name)
+                yield name, functools.partial(_extract, tar, member)
+        # On to gzip's trailer, whose CRC finds a damaged archive that still unpacks.
+        while tar.fileobj is not None and tar.fileobj.read(1 << 20):
+            pass
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    stream = tar.extractfile(member)
+    if stream is None:  # a regular member always has one
+        raise ArchiveError(f"{member.name}: not a file")
+    return stream

@@ -1,0 +1,97 @@
+"""The store's read side: which day folders and archives a reader reads, and their members."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+from test_archive import make_day
+
+from sysmon.store.archive import build_archive
+from sysmon.store.days import (
+    ArchiveError,
+    archive_day,
+    archived_days,
+    day_members,
+    day_units,
+    folder_members,
+    tgz_path,
+)
+
+
+class TestArchiveDay:
+    @pytest.mark.parametrize(
+        ("name", "day"),
+        [
+            ("monitor-2025-09-01.tgz", date(2025, 9, 1)),
+            ("monitor-2025-09-01.2.tgz", date(2025, 9, 1)),
+            ("monitor-2025-13-01.tgz", None),
+            ("monitor-2025-09-01.tar", None),
+            ("other-2025-09-01.tgz", None),
+        ],
+    )
+    def test_names(self, name: str, day: date | None) -> None:
+        """Only ``monitor-YYYY-MM-DD[.N].tgz`` names a day."""
+        assert archive_day(name) == day
+
+
+class TestDayUnits:
+    def test_a_folder_wins_over_its_archive_and_days_come_in_order(self, tmp_path: Path) -> None:
+        """An out_dir: its folders, and the archives of days it no longer has as folders."""
+        for d in (1, 2):
+            make_day(tmp_path, date(2025, 9, d))
+            build_archive(tmp_path, date(2025, 9, d))
+        shutil.rmtree(tmp_path / "2025-09-01")
+        make_day(tmp_path, date(2025, 9, 3))
+        assert day_units([tmp_path]) == [
+            tgz_path(tmp_path, date(2025, 9, 1)),
+            tmp_path / "2025-09-02",
+            tmp_path / "2025-09-03",
+        ]
+
+    def test_a_day_sent_twice_is_read_once(self, tmp_path: Path) -> None:
+        """A vault's folder with a day sent twice (``.2``): one of them is read, once."""
+        make_day(tmp_path, date(2025, 9, 1))
+        tgz = build_archive(tmp_path, date(2025, 9, 1))
+        incoming = tmp_path / "incoming"
+        incoming.mkdir()
+        (incoming / "monitor-2025-09-01.tgz").write_bytes(tgz.read_bytes())
+        (incoming / "monitor-2025-09-01.2.tgz").write_bytes(tgz.read_bytes())
+        (unit,) = day_units([incoming])
+        assert archive_day(unit.name) == date(2025, 9, 1)
+
+    def test_a_path_that_is_no_day_is_named(self, tmp_path: Path) -> None:
+        """A reader is told which path it cannot read, not given a traceback."""
+        with pytest.raises(ArchiveError, match="not a day folder"):
+            day_units([tmp_path / "nowhere"])
+
+
+def test_a_folder_and_its_archive_hold_the_same_members(tmp_path: Path) -> None:
+    """Readers see the same files and bytes, a day folder or its archive."""
+    folder = make_day(tmp_path, date(2025, 9, 1))
+    tgz = build_archive(tmp_path, date(2025, 9, 1))
+
+    def read(unit: Path) -> dict[str, bytes]:
+        out = {}
+        for name, opener in day_members(unit):
+            with opener() as stream:
+                out[name] = stream.read()
+        return out
+
+    assert read(folder) == read(tgz)
+    assert set(read(folder)) == {"system.csv", "alerts.csv"}
+    assert folder_members(folder) == {
+        f"2025-09-01/{name}": len(data) for name, data in read(folder).items()
+    }
+    assert archived_days(tmp_path) == [date(2025, 9, 1)]
+
+
+def test_a_symlink_in_a_day_folder_is_not_read(tmp_path: Path) -> None:
+    """A planted link to a file elsewhere is not one of the day's members."""
+    folder = make_day(tmp_path, date(2025, 9, 1))
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    (folder / "network.csv").symlink_to(secret)
+    assert "network.csv" not in dict(day_members(folder))
