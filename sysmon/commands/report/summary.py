@@ -33,7 +33,8 @@ from sysmon import schema
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
-from sysmon.store import archive
+from sysmon.store import days
+from sysmon.store.delivery import is_delivered
 
 #: Lines of each list; the rest are counted.
 SHOWN = 6
@@ -55,7 +56,7 @@ _PCT = schema.DISK.names.index("pct_used")
 _MSG = schema.ALERTS.names.index("msg")
 _FLAG = schema.VIEWS.names.index("flag")
 _VM = 1  # every daily file: ts, vm, ...
-UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError, archive.ArchiveError)
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError, days.ArchiveError)
 
 
 @attrs.define
@@ -168,7 +169,7 @@ def _join_counts(into: dict[str, Counter[str]], other: dict[str, Counter[str]]) 
 
 def _day_of(unit: Path) -> date | None:
     if unit.is_file():
-        return archive.archive_day(unit.name)
+        return days.archive_day(unit.name)
     try:
         return date.fromisoformat(unit.name)
     except ValueError:
@@ -183,8 +184,8 @@ def delivery(unit: Path, today: date) -> str:
     if day is None:
         return "a folder that is not a day's: its delivery is unknown"
     out_dir = unit.parent
-    folder = archive.archive_dir(out_dir)
-    if archive.is_delivered(out_dir, day):
+    folder = days.archive_dir(out_dir)
+    if is_delivered(out_dir, day):
         try:
             sent = (folder / f"monitor-{day.isoformat()}.delivered").read_text().splitlines()[0]
         except (OSError, IndexError):
@@ -200,7 +201,7 @@ def delivery(unit: Path, today: date) -> str:
         return f"NOT delivered: {len(tries)} tries, the last {last}"
     if day >= today:
         return "today: archived and delivered after it ends (UTC)"
-    if archive.tgz_path(out_dir, day).exists():
+    if days.tgz_path(out_dir, day).exists():
         return "NOT delivered: archived, no copy tried yet"
     return "NOT delivered: not archived yet"
 
@@ -213,7 +214,7 @@ def summarize_unit(
     day = _day_of(unit)
     label = day.isoformat() if day else unit.name
     try:
-        for name, opener in archive.day_members(unit):
+        for name, opener in days.day_members(unit):
             daily = _FILES.get(name)
             if daily is None:
                 continue
