@@ -49,6 +49,11 @@ ARCHIVE_DELIVERED: Final = "archive_delivered"
 ARCHIVE_FAILED: Final = "archive_failed"
 ARCHIVE_PRUNED: Final = "archive_pruned"
 
+# -- desktop notifications (rules with notify = true) ---------------------------
+#: notify-send failed or did not answer: said once, until one gets through.
+NOTIFICATION_NOT_DELIVERED: Final = "notification_not_delivered"
+NOTIFICATION_DELIVERED_AGAIN: Final = "notification_delivered_again"
+
 # -- dom0's stats stream -------------------------------------------------------
 XEN_STATS_BROKEN: Final = "xen_stats_broken"
 XEN_STATS_DISABLED: Final = "xen_stats_disabled"

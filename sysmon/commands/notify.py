@@ -22,6 +22,7 @@ import attrs
 import structlog
 import trio
 
+from sysmon import events
 from sysmon.collect.process import run_bounded
 from sysmon.config import Config
 from sysmon.records import State, TickOutcome, TickRows
@@ -129,13 +130,13 @@ class Notifier:
         if error is None:
             self.sent += 1
             if self._failing:
-                log.info("notification_delivered_again")
+                log.info(events.NOTIFICATION_DELIVERED_AGAIN)
             self._failing = False
             return
         self.failed += 1
         self.last_error = error
         if not self._failing and self.log_failures:  # once, until one gets through
-            log.warning("notification_not_delivered", error=error, record="alerts.csv")
+            log.warning(events.NOTIFICATION_NOT_DELIVERED, error=error, record="alerts.csv")
         self._failing = True
 
 
