@@ -12,6 +12,7 @@ set_files() {
 }
 set_files
 if [ "${1:-}" = --list ]; then
+    # shellcheck disable=SC2086 # split on purpose, as below
     printf '%s\n' $files
     exit 0
 fi

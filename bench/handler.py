@@ -63,13 +63,18 @@ NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PEER = "node_exporter"
 #: The last shell handler: the before of the awk rewrite.
 BASELINE = "b46ce42"
-KINDS = ("full", "disk", "alerts", "fast")
+KINDS = ("full", "disk", "alerts", "fast", "flood")
 LABELS = {
     "full": "full (df + journalctl)",
     "disk": "disk, no alerts (df)",
     "alerts": "alerts, no disk (journalctl)",
     "fast": "fast: /proc only",
+    "flood": "alerts, 50 new of a day's",
 }
+#: The journal: a day of a qube polled every 10 s (about 6 entries per qrexec
+#: call), 1 entry in NOTICE_EVERY of priority notice or higher.
+JOURNAL_ENTRIES = 8640 * 6
+NOTICE_EVERY = 100
 TREE = "awk (mawk)"
 ONE_CAT = "floor: one cat"
 SH_CAT = "floor: sh + cat"
@@ -107,24 +112,34 @@ def processes(argv: Sequence[str], env: dict[str, str]) -> int | None:
         return len(list(Path(tmp).iterdir()))
 
 
-def make_journal(directory: Path, entries: int) -> None:
+def make_journal(directory: Path, entries: int = JOURNAL_ENTRIES) -> tuple[int, int]:
+    """A qube's journal of the last day, as polling makes it: qrexec and PAM write
+    a few info entries per call, and 1 in NOTICE_EVERY is notice or higher.
+    Returns (the first entry's time, the newest notice's time), in microseconds."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     now_us = int(time.time() * 1_000_000)
+    step = 86_400_000_000 // entries
     export = directory / "in.export"
+    newest = 0
     with export.open("w") as f:
         for i in range(entries):
+            at = now_us - (entries - i) * step
+            notice = i % NOTICE_EVERY == 0
+            if notice:
+                newest = at
             f.write(
-                f"__REALTIME_TIMESTAMP={now_us - (entries - i) * 1000}\n"
-                f"__MONOTONIC_TIMESTAMP={i + 1}\n"
-                f"_BOOT_ID={boot}\nPRIORITY={3 + i % 5}\nSYSLOG_IDENTIFIER=bench\n_PID=1\n"
-                f"MESSAGE=benchmark entry {i}\n\n"
+                f"__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP={i + 1}\n_BOOT_ID={boot}\n"
+                f"PRIORITY={3 + i // NOTICE_EVERY % 3 if notice else 6}\n"
+                f"SYSLOG_IDENTIFIER=qrexec-agent\n_PID={1000 + i % 97}\n"
+                f"MESSAGE=executed user:qubes.Metrics.Get+nodisk.noalerts. entry {i}\n\n"
             )
     subprocess.run(
-        [REMOTE, f"--output={directory / 'bench.journal'}", str(export)],
+        [REMOTE, f"--output={directory / 'system.journal'}", str(export)],
         check=True,
         capture_output=True,
     )
     export.unlink()
+    return now_us - entries * step, newest
 
 
 def mounts_of(handler: Sequence[str], env: dict[str, str]) -> list[str]:
@@ -289,25 +304,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         journal = Path(tmp) / "journal"
         journal.mkdir()
-        make_journal(journal, 1000)
+        first_us, newest_us = make_journal(journal)
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "SYSMON_JOURNAL_DIR": str(journal)}
-        variants = {TREE: [str(HANDLER)]}
+        # A copy: the tree may change while the benchmark runs.
+        tree = Path(tmp) / "tree"
+        shutil.copy(HANDLER, tree)
+        variants = {TREE: [str(tree)]}
         handlers = [TREE]
         if args.compare:
             name = f"{TREE} {args.compare}"
             variants[name] = [str(from_git(args.compare, Path(tmp) / "compare"))]
             handlers.append(name)
         if shutil.which("gawk"):
-            variants["awk (gawk)"] = ["gawk", "-f", str(HANDLER)]
+            variants["awk (gawk)"] = ["gawk", "-f", str(tree)]
         old = f"sh {args.baseline}"
         variants[old] = ["sh", str(from_git(args.baseline, Path(tmp) / "baseline.sh"))]
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
-        cursor = f"{boot[:16]}.{int(time.time() * 1_000_000) - 5_000_000}"
+        # As the collector's cursor: at the newest notice, filed, so a poll reads
+        # what came since (the seed's "notice+ entries in the last 10 s"): none.
+        cursor = f"{boot[:16]}.{newest_us}.1"
         arguments = {
             "full": cursor,
             "disk": "noalerts.",
             "alerts": "nodisk." + cursor,
             "fast": "nodisk.noalerts.",
+            "flood": f"nodisk.{boot[:16]}.{first_us}",
         }
         mounts = mounts_of(variants[TREE], env)
         files = subprocess.run(
@@ -356,7 +377,10 @@ def main() -> int:
     med = {key: medians(s) for key, s in samples.items()}
 
     print(f"handler {HANDLER} (first line: {interpreter}); /bin/sh = {os.path.realpath('/bin/sh')}")
-    print("a real journal of 1,000 entries (600 of priority notice or higher), cursor 5 s back")
+    print(
+        f"a real journal of a day: {JOURNAL_ENTRIES:,} entries, 1 in {NOTICE_EVERY} notice or"
+        " higher; the cursor at the newest notice, filed (a flood: at the day's start)"
+    )
     print(f"\nback to back: {args.runs} interleaved rounds, medians")
     print(f"  {'':34} {'cpu ms':>8} {'wall ms':>8} {'processes':>10}")
     for v in variants:
