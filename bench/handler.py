@@ -81,6 +81,13 @@ SH_CAT = "floor: sh + cat"
 SH_CAT_DF = "floor: sh + cat + df"
 #: The collector's defaults: disk lines and alerts every 6th poll.
 DISK_EVERY = ALERTS_EVERY = 6
+#: Other cadences whose average is printed when their kinds were measured.
+CADENCES = (
+    (6, 6, "the defaults: disk and alerts once a minute"),
+    (6, 12, "alerts every 2 min"),
+    (6, 30, "alerts every 5 min"),
+    (6, 0, "no alerts at all, disk once a minute"),
+)
 
 Job = Callable[[], tuple[float, float]]
 
@@ -221,10 +228,11 @@ class NodeExporter:
 
 
 def cycle(disk_every: int, alerts_every: int) -> list[str]:
-    """The kinds of poll the collector asks for over one cycle (health.argument's rule)."""
+    """The kinds of poll the collector asks for over one cycle (health.argument's rule);
+    ``alerts_every`` 0: never."""
     kinds = []
-    for n in range(math.lcm(disk_every, alerts_every)):
-        disk, alerts = n % disk_every == 0, n % alerts_every == 0
+    for n in range(math.lcm(disk_every, alerts_every or 1)):
+        disk, alerts = n % disk_every == 0, alerts_every > 0 and n % alerts_every == 0
         kinds.append(
             "full" if disk and alerts else "disk" if disk else "alerts" if alerts else "fast"
         )
@@ -247,11 +255,11 @@ def at_cadence(
     polls: dict[str, Callable[[str], tuple[float, float]]],
     floors: dict[str, Job],
     peer: NodeExporter,
+    kinds: list[str],
 ) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list[float], list[float]]:
     """Every handler variant, floor and a node_exporter scrape once per ``spacing`` s,
     each at a fixed slot of the tick; the handlers make the collector's poll of the tick."""
     slots: list[tuple[str, Callable[[int], tuple[str, tuple[float, float]]]]] = []
-    kinds = cycle(DISK_EVERY, ALERTS_EVERY)
     for name, poll in polls.items():
         slots.append(
             (name, lambda n, poll=poll: (kinds[n % len(kinds)], poll(kinds[n % len(kinds)])))
@@ -288,12 +296,20 @@ def main() -> int:
         "--spacing", default="10,1", help="seconds between polls, comma-separated ('' for none)"
     )
     parser.add_argument("--ticks", type=int, default=60, help="polls at each spacing")
+    parser.add_argument(
+        "--cycle",
+        default=f"{DISK_EVERY},{ALERTS_EVERY}",
+        metavar="DISK,ALERTS",
+        help="at a cadence, ask for disk lines and alerts every Nth poll, as the collector"
+        " (disk_every, alerts_every; ALERTS 0: never)",
+    )
     parser.add_argument("--baseline", default=BASELINE, help="commit of the shell handler")
     parser.add_argument(
         "--compare", metavar="REV", help="also run the handler of REV, side by side"
     )
     args = parser.parse_args()
     spacings = [float(s) for s in args.spacing.split(",") if s.strip()]
+    disk_every, alerts_every = (int(n) for n in args.cycle.split(","))
     if not (Path(REMOTE).exists() and shutil.which("journalctl")):
         print("systemd-journal-remote or journalctl missing: no journal to read", file=sys.stderr)
         return 1
@@ -364,7 +380,8 @@ def main() -> int:
                     samples[v, k].append(job())
                 print(f"\r  back to back: round {n + 1}/{args.runs}", end="", file=sys.stderr)
             print(file=sys.stderr)
-            cadences = {s: at_cadence(s, args.ticks, polls, floors, peer) for s in spacings}
+            kinds = cycle(disk_every, alerts_every)
+            cadences = {s: at_cadence(s, args.ticks, polls, floors, peer, kinds) for s in spacings}
             resident = peer.resident_mb()
         finally:
             peer.close()
@@ -430,12 +447,7 @@ def main() -> int:
             lambda h, k=k: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]),
         )
     print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape, back to back")
-    rows = [
-        (6, 6, "the defaults: disk and alerts once a minute"),
-        (6, 3, "alerts every 30 s"),
-        (6, 12, "alerts every 2 min"),
-    ]
-    for d, a, what in rows:
+    for d, a, what in ((6, 3, "alerts every 30 s"), *CADENCES):
         row(what, lambda h, d=d, a=a: cycle_average(kinds_med[h], d, a) / peer_cpu)
     for v, d, a, what in [
         ("awk (gawk)", 6, 6, "gawk (a Fedora template without mawk), the defaults"),
@@ -450,7 +462,7 @@ def main() -> int:
         period = statistics.median(periods)
         print(
             f"\nat {spacing:g} s spacing, {args.ticks} ticks, each variant once per tick"
-            f" (polls as the collector's defaults ask), medians"
+            f" (disk every {disk_every} polls, alerts every {alerts_every or 'never'}), medians"
         )
         print(
             f"  {PEER}: {scrape:.2f} ms cpu per scrape, {period:.2f} ms per period "
@@ -460,10 +472,11 @@ def main() -> int:
             if (name, "") in got:
                 print(f"  {name:34} {medians(got[name, ''])[0]:8.2f} ms cpu")
         averages = {}
+        by_kind = {}
         for v in variants:
-            by_kind = {k: medians(s)[0] for (n, k), s in got.items() if n == v}
-            averages[v] = cycle_average(by_kind, DISK_EVERY, ALERTS_EVERY)
-            parts = ", ".join(f"{k} {c:.2f}" for k, c in sorted(by_kind.items()))
+            by_kind[v] = {k: medians(s)[0] for (n, k), s in got.items() if n == v}
+            averages[v] = cycle_average(by_kind[v], disk_every, alerts_every)
+            parts = ", ".join(f"{k} {c:.2f}" for k, c in sorted(by_kind[v].items()))
             print(f"  {v:34} {averages[v]:8.2f} ms cpu per poll on average ({parts})")
         fast_floor = medians(got[ONE_CAT, ""])[0]
         for label, values in [
@@ -472,6 +485,13 @@ def main() -> int:
             ("fast poll / one cat", {h: medians(got[h, "fast"])[0] / fast_floor for h in handlers}),
         ]:
             row(label, values.__getitem__)
+        print("  other cadences, from the kinds of poll measured here / node_exporter's scrape")
+        for d, a, what in CADENCES:
+            if all(set(cycle(d, a)) <= set(by_kind[h]) for h in handlers):
+                row(
+                    what,
+                    {h: cycle_average(by_kind[h], d, a) / scrape for h in handlers}.__getitem__,
+                )
     print("  (the handler keeps no resident memory between polls)")
     return 0
 
