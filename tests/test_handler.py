@@ -317,6 +317,20 @@ class TestRealJournal:
         cursor = BOOT_A.replace("-", "")[:16] + ".12ab"
         assert self._alerts(awk, proc_boot_a, journal, cursor) == ()
 
+    def test_a_full_poll_with_no_filesystem_to_df_still_sends_alerts(
+        self, awk, proc_boot_a, journal
+    ):
+        """df and journalctl share a shell; with no mount worth a df, only journalctl runs
+        and its lines are still read as alerts."""
+        mountinfo = proc_boot_a / "self" / "mountinfo"
+        mountinfo.write_text("22 1 0:21 / /proc rw - proc proc rw\n")
+        cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000.1"
+        snap = parse_metrics_untrusted(
+            run_handler(awk, proc_root=proc_boot_a, journal_dir=journal, argument=cursor)
+        )
+        assert snap.disk == ()
+        assert [a.message for a in snap.alerts] == ["same microsecond", '=HYPERLINK("x")']
+
     def test_flags_before_the_cursor_leave_lines_out(self, awk, proc_boot_a, journal):
         """nodisk. and noalerts. leave out what costs a process; the cursor still counts."""
         cursor = BOOT_A.replace("-", "")[:16] + ".1700000100000000.1"
