@@ -1,22 +1,38 @@
-"""Benchmark: the handler's CPU, wall time and processes per poll, beside a floor,
-the shell handler it replaced, and Prometheus node_exporter.
+"""Benchmark: the handler's CPU, wall time and processes per poll, beside named
+floors, the shell handler it replaced, and Prometheus node_exporter scraped at
+the handler's own cadence.
 
-    python bench/handler.py [--runs 300] [--baseline b46ce42]
+    python bench/handler.py [--runs 300] [--spacing 10,1] [--ticks 60]
+                            [--baseline b46ce42] [--compare REV]
 
-Everything is measured in one run, interleaved (each round runs every variant
-and scrapes node_exporter once, in a shuffled order), so all see the same
-machine noise; medians are printed with their ratios.  A handler's CPU is
-user+system of its whole process tree (RUSAGE_CHILDREN), wall is fork to
-reap; node_exporter's CPU per scrape is the growth of its threads' run time
-(/proc/PID/task/*/schedstat, in ns), wall the HTTP request.
+Two parts, each interleaved so that every variant sees the same machine noise:
+
+- **Back to back**: ``--runs`` rounds, each running every variant and kind of
+  poll, the floors, and one node_exporter scrape, in a shuffled order.  Medians.
+- **At a cadence**, for each ``--spacing`` in seconds: ``--ticks`` ticks that far
+  apart; in each tick every handler variant makes the poll the collector would
+  ask for at that tick (disk and alerts every 6th: the defaults), the floors run
+  and node_exporter is scraped once, each at its own fixed slot of the tick, so
+  each runs once per spacing.  A daemon scraped every 10 s is colder than one
+  scraped back to back, and it also spends CPU between scrapes; both are shown.
+
+A handler's CPU is user+system of its whole process tree (RUSAGE_CHILDREN),
+wall is fork to reap; node_exporter's CPU per scrape is the growth of its
+threads' run time (/proc/PID/task/*/schedstat, in ns) around the HTTP request,
+and "per period" all of it from one scrape to the next.
+
+The floors, named for what they start: "one cat" is cat of the /proc files the
+handler reads (one process, no shell: the cost of starting any one program and
+reading the files); "sh + cat" is bench/floor.sh (a shell, then cat: what a
+shell handler cannot go below); "sh + cat + df" adds df on the same filesystems.
 
 Variants: the handler as qrexec runs it (its first line: mawk), the same file
-under gawk (Fedora's own awk, for a template without mawk), and the POSIX-sh
-handler of commit --baseline (taken from git, run by /bin/sh) -- the before.
-The floor (bench/floor.sh) cats the same /proc files and, for a full poll,
-runs df on the same filesystems.  The journal is a real one of 1,000 entries
-read by journalctl (built with systemd-journal-remote), since journalctl is
-the handler's one expensive child; without those tools that part is skipped.
+under gawk (Fedora's own awk), the POSIX-sh handler of commit --baseline (run by
+/bin/sh; the before of the awk rewrite), and with --compare REV the handler of
+that git revision, run the same way as this tree's; every ratio is then printed
+for both, side by side.  The journal is a real one of 1,000 entries read by
+journalctl (built with systemd-journal-remote), since journalctl is the
+handler's one expensive child.
 """
 
 from __future__ import annotations
@@ -47,13 +63,33 @@ NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PEER = "node_exporter"
 #: The last shell handler: the before of the awk rewrite.
 BASELINE = "b46ce42"
-KINDS = ("full", "disk", "alerts", "fast")
+KINDS = ("full", "disk", "alerts", "fast", "flood")
 LABELS = {
     "full": "full (df + journalctl)",
     "disk": "disk, no alerts (df)",
     "alerts": "alerts, no disk (journalctl)",
     "fast": "fast: /proc only",
+    "flood": "alerts, 50 new of a day's",
 }
+#: The journal: a day of a qube polled every 10 s (about 6 entries per qrexec
+#: call), 1 entry in NOTICE_EVERY of priority notice or higher.
+JOURNAL_ENTRIES = 8640 * 6
+NOTICE_EVERY = 100
+TREE = "awk (mawk)"
+ONE_CAT = "floor: one cat"
+SH_CAT = "floor: sh + cat"
+SH_CAT_DF = "floor: sh + cat + df"
+#: The collector's defaults: disk lines and alerts every 6th poll.
+DISK_EVERY = ALERTS_EVERY = 6
+#: Other cadences whose average is printed when their kinds were measured.
+CADENCES = (
+    (6, 6, "the defaults: disk and alerts once a minute"),
+    (6, 12, "alerts every 2 min"),
+    (6, 30, "alerts every 5 min"),
+    (6, 0, "no alerts at all, disk once a minute"),
+)
+
+Job = Callable[[], tuple[float, float]]
 
 
 def measure(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -83,24 +119,34 @@ def processes(argv: Sequence[str], env: dict[str, str]) -> int | None:
         return len(list(Path(tmp).iterdir()))
 
 
-def make_journal(directory: Path, entries: int) -> None:
+def make_journal(directory: Path, entries: int = JOURNAL_ENTRIES) -> tuple[int, int]:
+    """A qube's journal of the last day, as polling makes it: qrexec and PAM write
+    a few info entries per call, and 1 in NOTICE_EVERY is notice or higher.
+    Returns (the first entry's time, the newest notice's time), in microseconds."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     now_us = int(time.time() * 1_000_000)
+    step = 86_400_000_000 // entries
     export = directory / "in.export"
+    newest = 0
     with export.open("w") as f:
         for i in range(entries):
+            at = now_us - (entries - i) * step
+            notice = i % NOTICE_EVERY == 0
+            if notice:
+                newest = at
             f.write(
-                f"__REALTIME_TIMESTAMP={now_us - (entries - i) * 1000}\n"
-                f"__MONOTONIC_TIMESTAMP={i + 1}\n"
-                f"_BOOT_ID={boot}\nPRIORITY={3 + i % 5}\nSYSLOG_IDENTIFIER=bench\n_PID=1\n"
-                f"MESSAGE=benchmark entry {i}\n\n"
+                f"__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP={i + 1}\n_BOOT_ID={boot}\n"
+                f"PRIORITY={3 + i // NOTICE_EVERY % 3 if notice else 6}\n"
+                f"SYSLOG_IDENTIFIER=qrexec-agent\n_PID={1000 + i % 97}\n"
+                f"MESSAGE=executed user:qubes.Metrics.Get+nodisk.noalerts. entry {i}\n\n"
             )
     subprocess.run(
-        [REMOTE, f"--output={directory / 'bench.journal'}", str(export)],
+        [REMOTE, f"--output={directory / 'system.journal'}", str(export)],
         check=True,
         capture_output=True,
     )
     export.unlink()
+    return now_us - entries * step, newest
 
 
 def mounts_of(handler: Sequence[str], env: dict[str, str]) -> list[str]:
@@ -113,15 +159,16 @@ def mounts_of(handler: Sequence[str], env: dict[str, str]) -> list[str]:
     return mounts
 
 
-def baseline_handler(commit: str, directory: Path) -> Path:
-    path = directory / "qubes.Metrics.Get.sh"
+def from_git(commit: str, target: Path) -> Path:
+    """handler/qubes.Metrics.Get as it was at ``commit``, written to ``target``."""
     shown = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{commit}:handler/qubes.Metrics.Get"],
         capture_output=True,
         check=True,
     )
-    path.write_bytes(shown.stdout)
-    return path
+    target.write_bytes(shown.stdout)
+    target.chmod(0o755)
+    return target
 
 
 def task_cpu_ns(pid: int) -> int:
@@ -154,6 +201,7 @@ class NodeExporter:
                 time.sleep(0.05)
         for _ in range(5):
             urllib.request.urlopen(self.url, timeout=5).read()
+        self.last = task_cpu_ns(self.proc.pid)
 
     def scrape(self) -> tuple[float, float]:
         """(cpu ms, wall ms) of one scrape, node_exporter's threads only."""
@@ -163,6 +211,12 @@ class NodeExporter:
         wall = time.perf_counter() - start
         time.sleep(0.005)  # let its threads finish the scrape and go idle
         return (task_cpu_ns(self.proc.pid) - before) / 1e6, wall * 1000
+
+    def period(self) -> float:
+        """CPU ms of all its threads since the last call: a scrape and the idle time after it."""
+        now = task_cpu_ns(self.proc.pid)
+        spent, self.last = now - self.last, now
+        return spent / 1e6
 
     def resident_mb(self) -> float:
         status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
@@ -174,135 +228,270 @@ class NodeExporter:
 
 
 def cycle(disk_every: int, alerts_every: int) -> list[str]:
-    """The kinds of poll the collector asks for over one cycle (health.argument's rule)."""
+    """The kinds of poll the collector asks for over one cycle (health.argument's rule);
+    ``alerts_every`` 0: never."""
     kinds = []
-    for n in range(math.lcm(disk_every, alerts_every)):
-        disk, alerts = n % disk_every == 0, n % alerts_every == 0
+    for n in range(math.lcm(disk_every, alerts_every or 1)):
+        disk, alerts = n % disk_every == 0, alerts_every > 0 and n % alerts_every == 0
         kinds.append(
             "full" if disk and alerts else "disk" if disk else "alerts" if alerts else "fast"
         )
     return kinds
 
 
+def cycle_average(med: dict[str, float], disk_every: int, alerts_every: int) -> float:
+    """Average CPU ms per poll over a cycle, from each kind's median."""
+    kinds = cycle(disk_every, alerts_every)
+    return sum(med[k] for k in kinds) / len(kinds)
+
+
+def medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(c for c, _ in samples), statistics.median(w for _, w in samples)
+
+
+def at_cadence(
+    spacing: float,
+    ticks: int,
+    polls: dict[str, Callable[[str], tuple[float, float]]],
+    floors: dict[str, Job],
+    peer: NodeExporter,
+    kinds: list[str],
+) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list[float], list[float]]:
+    """Every handler variant, floor and a node_exporter scrape once per ``spacing`` s,
+    each at a fixed slot of the tick; the handlers make the collector's poll of the tick."""
+    slots: list[tuple[str, Callable[[int], tuple[str, tuple[float, float]]]]] = []
+    for name, poll in polls.items():
+        slots.append(
+            (name, lambda n, poll=poll: (kinds[n % len(kinds)], poll(kinds[n % len(kinds)])))
+        )
+    for name, job in floors.items():
+        slots.append((name, lambda _, job=job: ("", job())))
+    slots.append((PEER, lambda _: ("", peer.scrape())))
+    random.shuffle(slots)
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    periods: list[float] = []
+    peer.period()
+    start = time.monotonic()
+    for n in range(ticks):
+        for i, (name, run) in enumerate(slots):
+            at = start + n * spacing + i * spacing / len(slots)
+            time.sleep(max(0.0, at - time.monotonic()))
+            kind, sample = run(n)
+            samples.setdefault((name, kind), []).append(sample)
+            if name == PEER:
+                periods.append(peer.period())
+        print(f"\r  spacing {spacing:g} s: tick {n + 1}/{ticks}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    # The first period began at the call above, not at a scrape: dropped.
+    scrapes = [c for c, _ in samples.pop((PEER, ""))]
+    return samples, scrapes, periods[1:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=300, help="back-to-back rounds")
+    parser.add_argument(
+        "--spacing", default="10,1", help="seconds between polls, comma-separated ('' for none)"
+    )
+    parser.add_argument("--ticks", type=int, default=60, help="polls at each spacing")
+    parser.add_argument(
+        "--cycle",
+        default=f"{DISK_EVERY},{ALERTS_EVERY}",
+        metavar="DISK,ALERTS",
+        help="at a cadence, ask for disk lines and alerts every Nth poll, as the collector"
+        " (disk_every, alerts_every; ALERTS 0: never)",
+    )
     parser.add_argument("--baseline", default=BASELINE, help="commit of the shell handler")
+    parser.add_argument(
+        "--compare", metavar="REV", help="also run the handler of REV, side by side"
+    )
     args = parser.parse_args()
+    spacings = [float(s) for s in args.spacing.split(",") if s.strip()]
+    disk_every, alerts_every = (int(n) for n in args.cycle.split(","))
     if not (Path(REMOTE).exists() and shutil.which("journalctl")):
         print("systemd-journal-remote or journalctl missing: no journal to read", file=sys.stderr)
+        return 1
+    if not Path(NODE_EXPORTER).exists():
+        print(f"{NODE_EXPORTER} missing: apt-get install prometheus-node-exporter", file=sys.stderr)
         return 1
     interpreter = HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
     with tempfile.TemporaryDirectory() as tmp:
         journal = Path(tmp) / "journal"
         journal.mkdir()
-        make_journal(journal, 1000)
+        first_us, newest_us = make_journal(journal)
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "SYSMON_JOURNAL_DIR": str(journal)}
-        variants = {"awk (mawk)": [str(HANDLER)]}
+        # A copy: the tree may change while the benchmark runs.
+        tree = Path(tmp) / "tree"
+        shutil.copy(HANDLER, tree)
+        variants = {TREE: [str(tree)]}
+        handlers = [TREE]
+        if args.compare:
+            name = f"{TREE} {args.compare}"
+            variants[name] = [str(from_git(args.compare, Path(tmp) / "compare"))]
+            handlers.append(name)
         if shutil.which("gawk"):
-            variants["awk (gawk)"] = ["gawk", "-f", str(HANDLER)]
-        variants[f"sh {args.baseline}"] = ["sh", str(baseline_handler(args.baseline, Path(tmp)))]
+            variants["awk (gawk)"] = ["gawk", "-f", str(tree)]
+        old = f"sh {args.baseline}"
+        variants[old] = ["sh", str(from_git(args.baseline, Path(tmp) / "baseline.sh"))]
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
-        cursor = f"{boot[:16]}.{int(time.time() * 1_000_000) - 5_000_000}"
+        # As the collector's cursor: at the newest notice, filed, so a poll reads
+        # what came since (the seed's "notice+ entries in the last 10 s"): none.
+        cursor = f"{boot[:16]}.{newest_us}.1"
         arguments = {
             "full": cursor,
             "disk": "noalerts.",
             "alerts": "nodisk." + cursor,
             "fast": "nodisk.noalerts.",
+            "flood": f"nodisk.{boot[:16]}.{first_us}",
         }
-        mounts = mounts_of(variants["awk (mawk)"], env)
-        floors = {
-            "floor, full: cat /proc + df": (["sh", str(FLOOR), *mounts], env),
-            "floor, fast: cat /proc": (["sh", str(FLOOR)], {**env, "FLOOR_NO_DF": "1"}),
+        mounts = mounts_of(variants[TREE], env)
+        files = subprocess.run(
+            ["sh", str(FLOOR), "--list"], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        floor_runs = {
+            ONE_CAT: (["cat", *files], env),
+            SH_CAT: (["sh", str(FLOOR)], {**env, "FLOOR_NO_DF": "1"}),
+            SH_CAT_DF: (["sh", str(FLOOR), *mounts], env),
         }
-        runs: list[tuple[str, str, Sequence[str], dict[str, str]]] = [
-            (v, k, [*argv, arguments[k]], env) for v, argv in variants.items() for k in KINDS
+        floors: dict[str, Job] = {
+            name: functools.partial(measure, argv, floor_env)
+            for name, (argv, floor_env) in floor_runs.items()
+        }
+
+        def poll(argv: Sequence[str], kind: str) -> tuple[float, float]:
+            return measure([*argv, arguments[kind]], env)
+
+        polls = {v: functools.partial(poll, argv) for v, argv in variants.items()}
+        jobs: list[tuple[str, str, Job]] = [
+            (v, k, functools.partial(polls[v], k)) for v in variants for k in KINDS
         ]
-        runs += [(name, "", argv, floor_env) for name, (argv, floor_env) in floors.items()]
-        jobs: list[tuple[str, str, Callable[[], tuple[float, float]]]] = [
-            (v, k, functools.partial(measure, argv, job_env)) for v, k, argv, job_env in runs
-        ]
-        peer = NodeExporter() if Path(NODE_EXPORTER).exists() else None
+        jobs += [(name, "", job) for name, job in floors.items()]
+        peer = NodeExporter()
         try:
-            if peer is not None:
-                jobs.append((PEER, "", peer.scrape))
+            jobs.append((PEER, "", peer.scrape))
             samples: dict[tuple[str, str], list[tuple[float, float]]] = {
                 (v, k): [] for v, k, _ in jobs
             }
-            for _ in range(args.runs):
+            for n in range(args.runs):
                 random.shuffle(jobs)
                 for v, k, job in jobs:
                     samples[v, k].append(job())
-            resident = peer.resident_mb() if peer is not None else 0.0
+                print(f"\r  back to back: round {n + 1}/{args.runs}", end="", file=sys.stderr)
+            print(file=sys.stderr)
+            kinds = cycle(disk_every, alerts_every)
+            cadences = {s: at_cadence(s, args.ticks, polls, floors, peer, kinds) for s in spacings}
+            resident = peer.resident_mb()
         finally:
-            if peer is not None:
-                peer.close()
-        spawned = {(v, k): processes(argv, job_env) for v, k, argv, job_env in runs if k}
-    med = {
-        key: (statistics.median(c for c, _ in s), statistics.median(w for _, w in s))
-        for key, s in samples.items()
-    }
+            peer.close()
+        spawned = {
+            (v, k): processes([*argv, arguments[k]], env)
+            for v, argv in variants.items()
+            for k in KINDS
+        }
+        spawned |= {(name, ""): processes(argv, e) for name, (argv, e) in floor_runs.items()}
+    med = {key: medians(s) for key, s in samples.items()}
+
     print(f"handler {HANDLER} (first line: {interpreter}); /bin/sh = {os.path.realpath('/bin/sh')}")
     print(
-        f"{args.runs} interleaved rounds, medians; a real journal of 1,000 entries, cursor 5 s back"
+        f"a real journal of a day: {JOURNAL_ENTRIES:,} entries, 1 in {NOTICE_EVERY} notice or"
+        " higher; the cursor at the newest notice, filed (a flood: at the day's start)"
     )
-    print(f"\n  {'':30} {'cpu ms':>8} {'wall ms':>8} {'processes':>10}")
+    print(f"\nback to back: {args.runs} interleaved rounds, medians")
+    print(f"  {'':34} {'cpu ms':>8} {'wall ms':>8} {'processes':>10}")
     for v in variants:
         print(f"  {v}")
         for k in KINDS:
             n = spawned[v, k]
             print(
-                f"    {LABELS[k]:28} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} "
+                f"    {LABELS[k]:32} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} "
                 f"{'' if n is None else n:>10}"
             )
     for name in floors:
-        print(f"  {name:30} {med[name, ''][0]:8.2f} {med[name, ''][1]:8.2f}")
-
-    new, old = "awk (mawk)", f"sh {args.baseline}"
-    fast_floor = med["floor, fast: cat /proc", ""]
-    full_floor = med["floor, full: cat /proc + df", ""]
-    print("\nratios")
-    print(
-        f"  fast poll / cat-only floor: {med[new, 'fast'][0] / fast_floor[0]:.2f}x cpu, "
-        f"{med[new, 'fast'][1] / fast_floor[1]:.2f}x wall   (budget <= 1.0)"
-    )
-    print(
-        f"  disk poll / cat + df floor: {med[new, 'disk'][0] / full_floor[0]:.2f}x cpu, "
-        f"{med[new, 'disk'][1] / full_floor[1]:.2f}x wall"
-    )
-    for k in KINDS:
+        n = spawned[name, ""]
         print(
-            f"  {LABELS[k]:28} awk / sh: {med[new, k][0] / med[old, k][0]:.2f}x cpu, "
-            f"{med[new, k][1] / med[old, k][1]:.2f}x wall"
-            + ("   (budget: full <= 1.0, no worse than before)" if k == "full" else "")
+            f"  {name:34} {med[name, ''][0]:8.2f} {med[name, ''][1]:8.2f} "
+            f"{'' if n is None else n:>10}"
         )
-
-    if (PEER, "") not in med:
-        print(f"\n({NODE_EXPORTER} missing: apt-get install prometheus-node-exporter)")
-        return 0
-    cpu, wall = med[PEER, ""]
-    print("\nPrometheus node_exporter on loopback, one scrape of /metrics in each round")
+    peer_cpu, peer_wall = med[PEER, ""]
     print(
-        f"  cpu per scrape {cpu:.2f} ms (its threads' schedstat), wall {wall:.2f} ms, "
-        f"resident {resident:.1f} MB all the time"
+        f"  {PEER + ', one scrape':34} {peer_cpu:8.2f} {peer_wall:8.2f}"
+        f"   (its threads' schedstat; {resident:.1f} MB resident all the time)"
     )
-    print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape")
-    rows = [
-        (new, 6, 6, "the defaults: disk and alerts once a minute"),
-        (new, 6, 3, "alerts every 30 s"),
-        (new, 6, 12, "alerts every 2 min"),
+
+    kinds_med = {v: {k: med[v, k][0] for k in KINDS} for v in variants}
+    header = "".join(f" {h:>22}" for h in handlers)
+    print(f"\nratios, cpu (wall){'':26}{header}")
+
+    def row(
+        label: str, value: Callable[[str], tuple[float, float] | float], note: str = ""
+    ) -> None:
+        cells = []
+        for h in handlers:
+            got = value(h)
+            cells.append(
+                f"{got[0]:.2f}x ({got[1]:.2f}x)" if isinstance(got, tuple) else f"{got:.2f}x"
+            )
+        print(f"  {label:42}" + "".join(f" {c:>22}" for c in cells) + note)
+
+    def over(h: str, kind: str, floor: str) -> tuple[float, float]:
+        return med[h, kind][0] / med[floor, ""][0], med[h, kind][1] / med[floor, ""][1]
+
+    row("fast poll / one cat", lambda h: over(h, "fast", ONE_CAT))
+    row("fast poll / sh + cat", lambda h: over(h, "fast", SH_CAT))
+    row("disk poll / sh + cat + df", lambda h: over(h, "disk", SH_CAT_DF))
+    for k in KINDS:
+        row(
+            f"{LABELS[k]} / {old}",
+            lambda h, k=k: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]),
+        )
+    print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape, back to back")
+    for d, a, what in ((6, 3, "alerts every 30 s"), *CADENCES):
+        row(what, lambda h, d=d, a=a: cycle_average(kinds_med[h], d, a) / peer_cpu)
+    for v, d, a, what in [
+        ("awk (gawk)", 6, 6, "gawk (a Fedora template without mawk), the defaults"),
         (old, 6, 3, f"before: {args.baseline}'s handler and defaults"),
-        (old, 6, 6, f"{args.baseline}'s handler, today's defaults"),
-    ]
-    if "awk (gawk)" in variants:
-        rows.insert(1, ("awk (gawk)", 6, 6, "the defaults, gawk (a Fedora template without mawk)"))
-    for v, disk_every, alerts_every, what in rows:
-        kinds = cycle(disk_every, alerts_every)
-        average = sum(med[v, k][0] for k in kinds) / len(kinds)
-        budget = "   (budget <= 0.5)" if (v, disk_every, alerts_every) == (new, 6, 6) else ""
-        print(f"  {what:52} {average:6.2f} ms  {average / cpu:.2f}x{budget}")
+    ]:
+        if v in variants:
+            average = cycle_average(kinds_med[v], d, a)
+            print(f"  {what:52} {average:6.2f} ms  {average / peer_cpu:.2f}x")
+
+    for spacing, (got, scrapes, periods) in cadences.items():
+        scrape = statistics.median(scrapes)
+        period = statistics.median(periods)
+        print(
+            f"\nat {spacing:g} s spacing, {args.ticks} ticks, each variant once per tick"
+            f" (disk every {disk_every} polls, alerts every {alerts_every or 'never'}), medians"
+        )
+        print(
+            f"  {PEER}: {scrape:.2f} ms cpu per scrape, {period:.2f} ms per period "
+            f"(the scrape and its idle time after; back to back: {peer_cpu:.2f} ms)"
+        )
+        for name in floors:
+            if (name, "") in got:
+                print(f"  {name:34} {medians(got[name, ''])[0]:8.2f} ms cpu")
+        averages = {}
+        by_kind = {}
+        for v in variants:
+            by_kind[v] = {k: medians(s)[0] for (n, k), s in got.items() if n == v}
+            averages[v] = cycle_average(by_kind[v], disk_every, alerts_every)
+            parts = ", ".join(f"{k} {c:.2f}" for k, c in sorted(by_kind[v].items()))
+            print(f"  {v:34} {averages[v]:8.2f} ms cpu per poll on average ({parts})")
+        fast_floor = medians(got[ONE_CAT, ""])[0]
+        for label, values in [
+            ("cycle average / node_exporter's scrape", {h: averages[h] / scrape for h in handlers}),
+            ("cycle average / node_exporter's period", {h: averages[h] / period for h in handlers}),
+            ("fast poll / one cat", {h: medians(got[h, "fast"])[0] / fast_floor for h in handlers}),
+        ]:
+            row(label, values.__getitem__)
+        print("  other cadences, from the kinds of poll measured here / node_exporter's scrape")
+        for d, a, what in CADENCES:
+            if all(set(cycle(d, a)) <= set(by_kind[h]) for h in handlers):
+                row(
+                    what,
+                    {h: cycle_average(by_kind[h], d, a) / scrape for h in handlers}.__getitem__,
+                )
     print("  (the handler keeps no resident memory between polls)")
     return 0
 

@@ -26,6 +26,10 @@ NOT_IN_DEBIAN_ROOT = {
         "the Salt tests run on the newest releases and on Debian 12, and the packages "
         "Salt installs are installed into this root from the host (test_packages.py)"
     ),
+    "npm": (
+        "the dashboard's types (@grafana/schema) come from the npm registry, which this "
+        "root takes nothing from; they are checked on the host"
+    ),
 }
 
 settings.register_profile(

@@ -232,25 +232,6 @@ def test_a_day_exported_twice_or_its_vault_copy_adds_nothing(world, tmp_path):
     assert both == exported([world / "2025-08-31"], host="h")
 
 
-def test_every_query_of_the_dashboard_returns_series_on_both_engines(engines):
-    host = engines["host"]
-    dashboard = json.loads((ROOT / "contrib" / "grafana" / "sysmon.json").read_text())
-    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    variables = [
-        v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"
-    ]
-    assert len(queries) >= 9
-    for engine in (engines["vm"], engines["prom"]):
-        for expr in queries:
-            promql = expr.replace("$host", host).replace("$vm", ".*")
-            promql = promql.replace("$__rate_interval", "5m")
-            assert engine.query(promql, END - 60), (engine, promql)
-        for query in variables:  # label_values(metric, label): the label's values exist
-            metric, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
-            found = engine.query(metric.replace("$host", host), END - 60)
-            assert {r["metric"][label] for r in found}, (engine, query)
-
-
 def test_influx_lines_read_back_from_victoriametrics(world, tmp_path):
     """The same cells as Influx line protocol (CSV units), through VictoriaMetrics' /write."""
     host = host_identity(world)
