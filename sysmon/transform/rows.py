@@ -1,4 +1,7 @@
-"""From one tick's poll results to CSV rows and each qube's next state.  Pure.
+"""From one tick's poll results to rows and each qube's next state.  Pure.
+
+A row is values keyed by column (:class:`~sysmon.records.Row`), encoded once,
+where the daily budget needs its size; the store appends those lines.
 
 The ``vm`` of every row is the name the collector called, never anything a
 payload says.  Alerts are filed exactly once: an entry is new when it is
@@ -332,8 +335,9 @@ def _pool_of(info: QubeInfo | None, q: QubeState, day: str) -> str | None:
 class _Polled:
     """One qube's part of a tick: its scrapes row, what it may file today, its next state.
 
-    ``alerts`` are what is said of it (notes first, then its restart and its
-    journal); ``state`` is None for a failed poll (its state stands);
+    ``alerts`` are what is said of it (sysmon's notes on its names and
+    budgets first, then its restart and its journal); ``state`` is None for
+    a failed poll (its state stands);
     ``pool`` is its shared budget as this poll left it, if it has one.
     """
 
