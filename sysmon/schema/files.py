@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import io
 import math
 import re
@@ -178,6 +179,7 @@ class DailyFile:
 Schema = DailyFile
 
 
+@functools.lru_cache(maxsize=8)  # every row of a tick shares its ts: formatted once
 def format_ts(ts: datetime) -> str:
     """Seed 002's timestamp: UTC, seconds, ``Z``."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
