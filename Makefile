@@ -37,7 +37,7 @@ packages: debs rpms formula
 src:
 	rm -rf $(B)/src && mkdir -p $(B)/src
 	git ls-files -z --cached --others --exclude-standard \
-	    | tar --null -T - --no-recursion -c | tar -C $(B)/src -x
+	    | tar --null --no-recursion -T - -c | tar -C $(B)/src -x
 	test "$$(dpkg-parsechangelog -l debian/changelog -S Version)" = "$(VERSION)" \
 	    || { echo "make: debian/changelog's version is not ./version ($(VERSION))" >&2; exit 1; }
 	if [ -n "$(VERSION_SUFFIX)" ]; then \
