@@ -32,6 +32,10 @@ _DIGITS = 18
 #: A decimal whose digits make an integer under this is divided exactly by the FPU.
 _EXACT = 2**53
 
+#: A fast frame's ``attrs`` key: the longest line's bytes, newline included
+#: (no cell is longer).  A decoded frame does not know it.
+LONGEST = "longest_line"
+
 Opener = Callable[[], IO[bytes]]
 Ints = npt.NDArray[np.int64]
 
@@ -125,7 +129,9 @@ def fast_frame(
                 break
     if not pieces:
         return decoded_frame(lambda: io.BytesIO(header), daily, values, Skipped())
-    return pd.concat(pieces, ignore_index=True)
+    frame = pd.concat(pieces, ignore_index=True)
+    frame.attrs[LONGEST] = max(piece.attrs[LONGEST] for piece in pieces)
+    return frame
 
 
 def _plain(data: bytes) -> bool:
@@ -153,12 +159,16 @@ def _block(
     if not _plain(block):
         return None
     octets = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(octets == 10)
+    # Newlines and commas in one pass: both are under 45, as few other bytes are.
+    low = np.flatnonzero(octets <= ord(","))
+    kind = octets[low]
+    ends = low[kind == ord("\n")]
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
-    if int((ends - starts).max()) + 1 > max_line:
+    longest = int((ends - starts).max()) + 1
+    if longest > max_line:
         return None  # the decoder reads such a line in pieces
-    commas = np.flatnonzero(octets == 44)
+    commas = low[kind == ord(",")]
     if len(commas) != len(ends) * (width - 1):
         return None
     grid = commas.reshape(len(ends), width - 1)
@@ -174,9 +184,15 @@ def _block(
         cells = _read(block, width, wanted, set())
     if len(cells) != len(ends):
         return None
-    # pandas' float reader takes forms the decoder does not (" 1", "+1", "1e2"):
-    # in a block with none of their marks outside the text, its numbers stand.
-    quick = not _marked(block, [cells[at] for at in wanted])
+    # pandas' float reader takes forms the decoder does not: " 1" and "+1" (a
+    # block with a space or a plus has its numbers read from their bytes), and
+    # "1e2" (a cell with an e is read again by Column.number).
+    quick = not any(mark in block for mark in (b" ", b"\t", b"\x0b", b"\x0c", b"+"))
+    e = np.flatnonzero((octets | 0x20) == ord("e"))
+    before = octets[np.maximum(e - 1, 0)]
+    e = e[((before - ord("0")) <= 9) | (before == ord("."))]  # an exponent's e follows one
+    e_line = np.searchsorted(ends, e)
+    e_field = np.searchsorted(commas, e) - e_line * (width - 1)
     codes, uniques = pd.factorize(cells[where["ts"]])
     times = np.array([_seconds(str(u)) for u in uniques] + [np.nan])[codes]
     good = ~np.isnan(times)
@@ -194,11 +210,14 @@ def _block(
         last = ends if at == width - 1 else grid[:, at]
         column = daily.column(name)
         if quick and at in cells:
-            number = _checked(block, octets, first, last, column, cells[at].to_numpy(dtype=float))
+            parsed = cells[at].to_numpy(dtype=float)
+            number = _checked(block, octets, first, last, column, parsed, e_line[e_field == at])
         else:
             number = _numbers(block, octets, first, last, column)
         columns[name] = number[good]
-    return _frame(columns)
+    frame = _frame(columns)
+    frame.attrs[LONGEST] = longest
+    return frame
 
 
 def _frame(columns: dict[str, Any]) -> Any:
@@ -230,24 +249,6 @@ def _read(block: bytes, width: int, text: set[int], numbers: set[int]) -> Any:
     )
 
 
-def _marked(block: bytes, text: list[Any]) -> bool:
-    """Whether a number cell may hold a mark pandas reads but the decoder does not.
-
-    A space or sign pandas skips, or an ``e`` (of an exponent) beyond the text cells.
-    """
-    if any(mark in block for mark in (b" ", b"\t", b"\x0b", b"\x0c", b"+")):
-        return True
-    es = block.count(b"e") + block.count(b"E")
-    for column in text:
-        if not es:
-            break
-        codes, uniques = pd.factorize(column)
-        counts = np.bincount(codes, minlength=len(uniques))
-        marks = [u.count("e") + u.count("E") for u in uniques]
-        es -= int(np.dot(counts, marks)) if marks else 0
-    return es != 0
-
-
 #: Powers of ten, to count a number's digits before its point.
 _POWERS = 10.0 ** np.arange(1, 16)
 
@@ -259,13 +260,15 @@ def _checked(
     last: Ints,
     column: schema.Column,
     parsed: npt.NDArray[np.float64],
+    with_e: Ints,
 ) -> npt.NDArray[np.float64]:
     """Pandas' numbers for a block without marks, checked.
 
     A cell it may have read otherwise than :meth:`Column.number` is read by it.
-    Without marks pandas reads ``-?[0-9]*(\\.[0-9]*)?``; the decoder wants a digit
-    on each side of a point, at most 6 after it (at most 15 digits in all here,
-    which pandas rounds as Python does).  A cell is suspect unless its bytes
+    Without a space or a plus, and but in the cells ``with_e``, pandas reads
+    ``-?[0-9]*(\\.[0-9]*)?``; the decoder wants a digit on each side of a point,
+    at most 6 after it (at most 15 digits in all here, which pandas rounds as
+    Python does).  A cell is suspect unless its bytes
     and its size say so.
     """
     size = last - first
@@ -284,6 +287,7 @@ def _checked(
             | (size > digits + minus + 7)
             | (minus & (parsed == 0))
         )
+    suspect[with_e] = True
     out = parsed.copy()
     for i in np.flatnonzero(suspect):
         value = column.number(block[first[i] : last[i]].decode())

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sysmon import schema
-from sysmon.commands.report.frames import read_frame, text_names
+from sysmon.commands.report.frames import LONGEST, read_frame, text_names
 from sysmon.commands.report.read import (
     FIRST_T,
     LAST_T,
@@ -84,9 +84,14 @@ def _usable(
     A text cell longer than sysmon writes, or a time outside 1970-2199, is skipped.
     """
     long = np.zeros(len(rows), dtype=bool)
-    for column in text_names(daily):
-        # Repeated names are measured once; free text (alerts) cell by cell.
-        long |= _too_long(rows[column]) if column == "vm" else rows[column].str.len().gt(MAX_CELL)
+    # A file whose lines are no longer than a cell may be holds no cell too long.
+    short = rows.attrs.get(LONGEST, MAX_CELL + 1) <= MAX_CELL
+    for column in () if short else text_names(daily):
+        # Names repeat: each is measured once; free text (alerts) cell by cell.
+        if daily.column(column).role is schema.Role.TEXT:
+            long |= rows[column].str.len().gt(MAX_CELL).to_numpy()
+        else:
+            long |= _too_long(rows[column])
     outside = ~((rows["t"] >= FIRST_T) & (rows["t"] < LAST_T)).to_numpy()
     part.skipped += int((long | outside).sum())
     readable = rows[~(long | outside)]
