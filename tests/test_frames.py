@@ -150,3 +150,14 @@ def test_a_file_that_is_not_plain_is_read_by_the_decoder() -> None:
     for odd in ('"quoted, text"', "a\rb", "x" * (MAX_LINE + 1)):
         data = (schema.ALERTS.header.decode() + f"2025-08-31T12:00:00Z,work,{odd}\n").encode()
         assert not _compare(schema.ALERTS, data, ())
+
+
+def test_a_long_line_and_a_short_one_do_not_make_up_for_each_other() -> None:
+    """The commas of the two add up to two lines' worth: still two rows of the wrong width."""
+    data = (
+        schema.CONNECTIONS.header.decode()
+        + "2025-08-31T12:00:00Z,work,3,1,9\n"
+        + "2025-08-31T12:00:10Z,work,4\n"
+        + "2025-08-31T12:00:20Z,work,5,1\n"
+    ).encode()
+    assert not _compare(schema.CONNECTIONS, data, ("tcp_established",))

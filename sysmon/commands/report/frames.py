@@ -134,9 +134,14 @@ def fast_frame(
     return frame
 
 
-def _plain(data: bytes) -> bool:
-    """No byte the decoder reads otherwise than a split at commas and newlines does."""
-    if b'"' in data or b"\r" in data or b"\0" in data or data.startswith(b"\xef\xbb\xbf"):
+def _plain(data: bytes, *, marks: bool = True) -> bool:
+    """No byte the decoder reads otherwise than a split at commas and newlines does.
+
+    ``marks``: look for a quote, CR or NUL (not needed where none can be).
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        return False
+    if marks and (b'"' in data or b"\r" in data or b"\0" in data):
         return False
     if not data.isascii():
         try:
@@ -156,25 +161,38 @@ def _block(
     max_line: int,
 ) -> Any | None:
     """Whole lines of a plain file as a frame; None if a line is not a plain row."""
-    if not _plain(block):
-        return None
     octets = np.frombuffer(block, dtype=np.uint8)
     # Newlines and commas in one pass: both are under 45, as few other bytes are.
     low = np.flatnonzero(octets <= ord(","))
-    kind = octets[low]
-    ends = low[kind == ord("\n")]
+    lines = block.count(b"\n")
+    if len(low) == lines * width and block.count(b",") == lines * (width - 1):
+        # Nothing under 45 but commas and newlines (no quote, CR, NUL, space or
+        # plus): each line has its share of commas if each share ends in a newline.
+        table = low.reshape(lines, width)
+        ends = table[:, -1]
+        if not (octets[ends] == ord("\n")).all() or not _plain(block, marks=False):
+            return None
+        grid, quick = table[:, :-1], True
+    else:
+        if not _plain(block):
+            return None
+        kind = octets[low]
+        ends = low[kind == ord("\n")]
+        commas = low[kind == ord(",")]
+        if len(commas) != len(ends) * (width - 1):
+            return None
+        grid = commas.reshape(len(ends), width - 1)
+        # pandas' float reader takes " 1" and "+1", the decoder does not: the
+        # numbers of a block with a space or a plus are read from their bytes.
+        quick = not any(mark in block for mark in (b" ", b"\t", b"\x0b", b"\x0c", b"+"))
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
-    longest = int((ends - starts).max()) + 1
-    if longest > max_line:
-        return None  # the decoder reads such a line in pieces
-    commas = low[kind == ord(",")]
-    if len(commas) != len(ends) * (width - 1):
-        return None
-    grid = commas.reshape(len(ends), width - 1)
     # Each line's share of commas lies inside it: every line has the header's width.
     if not ((grid[:, 0] >= starts).all() and (grid[:, -1] < ends).all()):
         return None
+    longest = int((ends - starts).max()) + 1
+    if longest > max_line:
+        return None  # the decoder reads such a line in pieces
     text = text_names(daily)
     wanted = {where["ts"], *(where[n] for n in text if where[n] >= 0)}
     numeric = [daily.column(n) for n in values if where[n] >= 0 and daily.column(n).kind != "pct"]
@@ -184,15 +202,15 @@ def _block(
         cells = _read(block, width, wanted, set())
     if len(cells) != len(ends):
         return None
-    # pandas' float reader takes forms the decoder does not: " 1" and "+1" (a
-    # block with a space or a plus has its numbers read from their bytes), and
-    # "1e2" (a cell with an e is read again by Column.number).
-    quick = not any(mark in block for mark in (b" ", b"\t", b"\x0b", b"\x0c", b"+"))
-    e = np.flatnonzero((octets | 0x20) == ord("e"))
-    before = octets[np.maximum(e - 1, 0)]
-    e = e[((before - ord("0")) <= 9) | (before == ord("."))]  # an exponent's e follows one
-    e_line = np.searchsorted(ends, e)
-    e_field = np.searchsorted(commas, e) - e_line * (width - 1)
+    # pandas' float reader also takes "1e2": a cell with an e after a digit is
+    # read again by Column.number.
+    e_line = e_field = np.zeros(0, dtype=np.int64)
+    if quick and any(where[c.name] in cells for c in numeric):
+        e = np.flatnonzero((octets | 0x20) == ord("e"))
+        before = octets[np.maximum(e - 1, 0)]
+        e = e[((before - ord("0")) <= 9) | (before == ord("."))]  # an exponent's e follows one
+        e_line = np.searchsorted(ends, e)
+        e_field = np.searchsorted(grid.ravel(), e) - e_line * (width - 1)
     codes, uniques = pd.factorize(cells[where["ts"]])
     times = np.array([_seconds(str(u)) for u in uniques] + [np.nan])[codes]
     good = ~np.isnan(times)
