@@ -12,6 +12,7 @@ the cells it uses (:meth:`Column.number`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -50,6 +51,12 @@ class Row:
     cells: tuple[str, ...]
 
 
+def seconds(text: str) -> int | None:
+    """A ``ts`` cell as epoch seconds (a fraction cut off), None if it is not a UTC time."""
+    when = parse_ts(text)
+    return int(when.timestamp()) if when is not None else None
+
+
 class _Seconds:
     """``ts`` cells to epoch seconds; every row of a tick shares its text."""
 
@@ -59,9 +66,8 @@ class _Seconds:
 
     def __call__(self, text: str) -> int | None:
         if text != self.text:
-            when = parse_ts(text)
             self.text = text
-            self.value = int(when.timestamp()) if when is not None else None
+            self.value = seconds(text)
         return self.value
 
 
@@ -83,6 +89,15 @@ def decode_untrusted(
 ) -> Iterator[Row]:
     """The rows of ``raw`` (a daily file described by ``daily``), skipping what is not one."""
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    try:
+        yield from _rows(text, daily, skipped, max_line)
+    finally:
+        # ``raw`` stays the caller's to close: a dropped wrapper would close it, warning.
+        with contextlib.suppress(ValueError):
+            text.detach()
+
+
+def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[Row]:
     reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
     try:
         header = next(reader, None)

@@ -1,0 +1,269 @@
+"""A day's daily files reduced to the charts' points, and the days joined in order.
+
+Each file is read as columns by :func:`.frames.read_frame` (the one decoder);
+what is kept and in which unit follows the schema (:mod:`sysmon.schema`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import tarfile
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sysmon import schema
+from sysmon.commands.report.frames import LONGEST, read_frame, text_names
+from sysmon.commands.report.read import (
+    FIRST_T,
+    LAST_T,
+    MAX_CELL,
+    MAX_SERIES,
+    NUMBERS,
+    Data,
+    ReportError,
+    Series,
+    _Part,
+)
+from sysmon.records import Status
+from sysmon.store.archive import day_members
+
+#: What a damaged archive (or an unreadable file) raises while it is read.
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError)
+_BY_NAME = {daily.file_name: daily for daily in NUMBERS}
+
+
+def to_unit(daily: schema.DailyFile, name: str, values: Any, unit: str) -> Any:
+    """A value column in ``unit`` (``MiB``, ``KiB``) from the unit the schema stores."""
+    base, factor = daily.column(name).base_unit
+    if base != "bytes":
+        raise ValueError(f"{name} is in {base}, not bytes")
+    return values * (factor / {"KiB": 1024, "MiB": 2**20}[unit])
+
+
+def read_unit(unit: Path, vms: set[str] | None, start: float, end: float) -> _Part:
+    """One day folder or archive, reduced to what the charts need."""
+    part = _Part()
+    frames: dict[str, Any] = {}
+    try:
+        for name, opener in day_members(unit):
+            daily = _BY_NAME.get(name)
+            if daily is None:
+                continue
+            frame, skipped = read_frame(opener, daily, NUMBERS[daily])
+            part.skipped += skipped.rows
+            frames[name] = _usable(part, daily, frame, vms, start, end)
+    except UNREADABLE as exc:
+        raise ReportError(f"{unit}: cannot be read ({exc})") from None
+    for name, frame in frames.items():
+        _reduce(part, _BY_NAME[name], frame)
+    return part
+
+
+def _too_long(column: Any) -> Any:
+    """Rows whose cell is longer than any sysmon writes."""
+    codes, uniques = pd.factorize(column)
+    long = [i for i, text in enumerate(uniques) if len(str(text)) > MAX_CELL]
+    return np.isin(codes, long)
+
+
+def _usable(
+    part: _Part,
+    daily: schema.DailyFile,
+    rows: Any,
+    vms: set[str] | None,
+    start: float,
+    end: float,
+) -> Any:
+    """The rows that can be drawn, of the qubes and times asked for.
+
+    A text cell longer than sysmon writes, or a time outside 1970-2199, is skipped.
+    """
+    long = np.zeros(len(rows), dtype=bool)
+    # A file whose lines are no longer than a cell may be holds no cell too long.
+    short = rows.attrs.get(LONGEST, MAX_CELL + 1) <= MAX_CELL
+    for column in () if short else text_names(daily):
+        # Names repeat: each is measured once; free text (alerts) cell by cell.
+        if daily.column(column).role is schema.Role.TEXT:
+            long |= rows[column].str.len().gt(MAX_CELL).to_numpy()
+        else:
+            long |= _too_long(rows[column])
+    outside = ~((rows["t"] >= FIRST_T) & (rows["t"] < LAST_T)).to_numpy()
+    part.skipped += int((long | outside).sum())
+    readable = rows[~(long | outside)]
+    part.rows += len(readable)
+    if vms:
+        readable = readable[readable["vm"].isin(vms)]
+    return readable[(readable["t"] >= start) & (readable["t"] <= end)]
+
+
+def _finite(*columns: Any) -> Any:
+    ok = np.ones(len(columns[0]), dtype=bool)
+    for column in columns:
+        ok &= np.isfinite(column.to_numpy(dtype=float))
+    return ok
+
+
+def _split(frame: Any, keys: str | list[str]) -> dict[Any, tuple[Any, Any]]:
+    """A frame of ``t`` and ``v`` as arrays per key, keys in the order they first came."""
+    return {
+        key: (group["t"].to_numpy(dtype=float), group["v"].to_numpy(dtype=float))
+        for key, group in frame.groupby(keys, sort=False)
+    }
+
+
+def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
+    """Keep what the charts need of one file's readable rows."""
+
+    def keep(metric: str, frame: Any, value: Any, keys: str | list[str] = "vm") -> None:
+        part.series[metric] = _split(frame.assign(v=value), keys)
+
+    if daily is schema.SYSTEM:
+        both = rows[_finite(rows["cpu_user"], rows["cpu_system"])]
+        keep("cpu", both, both["cpu_user"] + both["cpu_system"])
+        used = rows[_finite(rows["mem_used_kb"])]
+        keep("mem", used, to_unit(daily, "mem_used_kb", used["mem_used_kb"], "MiB"))
+    elif daily is schema.NETWORK:
+        counters = rows[(rows["if"] != "lo") & _finite(rows["rx_bytes"], rows["tx_bytes"])]
+        _day_rates(part, counters)
+    elif daily is schema.CONNECTIONS:
+        tcp = rows[_finite(rows["tcp_established"])]
+        keep("tcp", tcp, tcp["tcp_established"])
+    elif daily is schema.DISK:
+        used, avail = rows["used_kb"], rows["avail_kb"]
+        disk = rows[_finite(used, avail) & ((used + avail) > 0).to_numpy()]
+        disk = disk.assign(mount=disk["mount"].where(disk["mount"] != "", "?"))
+        keep(
+            "disk",
+            disk,
+            100 * disk["used_kb"] / (disk["used_kb"] + disk["avail_kb"]),
+            ["vm", "mount"],
+        )
+    elif daily is schema.XEN:
+        xen = rows[_finite(rows["cpu_usage"], rows["memory_kb"])]
+        keep("xen_cpu", xen, xen["cpu_usage"])
+        keep("xen_mem", xen, to_unit(daily, "memory_kb", xen["memory_kb"], "MiB"))
+    elif daily is schema.SCRAPES:
+        status = rows["status"].where(rows["status"] != "", "?")
+        part.health.update(Counter(zip(rows["vm"], status, strict=True)))
+        failed = rows[~status.isin([Status.OK.value, Status.SKIPPED.value])]
+        keep("failures", failed, 1.0)
+    elif daily is schema.ALERTS:
+        part.alerts.extend(zip(rows["t"], rows["vm"], rows["msg"], strict=True))
+
+
+def _day_rates(part: _Part, counters: Any) -> None:
+    """Rates within one day per qube and time, all interfaces summed.
+
+    Also each interface's first and last counters, to join rates across days.
+    """
+    keys = pd.factorize(counters["vm"] + "\0" + counters["if"])[0]
+    order = np.argsort(keys, kind="stable")  # each interface's samples, in file order
+    key, t = keys[order], counters["t"].to_numpy()[order]
+    rx, tx = counters["rx_bytes"].to_numpy()[order], counters["tx_bytes"].to_numpy()[order]
+    same = np.zeros(len(key), dtype=bool)
+    same[1:] = key[1:] == key[:-1]
+    dt, drx, dtx = (np.diff(a, prepend=np.nan) for a in (t, rx, tx))
+    # Rates only from two samples in order with counters that did not go
+    # back (a restart or a reset): no negative spikes.
+    with np.errstate(invalid="ignore"):
+        ok = same & (dt > 0) & (drx >= 0) & (dtx >= 0)
+    vm, t = counters["vm"].to_numpy()[order][ok], t[ok]
+    rx = to_unit(schema.NETWORK, "rx_bytes", drx[ok] / dt[ok], "KiB")
+    tx = to_unit(schema.NETWORK, "tx_bytes", dtx[ok] / dt[ok], "KiB")
+    ends = counters[["vm", "if", "t", "rx_bytes", "tx_bytes"]].assign(key=keys)
+    for side, keep in ((part.net_first, "first"), (part.net_last, "last")):
+        for vm_, iface, t_, rx_, tx_, _key in ends.drop_duplicates("key", keep=keep).itertuples(
+            index=False
+        ):
+            side[(vm_, iface)] = (t_, rx_, tx_)
+    if not len(t):
+        return
+    code, names = pd.factorize(vm)
+    by_time = np.lexsort((t, code))  # stable: each sum adds in the order the rates came
+    code, t = code[by_time], t[by_time]
+    starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (t[1:] != t[:-1])])
+    rx, tx = np.add.reduceat(rx[by_time], starts), np.add.reduceat(tx[by_time], starts)
+    code, t = code[starts], t[starts]
+    bounds = np.flatnonzero(np.r_[True, code[1:] != code[:-1], True])
+    for a, b in itertools.pairwise(bounds):
+        part.net[str(names[code[a]])] = (t[a:b], rx[a:b], tx[a:b])
+
+
+class Merge:
+    """Days joined in order: series extended, mounts capped, rates joined across midnight."""
+
+    def __init__(self) -> None:
+        self.result = Data()
+        self.pieces: dict[str, dict[Any, list[tuple[Any, Any]]]] = {}
+        self.mounts: Counter[str] = Counter()
+        self.last_seen: dict[tuple[str, str], tuple[float, float, float]] = {}
+
+    def add(self, part: _Part) -> None:
+        """The next day."""
+        result = self.result
+        result.rows += part.rows
+        result.skipped += part.skipped
+        result.alerts.extend(part.alerts)
+        for (vm, word), n in part.health.items():
+            result.health.setdefault(vm, Counter())[word] += n
+        for name, by_key in part.series.items():
+            pieces = self.pieces.setdefault(name, {})
+            for key, (t, v) in by_key.items():
+                if name == "disk" and key not in pieces:
+                    if self.mounts[key[0]] >= MAX_SERIES:
+                        result.cut_series += len(t)
+                        continue
+                    self.mounts[key[0]] += 1
+                pieces.setdefault(key, []).append((t, v))
+        day = dict(part.net)
+        for key, sample in part.net_first.items():
+            if key in self.last_seen and (rate := _rate(self.last_seen[key], sample)):
+                day[key[0]] = self._add_at(day.get(key[0]), sample[0], rate)
+        for vm, (t, rx, tx) in day.items():
+            self.pieces.setdefault("rx", {}).setdefault(vm, []).append((t, rx))
+            self.pieces.setdefault("tx", {}).setdefault(vm, []).append((t, tx))
+        self.last_seen.update(part.net_last)
+
+    def _add_at(
+        self, day: tuple[Any, Any, Any] | None, t: float, rate: tuple[float, float]
+    ) -> tuple[Any, Any, Any]:
+        """A rate across midnight added to the day's sum at ``t`` (after the day's own)."""
+        if day is None:
+            return np.array([t]), np.array([rate[0]]), np.array([rate[1]])
+        times, rx, tx = day
+        i = int(np.searchsorted(times, t))
+        if i < len(times) and times[i] == t:
+            rx, tx = rx.copy(), tx.copy()
+            rx[i] += rate[0]
+            tx[i] += rate[1]
+            return times, rx, tx
+        return np.insert(times, i, t), np.insert(rx, i, rate[0]), np.insert(tx, i, rate[1])
+
+    def data(self) -> Data:
+        """Every series in one piece."""
+        while self.pieces:  # each day's pieces let go as soon as they are joined
+            name, by_key = self.pieces.popitem()
+            joined = getattr(self.result, name)
+            while by_key:
+                key, parts = by_key.popitem()
+                joined[key] = Series(
+                    np.concatenate([t for t, _ in parts]), np.concatenate([v for _, v in parts])
+                )
+        return self.result
+
+
+def _rate(
+    prev: tuple[float, float, float], cur: tuple[float, float, float]
+) -> tuple[float, float] | None:
+    if cur[0] <= prev[0] or cur[1] < prev[1] or cur[2] < prev[2]:
+        return None
+    dt = cur[0] - prev[0]
+    return (
+        to_unit(schema.NETWORK, "rx_bytes", (cur[1] - prev[1]) / dt, "KiB"),
+        to_unit(schema.NETWORK, "tx_bytes", (cur[2] - prev[2]) / dt, "KiB"),
+    )

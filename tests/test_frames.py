@@ -1,0 +1,163 @@
+"""The report's fast path gives what the one decoder gives, cell by cell, for any file."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sysmon import schema
+from sysmon.commands.report import frames
+
+T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+#: Short lines make a line past the limit cheap to write.
+MAX_LINE = 200
+
+#: Number cells: the writer's, and forms pandas reads but the decoder does not.
+NUMBER = st.one_of(
+    st.integers(-(2**63), 2**64).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.1f}"),
+    st.decimals(places=6, allow_nan=False, allow_infinity=False).map(str),
+    st.sampled_from(
+        [
+            "", "-", "-0", "-0.0", "007", "1.0", "1e2", "1E2", "1e+3", " 1", "1 ", "+1",
+            ".5", "5.", "-.5", "nan", "NaN", "inf", "-inf", "Infinity", "1.1234567",
+            "1.1000000", "12345678901234567890", "9007199254740993", "99999999999999999.5",
+            "12%", "%", "-5%", "12%%", "0x10", "1_0", "--1", "1.2.3", "\t2", "\x0b3",
+        ]
+    ),
+)  # fmt: skip
+#: Text cells: names a qube may pick, some with the marks a number can hide.
+TEXT = st.one_of(
+    st.sampled_from(["work", "sys-net", "vm1e", "nan", "inf", "eth0", "lo", "a b", "x+y", ""]),
+    st.text(alphabet="ae1.-+ E", max_size=6),
+)
+#: Whole lines or pieces that are not one.
+ODD = st.sampled_from(
+    [
+        "", "\r", "\x00", '"', '"a,b",', "\ufeff", "é", "x" * (MAX_LINE + 5), ",,,,,,,,,,,,,,,,",
+        "yesterday", "2025-08-31T12:00:00+02:00", "2025-08-31", "0001-01-01T00:00:00Z",
+    ]
+)  # fmt: skip
+
+
+def _line(daily: schema.DailyFile) -> st.SearchStrategy[str]:
+    """One line: cells for ``daily``'s columns, now and then one too many or too few."""
+    cells: list[st.SearchStrategy[str]] = []
+    for column in daily.columns:
+        if column.role is schema.Role.TIME:
+            cells.append(
+                st.integers(0, 86_400).map(lambda s: schema.format_ts(T0 + timedelta(seconds=s)))
+            )
+        elif column.role is schema.Role.VALUE:
+            cells.append(NUMBER)
+        else:
+            cells.append(TEXT)
+    width = st.sampled_from([0, 0, 0, 0, 0, 1, -1])
+    return st.tuples(st.tuples(*cells), width).map(
+        lambda c: ",".join(list(c[0]) + ["1"] * c[1] if c[1] >= 0 else list(c[0])[: c[1]])
+    )
+
+
+def _file(daily: schema.DailyFile) -> st.SearchStrategy[bytes]:
+    lines = st.lists(st.one_of(_line(daily), _line(daily), _line(daily), ODD), max_size=12)
+    end = st.sampled_from(["\n", ""])
+    return st.tuples(lines, end).map(
+        lambda le: (daily.header.decode() + "\n".join(le[0]) + (le[1] if le[0] else "")).encode()
+    )
+
+
+def _compare(daily: schema.DailyFile, data: bytes, values: tuple[str, ...]) -> bool:
+    """Read ``data`` both ways: the same frame and the same skips; whether it was fast."""
+
+    def opener() -> io.BytesIO:
+        return io.BytesIO(data)
+
+    fast_skips = schema.Skipped()
+    fast = frames.fast_frame(opener, daily, values, fast_skips, max_line=MAX_LINE)
+    slow_skips = schema.Skipped()
+    slow = frames.decoded_frame(opener, daily, values, slow_skips, max_line=MAX_LINE)
+    frame, skips = frames.read_frame(opener, daily, values, max_line=MAX_LINE)
+    assert skips == slow_skips
+    for got in (frame, fast) if fast is not None else (frame,):
+        assert list(got.columns) == list(slow.columns)
+        assert len(got) == len(slow)
+        for name in slow.columns:
+            a, b = got[name].to_numpy(), slow[name].to_numpy()
+            if b.dtype == object:
+                assert a.tolist() == b.tolist(), name
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+                assert (np.signbit(a) == np.signbit(b)).all(), name
+    if fast is not None:
+        assert fast_skips == slow_skips
+    return fast is not None
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of a few lines, so that a file is split in several."""
+    monkeypatch.setattr(frames, "BLOCK", 97)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([schema.SYSTEM, schema.NETWORK, schema.DISK]).flatmap(
+    lambda d: st.tuples(st.just(d), _file(d))))  # fmt: skip
+def test_the_fast_path_and_the_decoder_agree_cell_by_cell(
+    case: tuple[schema.DailyFile, bytes],
+) -> None:
+    daily, data = case
+    values = tuple(c.name for c in daily.of_role(schema.Role.VALUE))
+    _compare(daily, data, values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 86_399), st.sampled_from(["work", "sys-net", "vm1e"]),
+                          st.none() | st.floats(0, 100), st.none() | st.integers(0, 2**62)),
+                max_size=30))  # fmt: skip
+def test_what_the_writer_writes_takes_the_fast_path(
+    rows: list[tuple[int, str, float | None, int | None]],
+) -> None:
+    data = schema.SYSTEM.header + b"".join(
+        schema.SYSTEM.encode(
+            {"ts": T0 + timedelta(seconds=s), "vm": vm, "cpu_user": cpu, "mem_used_kb": mem}
+        )
+        for s, vm, cpu, mem in rows
+    )
+    assert _compare(schema.SYSTEM, data, ("cpu_user", "mem_used_kb", "load1"))
+
+
+def test_each_odd_form_agrees_and_plain_files_stay_fast() -> None:
+    """Every hostile number in a file otherwise plain: still fast, still the decoder's value."""
+    for cell in [
+        "1e2", " 1", "+1", ".5", "5.", "nan", "inf", "-0", "-0.0", "1.1234567", "007",
+        "12345678901234567890", "9007199254740993", "99999999999999999.5", "-", "1.2.3",
+    ]:  # fmt: skip
+        data = (
+            schema.CONNECTIONS.header.decode()
+            + "2025-08-31T12:00:00Z,work,3,1\n"
+            + f"2025-08-31T12:00:10Z,work,{cell},1\n"
+        ).encode()
+        fast = _compare(schema.CONNECTIONS, data, ("tcp_established", "udp_sockets"))
+        assert fast, cell
+
+
+def test_a_file_that_is_not_plain_is_read_by_the_decoder() -> None:
+    for odd in ('"quoted, text"', "a\rb", "x" * (MAX_LINE + 1)):
+        data = (schema.ALERTS.header.decode() + f"2025-08-31T12:00:00Z,work,{odd}\n").encode()
+        assert not _compare(schema.ALERTS, data, ())
+
+
+def test_a_long_line_and_a_short_one_do_not_make_up_for_each_other() -> None:
+    """The commas of the two add up to two lines' worth: still two rows of the wrong width."""
+    data = (
+        schema.CONNECTIONS.header.decode()
+        + "2025-08-31T12:00:00Z,work,3,1,9\n"
+        + "2025-08-31T12:00:10Z,work,4\n"
+        + "2025-08-31T12:00:20Z,work,5,1\n"
+    ).encode()
+    assert not _compare(schema.CONNECTIONS, data, ("tcp_established",))

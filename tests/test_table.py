@@ -1,0 +1,41 @@
+"""The docs' column table is the schema's, made by ``python -m sysmon.schema``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sysmon import schema
+from sysmon.schema.table import BEGIN, END, column_table
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+
+
+def test_the_docs_table_is_the_generated_one() -> None:
+    text = DOCS.read_text()
+    assert text.count(BEGIN) == 1
+    assert text.count(END) == 1
+    block = text[text.index(BEGIN) : text.index(END) + len(END)] + "\n"
+    assert block == column_table(), "run: python -m sysmon.schema, paste it between the markers"
+
+
+def test_every_column_has_its_row_and_python_m_prints_the_table() -> None:
+    table = column_table()
+    for daily in schema.DAILY_FILES:
+        for column in daily.columns[2:]:
+            assert f"| `{daily.file_name}` | `{column.name}` |" in table
+    printed = subprocess.run(
+        [sys.executable, "-m", "sysmon.schema"], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed == table
+
+
+def test_a_column_changed_in_the_schema_changes_the_table() -> None:
+    renamed = schema.DailyFile(
+        "system.csv",
+        (*schema.SYSTEM.columns[:2], schema.Column("cpu", "dec1", schema.Role.VALUE, "%", "gauge")),
+    )
+    table = column_table((renamed, *schema.DAILY_FILES[1:]))
+    assert table != column_table()
+    assert "| `system.csv` | `cpu` | `1.5` | value | gauge | % |  |" in table
