@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "day folders and archives for VictoriaMetrics, Prometheus, Loki")
     export.add_argument("paths", type=Path, nargs="+", help="day folders, out_dirs, monitor-*.tgz")
     export.add_argument(
-        "--format", choices=("openmetrics", "influx", "alerts-jsonl"), default="openmetrics"
+        "--format",
+        choices=("openmetrics", "victoriametrics", "influx", "alerts-jsonl"),
+        default="openmetrics",
     )
     export.add_argument("--host", help="the host label (default: the archive's own identity)")
     export.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD")

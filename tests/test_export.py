@@ -26,8 +26,8 @@ from sysmon.commands.export import (
     Ledger,
     export,
 )
+from sysmon.schema import exposition
 from sysmon.store.archive import build_archive, day_meta, host_identity
-from sysmon.transform import exposition
 
 START = datetime(2025, 8, 31, 18, 0, tzinfo=UTC)
 END = int((START + timedelta(hours=12)).timestamp())
