@@ -44,6 +44,7 @@ from typing import IO, TextIO
 
 from sysmon import schema
 from sysmon.commands.export.ledger import Ledger, default_ledger
+from sysmon.commands.export.push import PushError, Target, push_days
 from sysmon.commands.export.series import (
     FORMATS,
     MAX_LABEL_VALUES,
@@ -314,6 +315,34 @@ def _write_file(
     return counts
 
 
+#: A per-day file's suffix, by format.
+SUFFIXES = {
+    "openmetrics": "om",
+    "victoriametrics": "jsonl",
+    "influx": "lp",
+    "alerts-jsonl": "loki.jsonl",
+}
+
+
+def _write_per_day(
+    folder: Path,
+    chosen: list[Day],
+    *,
+    fmt: str,
+    ledger: Ledger | None,
+    skipped_days: int,
+    progress: Progress,
+) -> Counts:
+    """A file per day in ``folder`` (``HOST-DAY.om``...), each whole, noted once in place."""
+    total = Counts(skipped_days=skipped_days)
+    for day in chosen:
+        output = folder / f"{day.host}-{day.day.isoformat()}.{SUFFIXES[fmt]}"
+        total.add(
+            _write_file(output, [day], fmt=fmt, ledger=ledger, skipped_days=0, progress=progress)
+        )
+    return total
+
+
 def main(
     paths: list[Path],
     *,
@@ -324,6 +353,7 @@ def main(
     output: Path | None,
     ledger: Path | None,
     use_ledger: bool,
+    push: str | None = None,
 ) -> int:
     """``sysmon export``: exit 2 with the reason when nothing can be exported."""
     try:
@@ -332,6 +362,17 @@ def main(
     except ValueError as exc:
         print(f"sysmon export: --from/--to: {exc}", file=sys.stderr)
         return 2
+    target = None
+    if push is not None:
+        if output is not None or fmt not in {"openmetrics", "victoriametrics"}:
+            print("sysmon export: --push sends its own format: no -o or --format", file=sys.stderr)
+            return 2
+        fmt = "victoriametrics"
+        try:
+            target = Target.parse(push)
+        except PushError as exc:
+            print(f"sysmon export: {exc}", file=sys.stderr)
+            return 2
     book = Ledger(ledger or default_ledger()) if use_ledger else None
     # On a terminal only: a pipe or a log gets the summary line alone.
     progress = Progress("sysmon export")
@@ -353,22 +394,33 @@ def main(
         )
         return 1
     try:
-        if output is None:
+        if target is not None:
+            counts = push_days(chosen, target, ledger=book, skipped_days=skipped, progress=progress)
+        elif output is None:
             counts = write_days(
                 chosen, sys.stdout, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
+            )
+        elif output.is_dir():
+            counts = _write_per_day(
+                output, chosen, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
             )
         else:
             counts = _write_file(
                 output, chosen, fmt=fmt, ledger=book, skipped_days=skipped, progress=progress
             )
+    except PushError as exc:
+        progress.close()
+        print(f"sysmon export: --push: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         progress.close()
         print(f"sysmon export: {output or 'stdout'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     progress.close()
-    what = "samples" if fmt == "openmetrics" else "lines"
+    what = "samples" if fmt in {"openmetrics", "victoriametrics"} else "lines"
+    where = f" into {target}" if target is not None else ""
     print(
-        f"sysmon export: {counts.days} days, {counts.samples:,} {what}; "
+        f"sysmon export: {counts.days} days{where}, {counts.samples:,} {what}; "
         f"{counts.skipped_days} days exported before (ledger), "
         f"{counts.unreadable:,} rows unreadable, {counts.cut:,} rows past the label caps",
         file=sys.stderr,
