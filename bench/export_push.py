@@ -71,7 +71,8 @@ def run(argv: list[str], stdout: Path | None = None, tree: Path = ROOT) -> tuple
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
     with Path(stdout or os.devnull).open("wb") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+        # cwd too: ``python -m`` puts it first on the path, before PYTHONPATH.
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env, cwd=tree)
         assert child.stderr is not None
         err = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)

@@ -31,8 +31,8 @@ from sysmon.store.archive import day_members
 MAX_LABEL_VALUES = 32
 #: Qubes one host's day may hold (as the collector's own cap on domains).
 MAX_QUBES = 1024
-#: Rows grouped at a time: a few MB, and each series' line hundreds of samples long.
-BATCH = 32768
+#: Rows grouped at a time: a few MB (a day's export peaks near 64 MiB), series lines of hundreds.
+BATCH = 16384
 FORMATS = ("openmetrics", "victoriametrics", "influx", "alerts-jsonl")
 _FILES = {d.file_name: d for d in schema.DAILY_FILES}
 
