@@ -6,7 +6,9 @@ import csv
 import io
 import itertools
 import json
+import shlex
 import shutil
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require_tool
 from engines import Prometheus, Samples, VictoriaMetrics, free_port
 from hypothesis import given
 from hypothesis import strategies as st
@@ -482,3 +484,29 @@ def test_a_leading_zero_is_a_json_number(tmp_path):
     item = json.loads(line)
     assert item["values"] == [7]
     assert item["timestamps"] == [int(START.timestamp()) * 1000]
+
+
+@pytest.mark.slow
+def test_the_documented_curl_imports_stream_each_days_file(world, tmp_path):
+    """docs/integrations.md's `curl -T` lines, run as written on per-day files of both
+    formats: VictoriaMetrics holds every cell."""
+    curl = require_tool("curl")
+    text = (ROOT / "docs" / "integrations.md").read_text()
+    block = text.split("### VictoriaMetrics", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith("curl -T")]
+    assert [c[2].rsplit(".", 1)[1] for c in commands] == ["jsonl", "om"]
+    host = host_identity(world)
+    for fmt in ("victoriametrics", "openmetrics"):
+        assert _main(archives(world), fmt=fmt, output=tmp_path) == 0
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        for command in commands:
+            suffix = command[2].rsplit(".", 1)[1]
+            for day in ("2025-08-31", "2025-09-01"):
+                path = tmp_path / f"{host}-{day}.{suffix}"
+                url = command[3].replace("http://127.0.0.1:8428", vm.url)
+                done = subprocess.run(
+                    [curl, "-sS", "--fail", "-T", str(path), url], capture_output=True, check=False
+                )
+                assert done.returncode == 0, done.stderr
+        vm.flush()
+        assert without_cut(vm.samples()) == expected(world, host)
