@@ -26,9 +26,9 @@ __all__ = ["QUBE_STATES"]
 _INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
 #: A whole column of value cells, comma-joined, that are all JSON numbers as they are
-#: (no leading zero): checked in one pass, not cell by cell.
-_ALL_DECIMAL = re.compile(r"(?:-?(?:0|[1-9][0-9]{0,18})(?:\.[0-9]{1,6})?,)*")
-_ALL_INT = re.compile(r"(?:-?(?:0|[1-9][0-9]{0,18}),)*")
+#: (no leading zero): checked in one pass, not cell by cell; possessive, never backtracking.
+_ALL_DECIMAL = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+)(?:\.[0-9]{1,6}+)?+,)*+")
+_ALL_INT = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+),)*+")
 
 
 @attrs.frozen

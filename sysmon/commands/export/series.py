@@ -110,7 +110,7 @@ class _Layout:
     daily: schema.DailyFile
     labels: tuple[str, ...]
     key: Callable[[Sequence[str]], str | tuple[str, ...]]
-    values: tuple[tuple[int, ex.Family], ...]
+    values: tuple[tuple[int, ex.Family, str, str], ...]  # where, family, its name, sample
     states: tuple[tuple[int, ex.OneHot], ...]
 
     @classmethod
@@ -125,7 +125,11 @@ class _Layout:
             daily,
             labels,
             key,
-            tuple((names.index(f.column.name), f) for f in ex.FAMILIES if f.daily is daily),
+            tuple(
+                (names.index(f.column.name), f, f.name, f.sample_name)
+                for f in ex.FAMILIES
+                if f.daily is daily
+            ),
             tuple((names.index(o.column.name), o) for o in ex.ONE_HOTS if o.daily is daily),
         )
 
@@ -217,14 +221,19 @@ def _grouped(
         if not caps.allow(file_name, vm, tuple(label_values), len(at_rows)):
             continue
         # The group's columns, transposed in C.
-        columns: list[tuple[str, ...]] = list(zip(*(batch.rows[i] for i in at_rows), strict=True))
+        rows = (
+            operator.itemgetter(*at_rows)(batch.rows)
+            if len(at_rows) > 1
+            else [batch.rows[at_rows[0]]]
+        )
+        columns: list[tuple[str, ...]] = list(zip(*rows, strict=True))
         pairs = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
         times = series.times(ts)
-        for at, family in layout.values:
+        for at, family, name, sample in layout.values:
             cells = columns[at]
             values: Sequence[str] | None = family.values(cells)
             if values is not None:
-                text = series.text(family.sample_name, pairs, values, times)
+                text = series.text(sample, pairs, values, times)
             else:  # an empty cell (a first poll, a failed one) or a stranger's: each on its own
                 convert = family.json_value if series.json else family.value
                 converted = zip(map(convert, cells), ts, strict=True)
@@ -232,9 +241,9 @@ def _grouped(
                 if not kept:
                     continue
                 values, some = [v for v, _ in kept], [t for _, t in kept]
-                text = series.text(family.sample_name, pairs, values, series.times(some))
+                text = series.text(sample, pairs, values, series.times(some))
             counts.samples += len(values)
-            yield family.name, text
+            yield name, text
         for at, hot in layout.states:
             cells = columns[at]
             some = ts
