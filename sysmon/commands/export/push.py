@@ -8,7 +8,7 @@ arrays -- a fraction of the bytes of a line per sample.  A day the engine did
 not take (refused, reset, a 5xx) is sent again, at most :data:`TRIES` times;
 the ledger notes a day only after the engine answered 2xx for it.  A
 retried day may send samples the engine already holds: run VictoriaMetrics
-with ``-dedup.minScrapeInterval=1ms`` and they are stored once.
+with ``-dedup.minScrapeInterval=1s`` and they are stored once.
 """
 
 from __future__ import annotations
