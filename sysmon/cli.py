@@ -100,6 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         output=args.output,
         ledger=args.ledger,
         use_ledger=not args.no_ledger,
+        push=args.push,
     )
 
 
@@ -167,12 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "day folders and archives for VictoriaMetrics, Prometheus, Loki")
     export.add_argument("paths", type=Path, nargs="+", help="day folders, out_dirs, monitor-*.tgz")
     export.add_argument(
-        "--format", choices=("openmetrics", "influx", "alerts-jsonl"), default="openmetrics"
+        "--format",
+        choices=("openmetrics", "victoriametrics", "influx", "alerts-jsonl"),
+        default="openmetrics",
     )
     export.add_argument("--host", help="the host label (default: the archive's own identity)")
     export.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD")
     export.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD")
-    export.add_argument("-o", "--output", type=Path, help="write here, not to stdout")
+    export.add_argument(
+        "-o", "--output", type=Path, help="write here, not to stdout (a folder: a file per day)"
+    )
+    export.add_argument(
+        "--push",
+        metavar="URL",
+        help="into VictoriaMetrics over HTTP (http://HOST:8428), a day at a time",
+    )
     export.add_argument("--ledger", type=Path, help="days exported before (default: XDG state)")
     export.add_argument("--no-ledger", action="store_true", help="export every day, remember none")
     export.set_defaults(func=cmd_export, log_level=logging.WARNING)

@@ -118,6 +118,8 @@ class VictoriaMetrics:
             key = (name, tuple(sorted(labels.items())))
             points = out.setdefault(key, {})
             for ts, value in zip(item["timestamps"], item["values"], strict=True):
+                if ts % 1000:  # sysmon's times are whole seconds: a millisecond off is wrong
+                    raise AssertionError(f"{name}: {ts} ms is not a whole second")
                 points[ts // 1000] = float(value)
         return out
 

@@ -6,7 +6,9 @@ import csv
 import io
 import itertools
 import json
+import shlex
 import shutil
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -14,8 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from engines import Prometheus, Samples, VictoriaMetrics
+from conftest import ROOT, require_tool
+from engines import Prometheus, Samples, VictoriaMetrics, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,9 +27,11 @@ from sysmon.commands.export import (
     ExportError,
     Ledger,
     export,
+    push,
 )
+from sysmon.commands.export import main as export_main
+from sysmon.schema import exposition
 from sysmon.store.archive import build_archive, day_meta, host_identity
-from sysmon.transform import exposition
 
 START = datetime(2025, 8, 31, 18, 0, tzinfo=UTC)
 END = int((START + timedelta(hours=12)).timestamp())
@@ -352,3 +356,138 @@ def test_units_become_base_units_without_an_engine(tmp_path):
     assert samples["sysmon_disk_used_bytes"] == "1024"
     assert samples["sysmon_xen_memory_bytes"] == "5120"
     assert float(samples["sysmon_xen_cpu_time_seconds_total"]) == 1.5
+
+
+def _main(paths: list[Path], **kwargs: object) -> int:
+    options: dict[str, object] = {
+        "fmt": "openmetrics",
+        "host": None,
+        "start": None,
+        "end": None,
+        "output": None,
+        "ledger": None,
+        "use_ledger": False,
+    }
+    options.update(kwargs)
+    return export_main(paths, **options)  # type: ignore[arg-type]
+
+
+def test_push_streams_every_cell_into_victoriametrics_as_json_lines(world, tmp_path, capsys):
+    """--push: a POST per day of JSON lines; the engine holds every cell exactly, the cut
+    rows' count, and the ledger notes both days only after the engine took them."""
+    host = host_identity(world)
+    ledger = tmp_path / "ledger.tsv"
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        assert _main(archives(world), push=vm.url, ledger=ledger, use_ledger=True) == 0
+        vm.flush()
+        got = vm.samples()
+        assert without_cut(got) == expected(world, host)
+        cut = {k: v for k, v in got.items() if k[0] == exposition.CUT_FAMILY}
+        assert list(cut.values()) == [{END - 10: 11.0}]
+        assert len(ledger.read_text().splitlines()) == 2
+        assert "2 days into http://127.0.0.1:" in capsys.readouterr().err
+        # Exported before: nothing sent, exit 1, the engine as it was.
+        assert _main(archives(world), push=vm.url, ledger=ledger, use_ledger=True) == 1
+        assert "exported before" in capsys.readouterr().err
+        # A path the engine does not serve: its answer, one line, no ledger entry.
+        other = tmp_path / "other.tsv"
+        code = _main(archives(world), push=f"{vm.url}/nope", ledger=other, use_ledger=True)
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.startswith("sysmon export: --push: 2025-08-31: ")
+        assert "HTTP 4" in err
+        assert err.count("\n") == 1
+        assert not other.exists()
+
+
+def test_push_to_nothing_or_a_bad_url_is_one_line_and_a_status(
+    world, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    ledger = tmp_path / "ledger.tsv"
+    code = _main(archives(world), push=f"http://127.0.0.1:{free_port()}", ledger=ledger)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"({push.TRIES} attempts)" in err
+    assert err.count("\n") == 1
+    assert not ledger.exists()
+    for url in ("ftp://x/", "http://", "http://h:99999/", "localhost:8428", "http://u@h/"):
+        assert _main(archives(world), push=url) == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith("sysmon export: --push"), err
+        assert err.count("\n") == 1, err
+    assert _main(archives(world), push="http://h", output=tmp_path / "x") == 2
+
+
+def test_a_folder_as_output_gets_a_whole_file_per_day(world, tmp_path):
+    """-o DIR: HOST-DAY.om per day, each with its families and # EOF; together the
+    single file's samples."""
+    host = host_identity(world)
+    assert _main(archives(world), output=tmp_path) == 0
+    files = sorted(tmp_path.glob("*.om"))
+    assert [f.name for f in files] == [f"{host}-2025-08-31.om", f"{host}-2025-09-01.om"]
+    texts = [f.read_text() for f in files]
+    assert all(t.endswith("# EOF\n") for t in texts)
+    whole = exported(archives(world))
+
+    def samples(text: str) -> list[str]:
+        return sorted(line for line in text.splitlines() if not line.startswith("#"))
+
+    assert samples(texts[0] + texts[1]) == samples(whole)
+
+
+def test_the_json_lines_and_openmetrics_hold_the_same_samples(world):
+    """The two formats, sample for sample, with a planted cell: JSON has no leading zeros."""
+    om: Samples = {}
+    for line in exported(archives(world)).splitlines():
+        if not line.startswith("#"):
+            series, value, ts = line.rsplit(" ", 2)
+            om.setdefault((series, ()), {})[int(ts)] = float(value)
+    js: Samples = {}
+    for line in exported(archives(world), fmt="victoriametrics").splitlines():
+        item = json.loads(line)
+        metric = item["metric"]
+        name = metric.pop("__name__")
+        series = name + exposition.labels(metric)
+        for ts, value in zip(item["timestamps"], item["values"], strict=True):
+            assert ts % 1000 == 0, (series, ts)
+            js.setdefault((series, ()), {})[ts // 1000] = float(value)
+    assert js == om
+
+
+def test_a_leading_zero_is_a_json_number(tmp_path):
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    (day / "connections.csv").write_bytes(
+        schema.CONNECTIONS.header + b"2025-08-31T18:00:00Z,work,007,-0\n"
+    )
+    (line,) = exported([day], fmt="victoriametrics", host="h").splitlines()[:1]
+    item = json.loads(line)
+    assert item["values"] == [7]
+    assert item["timestamps"] == [int(START.timestamp()) * 1000]
+
+
+@pytest.mark.slow
+def test_the_documented_curl_imports_stream_each_days_file(world, tmp_path):
+    """docs/integrations.md's `curl -T` lines, run as written on per-day files of both
+    formats: VictoriaMetrics holds every cell."""
+    curl = require_tool("curl")
+    text = (ROOT / "docs" / "integrations.md").read_text()
+    block = text.split("### VictoriaMetrics", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith("curl -T")]
+    assert [c[2].rsplit(".", 1)[1] for c in commands] == ["jsonl", "om"]
+    host = host_identity(world)
+    for fmt in ("victoriametrics", "openmetrics"):
+        assert _main(archives(world), fmt=fmt, output=tmp_path) == 0
+    with VictoriaMetrics.start(tmp_path / "vm") as vm:
+        for command in commands:
+            suffix = command[2].rsplit(".", 1)[1]
+            for day in ("2025-08-31", "2025-09-01"):
+                path = tmp_path / f"{host}-{day}.{suffix}"
+                url = command[3].replace("http://127.0.0.1:8428", vm.url)
+                done = subprocess.run(
+                    [curl, "-sS", "--fail", "-T", str(path), url], capture_output=True, check=False
+                )
+                assert done.returncode == 0, done.stderr
+        vm.flush()
+        assert without_cut(vm.samples()) == expected(world, host)

@@ -159,7 +159,7 @@ READERS = ("sysmon.commands.report", "sysmon.commands.export", "sysmon.commands.
            "sysmon.commands.top")  # fmt: skip
 NOT_READ_SIDE = {"sysmon.collect", "sysmon.transform"}
 #: Imports a reader still makes that this rule forbids, each to go (issue #25, item 3).
-PENDING = {("sysmon.commands.export", "sysmon.transform")}  # its exposition, to go beside the codec
+PENDING: set[tuple[str, str]] = set()  # the export's exposition went beside the codec
 #: The arrows allowed between commands (a shared helper, progress, is no command).
 BETWEEN_COMMANDS = {
     ("sysmon.commands.top", "sysmon.commands.status"),  # the same tail of today's files

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import functools
 import io
+import itertools
 from collections.abc import Iterator
 from typing import IO
 
@@ -130,3 +131,92 @@ def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> I
             yield Row(ts, tuple(cells))
         else:
             yield Row(ts, tuple(cells[i] if i >= 0 else "" for i in positions))
+
+
+#: Rows a batch holds: a few MB of cells.
+BATCH_ROWS = 32768
+#: Rows read before their width is checked: at most this many max_line pieces held.
+_PART = 64
+
+
+@attrs.frozen
+class Batch:
+    """Rows decoded together: their times in epoch seconds, their cells in the description's order.
+
+    The same rows :func:`decode_untrusted` gives, a batch at a time, for a reader that
+    works a column at a time (the export): no object per row.
+    """
+
+    ts: list[int]
+    rows: list[list[str]]
+
+
+def decode_batches_untrusted(
+    raw: IO[bytes],
+    daily: DailyFile,
+    skipped: Skipped,
+    *,
+    max_line: int = MAX_LINE,
+    rows: int = BATCH_ROWS,
+) -> Iterator[Batch]:
+    """The rows of ``raw`` as :func:`decode_untrusted` reads and skips them, in batches.
+
+    ``raw`` stays open: its opener closes it.
+    """
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    try:
+        yield from _batches(text, daily, skipped, max_line, rows)
+    finally:
+        text.detach()
+
+
+def _batches(
+    text: io.TextIOWrapper, daily: DailyFile, skipped: Skipped, max_line: int, rows: int
+) -> Iterator[Batch]:
+    reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = None
+    positions = header_positions(daily, header) if header else None
+    if header is None or positions is None:
+        skipped.not_sysmon += 1
+        return
+    width = len(header)
+    ts_at = positions[daily.names.index("ts")]
+    complete = positions == list(range(len(daily.names)))
+    known: dict[str, int | None] = {}
+    ended = False
+    while not ended:
+        batch: list[list[str]] = []
+        while len(batch) < rows and not ended:
+            # A few rows at a time, so that pieces of planted endless lines (max_line
+            # characters each, of the wrong width) are dropped before they pile up.
+            part: list[list[str]] = []
+            try:
+                part.extend(itertools.islice(reader, _PART))  # the csv module's loop
+            except csv.Error:  # what was read before it stays in the part
+                skipped.unreadable += 1
+            else:
+                ended = len(part) < _PART
+            if part and set(map(len, part)) != {width}:
+                kept = [cells for cells in part if len(cells) == width]
+                skipped.wrong_width += len(part) - len(kept)
+                part = kept
+            batch += part
+        texts = [cells[ts_at] for cells in batch]
+        for new in set(texts) - known.keys():  # a tick's rows share their time
+            when = parse_ts(new)
+            known[new] = int(when.timestamp()) if when is not None else None
+        ts = [known[t] for t in texts]
+        if None in ts:
+            kept_at = [i for i, t in enumerate(ts) if t is not None]
+            skipped.bad_time += len(ts) - len(kept_at)
+            batch = [batch[i] for i in kept_at]
+            ts = [ts[i] for i in kept_at]
+        if len(known) > 4 * rows:  # one entry per tick: a day's, not a stranger's millions
+            known.clear()
+        if not complete:
+            batch = [[cells[i] if i >= 0 else "" for i in positions] for cells in batch]
+        if batch:
+            yield Batch([t for t in ts if t is not None], batch)

@@ -1,0 +1,60 @@
+"""The export's ledger: the days an engine or a file has taken whole, so none goes twice.
+
+One line per day, ``host<TAB>day<TAB>content hash``, appended and fsync'd only
+after the day's file was renamed into place or the engine answered that it
+took the day.  A second export of the same day (or of the vault's
+``monitor-DAY.2.tgz`` copy) then writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+
+class Exported(Protocol):
+    """What the ledger keeps of a day."""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(host, day, content hash)."""
+
+
+class Ledger:
+    """The days exported before: (host, day, content hash), one per line."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.done: set[tuple[str, str, str]] = set()
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                match line.split("\t"):
+                    case [host, day, digest]:
+                        self.done.add((host, day, digest))
+
+    def seen(self, day: Exported) -> bool:
+        """Exported before, with the same content."""
+        return day.key in self.done
+
+    def record(self, days: Iterable[Exported]) -> None:
+        """Remember ``days`` (after their export was taken whole)."""
+        if self.path is None:
+            return
+        keys = [day.key for day in days]
+        if not keys:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for key in keys:
+                f.write("\t".join(key) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.update(keys)
+
+
+def default_ledger() -> Path:
+    """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "sysmon" / "export-ledger.tsv"

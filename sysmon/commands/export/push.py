@@ -1,0 +1,192 @@
+"""``sysmon export --push URL``: days straight into VictoriaMetrics' import API over HTTP.
+
+One POST per day to ``/api/v1/import`` (or the path the URL names), its
+body streamed with chunked transfer a megabyte at a time as the day is read:
+memory stays bounded whatever the day's size, and the engine parses while
+sysmon reads.  Each series is one JSON line with its values and times as
+arrays -- a fraction of the bytes of a line per sample.  A day the engine did
+not take (refused, reset, a 5xx) is sent again, at most :data:`TRIES` times;
+the ledger notes a day only after the engine answered 2xx for it.  A
+retried day may send samples the engine already holds: run VictoriaMetrics
+with ``-dedup.minScrapeInterval=1s`` and they are stored once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+
+import attrs
+
+from sysmon.commands.export.ledger import Ledger
+from sysmon.commands.export.series import Counts, Day, day_pieces
+from sysmon.commands.progress import Progress
+
+#: Attempts per day, and the seconds waited before each retry.
+TRIES = 3
+BACKOFF = (1.0, 4.0)
+#: Bytes sent per chunk.
+CHUNK = 1 << 20
+#: Seconds a connection, a send or the engine's answer may take.
+TIMEOUT = 300.0
+#: What an engine may answer about an error, at most (shown on one line).
+_ANSWER = 300
+
+
+class PushError(Exception):
+    """A day the engine did not take; the message says why, on one line."""
+
+
+class _RetryableError(Exception):
+    """Worth another attempt: the engine was unreachable or failed on its side."""
+
+
+@attrs.frozen
+class Target:
+    """Where days are pushed."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        """``http[s]://host[:port][/path]``; no path: ``/api/v1/import``.
+
+        Raises:
+            PushError: not such a URL.
+        """
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise PushError(f"--push {url!r}: {exc}") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise PushError(f"--push {url!r}: not an http:// or https:// URL with a host")
+        if parts.username or parts.fragment:
+            raise PushError(f"--push {url!r}: no user or #fragment, please")
+        path = parts.path if parts.path not in {"", "/"} else "/api/v1/import"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.scheme, parts.hostname, port, path)
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port else ""
+        return f"{self.scheme}://{self.host}{port}{self.path}"
+
+    def connect(self) -> http.client.HTTPConnection:
+        """A connection (not opened yet)."""
+        kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        return kind(self.host, self.port, timeout=TIMEOUT)
+
+
+def _body(pieces: Iterator[tuple[str, str]], sent: Callable[[int], None]) -> Iterator[bytes]:
+    """The day's text in chunks of about :data:`CHUNK` bytes."""
+    buffer: list[str] = []
+    size = 0
+    for _, text in pieces:
+        buffer.append(text)
+        size += len(text)
+        if size >= CHUNK:
+            data = "".join(buffer).encode()
+            buffer, size = [], 0
+            sent(len(data))
+            yield data
+    if buffer:
+        data = "".join(buffer).encode()
+        sent(len(data))
+        yield data
+
+
+def _answer(response: http.client.HTTPResponse) -> str:
+    text = response.read(_ANSWER).decode("utf-8", "replace")
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: str) -> None:
+    """Send one day; return once the engine took it.
+
+    Raises:
+        _RetryableError: worth another attempt.
+        PushError: not.
+    """
+    done = 0
+
+    def sent(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(stage, done, "bytes")
+
+    connection = target.connect()
+    try:
+        body = _body(day_pieces(day, "victoriametrics", counts), sent)
+        try:
+            connection.request(
+                "POST",
+                target.path,
+                body=body,
+                headers={"Content-Type": "application/stream+json"},
+                encode_chunked=True,
+            )
+        except OSError as exc:  # refused, reset, a timeout: maybe the engine is restarting
+            if connection.sock is None:  # never connected
+                raise _RetryableError(str(exc.strerror or exc)) from None
+            try:  # an engine that stopped reading may have said why
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise _RetryableError(str(exc.strerror or exc)) from None
+        else:
+            response = connection.getresponse()
+        answer = _answer(response)
+        if 200 <= response.status < 300:
+            return
+        what = f"HTTP {response.status} {response.reason}" + (f": {answer}" if answer else "")
+        if response.status >= 500 or response.status == 429:
+            raise _RetryableError(what)
+        raise PushError(what)
+    except http.client.HTTPException as exc:
+        raise _RetryableError(f"{type(exc).__name__} {exc}".strip()) from None
+    except OSError as exc:
+        raise _RetryableError(str(exc.strerror or exc)) from None
+    finally:
+        connection.close()
+
+
+def push_days(
+    chosen: list[Day],
+    target: Target,
+    *,
+    ledger: Ledger | None,
+    skipped_days: int = 0,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Counts:
+    """Push each day; note it in ``ledger`` once the engine took it.
+
+    Raises:
+        PushError: a day the engine did not take after :data:`TRIES` attempts
+            (the days before it are in the engine and the ledger).
+    """
+    progress = progress or Progress.quiet()
+    total = Counts(skipped_days=skipped_days)
+    for n, day in enumerate(chosen, 1):
+        stage = f"day {n}/{len(chosen)} {day.day} to {target.host}"
+        for attempt in range(TRIES):
+            counts = Counts()
+            try:
+                _post(target, day, counts, progress, stage)
+                break
+            except _RetryableError as exc:
+                if attempt + 1 == TRIES:
+                    raise PushError(f"{day.day}: {target}: {exc} ({TRIES} attempts)") from None
+                sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            except PushError as exc:
+                raise PushError(f"{day.day}: {target}: {exc}") from None
+        counts.days = 1
+        total.add(counts)
+        if ledger is not None:
+            ledger.record([day])
+    return total

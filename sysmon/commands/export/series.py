@@ -1,0 +1,305 @@
+"""One day's daily files, read through the schema's decoder, as text in an engine's format.
+
+Rows are read a batch at a time (:data:`BATCH` rows: bounded memory whatever
+the day's size) and grouped by series (the qube and its label columns); each
+column of a group is then checked in one pass and written whole -- a line
+per sample for OpenMetrics, one line per series with its values and times as
+arrays for VictoriaMetrics' JSON import.  Influx lines and Loki pushes are a
+line per row.  Everything read is untrusted: a qube naming more than
+:data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
+than :data:`MAX_QUBES` qubes, gets no more series; the rows left out are
+counted in ``sysmon_export_cut_rows``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
+from pathlib import Path
+
+import attrs
+
+from sysmon import schema
+from sysmon.schema import Row
+from sysmon.schema import exposition as ex
+from sysmon.schema.decode import Batch, decode_batches_untrusted
+from sysmon.store.archive import day_members
+
+#: Interfaces (network.csv) or filesystems (disk.csv) one qube may name in a day.
+MAX_LABEL_VALUES = 32
+#: Qubes one host's day may hold (as the collector's own cap on domains).
+MAX_QUBES = 1024
+#: Rows grouped at a time: a few MB (a day's export peaks near 64 MiB), series lines of hundreds.
+BATCH = 16384
+FORMATS = ("openmetrics", "victoriametrics", "influx", "alerts-jsonl")
+_FILES = {d.file_name: d for d in schema.DAILY_FILES}
+
+
+@attrs.frozen
+class Day:
+    """One day to export: where it is, its host, and a hash of what it holds."""
+
+    path: Path
+    day: date
+    host: str
+    digest: str
+    #: The readable name beside the identity (the ``host_name`` setting), if any.
+    host_name: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What the ledger keeps of it."""
+        return (self.host, self.day.isoformat(), self.digest)
+
+
+@attrs.define
+class Counts:
+    """What an export wrote and left out."""
+
+    days: int = 0
+    skipped_days: int = 0
+    samples: int = 0
+    unreadable: int = 0
+    cut: int = 0
+
+    def add(self, other: Counts) -> None:
+        """Count ``other``'s too."""
+        self.days += other.days
+        self.samples += other.samples
+        self.unreadable += other.unreadable
+        self.cut += other.cut
+
+
+@attrs.define
+class _Caps:
+    """Label values a day has given so far, per qube; the rows left out."""
+
+    qubes: set[str] = attrs.field(factory=set)
+    values: dict[tuple[str, str], set[tuple[str, ...]]] = attrs.field(factory=dict)
+    cut: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    last_ts: int = 0
+
+    def allow(self, file_name: str, vm: str, label_values: tuple[str, ...], rows: int = 1) -> bool:
+        """Whether the series may be written; if not, its ``rows`` are counted as cut.
+
+        A series once refused stays refused (the sets only grow), so deciding once
+        per group of rows is deciding for each of its rows.
+        """
+        if vm not in self.qubes:
+            if len(self.qubes) >= MAX_QUBES:
+                self.cut[(vm[:64], file_name)] += rows
+                return False
+            self.qubes.add(vm)
+        if not label_values:
+            return True
+        seen = self.values.setdefault((vm, file_name), set())
+        if label_values not in seen:
+            if len(seen) >= MAX_LABEL_VALUES:
+                self.cut[(vm, file_name)] += rows
+                return False
+            seen.add(label_values)
+        return True
+
+
+@attrs.frozen
+class _Layout:
+    """Where a file's key, labels, values and states are in a decoded row."""
+
+    daily: schema.DailyFile
+    labels: tuple[str, ...]
+    key: Callable[[Sequence[str]], str | tuple[str, ...]]
+    values: tuple[tuple[int, ex.Family, str, str], ...]  # where, family, its name, sample
+    states: tuple[tuple[int, ex.OneHot], ...]
+
+    @classmethod
+    def of(cls, daily: schema.DailyFile) -> _Layout:
+        names = daily.names
+        labels = daily.labels
+        at = [names.index(label) for label in labels]
+        # The qube and its labels as one tuple, got in C: a slice when they are side by side.
+        # The qube, or the qube and its labels as a tuple: got in C.
+        key = operator.itemgetter(1, *at) if at else operator.itemgetter(1)
+        return cls(
+            daily,
+            labels,
+            key,
+            tuple(
+                (names.index(f.column.name), f, f.name, f.sample_name)
+                for f in ex.FAMILIES
+                if f.daily is daily
+            ),
+            tuple((names.index(o.column.name), o) for o in ex.ONE_HOTS if o.daily is daily),
+        )
+
+
+_LAYOUTS = {name: _Layout.of(_FILES[name]) for name in ex.LABELS}
+
+
+class _Series:
+    """Text for one series' samples in the chosen format."""
+
+    def __init__(self, fmt: str) -> None:
+        self.json = fmt == "victoriametrics"
+
+    def text(
+        self, sample: str, pairs: dict[str, str], values: Sequence[str], times: list[str]
+    ) -> str:
+        """The series' line(s); ``times`` as :meth:`times` made them."""
+        if self.json:
+            return ex.json_series({"__name__": sample, **pairs}, values, times[0])
+        return ex.openmetrics_samples(sample, ex.labels(pairs), values, times)
+
+    def times(self, ts: list[int]) -> list[str]:
+        """The times' text, made once for every column of a group.
+
+        OpenMetrics: each sample's seconds; JSON: one item, the comma-joined milliseconds.
+        """
+        if not self.json:
+            return list(map(str, ts))
+        if min(ts) > 0:  # a ts of 0 would be "0000", not a JSON number
+            return ["000,".join(map(str, ts)) + "000"]
+        return [",".join(str(t * 1000) for t in ts)]
+
+
+def day_pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
+    """One day's text in ``fmt``, as (family, text): the family for OpenMetrics, else ""."""
+    caps = _Caps()
+    host: dict[str, str] = {"host": day.host}
+    if day.host_name:  # beside the host label when the day has a name
+        host["host_name"] = day.host_name
+    wanted = {"alerts.csv"} if fmt == "alerts-jsonl" else set(ex.LABELS)
+    for name, opener in day_members(day.path):
+        if name not in wanted:
+            continue
+        daily = _FILES[name]
+        skipped = schema.Skipped()
+        with opener() as raw:
+            if fmt == "alerts-jsonl":
+                rows = schema.decode_untrusted(raw, daily, skipped)
+                yield from _alerts(rows, host, caps, counts)
+            elif fmt == "influx":
+                rows = schema.decode_untrusted(raw, daily, skipped)
+                yield from _influx(rows, _LAYOUTS[name], host, caps, counts)
+            else:
+                series = _Series(fmt)
+                for batch in decode_batches_untrusted(raw, daily, skipped, rows=BATCH):
+                    yield from _grouped(batch, _LAYOUTS[name], series, host, caps, counts)
+        counts.unreadable += skipped.rows
+    for (vm, file_name), n in caps.cut.items():
+        counts.cut += n
+        if fmt in {"openmetrics", "victoriametrics"}:
+            pairs = {**host, "vm": vm, "file": file_name}
+            series = _Series(fmt)
+            yield (
+                ex.CUT_FAMILY,
+                series.text(ex.CUT_FAMILY, pairs, [str(n)], series.times([caps.last_ts])),
+            )
+
+
+def _grouped(
+    batch: Batch,
+    layout: _Layout,
+    series: _Series,
+    host: dict[str, str],
+    caps: _Caps,
+    counts: Counts,
+) -> Iterator[tuple[str, str]]:
+    groups: defaultdict[str | tuple[str, ...], list[int]] = defaultdict(list)
+    key = layout.key
+    for i, row in enumerate(batch.rows):
+        groups[key(row)].append(i)
+    file_name = layout.daily.file_name
+    for group, at_rows in groups.items():
+        vm, *label_values = (group,) if isinstance(group, str) else group
+        if not vm:
+            counts.unreadable += len(at_rows)
+            continue
+        ts = [batch.ts[i] for i in at_rows]
+        caps.last_ts = max(caps.last_ts, *ts)
+        if not caps.allow(file_name, vm, tuple(label_values), len(at_rows)):
+            continue
+        # The group's columns, transposed in C.
+        rows = (
+            operator.itemgetter(*at_rows)(batch.rows)
+            if len(at_rows) > 1
+            else [batch.rows[at_rows[0]]]
+        )
+        columns: list[tuple[str, ...]] = list(zip(*rows, strict=True))
+        pairs = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
+        times = series.times(ts)
+        for at, family, name, sample in layout.values:
+            cells = columns[at]
+            values: Sequence[str] | None = family.values(cells)
+            if values is not None:
+                text = series.text(sample, pairs, values, times)
+            else:  # an empty cell (a first poll, a failed one) or a stranger's: each on its own
+                convert = family.json_value if series.json else family.value
+                converted = zip(map(convert, cells), ts, strict=True)
+                kept = [(v, t) for v, t in converted if v is not None]
+                if not kept:
+                    continue
+                values, some = [v for v, _ in kept], [t for _, t in kept]
+                text = series.text(sample, pairs, values, series.times(some))
+            counts.samples += len(values)
+            yield name, text
+        for at, hot in layout.states:
+            cells = columns[at]
+            some = ts
+            if not set(cells) <= set(hot.choices):  # a word no state is: no sample for the row
+                kept_at = [i for i, cell in enumerate(cells) if cell in hot.choices]
+                if not kept_at:
+                    continue
+                cells = tuple(cells[i] for i in kept_at)
+                some = [ts[i] for i in kept_at]
+            some_times = series.times(some) if some is not ts else times
+            for choice in hot.choices:
+                values = ["1" if cell == choice else "0" for cell in cells]
+                hot_pairs = {**pairs, hot.label: choice}
+                yield hot.name, series.text(hot.name, hot_pairs, values, some_times)
+                counts.samples += len(values)
+
+
+def _influx(
+    rows: Iterator[Row], layout: _Layout, host: dict[str, str], caps: _Caps, counts: Counts
+) -> Iterator[tuple[str, str]]:
+    daily = layout.daily
+    key = layout.key
+    measurement = f"sysmon_{daily.stem}"
+    named = {schema.Role.TIME, schema.Role.KEY, schema.Role.LABEL}
+    fields_at = [(i, c) for i, c in enumerate(daily.columns) if c.role not in named]
+    for row in rows:
+        group = key(row.cells)
+        vm, *label_values = (group,) if isinstance(group, str) else group
+        if not vm:
+            counts.unreadable += 1
+            continue
+        caps.last_ts = max(caps.last_ts, row.ts)
+        if not caps.allow(daily.file_name, vm, tuple(label_values)):
+            continue
+        fields = {}
+        for i, column in fields_at:
+            cell = row.cells[i]
+            value = ex.influx_field(column.kind, cell) if cell else None
+            if value is not None:
+                fields[column.name] = value
+        if fields:
+            tags = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
+            yield "", ex.influx_line(measurement, tags, fields, row.ts)
+            counts.samples += 1
+
+
+def _alerts(
+    rows: Iterator[Row], host: dict[str, str], caps: _Caps, counts: Counts
+) -> Iterator[tuple[str, str]]:
+    for row in rows:
+        _, vm, msg = row.cells
+        if not vm:
+            counts.unreadable += 1
+            continue
+        if not caps.allow("alerts.csv", vm, ()):
+            continue
+        stream = {**host, "vm": vm, "job": "sysmon"}
+        yield "", ex.loki_line(stream, row.ts * 1_000_000_000, msg)
+        counts.samples += 1

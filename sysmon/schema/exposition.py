@@ -1,0 +1,246 @@
+"""The daily files' cells in the engines' formats: OpenMetrics, JSON lines, Influx, Loki.
+
+Pure, and derived from the files' one description (:mod:`sysmon.schema.files`): every
+value column but a rounded percentage is a family ``sysmon_<file>_<column>``, its
+stored unit made the base unit (``mem_total_kb`` in kB becomes
+``sysmon_system_mem_total_bytes``, x1024; a ``_ms`` column ``_seconds``, /1000), a
+counter an OpenMetrics ``counter`` whose samples end in ``_total``; the label columns
+are labels beside ``host`` and ``vm``.  A state column (a status word, a qube's power
+state) is one-hot series over its fixed values, so no text a qube chose can become a
+label value there.  docs/integrations.md prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from sysmon.schema.files import DAILY_FILES, QUBE_STATES, Column, DailyFile, Role
+
+__all__ = ["QUBE_STATES"]
+
+#: A value cell the engines take: the writer's own number forms.
+_INT = re.compile(r"-?[0-9]{1,19}")
+_DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
+#: A whole column of value cells, comma-joined, that are all JSON numbers as they are
+#: (no leading zero): checked in one pass, not cell by cell; possessive, never backtracking.
+_ALL_DECIMAL = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+)(?:\.[0-9]{1,6}+)?+,)*+")
+_ALL_INT = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+),)*+")
+
+
+@attrs.frozen
+class Family:
+    """One exported series family: a value column of a daily file."""
+
+    daily: DailyFile
+    column: Column
+
+    @property
+    def file(self) -> str:
+        """The daily file's name."""
+        return self.daily.file_name
+
+    @property
+    def kind(self) -> str:
+        """``gauge`` or ``counter``, as the description says."""
+        return self.column.type
+
+    @property
+    def unit(self) -> str:
+        """The base unit the engines are given."""
+        return self.column.base_unit[0]
+
+    @property
+    def factor(self) -> float:
+        """What a stored cell is multiplied by to be in :attr:`unit`."""
+        return self.column.base_unit[1]
+
+    @property
+    def help(self) -> str:
+        """The family's help text."""
+        what = "as Xen reports it" if self.daily.source == "Xen" else "as the qube reports it"
+        return f"{self.column.name} {what} ({self.unit})"
+
+    @property
+    def name(self) -> str:
+        """``sysmon_<file>_<column>``, a stored unit's suffix made the base unit's."""
+        column = self.column.name
+        suffix = "_" + self.column.unit.lower()
+        if self.factor != 1 and column.endswith(suffix):
+            column = column.removesuffix(suffix) + "_" + self.unit
+        return f"sysmon_{self.daily.stem}_{column}"
+
+    @property
+    def sample_name(self) -> str:
+        """A sample's name: counters end in ``_total``."""
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+    def value(self, cell: str) -> str | None:
+        """The cell as this family's value text; None if empty or not a number."""
+        if not cell:
+            return None
+        if self.factor == 1:
+            return cell if _DECIMAL.fullmatch(cell) else None
+        if not _INT.fullmatch(cell):
+            return None
+        if self.factor >= 1:
+            return str(int(cell) * int(self.factor))
+        return repr(int(cell) / round(1 / self.factor))
+
+    def json_value(self, cell: str) -> str | None:
+        """The cell as a JSON number (a leading zero, which JSON refuses, dropped)."""
+        text = self.value(cell)
+        if text is None or _ALL_DECIMAL.fullmatch(text + ","):
+            return text
+        return repr(float(text)) if "." in text else str(int(text))
+
+    def values(self, cells: Sequence[str]) -> Sequence[str] | None:
+        """Every cell's value text, each a JSON number too; None unless all of them are.
+
+        One regular-expression pass over the joined column (the common case: a
+        whole day's cells all well formed) instead of one per cell.
+        """
+        joined = ",".join(cells) + ","
+        if self.factor == 1:
+            return cells if _ALL_DECIMAL.fullmatch(joined) else None
+        if not _ALL_INT.fullmatch(joined):
+            return None
+        if self.factor >= 1:
+            factor = int(self.factor)
+            return [str(int(cell) * factor) for cell in cells]
+        divisor = round(1 / self.factor)
+        return [repr(int(cell) / divisor) for cell in cells]
+
+
+def _exported(daily: DailyFile) -> bool:
+    return any(c.role in {Role.VALUE, Role.STATE} for c in daily.columns)
+
+
+#: The files exported as series, and which of their columns are labels (beside ``host``, ``vm``).
+LABELS: Mapping[str, tuple[str, ...]] = {d.file_name: d.labels for d in DAILY_FILES if _exported(d)}
+
+#: Every value family, in the order they are written (df's rounded percentage is not one:
+#: its size and use are).
+FAMILIES: tuple[Family, ...] = tuple(
+    Family(daily, column)
+    for daily in DAILY_FILES
+    if _exported(daily)
+    for column in daily.of_role(Role.VALUE)
+    if column.kind != "pct"
+)
+
+
+@attrs.frozen
+class OneHot:
+    """A state column as one series per value it can take: 1 for the row's, 0 for the others."""
+
+    daily: DailyFile
+    column: Column
+
+    @property
+    def name(self) -> str:
+        """``sysmon_<file>_<column>``."""
+        return f"sysmon_{self.daily.stem}_{self.column.name}"
+
+    @property
+    def file(self) -> str:
+        """The daily file's name."""
+        return self.daily.file_name
+
+    @property
+    def label(self) -> str:
+        """The label naming the value."""
+        return self.column.name
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values it can take."""
+        return self.column.values
+
+
+#: The state columns, as one-hot families.
+ONE_HOTS: tuple[OneHot, ...] = tuple(
+    OneHot(daily, column)
+    for daily in DAILY_FILES
+    if _exported(daily)
+    for column in daily.of_role(Role.STATE)
+)
+#: (name, file, column, label, the values it can take), as the tests and docs read them.
+ONE_HOT = tuple((o.name, o.file, o.column.name, o.label, o.choices) for o in ONE_HOTS)
+STATUSES = next(o.choices for o in ONE_HOTS if o.name == "sysmon_scrapes_status")
+#: Rows left out because a qube named more label values in a day than allowed.
+CUT_FAMILY = "sysmon_export_cut_rows"
+CUT_HELP = "rows left out: a qube named too many label values in a day"
+
+
+def escape_label(value: str) -> str:
+    """An OpenMetrics label value's text: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def labels(pairs: Mapping[str, str]) -> str:
+    """``{a="x",b="y"}``."""
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs.items()) + "}"
+
+
+def openmetrics_header(name: str, kind: str, help_text: str) -> str:
+    """A family's ``# TYPE`` and ``# HELP`` lines."""
+    return f"# TYPE {name} {kind}\n# HELP {name} {escape_label(help_text)}\n"
+
+
+def openmetrics_samples(
+    sample: str, label_text: str, values: Sequence[str], ts_s: Sequence[str]
+) -> str:
+    """One series' samples, a line each: ``name{labels} value seconds``."""
+    if not values:
+        return ""
+    head = f"{sample}{label_text} "
+    # Joined in C: each (value, time) pair by a space, the pairs by the next line's head.
+    return head + ("\n" + head).join(map(" ".join, zip(values, ts_s, strict=True))) + "\n"
+
+
+def json_series(metric: Mapping[str, str], values: Sequence[str], ts_ms: str) -> str:
+    """One series for VictoriaMetrics' ``/api/v1/import``: a line, its values and times as arrays.
+
+    ``values`` are JSON numbers already; ``ts_ms`` the comma-joined milliseconds.
+    """
+    head = json.dumps({"metric": dict(metric)}, ensure_ascii=False, separators=(",", ":"))
+    return f'{head[:-1]},"values":[{",".join(values)}],"timestamps":[{ts_ms}]}}\n'
+
+
+def _influx_escape(text: str, specials: str) -> str:
+    text = text.replace("\\", "\\\\")
+    for char in specials:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def influx_line(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, str], ts_s: int
+) -> str:
+    """One line of Influx line protocol (``fields`` already formatted), nanoseconds."""
+    tag_text = "".join(
+        f",{_influx_escape(k, ',= ')}={_influx_escape(v, ',= ')}" for k, v in tags.items() if v
+    )
+    field_text = ",".join(f"{_influx_escape(k, ',= ')}={v}" for k, v in fields.items())
+    return f"{_influx_escape(measurement, ', ')}{tag_text} {field_text} {ts_s * 1_000_000_000}\n"
+
+
+def influx_field(kind: str, cell: str) -> str | None:
+    """A cell as an Influx field value: ``12i``, ``3.1``, or a quoted string."""
+    if kind == "int":
+        return f"{cell}i" if _INT.fullmatch(cell) else None
+    if kind in {"dec1", "dec2"}:
+        return cell if _DECIMAL.fullmatch(cell) else None
+    if kind == "pct":
+        return None
+    return '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def loki_line(stream: Mapping[str, str], ts_ns: int, message: str) -> str:
+    """One push body for Loki's ``/loki/api/v1/push``, on one line."""
+    body = {"streams": [{"stream": dict(stream), "values": [[str(ts_ns), message]]}]}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
