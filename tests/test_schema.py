@@ -51,6 +51,12 @@ class TestDescription:
         for daily in schema.DAILY_FILES:
             assert [c.role for c in daily.columns[:2]] == [schema.Role.TIME, schema.Role.KEY]
 
+    def test_a_series_is_named_by_its_narrowest_label(self):
+        """What rules key their state by: the mount, not its device; no label, no instance."""
+        assert schema.DISK.instance_label == "mount"
+        assert schema.NETWORK.instance_label == "if"
+        assert schema.SYSTEM.instance_label is None
+
     def test_encode_from_a_mapping_is_the_positional_row(self):
         values = {"ts": TS, "vm": "work", "fs": "/dev/xvda3", "mount": "/rw", "size_kb": 5}
         assert schema.DISK.encode(values) == schema.DISK.format_row(

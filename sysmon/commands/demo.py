@@ -10,7 +10,6 @@ Qubes.
 
 from __future__ import annotations
 
-import csv
 import errno
 import functools
 import io
@@ -29,11 +28,13 @@ from pathlib import Path
 import attrs
 import trio
 
+from sysmon import schema
 from sysmon.collect.process import ProcessResult, run_bounded
 from sysmon.commands.daemon import Collaborators, Daemon, PollReport
 from sysmon.commands.notify import Notifier
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo
+from sysmon.schema.decode import Skipped, decode_untrusted
 from sysmon.transform.rules import Rule, parse_rules
 
 HANDLER_ENV = "SYSMON_HANDLER"
@@ -204,15 +205,17 @@ def notification_line(rule: Rule, notifier: Notifier | None, why_not: str | None
 
 def latest_table(out_dir: Path, day_folder: Path) -> str:
     """The newest system.csv row of each qube, as a small table."""
+    names = schema.SYSTEM.names
     latest: dict[str, dict[str, str]] = {}
-    with (day_folder / "system.csv").open(newline="") as f:
-        for row in csv.DictReader(f):
-            latest[row["vm"]] = row
+    with (day_folder / "system.csv").open("rb") as f:
+        for decoded in decode_untrusted(f, schema.SYSTEM, Skipped()):
+            values = dict(zip(names, decoded.cells, strict=True))
+            latest[values["vm"]] = values
     lines = [f"{'qube':<22} {'cpu_user%':>9} {'cpu_sys%':>8} {'load1':>6} {'mem_used_kb':>12}"]
-    for vm, row in sorted(latest.items()):
+    for vm, cells in sorted(latest.items()):
         lines.append(
-            f"{vm:<22} {row['cpu_user'] or '-':>9} {row['cpu_system'] or '-':>8} "
-            f"{row['load1']:>6} {row['mem_used_kb']:>12}"
+            f"{vm:<22} {cells['cpu_user'] or '-':>9} {cells['cpu_system'] or '-':>8} "
+            f"{cells['load1']:>6} {cells['mem_used_kb']:>12}"
         )
     lines.append(f"(files under {out_dir})")
     return "\n".join(lines)

@@ -147,6 +147,15 @@ class DailyFile:
         return tuple(c.name for c in self.of_role(Role.LABEL))
 
     @property
+    def instance_label(self) -> str | None:
+        """The label a person names one of a qube's series by (``/rw``, ``eth0``).
+
+        Labels are described broad to narrow, so it is the last: a mount, not
+        its device.  Rules keep one state per qube and instance by it.
+        """
+        return self.labels[-1] if self.labels else None
+
+    @property
     def text_columns(self) -> tuple[str, ...]:
         """Columns that hold text, neutralised against formulas."""
         return tuple(c.name for c in self.columns if c.kind in _TEXT_KINDS)

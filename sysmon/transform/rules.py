@@ -36,8 +36,6 @@ _FILES = {
     for s in schema.DAILY_FILES
     if s.file_name not in {"alerts.csv", "qubes.csv"}
 }
-#: A row's identity beyond its qube: one rule state per interface or mount.
-_INSTANCE = {"network": "if", "disk": "mount"}
 _DURATION_RE = re.compile(r"(\d+)\s*(s|m|h|polls?)")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -195,7 +193,7 @@ def evaluate(
     per_qube = Counter(key.rsplit("\0", 1)[0] for key in new_state)
     for rule in rules:
         daily = _FILES[rule.file]
-        label = _INSTANCE.get(rule.file)
+        label = daily.instance_label
         for row in rows.get(daily.file_name, ()):
             vm = _cell(daily, row, "vm")
             if rule.vm is not None and vm != rule.vm:
