@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from conftest import ROOT, run_sysmon
@@ -12,7 +13,8 @@ from csvcheck import read_day
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysmon.commands.demo import demo_names, slice_of
+from sysmon import schema
+from sysmon.commands.demo import demo_names, latest_table, slice_of
 from sysmon.protocol.names import is_valid_qube_name
 
 
@@ -129,3 +131,22 @@ def test_without_a_notification_server_the_demo_says_so_once(tmp_path: Path) -> 
     assert said.startswith("notification: not shown, no notification server is running")
     assert "GDBus.Error: no server" in said
     assert "notification_not_delivered" not in done.stdout  # its own line, not a log line
+
+
+def test_the_latest_table_reads_through_the_decoder(tmp_path):
+    """The newest row of each qube; a torn or over-wide line is left out, not shown."""
+    day = tmp_path / "2026-12-06"
+    day.mkdir()
+    row = {"vm": "work", "load1": 0.5, "mem_used_kb": 1000}
+    (day / "system.csv").write_bytes(
+        schema.SYSTEM.header
+        + schema.SYSTEM.encode({"ts": datetime(2026, 12, 6, 7, tzinfo=UTC), **row})
+        + schema.SYSTEM.encode(
+            {"ts": datetime(2026, 12, 6, 7, 0, 10, tzinfo=UTC), **row, "mem_used_kb": 2000}
+        )
+        + b"2026-12-06T07:00:20Z,work,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\n"
+        + b"2026-12-06T07:00:30Z,work,1"
+    )
+    table = latest_table(tmp_path, day).splitlines()
+    assert table[1].split() == ["work", "-", "-", "0.50", "2000"]
+    assert len(table) == 3
