@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sysmon import schema
-from sysmon.commands.report import frames
+# The report's libraries: the README's `.[test]` has them not.
+np = pytest.importorskip("numpy")
+pytest.importorskip("pandas")
+
+from sysmon import schema  # noqa: E402
+from sysmon.commands.report import frames  # noqa: E402
 
 T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 #: Short lines make a line past the limit cheap to write.
