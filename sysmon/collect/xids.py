@@ -13,11 +13,13 @@ the scrape timeout, a failing qube retried a few times per start only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import attrs
 import structlog
 import trio
 
+from sysmon.collect.process import ProcessResult
 from sysmon.collect.qrexec import Qrexec
 from sysmon.protocol.admin import (
     XID_SERVICE,
@@ -34,6 +36,16 @@ _WITH_ID = frozenset({"Running", "Paused"})
 MAX_TRIES = 3
 
 
+class AdminCaller(Protocol):
+    """What asks dom0: :class:`~sysmon.collect.qrexec.Qrexec`, or a test's double."""
+
+    def service_argv(self, target: str, service: str, argument: str = "") -> list[str]:
+        """Argv for ``SERVICE[+ARG]`` in ``target``."""
+
+    async def call(self, argv: Sequence[str], *, max_stdout: int) -> ProcessResult:
+        """Run ``argv`` bounded."""
+
+
 @attrs.frozen
 class _Known:
     uuid: str | None
@@ -41,7 +53,7 @@ class _Known:
     tries: int = 1
 
 
-async def ask_xid(qrexec: Qrexec, address: str) -> int | None:
+async def ask_xid(qrexec: AdminCaller, address: str) -> int | None:
     """One qube's id from dom0 (None: not running).  The caller owns the timeout.
 
     Raises:
@@ -66,7 +78,7 @@ async def ask_xid(qrexec: Qrexec, address: str) -> int | None:
 class Xids:
     """The id of each qube dom0 listed, learned once per start."""
 
-    qrexec: Qrexec = attrs.field(factory=Qrexec)
+    qrexec: AdminCaller = attrs.field(factory=Qrexec)
     timeout: float = 8.0
     max_calls: int = 16
     _known: dict[str, _Known] = attrs.field(factory=dict)

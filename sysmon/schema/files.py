@@ -336,8 +336,8 @@ XEN = _file(
     _gauge("memory_kb", "int", "kB", "memory Xen gives the qube"),
 )
 
-#: Each qube's own view against Xen's and its netvm's (issue #26).  Described
-#: ahead of its writer: not yet one of :data:`DAILY_FILES`.
+#: Each qube's own view against Xen's and its netvm's (docs/views.md); the
+#: flag is this tick's, an alert tells a disagreement that lasts.
 VIEWS = _file(
     "views.csv",
     "the qube, Xen and its netvm",
@@ -367,6 +367,7 @@ DAILY_FILES: tuple[DailyFile, ...] = (
     QUBES,
     SCRAPES,
     XEN,
+    VIEWS,
     ALERTS,
 )
 

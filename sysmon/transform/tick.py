@@ -31,13 +31,16 @@ def build_tick(
     me: str = "sys-monitor",
     budget: Budget = DEFAULT_BUDGET,
     listed: Sequence[QubeInfo] = (),
+    views: Sequence[bytes] = (),
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
     ``notes`` are sysmon's own alerts, (vm, message), filed with the tick
     under ``me``; so is the news that the clock stepped back past rows
     already written (the commit writes such a tick only after a large step).
-    ``listed`` is dom0's list of this tick (each qube's class and UUID).
+    ``listed`` is dom0's list of this tick (each qube's class and UUID);
+    ``views`` the rows of views.csv (:mod:`sysmon.transform.views`), which
+    rules can name too.
     """
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
@@ -45,6 +48,8 @@ def build_tick(
     built = build_tick_rows(
         ts, results, qubes, previous.qubes, xen, notes, budget, listed=listed, pools=previous.pools
     )
+    if views:
+        built = attrs.evolve(built, rows={**built.rows, schema.VIEWS.file_name: tuple(views)})
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
         AlertBatch(vm, (schema.ALERTS.format_row([ts, vm, message]),), None)
