@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.protocol.metrics import CPU_TICK_KEYS, NetRecord, Snapshot, SysRecord
+from sysmon.protocol.parse import parse_metrics_untrusted
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import ScrapeResult, Status
+from sysmon.records import Budget, ScrapeResult, State, Status
+from sysmon.transform.tick import build_tick
 from sysmon.transform.views import (
     ViewsLimits,
     ViewsState,
     ViewsTick,
     compare,
+    label_vifs,
     vif_bytes,
 )
 
@@ -301,3 +304,41 @@ def test_any_sequence_gives_valid_rows_and_alternating_alerts(
             kind = "end" if "agree again" in message else "start"
             assert last.get(who, "end") != kind
             last[who] = kind
+
+
+class TestVifNames:
+    def test_a_netvm_s_vifs_are_named_by_the_qube_they_serve(self) -> None:
+        net = Qube("sys-net").snapshot(
+            (vif("vif5.0", 1, 2), vif("vif5.1", 3, 4), vif("vif7.0", 5, 6), vif("vif3.0", 7, 8))
+        )
+        got = label_vifs(ok("sys-net", net), {5: "work", 3: "sys-net"})
+        assert got.snapshot is not None
+        assert [n.interface for n in got.snapshot.net] == [
+            "eth0", "lo", "vif.0 of work", "vif.1 of work", "vif7.0", "vif3.0",
+        ]  # fmt: skip
+
+    def test_no_qube_can_send_such_a_name(self) -> None:
+        """The handler's names have no space: a netvm cannot forge sysmon's label."""
+        line = (
+            b"net: if=vif.0 of work rx_bytes=1 rx_errs=0 rx_drop=0 tx_bytes=1 tx_errs=0 tx_drop=0"
+        )
+        snap = parse_metrics_untrusted(b"sys: protocol=1 boot_id=b\n" + line + b"\n")
+        assert snap.net == ()
+
+    def test_restarts_of_a_served_qube_spend_one_name_of_the_netvm_s_day(self) -> None:
+        """Each boot of work is a new vifN.0: named by the qube, the netvm's rows
+        of the day keep one name for it, not one per boot past its allowance."""
+        budget = Budget(names_per_day=4)
+        for named, kept in ((True, 20), (False, 2)):
+            state = State()
+            rows = 0
+            for boot in range(20):
+                xid = 10 + boot
+                snap = Qube("sys-net").snapshot((vif(f"vif{xid}.0", 1, 1),))
+                built = build_tick(
+                    state, ts=at(boot), results=[ok("sys-net", snap)], qubes=None,
+                    budget=budget, xids={xid: "work"} if named else None,
+                )  # fmt: skip
+                state = attrs.evolve(state, qubes={**state.qubes, **built.states})
+                rows += sum(b"vif" in r for r in built.rows["network.csv"])
+            assert rows == kept, named

@@ -331,6 +331,7 @@ class Daemon:
             budget=self.config.budget,
             listed=listed,
             views=views,
+            xids=xids,
         )
         outcome = await self.offload(self.committer, self.config.out_dir, ts, plan)
         assert isinstance(outcome, TickOutcome)  # noqa: S101

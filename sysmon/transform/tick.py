@@ -6,7 +6,7 @@ results): the commit loads the state under its lock and calls it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import attrs
@@ -17,6 +17,7 @@ from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
 from sysmon.transform.rows import DEFAULT_BUDGET, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
+from sysmon.transform.views import label_vifs
 
 
 def build_tick(
@@ -32,6 +33,7 @@ def build_tick(
     budget: Budget = DEFAULT_BUDGET,
     listed: Sequence[QubeInfo] = (),
     views: Sequence[bytes] = (),
+    xids: Mapping[int, str] | None = None,
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
@@ -40,11 +42,12 @@ def build_tick(
     already written (the commit writes such a tick only after a large step).
     ``listed`` is dom0's list of this tick (each qube's class and UUID);
     ``views`` the rows of views.csv (:mod:`sysmon.transform.views`), which
-    rules can name too.
+    rules can name too; ``xids`` name a netvm's vifs by the qube they serve.
     """
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
         notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
+    results = [label_vifs(r, xids) for r in results] if xids else results
     built = build_tick_rows(
         ts, results, qubes, previous.qubes, xen, notes, budget, listed=listed, pools=previous.pools
     )

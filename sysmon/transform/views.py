@@ -101,6 +101,28 @@ def own_bytes(snap: Snapshot) -> int:
     )
 
 
+def label_vifs(result: ScrapeResult, xids: Mapping[int, str]) -> ScrapeResult:
+    """A netvm's ``vifN.M`` named by the qube dom0 says has id N: ``vif.M of QUBE``.
+
+    The name holds across the qube's restarts (each boot's new N was a new
+    name, spending the netvm's daily allowance and the export's label cap),
+    and tells the traffic the netvm forwards from its own.  A handler cannot
+    send a space, so no qube can forge such a name.
+    """
+    snap = result.snapshot
+    if snap is None or not xids:
+        return result
+    net = []
+    for n in snap.net:
+        match = VIF_RE.fullmatch(n.interface)
+        qube = xids.get(int(match.group(1))) if match else None
+        if match and qube is not None and qube != result.vm:
+            net.append(attrs.evolve(n, interface=f"vif.{match.group(2)} of {qube}"))
+        else:
+            net.append(n)
+    return attrs.evolve(result, snapshot=attrs.evolve(snap, net=tuple(net)))
+
+
 def vif_bytes(
     results: Sequence[ScrapeResult], xids: Mapping[int, str]
 ) -> dict[tuple[str, str, str], int]:
