@@ -342,3 +342,14 @@ class TestVifNames:
                 state = attrs.evolve(state, qubes={**state.qubes, **built.states})
                 rows += sum(b"vif" in r for r in built.rows["network.csv"])
             assert rows == kept, named
+
+
+def test_on_4_4_xen_s_memory_is_the_usable_assignment() -> None:
+    """4.4 sends memory_assigned_usable: the figure the qube's MemTotal is set against."""
+    stats = DomainStats("work", 5, None, 10, 9_999_999, memory_assigned_usable=MEM_XEN)
+    work = Qube("work")
+    work.run(5)
+    tick = compare(
+        ViewsState(), ts=at(0), results=[ok("work", work.snapshot())], xen=[stats], xids={}
+    )
+    assert row_of(tick, "work")[6] == str(MEM_XEN)

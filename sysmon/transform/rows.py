@@ -418,7 +418,7 @@ def build_tick_rows(
         else:
             states[result.vm] = share.state
     out[schema.XEN.file_name].extend(
-        schema.XEN.format_row([ts, s.vm, s.cpu_usage, s.cpu_usage_raw, s.cpu_time_ms, s.memory_kb])
+        schema.XEN.format_row([ts, s.vm, *(getattr(s, c) for c in schema.XEN.names[2:])])
         for s in xen
     )
     if qubes is not None:

@@ -268,10 +268,17 @@ def _figures(
         cpu_self=cpu_self,
         cpu_xen=float(domain.cpu_usage) if domain and domain.cpu_usage is not None else None,
         mem_self_kb=mem_self,
-        mem_xen_kb=domain.memory_kb if domain else None,
+        mem_xen_kb=_xen_memory(domain),
         net_self=net_self,
         silent=silent,
     )
+
+
+def _xen_memory(domain: DomainStats | None) -> int | None:
+    """What Xen gives the qube: 4.4's usable assignment where sent, else memory_kb."""
+    if domain is None:
+        return None
+    return domain.memory_assigned_usable or domain.memory_kb
 
 
 def _sustain(
