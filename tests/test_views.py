@@ -16,6 +16,7 @@ from sysmon.protocol.metrics import CPU_TICK_KEYS, NetRecord, Snapshot, SysRecor
 from sysmon.protocol.parse import parse_metrics_untrusted
 from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import Budget, ScrapeResult, State, Status
+from sysmon.transform.rules import parse_rules
 from sysmon.transform.tick import build_tick
 from sysmon.transform.views import (
     ViewsLimits,
@@ -353,3 +354,52 @@ def test_on_4_4_xen_s_memory_is_the_usable_assignment() -> None:
         ViewsState(), ts=at(0), results=[ok("work", work.snapshot())], xen=[stats], xids={}
     )
     assert row_of(tick, "work")[6] == str(MEM_XEN)
+
+
+def test_rules_can_name_the_gap() -> None:
+    """A rule on views.csv's cpu_gap fires from the rows the tick carries."""
+    rules = parse_rules(
+        [
+            {
+                "name": "gap",
+                "file": "views",
+                "expr": "cpu_gap",
+                "op": ">",
+                "value": 30,
+                "for": "1 polls",
+            }
+        ],
+        "test",
+    )
+    work = Qube("work")
+    state, fired = ViewsState(), []
+    for i in range(3):
+        work.run(2)
+        seen = compare(
+            state, ts=at(i), results=[ok("work", work.snapshot())], xen=[xen("work", 90)], xids={}
+        )
+        state = seen.state
+        built = build_tick(State(), ts=at(i), results=[], qubes=None, rules=rules, views=seen.rows)
+        fired += [m for b in built.alerts for m in b.rows if b"rule gap" in m]
+    assert fired
+    assert b"work" in fired[0]
+
+
+def test_two_short_gaps_an_hour_apart_are_not_one_sustained_gap() -> None:
+    """Ticks with one view between them hold a disagreement only so long."""
+    work = Qube("work")
+    state = ViewsState()
+    told: list[tuple[str, str]] = []
+    disagreed: list[int] = []
+    for i in range(400):
+        work.run(2)
+        gap = i in (1, 361)
+        results = [ok("work", work.snapshot())] if gap or i == 0 else []
+        seen = compare(
+            state, ts=at(i), results=results, xen=[xen("work", 90 if gap else 2)], xids={}
+        )
+        state = seen.state
+        told += seen.alerts
+        disagreed += [i for vm, flag in flags(seen).items() if flag == "cpu"]
+    assert disagreed == [1, 361]
+    assert told == []

@@ -29,6 +29,9 @@ from sysmon.transform.rates import cpu_percent, ticks_of
 #: naming), no leading zeros; anything else is the netvm's own.
 VIF_RE = re.compile(r"vif([1-9][0-9]{0,4})\.(0|[1-9][0-9]{0,3})")
 DISAGREE = ("busy-but-silent", "cpu", "memory", "traffic")
+#: Ticks with one view only (a failing qube is polled with backoff, up to
+#: 5 min apart: collect/health.py) keep a disagreement going this long.
+HOLD = 300.0
 #: The interfaces a qube's own traffic is not counted on.
 _NOT_TRAFFIC = frozenset({"lo"})
 
@@ -54,6 +57,7 @@ class QubeView:
     net_bytes: int | None = None
     #: When the current run of disagreeing (or agreeing) ticks began.
     disagree_since: float | None = None
+    last_disagree: float | None = None
     agree_since: float | None = None
     alerted: bool = False
 
@@ -247,7 +251,7 @@ def _figures(
 ) -> tuple[QubeView, _Figures]:
     """The qube's own figures (deltas from ``before``) and Xen's."""
     del vm
-    view = attrs.evolve(before, cpu_ticks=None, net_bytes=None, boot_id=None)
+    view = before  # not polled this tick: the last counters stand, as in system.csv
     cpu_self = mem_self = net_self = None
     snap = result.snapshot if result is not None else None
     if snap is not None and snap.sys is not None and result is not None:
@@ -288,11 +292,15 @@ def _sustain(
 
     A disagreement is told once it has lasted ``sustain`` seconds, and its
     end once the views have agreed that long; a tick with one view only
-    changes nothing.
+    changes nothing, unless none disagreed for :data:`HOLD` seconds.
     """
     if flag in DISAGREE:
-        since = view.disagree_since if view.disagree_since is not None else now
-        view = attrs.evolve(view, disagree_since=since, agree_since=None)
+        since = view.disagree_since
+        if since is None or (
+            view.last_disagree is not None and now - view.last_disagree > max(HOLD, limits.sustain)
+        ):
+            since = now
+        view = attrs.evolve(view, disagree_since=since, last_disagree=now, agree_since=None)
         if not view.alerted and now - since >= limits.sustain:
             message = (
                 f"sysmon: views {flag}: {_words(vm, flag, f)}, for {now - since:.0f} s; "
