@@ -55,6 +55,8 @@ class QubeView:
     cpu_ticks: tuple[int, ...] | None = None
     boot_id: str | None = None
     net_bytes: int | None = None
+    #: The tick of ``cpu_ticks`` and ``net_bytes``.
+    sampled: float | None = None
     #: When the current run of disagreeing (or agreeing) ticks began.
     disagree_since: float | None = None
     last_disagree: float | None = None
@@ -64,10 +66,14 @@ class QubeView:
 
 @attrs.frozen
 class ViewsState:
-    """What the next tick needs: per qube, and per (netvm, vif, qube) the vif's bytes."""
+    """What the next tick needs.
+
+    Per qube its counters; per (netvm, vif, qube) the vif's bytes and the
+    tick they were read at.
+    """
 
     qubes: Mapping[str, QubeView] = attrs.field(factory=dict)
-    vifs: Mapping[tuple[str, str, str], int] = attrs.field(factory=dict)
+    vifs: Mapping[tuple[str, str, str], tuple[int, float]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -199,15 +205,22 @@ def compare(
     now = float(int(ts.timestamp()))
     by_xen = {d.vm: d for d in xen}
     by_result = {r.vm: r for r in results}
-    vifs = vif_bytes(results, xids)
-    netvm_bytes: dict[str, int] = {}
-    unknown: set[str] = set()
-    for key, value in vifs.items():
-        step = _delta(value, previous.vifs.get(key))
-        if step is None:
-            unknown.add(key[2])
+    read = vif_bytes(results, xids)
+    # A netvm not polled this tick keeps its last figures (while it runs).
+    present = set(by_result) | set(by_xen)
+    vifs = {k: v for k, v in previous.vifs.items() if k[0] in present and k[0] not in by_result}
+    vifs.update({key: (value, now) for key, value in read.items()})
+    carried: dict[str, int] = {}
+    unusable: set[str] = set()
+    for key, value in read.items():
+        qube, last = key[2], previous.vifs.get(key)
+        mine = previous.qubes.get(qube)
+        step = _delta(value, last[0]) if last else None
+        if step is None or last is None or mine is None or last[1] != mine.sampled:
+            # A new vif, a reset, or not over the ticks of the qube's own figure.
+            unusable.add(qube)
         else:
-            netvm_bytes[key[2]] = netvm_bytes.get(key[2], 0) + step
+            carried[qube] = carried.get(qube, 0) + step
     rows: list[bytes] = []
     alerts: list[tuple[str, str]] = []
     qubes: dict[str, QubeView] = {}
@@ -215,9 +228,9 @@ def compare(
         before = previous.qubes.get(vm, QubeView())
         result = by_result.get(vm)
         domain = by_xen.get(vm)
-        view, figures = _figures(vm, result, domain, before)
-        if vm in netvm_bytes and vm not in unknown:
-            figures = attrs.evolve(figures, net_netvm=netvm_bytes[vm])
+        view, figures = _figures(vm, result, domain, before, now)
+        if vm in carried and vm not in unusable and figures.net_self is not None:
+            figures = attrs.evolve(figures, net_netvm=carried[vm])
         flag = _flag(figures, limits)
         view, alert = _sustain(vm, view, flag, figures, now, limits)
         if alert:
@@ -247,7 +260,7 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def _figures(
-    vm: str, result: ScrapeResult | None, domain: DomainStats | None, before: QubeView
+    vm: str, result: ScrapeResult | None, domain: DomainStats | None, before: QubeView, now: float
 ) -> tuple[QubeView, _Figures]:
     """The qube's own figures (deltas from ``before``) and Xen's."""
     del vm
@@ -262,7 +275,9 @@ def _figures(
         mem_self = snap.sys.mem_total_kb
         total = own_bytes(snap)
         net_self = _delta(total, before.net_bytes) if same_boot else None
-        view = attrs.evolve(view, cpu_ticks=ticks, net_bytes=total, boot_id=snap.sys.boot_id)
+        view = attrs.evolve(
+            view, cpu_ticks=ticks, net_bytes=total, boot_id=snap.sys.boot_id, sampled=now
+        )
     silent = result is not None and result.status not in {
         Status.OK,
         Status.SKIPPED,
