@@ -142,25 +142,31 @@ class TestCpu:
         assert len(told) == 1
         assert "while its own report does not come" in told[0][1]
 
-    def test_an_honest_day_shows_no_disagreement(self) -> None:
-        """A day of ticks of honest qubes, Xen counting a little more than the
-        qube (the guest kernel's and I/O time) and over a window of its own."""
+    def test_an_honest_day_shows_no_alert(self) -> None:
+        """A day of ticks of honest qubes, as measured (docs/views.md): Xen
+        counting a little more than the qube, and now and then its 3 s window
+        caught in a burst, up to 36 points over for up to 3 ticks in a row."""
         rng = random.Random(26)  # noqa: S311 -- a fixed world, not a secret
         qubes = [Qube(f"q{i}") for i in range(4)]
         state = ViewsState()
+        burst = dict.fromkeys((q.name for q in qubes), 0)
+        flagged = 0
         for i in range(8640):
             results, stats = [], []
             for q in qubes:
-                busy = max(0.0, min(100.0, rng.gauss(30, 15)))
+                busy = max(0.0, min(60.0, rng.gauss(30, 15)))
                 q.run(busy)
                 results.append(ok(q.name, q.snapshot()))
-                # Xen: the kernel's share on top, and a window that is off by
-                # up to the measured honest spread (docs/views.md).
-                stats.append(xen(q.name, min(100.0, busy * 1.05 + 1 + rng.uniform(-10, 10))))
+                if not burst[q.name] and rng.random() < 0.05:
+                    burst[q.name] = rng.randint(1, 3)
+                window = 36.0 if burst[q.name] else rng.uniform(-10, 10)
+                burst[q.name] = max(0, burst[q.name] - 1)
+                stats.append(xen(q.name, min(100.0, busy * 1.05 + 1 + window)))
             tick = compare(state, ts=at(i), results=results, xen=stats, xids={})
             state = tick.state
             assert tick.alerts == ()
-            assert set(flags(tick).values()) <= {"agree", "one-view"}
+            flagged += list(flags(tick).values()).count("cpu")
+        assert flagged > 1000  # the single ticks over the threshold were there
 
     def test_a_restarted_qube_starts_afresh(self) -> None:
         """A new boot's counters are never subtracted from the old boot's."""
