@@ -168,6 +168,7 @@ class _Qube:
                 int(cpu * 2),
                 self.cpu_time_ms,
                 int(self.xen_mem.step()),
+                *[None] * 5,  # Qubes 4.4's columns: this is a 4.2/4.3 world
             ]
         ]
         self.fresh = False

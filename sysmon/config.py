@@ -19,6 +19,7 @@ import attrs
 from sysmon.protocol.names import is_valid_qube_name
 from sysmon.records import Budget
 from sysmon.transform.rules import Rule, RuleError, parse_rules
+from sysmon.transform.views import ViewsLimits
 
 DEFAULT_CONFIG_PATH = Path("/etc/sysmon/sysmon.toml")
 #: The handler's MAX_ALERTS: alert lines one poll can carry.
@@ -149,6 +150,30 @@ class Config:
     notify_every: float = attrs.field(default=300.0, validator=_positive())
     notify_burst: int = attrs.field(default=5, validator=_positive(integer=True))
     notify_timeout: float = attrs.field(default=5.0, validator=_positive())
+    #: When a qube's own view and Xen's or its netvm's disagree (docs/views.md
+    #: has the honest gaps these were set from): CPU points Xen may see over
+    #: the qube's own figure; Xen's CPU above which a qube that does not
+    #: answer is "busy but silent"; memory's gap in percent of Xen's; a
+    #: tick's traffic gap, in kB plus percent of the larger figure; and how
+    #: long a gap lasts before it is told (and an agreement before its end is).
+    views_cpu_gap: float = attrs.field(default=30.0, validator=_positive())
+    views_busy: float = attrs.field(default=50.0, validator=_positive())
+    views_mem_gap_percent: float = attrs.field(default=25.0, validator=_positive())
+    views_traffic_gap_kb: int = attrs.field(default=1024, validator=_positive(integer=True))
+    views_traffic_gap_percent: float = attrs.field(default=50.0, validator=_positive())
+    views_sustain: float = attrs.field(default=120.0, validator=_positive())
+
+    @property
+    def views_limits(self) -> ViewsLimits:
+        """The views' thresholds, as the transform takes them."""
+        return ViewsLimits(
+            cpu_gap=self.views_cpu_gap,
+            busy=self.views_busy,
+            mem_gap_percent=self.views_mem_gap_percent,
+            traffic_gap_kb=self.views_traffic_gap_kb,
+            traffic_gap_percent=self.views_traffic_gap_percent,
+            sustain=self.views_sustain,
+        )
 
     @property
     def budget(self) -> Budget:
@@ -171,11 +196,23 @@ class Config:
                 f"cursor_seen must be at least {MAX_ALERTS_PER_POLL} (the handler's alert "
                 f"lines a poll), got {self.cursor_seen}"
             )
+        for key in ("views_cpu_gap", "views_busy", "views_mem_gap_percent"):
+            if getattr(self, key) > 100:
+                raise ConfigError(f"{key} must be 100 or less, got {getattr(self, key)}")
         if self.scrape_timeout >= self.interval:
             raise ConfigError(
                 f"scrape_timeout ({self.scrape_timeout:g}) must be below "
                 f"interval ({self.interval:g})"
             )
+
+
+_VIEWS_FLOATS = (
+    "views_cpu_gap",
+    "views_busy",
+    "views_mem_gap_percent",
+    "views_traffic_gap_percent",
+    "views_sustain",
+)
 
 
 def config_from_mapping(data: dict[str, Any], source: str) -> Config:
@@ -189,6 +226,7 @@ def config_from_mapping(data: dict[str, Any], source: str) -> Config:
         if "rules" in values:
             values["rules"] = parse_rules(values["rules"], source)
         numbers = {"interval", "scrape_timeout", "notify_every", "notify_timeout"} & set(values)
+        numbers = {"interval", "scrape_timeout", *_VIEWS_FLOATS} & set(values)
         for key in numbers:  # TOML writes 10 for 10.0
             if isinstance(values[key], int) and not isinstance(values[key], bool):
                 values[key] = float(values[key])

@@ -59,6 +59,12 @@ XEN_STATS_BROKEN: Final = "xen_stats_broken"
 XEN_STATS_DISABLED: Final = "xen_stats_disabled"
 XEN_STATS_RECONNECTING: Final = "xen_stats_reconnecting"
 
+# -- each qube's Xen id (views.csv: a netvm's vifs named by the qube they serve) --
+XID_FORGOTTEN: Final = "xid_forgotten"
+#: Two running qubes said to have one id: neither is named by it this tick.
+XID_CLAIMED_TWICE: Final = "xid_claimed_twice"
+XID_NOT_READ: Final = "xid_not_read"
+
 #: Every event name above.
 ALL: Final = frozenset(
     value for name, value in tuple(globals().items()) if name.isupper() and isinstance(value, str)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from fakequbes.recordings import read, world
+from fakequbes.recordings import RECORDINGS, read, world
 from fakequbes.world import qube_uuid
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from sysmon.protocol.admin import (
     AdminCallError,
     QubeInfo,
     parse_vm_list_untrusted,
+    parse_xid_untrusted,
     select_targets,
     unframe_admin_reply_untrusted,
 )
@@ -218,3 +221,74 @@ class TestSelectTargets:
         qubes = parse_vm_list_untrusted(recorded_payload("4.3")).qubes
         targets = select_targets(qubes, "sys-monitor", ["secrets-vault"])
         assert targets == ["disp1234", "nohandler", "sys-dns", "work"]
+
+
+# --- admin.vm.property.Get+xid ---------------------------------------------
+
+
+def xid_replies(release: str) -> dict[str, bytes]:
+    """qubesd's recorded replies to sys-monitor's xid calls, by case."""
+    entries = json.loads((RECORDINGS / f"admin.vm.property.Get-xid-{release}.json").read_text())
+    return {e["case"]: bytes.fromhex(e["reply_hex"]) for e in entries}
+
+
+class TestXid:
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_recorded_ids_as_qubesd_sent_them(self, release):
+        """4.3's ``type=int`` and 4.2's ``type=str`` give the same id; -1 is None."""
+        replies = xid_replies(release)
+        assert parse_xid_untrusted(replies["running AppVM (mock Xen id 3)"]) == 3
+        assert parse_xid_untrusted(replies["paused AppVM (mock Xen id 5)"]) == 5
+        assert parse_xid_untrusted(replies["running DispVM (mock Xen id 8)"]) == 8
+        assert parse_xid_untrusted(replies["halted AppVM"]) is None
+
+    @pytest.mark.parametrize("release", RELEASES)
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "dom0 (AdminVM)",
+            "a property that does not exist",
+            "a qube that does not exist",
+            "no argument",
+        ],
+    )
+    def test_recorded_errors_raise_the_one_error(self, release, case):
+        """dom0 has no xid property; qubesd's error frames never become an id."""
+        with pytest.raises(AdminCallError):
+            parse_xid_untrusted(xid_replies(release)[case])
+
+    def test_the_framing_error_reply_is_refused(self):
+        """An unknown qube reaches qubesd as ``keyword default``: 0 bytes."""
+        (reply,) = [r for c, r in xid_replies("4.3").items() if "through qrexec" in c]
+        with pytest.raises(AdminCallError, match="refused"):
+            parse_xid_untrusted(reply)
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"default=True type=int 0",  # dom0's id: never a qube's
+            b"default=True type=int 32752",  # Xen's reserved ids
+            b"default=True type=int 03",
+            b"default=True type=int -2",
+            b"default=True type=int 3\n",
+            b"default=True type=bool 3",
+            b"default=True type=int 3 4",
+            b"default=True type=int ",
+            b"default=True type=int \xd9\xa3",  # a non-ASCII digit
+            b"default=True type=int " + b"9" * 60,
+        ],
+    )
+    def test_hostile_or_odd_replies_are_refused(self, payload):
+        with pytest.raises(AdminCallError):
+            parse_xid_untrusted(b"0\x00" + payload)
+
+    @given(st.binary(max_size=80))
+    def test_any_bytes_give_an_id_in_range_or_the_one_error(self, raw):
+        try:
+            xid = parse_xid_untrusted(raw)
+        except AdminCallError:
+            return
+        assert xid is None or 0 < xid < 0x7FF0
+
+    def test_the_highest_id_xen_gives(self):
+        assert parse_xid_untrusted(b"0\x00default=False type=int 32751") == 32751

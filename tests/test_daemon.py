@@ -14,7 +14,11 @@ from fakes import FakeQubes, daemon_on_virtual_time, run_for
 from structlog.testing import capture_logs
 
 from sysmon import events
+from sysmon.collect.process import ProcessResult
+from sysmon.collect.xen import XenFollower
+from sysmon.collect.xids import Xids
 from sysmon.protocol.admin import Discovery, DiscoveryError
+from sysmon.protocol.xen_events import DomainStats
 from sysmon.store.commit import commit_tick
 from sysmon.transform.tick import TickPlan
 
@@ -337,3 +341,50 @@ async def test_the_commit_calls_the_ticks_plan_with_the_state_it_loaded(tmp_path
     assert plan.ts == report.ts
     assert [r.vm for r in plan.results] == ["a"]
     assert report.outcome.written["system.csv"] == 1
+
+
+class XidDom0:
+    """dom0's answers to admin.vm.property.Get+xid, as qubesd's (4.3)."""
+
+    def __init__(self, ids: dict[str, int]) -> None:
+        self.ids = ids
+        self.asked: list[str] = []
+
+    def service_argv(self, target: str, service: str, argument: str = "") -> list[str]:
+        return [target, f"{service}+{argument}"]
+
+    async def call(self, argv, *, max_stdout):
+        self.asked.append(argv[0])
+        return ProcessResult(0, b"0\x00default=True type=int %d" % self.ids[argv[0]], b"")
+
+
+class TestViews:
+    async def test_a_qube_xen_sees_busier_than_it_says_is_told_once(self, tmp_path, autojump_clock):
+        """views.csv each tick; one alert row for the qube after views_sustain,
+        in its own name; each id asked once, never the vault's."""
+        start = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+        dom0 = XidDom0({"work": 5, "sys-net": 4})
+        xen = XenFollower()
+        c = collector(
+            tmp_path,
+            FakeQubes({"work": "ok", "sys-net": "ok", "secrets-vault": "ok"}),
+            start,
+            overrides={"xen": xen, "xids": Xids(qrexec=dom0, timeout=5)},
+            views_sustain=60.0,
+        )
+        for i in range(12):
+            now = trio.current_time()
+            xen.latest = {  # Xen sees work at 90 %; it reports 15 % (user 10, system 5)
+                vm: (now, DomainStats(vm, 90 if vm == "work" else 15, None, 1000 * i, 1000))
+                for vm in ("work", "sys-net")
+            }
+            await c.poll(start + timedelta(seconds=10 * i))
+            await trio.sleep(10)
+        day = read_day(tmp_path / "2025-08-31")
+        flags = {(r["vm"], r["flag"]) for r in day["views.csv"] if r["ts"] > "2025-08-31T12:00:00Z"}
+        assert flags == {("work", "cpu"), ("sys-net", "agree")}
+        told = [(r["vm"], r["msg"]) for r in day["alerts.csv"] if "views" in r["msg"]]
+        assert len(told) == 1
+        assert told[0][0] == "work"
+        assert "Xen sees work at 90.0% CPU, work reports 15.0%" in told[0][1]
+        assert sorted(dom0.asked) == ["sys-net", "work"]

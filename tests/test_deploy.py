@@ -303,6 +303,8 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("admin.vm.List", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
         ("admin.vm.List", "*", "sys-monitor", "@anyvm", "allow", "target=dom0"),
         ("admin.vm.Stats", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
+        ("admin.vm.property.Get", "+xid", "sys-monitor", "secrets-vault", "deny", "notify=no"),
+        ("admin.vm.property.Get", "+xid", "sys-monitor", "@anyvm", "allow", "target=dom0"),
         ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "sys-monitor", "deny"),
@@ -456,6 +458,84 @@ def test_a_rule_naming_a_qube_matches_its_uuid_form_as_the_engine_does(shipped_p
     assert got_decision == decision
     if matched in VAULT_EXCLUDED:
         assert got_rule == matched
+
+
+def _table(name: str) -> list[list[str]]:
+    return [
+        line.split("\t")
+        for line in (ROOT / "tests/fixtures/qubes" / name).read_text().splitlines()[1:]
+    ]
+
+
+#: The candidate lines of the recorded xid tables and variants, by name.
+XID_ADMINVM = "admin.vm.property.Get +xid sys-monitor @adminvm allow target=dom0"
+XID_ANYVM = "admin.vm.property.Get +xid sys-monitor @anyvm allow target=dom0"
+XID_VAULT = "admin.vm.property.Get +xid sys-monitor secrets-vault deny notify=no"
+XID_VARIANTS = {
+    "shipped": [],
+    "adminvm-only": [XID_ADMINVM],
+    "anyvm-only": [XID_ANYVM],
+    "vault-excluded": [XID_VAULT, XID_ADMINVM, XID_ANYVM],
+}
+
+
+@pytest.mark.parametrize(
+    ("lines", "row"),
+    [
+        (XID_VARIANTS[r[0]], r[1:])
+        for r in _table("policy-decisions-xid-variants-4.3.tsv")
+        if r[0] in XID_VARIANTS
+    ]
+    + [
+        ([XID_ADMINVM, XID_ANYVM], r)
+        for name in ("policy-decisions-xid-4.3.tsv", "policy-decisions-xid-4.2.tsv")
+        for r in _table(name)
+    ],
+)
+def test_the_engine_model_decides_every_recorded_xid_request(shipped_policy, lines, row):
+    """The model of the engine against the real one for every recorded xid
+    request under the recorded candidate lines (after admin.vm.Stats): the
+    model the shipped lines are checked with below."""
+    request, source, target, state, decision = row[:5]
+    ours = [r for r in _policy_rules(shipped_policy) if "property.Get" not in r[1]]
+    stats = next(i for i, (_, line) in enumerate(ours) if line.startswith("admin.vm.Stats "))
+    rules = [*ours[: stats + 1], *((x, x) for x in lines), *ours[stats + 1 :], *DEFAULT_RULES]
+    got, _ = evaluate(rules, request, source, target, state, QUBE_OF_UUID)
+    assert got == decision
+
+
+def _is(target: str, name: str) -> bool:
+    return QUBE_OF_UUID.get(target, target) == name or (name == "dom0" and target == "@adminvm")
+
+
+@pytest.mark.parametrize(
+    "row",
+    _table("policy-decisions-xid-4.3.tsv") + _table("policy-decisions-xid-4.2.tsv"),
+    ids=lambda row: f"{row[0]}:{row[1]}>{row[2]}-{row[3]}",
+)
+def test_shipped_xid_lines_decide_as_the_recorded_engine(shipped_policy, row):
+    """Every recorded xid request: the shipped policy decides as the real engine
+    did with the ``@anyvm`` line (the whole table), but for the two targets
+    sysmon never asks: dom0 (no rule: its id is 0) and the vault (denied
+    quietly), whose decisions are the recorded variants' ``anyvm-only`` and
+    ``vault-excluded`` ones."""
+    request, source, target, state, decision = row[:5]
+    got, rule = evaluate(
+        [*_policy_rules(shipped_policy), *DEFAULT_RULES],
+        request,
+        source,
+        target,
+        state,
+        QUBE_OF_UUID,
+    )
+    if _is(target, "dom0") and request == "admin.vm.property.Get+xid" and source == "sys-monitor":
+        assert (got, rule) == ("deny", "-")  # as anyvm-only: no matching rule
+    elif _is(target, "secrets-vault") and source == "sys-monitor":
+        assert (got, rule) == ("deny", XID_VAULT)  # as vault-excluded
+    else:
+        assert got == decision
+        if decision == "allow":
+            assert rule == XID_ANYVM
 
 
 @pytest.mark.parametrize("target", ["sys-monitor", "uuid:d03cd78b-c6ac-5d48-b6f8-41eabc339e8b"])

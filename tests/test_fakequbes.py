@@ -10,6 +10,7 @@ and say why.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import stat
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import require_root
-from fakequbes.recordings import Run, read, runs, world
-from fakequbes.world import BIN, make_world, open_to_others
+from fakequbes.recordings import RECORDINGS, Run, read, runs, world
+from fakequbes.world import BIN, make_world, open_to_others, write_xid
 
 USER = pwd.getpwuid(os.getuid()).pw_name
 
@@ -241,3 +242,58 @@ class TestQubesdbRead:
             assert got.stderr.startswith(b"Usage: qubesdb-read")
         else:
             assert got.stderr == run.stderr, run.case
+
+
+#: The recorded world's Xen ids (tests/fixtures/qubes/README.md).
+RECORDED_XIDS = {"sys-monitor": 2, "work": 3, "nohandler": 4, "personal": 5}
+RECORDED_XIDS |= {"secrets-vault": 6, "sys-dns": 7, "disp1234": 8}
+
+
+def xid_cases() -> list[tuple[str, dict[str, object]]]:
+    """Each recorded qubesd reply that a call through qrexec from sys-monitor reaches."""
+    cases = []
+    for release in ("4.2", "4.3"):
+        name = f"admin.vm.property.Get-xid-{release}.json"
+        for entry in json.loads((RECORDINGS / name).read_text()):
+            # A name dom0 does not know reaches qubesd as @default (the
+            # recording's next case); a call from another qube is not ours.
+            if entry["target"] == "no-such-qube" or entry["source"] != "sys-monitor":
+                continue
+            if "no admin.vm.property.Get" in entry["case"]:
+                continue
+            cases.append((release, entry))
+    return cases
+
+
+class TestXid:
+    @pytest.mark.parametrize(
+        ("release", "entry"), xid_cases(), ids=lambda v: v if isinstance(v, str) else v["case"][:50]
+    )
+    def test_answers_as_qubesd_did_where_the_policy_lets_the_call_through(
+        self, tmp_path, release, entry
+    ):
+        """The shipped policy's line lets a property.Get+xid of any qube but dom0
+        and the vault through, to qubesd's recorded bytes; the rest is refused."""
+        qubes = {name: state for name, (_, state) in world(release).items() if name != "dom0"}
+        env = make_world(tmp_path / "world", {}, states=qubes, release=release, xids=RECORDED_XIDS)
+        target = "no-such-qube" if entry["target"] == "@default" else str(entry["target"])
+        ident = f"{entry['method']}+{entry['arg']}" if entry["arg"] else f"{entry['method']}+"
+        got = run_fake(("qrexec-client-vm", "--", target, ident), env)
+        refused = (
+            entry["target"] in {"dom0", "@adminvm", "secrets-vault"}
+            or entry["arg"] != "xid"
+            or entry["method"] != "admin.vm.property.Get"
+        )
+        if refused:
+            assert (got.returncode, got.stderr) == (126, b"Request refused\n"), entry["case"]
+        else:
+            assert got.returncode == 0, entry["case"]
+            assert got.stdout == bytes.fromhex(str(entry["reply_hex"])), entry["case"]
+
+    def test_a_restart_gives_the_new_id(self, tmp_path):
+        """The world's id of a qube is what qubesd answers at each call."""
+        env = make_world(tmp_path / "world", {"work": "healthy"}, xids={"work": 3})
+        argv = ("qrexec-client-vm", "--", "work", "admin.vm.property.Get+xid")
+        assert run_fake(argv, env).stdout == b"0\x00default=True type=int 3"
+        write_xid(tmp_path / "world", "work", 11)
+        assert run_fake(argv, env).stdout == b"0\x00default=True type=int 11"

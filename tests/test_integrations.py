@@ -17,6 +17,7 @@ from fakes import LIAR_PAYLOAD, write_tick
 
 from sysmon import schema
 from sysmon.protocol.xen_events import DomainStats
+from sysmon.transform.views import ViewsState, compare
 
 # Real processes on the real clock: left out of a default run (--run-slow).
 pytestmark = pytest.mark.slow
@@ -95,12 +96,15 @@ def _day(tmp_path_factory):
         assert done.returncode == 0, done.stderr
         subprocess.run(["sleep", "1.1"], check=True)
     xen = [DomainStats("dom0", 3, 6, 123456, 4_000_000), DomainStats("work", 1, 2, 99, 400_000)]
+    now = datetime.now(UTC).replace(microsecond=0)
+    views = compare(ViewsState(), ts=now, results=[], xen=xen, xids={}).rows
     write_tick(
         out,
-        datetime.now(UTC).replace(microsecond=0),
+        now,
         [],
         None,
         xen=xen,
+        views=views,
         notes=[("sys-monitor", "sysmon: archive of 2025-08-30 refused: x, y")],
     )
     (folder,) = [p for p in out.iterdir() if p.is_dir()]

@@ -136,6 +136,12 @@ class TestTickRows:
                 "cpu_usage_raw": 48,
                 "cpu_time_ms": 9000,
                 "memory_kb": 400_000,
+                # Qubes 4.4's keys, which 4.2 and 4.3 do not send.
+                "memory_assigned_usable": None,
+                "memory_assigned_total": None,
+                "memory_with_swap_used": None,
+                "swap_used": None,
+                "online_vcpus": None,
             }
         ]
         assert [r.values for r in built.rows["qubes.csv"]] == [

@@ -169,7 +169,6 @@ def test_without_views_csv_nothing_is_said_of_views(tmp_path):
     assert report.disagree == ()
     shown = render_status(report)
     assert "views disagree" not in shown
-    assert "views.csv" not in shown
 
 
 def test_status_reads_only_the_end_of_a_big_file(tmp_path):

@@ -134,12 +134,16 @@ class TestRecordedStreams:
     def test_4_4_event_without_cpu_usage_raw(self):
         """4.4 drops cpu_usage_raw: its cell is empty, the others are read."""
         (stats,) = stats_of(read("vm-stats-4.4-event.bin"))
-        assert stats == DomainStats("work", 25, None, 11607, 1_536_000)
+        assert stats == DomainStats(
+            "work", 25, None, 11607, 1_536_000, 1_536_000, 6_144_000, 912_384, 20_480, 2
+        )
 
-    def test_4_4_hvm_event_ignores_new_keys(self):
-        """The *_internal keys (a float among them) are unknown: ignored."""
+    def test_4_4_hvm_event_ignores_the_stubdomain_keys(self):
+        """The *_internal keys (a float among them) are ignored; no swap_used sent."""
         (stats,) = stats_of(read("vm-stats-4.4-event-hvm.bin"))
-        assert stats == DomainStats("sys-net", 10, None, 10643, 409_600)
+        assert stats == DomainStats(
+            "sys-net", 10, None, 10643, 409_600, 409_600, 558_080, 409_600, None, 2
+        )
 
     def test_halted_target_error_frame_is_a_stream_error(self):
         """qubesd's 2\\0 exception frame is not an event: the stream must be reopened."""
@@ -236,6 +240,11 @@ async def test_xen_csv_fills_from_4_4_events(tmp_path, autojump_clock):
         "cpu_usage_raw": "",
         "cpu_time_ms": "11607",
         "memory_kb": "1536000",
+        "memory_assigned_usable": "1536000",
+        "memory_assigned_total": "6144000",
+        "memory_with_swap_used": "912384",
+        "swap_used": "20480",
+        "online_vcpus": "2",
     }
 
 

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -36,18 +36,20 @@ from sysmon.collect.health import Health, backoff_delay
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
 from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
 from sysmon.collect.xen import XenFollower
+from sysmon.collect.xids import Xids
 from sysmon.commands.archive import NightlyArchive
 from sysmon.commands.notify import Notifier, notifier_for
 from sysmon.commands.offload import Offload
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
-from sysmon.records import ScrapeResult, Status, TickOutcome
+from sysmon.records import Row, ScrapeResult, Status, TickOutcome
 from sysmon.schema import format_ts
 from sysmon.store import identity
 from sysmon.store.commit import Plan, commit_tick
 from sysmon.store.daily import locked
 from sysmon.store.state import load_state
 from sysmon.transform.tick import TickPlan
+from sysmon.transform.views import ViewsState, compare
 
 QUBES_EVERY = 60.0
 
@@ -194,6 +196,9 @@ class Daemon:
     transport: Transport
     uses: Collaborators = Collaborators()
     xen: XenFollower | None = None
+    #: Each qube's Xen id, to map a netvm's vifN.M (views.csv); None: not asked.
+    xids: Xids | None = None
+    views: ViewsState = attrs.field(factory=ViewsState)
     archive: NightlyArchive | None = None
     on_tick: Callable[[PollReport], None] | None = None
     #: Desktop notifications of the rules that ask for them.
@@ -225,7 +230,10 @@ class Daemon:
         """
         async with self._in_order() as previous:
             discovery, targets = await self._discover()
-            results = await self._scrape(discovery, targets)
+            async with trio.open_nursery() as nursery:  # ids asked while the qubes answer
+                mapped: dict[int, str] = {}
+                nursery.start_soon(self._map_xids, discovery, mapped)
+                results = await self._scrape(discovery, targets)
             # qubes.csv once a minute: at each new minute, so every day
             # folder gets it from its first minute on.
             qubes = None
@@ -233,7 +241,7 @@ class Daemon:
                 qubes = discovery.qubes
             if previous is not None:
                 await previous.wait()
-            outcome = await self._commit(ts, results, qubes, discovery.qubes)
+            outcome = await self._commit(ts, results, qubes, discovery.qubes, mapped)
             if qubes is not None and outcome.skipped is None:
                 self.last_qubes_ts = ts.timestamp()
         return PollReport(ts, discovery.qubes, tuple(results), outcome)
@@ -342,12 +350,19 @@ class Daemon:
         results: Sequence[ScrapeResult],
         qubes: Sequence[QubeInfo] | None,
         listed: Sequence[QubeInfo] = (),
+        xids: Mapping[int, str] | None = None,
     ) -> TickOutcome:
         """Hand the commit this tick's plan, with the notes gathered since the last."""
         me = self._self_name or self.config.self_name or "sys-monitor"
         notes = [(me, message) for message in self.notes]
         self.notes.clear()
         xen = self.xen.fresh(trio.current_time(), self._listed) if self.xen is not None else ()
+        views: tuple[Row, ...] = ()
+        if self.xen is not None:  # the two views, in commit order (docs/views.md)
+            seen = compare(self.views, ts=ts, results=results, xen=xen, xids=xids or {},
+                           limits=self.config.views_limits)  # fmt: skip
+            self.views, views = seen.state, seen.rows
+            notes += seen.alerts
         plan = TickPlan(
             ts=ts,
             results=results,
@@ -358,6 +373,8 @@ class Daemon:
             me=me,
             budget=self.config.budget,
             listed=listed,
+            views=views,
+            xids=xids,
         )
         watched = self.notifier.watch(plan, ts) if self.notifier is not None else plan
         outcome = await self.uses.offload(self.uses.committer, self.config.out_dir, ts, watched)
@@ -383,6 +400,13 @@ class Daemon:
                 events.CLOCK_STEPPED, direction="back", seconds=outcome.stepped_back, rows="resumed"
             )
         return outcome
+
+    async def _map_xids(self, discovery: Discovery, mapped: dict[int, str]) -> None:
+        """Xen id -> qube, asked of dom0 for qubes that started (never the vault's)."""
+        if self.xids is not None:
+            latest = self.xen.latest.values() if self.xen is not None else ()
+            cpu = {s.vm: s.cpu_time_ms for _, s in latest if s.cpu_time_ms is not None}
+            mapped.update(await self.xids.refresh(discovery.qubes, (self.config.vault,), cpu))
 
     def note(self, message: str) -> None:
         """An alert row of sysmon's own, written with the next tick."""
@@ -528,8 +552,14 @@ class Daemon:
 
 def main(config: Config) -> int:
     """``sysmon run``: qrexec to the qubes, dom0's stats stream, the nightly archive."""
+    xids = Xids(timeout=config.scrape_timeout)
     daemon = Daemon(
-        config, QrexecDiscovery(), Qrexec(), xen=XenFollower(), notifier=notifier_for(config)
+        config,
+        QrexecDiscovery(),
+        Qrexec(),
+        xen=XenFollower(),
+        xids=xids,
+        notifier=notifier_for(config),
     )
     daemon.archive = NightlyArchive(
         config, note=daemon.note, wall_now=daemon.uses.wall_now, steady_now=boot_time

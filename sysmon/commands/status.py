@@ -271,9 +271,7 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     skipped = schema.Skipped()
     ages: dict[str, float | None] = {}
     tails: dict[str, list[schema.Row]] = {}
-    views = folder / schema.VIEWS.file_name
-    described = (*schema.DAILY_FILES, *((schema.VIEWS,) if views.exists() else ()))
-    for daily in described:
+    for daily in schema.DAILY_FILES:  # views.csv among them, made with each day folder
         window = VALUES_WINDOW if daily in {schema.SYSTEM, schema.VIEWS} else 0
         rows = Tail(folder / daily.file_name, daily).read(window, skipped)
         tails[daily.file_name] = rows

@@ -240,3 +240,40 @@ def select_targets(
         and q.name not in skip
         and not (self_uuid is not None and q.uuid == self_uuid)
     ]
+
+
+# --- A qube's Xen domain id: admin.vm.property.Get+xid -----------------------
+
+XID_SERVICE = "admin.vm.property.Get+xid"
+#: Xen's first reserved domain id (DOMID_FIRST_RESERVED, xen/include/public/xen.h):
+#: every real domain's id is below it.
+XID_LIMIT = 0x7FF0
+MAX_XID_REPLY = 64
+#: qubesd's property reply (core-admin ``_serialize_property``): 4.3 says
+#: ``type=int`` (a3aa53ba annotated ``QubesVM.xid``), 4.2 ``type=str``; -1
+#: for a qube that is not running (recorded in
+#: tests/fixtures/qubes/admin.vm.property.Get-xid-4.*.json).
+_XID_REPLY_RE = re.compile(rb"default=(?:True|False) type=(?:int|str) (-1|[1-9][0-9]{0,4})")
+
+
+def parse_xid_untrusted(raw: bytes) -> int | None:
+    """A qube's Xen domain id from qubesd's framed reply; None when it is not running.
+
+    dom0 has no ``xid`` property (qubesd raises QubesNoSuchPropertyError):
+    its id is 0 and never asked.  0 is refused here, so a reply cannot
+    pass a qube off as dom0.
+
+    Raises:
+        AdminCallError: refused, an error frame, or anything but one id.
+    """
+    if len(raw) > MAX_XID_REPLY:
+        raise AdminCallError(f"xid reply longer than {MAX_XID_REPLY} bytes")
+    match = _XID_REPLY_RE.fullmatch(unframe_admin_reply_untrusted(raw))
+    if match is None:
+        raise AdminCallError("xid reply is not one domain id")
+    xid = int(match.group(1))
+    if xid == -1:
+        return None
+    if xid >= XID_LIMIT:
+        raise AdminCallError("xid reply is past Xen's domain ids")
+    return xid

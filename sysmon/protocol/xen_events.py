@@ -42,8 +42,10 @@ class DomainStats:
 
     ``cpu_time_ms`` since the domain started, ``memory_kb`` assigned by Xen
     (not guest-used), ``cpu_usage`` in % of its vCPUs (the first sample of a
-    connection is 0).  Qubes 4.2 and 4.3 send all four keys; 4.4 (core-admin
-    main, f75776f7) drops ``cpu_usage_raw`` and adds keys sysmon ignores.
+    connection is 0).  Qubes 4.2 and 4.3 send the first four keys; 4.4
+    (core-admin main, f75776f7) drops ``cpu_usage_raw`` and adds the last
+    five (``swap_used`` only when the qube reports swap); its ``*_internal``
+    keys of a stubdomain are ignored.
     """
 
     vm: str
@@ -51,6 +53,11 @@ class DomainStats:
     cpu_usage_raw: int | None
     cpu_time_ms: int | None
     memory_kb: int | None
+    memory_assigned_usable: int | None = None
+    memory_assigned_total: int | None = None
+    memory_with_swap_used: int | None = None
+    swap_used: int | None = None
+    online_vcpus: int | None = None
 
 
 class EventReader:
@@ -112,6 +119,11 @@ STATS_KEYS = {
     "cpu_usage_raw": "cpu_usage_raw",
     "cpu_time_ms": "cpu_time",
     "memory_kb": "memory_kb",
+    "memory_assigned_usable": "memory_assigned_usable",
+    "memory_assigned_total": "memory_assigned_total",
+    "memory_with_swap_used": "memory_with_swap_used",
+    "swap_used": "swap_used",
+    "online_vcpus": "online_vcpus",
 }
 
 

@@ -21,7 +21,9 @@ from sysmon.protocol.text import clean_text, neutralise_formula
 from sysmon.records import Status
 
 #: The files' layout; an archive's metadata names it (bumped when a column changes).
-SCHEMA_VERSION = 1
+#: 2: views.csv, and xen.csv's Qubes 4.4 columns (a file of 1 lacks them:
+#: the decoder gives their cells empty).
+SCHEMA_VERSION = 2
 #: A row is one write(); tailers read one physical line at a time, and a
 #: line under a page never tears for a reader.
 MAX_ROW_BYTES = 4096
@@ -349,10 +351,16 @@ XEN = _file(
     _gauge("cpu_usage_raw", "int", "percent", "CPU use, not divided by the vCPUs"),
     _counter("cpu_time_ms", "int", "ms", "CPU time used since the qube started"),
     _gauge("memory_kb", "int", "kB", "memory Xen gives the qube"),
+    # Qubes 4.4 only (core-admin main), empty before.
+    _gauge("memory_assigned_usable", "int", "kB", "memory assigned the guest can use (4.4)"),
+    _gauge("memory_assigned_total", "int", "kB", "memory assigned, up to its maximum (4.4)"),
+    _gauge("memory_with_swap_used", "int", "kB", "used, swap included, as the qube says (4.4)"),
+    _gauge("swap_used", "int", "kB", "swap used, as the qube says (4.4)"),
+    _gauge("online_vcpus", "int", "vCPUs", "vCPUs online (4.4)"),
 )
 
-#: Each qube's own view against Xen's and its netvm's (issue #26).  Described
-#: ahead of its writer: not yet one of :data:`DAILY_FILES`.
+#: Each qube's own view against Xen's and its netvm's (docs/views.md); the
+#: flag is this tick's, an alert tells a disagreement that lasts.
 VIEWS = _file(
     "views.csv",
     "the qube, Xen and its netvm",
@@ -382,6 +390,7 @@ DAILY_FILES: tuple[DailyFile, ...] = (
     QUBES,
     SCRAPES,
     XEN,
+    VIEWS,
     ALERTS,
 )
 

@@ -448,14 +448,8 @@ def build_tick_rows(
 
 
 def _xen_row(ts: datetime, s: DomainStats) -> Row:
-    values = {
-        "ts": ts,
-        "vm": s.vm,
-        "cpu_usage": s.cpu_usage,
-        "cpu_usage_raw": s.cpu_usage_raw,
-        "cpu_time_ms": s.cpu_time_ms,
-        "memory_kb": s.memory_kb,
-    }
+    # Every column Xen's stats may carry: 4.2/4.3's, and 4.4's where sent.
+    values = {"ts": ts, "vm": s.vm, **{c: getattr(s, c) for c in schema.XEN.names[2:]}}
     return encode_row(schema.XEN, values)
 
 

@@ -6,16 +6,18 @@ results): the commit loads the state under its lock and calls it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import attrs
 
+from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
+from sysmon.records import AlertBatch, Budget, Row, ScrapeResult, State, TickRows
 from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
+from sysmon.transform.views import label_vifs
 
 
 def build_tick(
@@ -30,20 +32,27 @@ def build_tick(
     me: str = "sys-monitor",
     budget: Budget = DEFAULT_BUDGET,
     listed: Sequence[QubeInfo] = (),
+    views: Sequence[Row] = (),
+    xids: Mapping[int, str] | None = None,
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
 
     ``notes`` are sysmon's own alerts, (vm, message), filed with the tick
     under ``me``; so is the news that the clock stepped back past rows
     already written (the commit writes such a tick only after a large step).
-    ``listed`` is dom0's list of this tick (each qube's class and UUID).
+    ``listed`` is dom0's list of this tick (each qube's class and UUID);
+    ``views`` the rows of views.csv (:mod:`sysmon.transform.views`), which
+    rules can name too; ``xids`` name a netvm's vifs by the qube they serve.
     """
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
         notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
+    results = [label_vifs(r, xids) for r in results] if xids else results
     built = build_tick_rows(
         ts, results, qubes, previous.qubes, xen, notes, budget, listed=listed, pools=previous.pools
     )
+    if views:
+        built = attrs.evolve(built, rows={**built.rows, schema.VIEWS.file_name: tuple(views)})
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
         AlertBatch(vm, (alert_row(ts, vm, message),), None) for vm, message in fired
@@ -68,6 +77,8 @@ class TickPlan:
     me: str = "sys-monitor"
     budget: Budget = DEFAULT_BUDGET
     listed: Sequence[QubeInfo] = ()
+    views: Sequence[Row] = ()
+    xids: Mapping[int, str] | None = None
 
     def __call__(self, previous: State, /) -> TickRows:
         """Every row of the tick and the state after it, from ``previous``."""
@@ -82,4 +93,6 @@ class TickPlan:
             me=self.me,
             budget=self.budget,
             listed=self.listed,
+            views=self.views,
+            xids=self.xids,
         )

@@ -52,13 +52,17 @@ def make_world(
     admin_list: bytes | None = None,
     self_name: str | None = "sys-monitor",
     release: str = "4.3",
+    xids: Mapping[str, int] | None = None,
+    vault: str = "secrets-vault",
 ) -> dict[str, str]:
     """Write the world under ``root``; return the environment that uses it.
 
     ``behaviours`` maps a qube to its handler's behaviour (see the fake's
     header).  Every qube is listed Running unless ``states`` says otherwise;
     ``admin_list`` replaces dom0's reply (None: built from the qubes as
-    qubesd of ``release`` lists them).
+    qubesd of ``release`` lists them).  ``xids`` are the Xen domain ids
+    qubesd gives (a Running qube without one gets the next free id from 2);
+    the policy's xid line denies ``vault``.
     """
     if release not in RELEASES:
         raise ValueError(f"unknown release {release!r}")
@@ -79,12 +83,27 @@ def make_world(
     for name, state in listed.items():
         (root / "state" / name).write_text(state + "\n")
         (root / "uuid" / qube_uuid(name)).write_text(name + "\n")
+    (root / "xid").mkdir(exist_ok=True)
+    (root / "release").write_text(release + "\n")
+    (root / "xid_denied").write_text(vault + "\n")
+    given = dict(xids or {})
+    free = (i for i in range(2, 32752) if i not in given.values())
+    for name, state in sorted(listed.items()):
+        if name not in given and state in {"Running", "Paused"}:
+            given[name] = next(free)
+    for name, xid in given.items():
+        write_xid(root, name, xid)
     reply = admin_list if admin_list is not None else vm_list(listed, release=release)
     (root / "dom0" / "admin.vm.List").write_bytes(reply)
     return {
         "SYSMON_FAKE_WORLD": str(root),
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
+
+
+def write_xid(root: Path, name: str, xid: int) -> None:
+    """Give ``name`` the Xen domain id ``xid`` (-1: not running), as at a (re)start."""
+    (root / "xid" / name).write_text(f"{xid}\n")
 
 
 def requested_calls(root: Path) -> list[str]:
