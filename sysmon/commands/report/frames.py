@@ -164,13 +164,17 @@ def _block(
     octets = np.frombuffer(block, dtype=np.uint8)
     # Newlines and commas in one pass: both are under 45, as few other bytes are.
     low = np.flatnonzero(octets <= ord(","))
-    lines = block.count(b"\n")
-    if len(low) == lines * width and block.count(b",") == lines * (width - 1):
+    if len(low) % width == 0:
         # Nothing under 45 but commas and newlines (no quote, CR, NUL, space or
-        # plus): each line has its share of commas if each share ends in a newline.
-        table = low.reshape(lines, width)
+        # plus), each line its share of commas, if the shares end in newlines
+        # and the rest are commas.
+        table = low.reshape(-1, width)
         ends = table[:, -1]
-        if not (octets[ends] == ord("\n")).all() or not _plain(block, marks=False):
+        plain = (octets[ends] == ord("\n")).all() and octets[table[:, :-1]].min() == ord(",")
+    else:
+        plain = False
+    if plain:
+        if not _plain(block, marks=False):
             return None
         grid, quick = table[:, :-1], True
     else:
@@ -213,16 +217,19 @@ def _block(
         e_field = np.searchsorted(grid.ravel(), e) - e_line * (width - 1)
     codes, uniques = pd.factorize(cells[where["ts"]])
     times = np.array([_seconds(str(u)) for u in uniques] + [np.nan])[codes]
-    good = ~np.isnan(times)
-    skipped.bad_time += int((~good).sum())
+    bad = int(np.isnan(times).sum())
+    skipped.bad_time += bad
+    # Every row kept (the usual case): no copies.
+    good = ~np.isnan(times) if bad else slice(None)
+    kept = len(times) - bad
     columns: dict[str, Any] = {"t": times[good]}
     for name in text:
         at = where[name]
-        columns[name] = cells[at].to_numpy()[good] if at >= 0 else np.full(good.sum(), "", object)
+        columns[name] = cells[at].to_numpy()[good] if at >= 0 else np.full(kept, "", object)
     for name in values:
         at = where[name]
         if at < 0:
-            columns[name] = np.full(int(good.sum()), np.nan)
+            columns[name] = np.full(kept, np.nan)
             continue
         first = starts if at == 0 else grid[:, at - 1] + 1
         last = ends if at == width - 1 else grid[:, at]
