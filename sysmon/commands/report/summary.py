@@ -22,7 +22,7 @@ import concurrent.futures
 import contextlib
 import html
 import io
-import math
+import operator
 import os
 import re
 import tarfile
@@ -75,7 +75,22 @@ _VIEW_COLUMNS = tuple(
     for name in ("cpu_self", "cpu_xen", "mem_self_kb", "mem_xen_kb", "net_self_bytes",
                  "net_netvm_bytes")
 )  # fmt: skip
-_VIEW_AT = tuple(schema.VIEWS.names.index(c.name) for c in _VIEW_COLUMNS)
+_VIEW_CELLS = operator.itemgetter(*(schema.VIEWS.names.index(c.name) for c in _VIEW_COLUMNS))
+#: The view columns' cells as numbers, remembered: the same few values come
+#: back tick after tick (a day has 6 of them a qube a tick).  At most
+#: :data:`_NUMBERS_KEPT` cells, so planted values cost no more.
+_NUMBERS: dict[str, float | None] = {}
+_NUMBERS_KEPT = 1 << 16
+
+
+def _view_number(cell: str) -> float | None:
+    """A view column's cell as a number (each reads alike: none is a "pct")."""
+    number = _VIEW_COLUMNS[0].number(cell)
+    if len(_NUMBERS) < _NUMBERS_KEPT:
+        _NUMBERS[cell] = number
+    return number
+
+
 UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError, days.ArchiveError)
 
 
@@ -99,6 +114,7 @@ class Points:
         """One row's view columns (None: empty), and whether its flag disagrees."""
         key = ts // self.width
         sums = self.buckets.get(key)
+        new = sums is None
         if sums is None:
             sums = self.buckets[key] = [0.0] * (2 + 2 * len(_VIEW_COLUMNS))
             alone = len(self.buckets) == 1
@@ -106,11 +122,14 @@ class Points:
             self.last = key if alone else max(self.last, key)
         sums[0] += 1
         sums[1] += disagree
-        for i, value in enumerate(values, 1):
-            if value is not None and math.isfinite(value):
-                sums[2 * i] += value
-                sums[2 * i + 1] += 1
-        self._coarsen(self.width)
+        i = 2
+        for value in values:
+            if value is not None:
+                sums[i] += value
+                sums[i + 1] += 1
+            i += 2
+        if new:
+            self._coarsen(self.width)
 
     def _coarsen(self, width: int) -> None:
         """Buckets at least ``width`` s wide (a multiple of this one's) and few enough."""
@@ -228,11 +247,15 @@ class Summary:
             disagree = flag not in _AGREE
             if disagree:
                 self.views.setdefault(vm, Counter())[flag[:20]] += 1
-            if self._tracks(vm):
-                values = [c.number(cells[i]) for c, i in zip(_VIEW_COLUMNS, _VIEW_AT, strict=True)]
-                self.view_points.setdefault(vm, Points()).add(ts, values, disagree)
-            else:
+            points = self.view_points.get(vm)
+            if points is None and self._tracks(vm):
+                points = self.view_points[vm] = Points()
+            if points is None:
                 self.view_rows_other += 1
+                return
+            known = _NUMBERS
+            values = [known[c] if c in known else _view_number(c) for c in _VIEW_CELLS(cells)]
+            points.add(ts, values, disagree)
 
     def _tracks(self, vm: str) -> bool:
         """Whether ``vm``'s view points are kept (room is made for one that disagrees).
