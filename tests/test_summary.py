@@ -339,3 +339,14 @@ def test_the_report_opens_with_the_view_charts(day: Path, tmp_path: Path) -> Non
     assert (tmp_path / "page" / "views-1.png").exists()
     for target in set(re.findall(r"href='#([\w-]+)'", page)):
         assert f"id='{target}'" in page, target
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["0", "12", "-3", "12.5", "1" * 19, "1" * 20, "²", "١٢", "", "1e5", "nan", " 1", "0.1234567"],
+)
+def test_view_cells_read_as_the_schema_reads_them(cell: str) -> None:
+    """The fast path gives what Column.number gives, for every view column."""
+    for column in summary_module._VIEW_COLUMNS:
+        assert summary_module._view_number(cell) == column.number(cell), column.name
+        assert summary_module._remembered(cell) == column.number(cell), column.name
