@@ -253,7 +253,7 @@ def test_a_lying_qube_gets_its_views_on_one_chart(day: Path, tmp_path: Path) -> 
     assert points.width == summary_module.VIEW_BUCKET
     assert len(points.buckets) == 4
     first = points.buckets[min(points.buckets)]
-    assert first[:6] == [30, 30, 60.0, 30, 2550.0, 30]  # rows, disagreeing, cpu_self, cpu_xen
+    assert list(first[:6]) == [30, 30, 60.0, 30, 2550.0, 30]  # rows, disagreeing, cpu_self, cpu_xen
     charts = summary_module.draw_views(s, tmp_path / "page")
     assert list(charts) == ["miner"]  # the honest qube gets none
     assert (tmp_path / "page" / "views-1.png").read_bytes() == charts["miner"]

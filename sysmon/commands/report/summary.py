@@ -27,6 +27,7 @@ import os
 import re
 import tarfile
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -81,6 +82,8 @@ _VIEW_CELLS = operator.itemgetter(*(schema.VIEWS.names.index(c.name) for c in _V
 #: every tick, they are not kept).  At most :data:`_NUMBERS_KEPT` cells, so
 #: planted values cost no more.
 _NUMBERS: dict[str, float | None] = {}
+#: A bucket: its rows, its disagreeing rows, then per view column a sum and a count.
+_EMPTY = array("d", bytes(8 * (2 + 2 * len(_VIEW_COLUMNS))))
 _NUMBERS_KEPT = 1 << 14
 
 
@@ -113,7 +116,7 @@ class Points:
     """
 
     width: int = VIEW_BUCKET
-    buckets: dict[int, list[float]] = attrs.field(factory=dict)
+    buckets: dict[int, array[float]] = attrs.field(factory=dict)
     first: int = 0
     last: int = 0
 
@@ -123,7 +126,7 @@ class Points:
         sums = self.buckets.get(key)
         new = sums is None
         if sums is None:
-            sums = self.buckets[key] = [0.0] * (2 + 2 * len(_VIEW_COLUMNS))
+            sums = self.buckets[key] = _EMPTY[:]
             alone = len(self.buckets) == 1
             self.first = key if alone else min(self.first, key)
             self.last = key if alone else max(self.last, key)
@@ -141,9 +144,9 @@ class Points:
     def _coarsen(self, width: int) -> None:
         """Buckets at least ``width`` s wide (a multiple of this one's) and few enough."""
         while self.width < width or self.last - self.first >= MAX_BUCKETS:
-            merged: dict[int, list[float]] = {}
+            merged: dict[int, array[float]] = {}
             for key, sums in self.buckets.items():
-                into = merged.setdefault(key // 2, [0.0] * len(sums))
+                into = merged.setdefault(key // 2, _EMPTY[:])
                 for i, value in enumerate(sums):
                     into[i] += value
             self.buckets, self.width = merged, self.width * 2
@@ -154,7 +157,7 @@ class Points:
         self._coarsen(later.width)
         later._coarsen(self.width)
         for key, sums in later.buckets.items():
-            into = self.buckets.setdefault(key, [0.0] * len(sums))
+            into = self.buckets.setdefault(key, _EMPTY[:])
             for i, value in enumerate(sums):
                 into[i] += value
         self.first = min(self.buckets, default=0)
