@@ -10,6 +10,7 @@ import pytest
 
 from sysmon import schema
 from sysmon.commands.report import summary as summary_module
+from sysmon.commands.report.render import import_pyplot
 from sysmon.commands.report.summary import Summary, render_summary, summarize
 from sysmon.schema.files import DailyFile
 from sysmon.store.archive import (
@@ -350,3 +351,27 @@ def test_view_cells_read_as_the_schema_reads_them(cell: str) -> None:
     for column in summary_module._VIEW_COLUMNS:
         assert summary_module._view_number(cell) == column.number(cell), column.name
         assert summary_module._remembered(cell) == column.number(cell), column.name
+
+
+def test_a_view_chart_shades_where_the_views_disagreed(tmp_path: Path) -> None:
+    """Two runs of disagreeing ticks: two shaded spans on each panel, no more."""
+    pytest.importorskip("matplotlib")
+    np = pytest.importorskip("numpy")
+    plt = import_pyplot()
+    points = summary_module.Points()
+    values: list[float | None] = [1.0, 80.0, 4e6, 4e6, None, None]
+    for minute in range(60):
+        points.add(1_756_641_600 + 60 * minute, values, disagree=minute < 10 or minute >= 50)
+    spans: list[tuple[float, float]] = []
+    real = plt.Axes.axvspan
+
+    def counted(ax: object, begin: float, end: float, **kw: object) -> object:
+        spans.append((begin, end))
+        return real(ax, begin, end, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt.Axes, "axvspan", counted)
+        png = summary_module._draw_view(plt, "miner", points)
+    assert png.startswith(b"\x89PNG")
+    assert len(spans) == 4  # two runs, two panels (no traffic: no third)
+    assert np.isclose(spans[1][1] - spans[1][0], 600 / 86400)

@@ -37,7 +37,7 @@ from typing import IO, Any
 import attrs
 
 from sysmon import schema
-from sysmon.commands.report.render import Bins, _label, _time_axis, import_pyplot
+from sysmon.commands.report.render import Bins, _duration, _label, _time_axis, import_pyplot
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
@@ -462,6 +462,10 @@ def _draw_view(plt: Any, vm: str, points: Points) -> bytes:
     ]
     if traffic:
         panels.append((axes[2], "traffic, KiB/s", rates[:, 0], rates[:, 1], "its netvm carried"))
+    # Buckets with a disagreeing tick, as runs [begin, end): one shaded span each.
+    marked = np.concatenate(([0], (grid[:, 1] > 0).astype(int), [0]))
+    changes = np.flatnonzero(np.diff(marked))
+    runs = list(zip(changes[::2], changes[1::2], strict=True))
     for ax, unit, own, other, whose in panels:
         highest = 0.0
         for values, label in ((own, "the qube reports"), (other, whose)):
@@ -470,8 +474,8 @@ def _draw_view(plt: Any, vm: str, points: Points) -> bytes:
                 highest = max(highest, float(np.nanmax(values)))
             style = "o" if finite.sum() == 1 else "-"
             ax.plot(middles, values, style, markersize=3, linewidth=1.2, label=label)
-        for i in np.flatnonzero(grid[:, 1] > 0):  # buckets with a disagreeing tick
-            ax.axvspan(edges[i], edges[i + 1], color="#d62728", alpha=0.12, linewidth=0)
+        for begin, end in runs:
+            ax.axvspan(edges[begin], edges[end], color="#d62728", alpha=0.12, linewidth=0)
         ax.set_ylabel(unit, fontsize=8)
         ax.set_ylim(0, highest * 1.15 if highest > 0 else 1.0)
         ax.grid(alpha=0.3)
@@ -479,7 +483,7 @@ def _draw_view(plt: Any, vm: str, points: Points) -> bytes:
     axes[-1].set_xlim(edges[0], edges[-1])
     _time_axis(axes[-1], bins)
     axes[0].set_title(
-        f"the mean over {points.width // 60:g} min; shaded: a tick whose views disagreed "
+        f"the mean over {_duration(points.width)}; shaded: a tick whose views disagreed "
         "(a signal to look into, not a verdict)",
         loc="left", fontsize=9,
     )  # fmt: skip
