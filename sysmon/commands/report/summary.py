@@ -82,9 +82,9 @@ _VIEW_CELLS = operator.itemgetter(*(schema.VIEWS.names.index(c.name) for c in _V
 #: every tick, they are not kept).  At most :data:`_NUMBERS_KEPT` cells, so
 #: planted values cost no more.
 _NUMBERS: dict[str, float | None] = {}
+_NUMBERS_KEPT = 1 << 14
 #: A bucket: its rows, its disagreeing rows, then per view column a sum and a count.
 _EMPTY = array("d", bytes(8 * (2 + 2 * len(_VIEW_COLUMNS))))
-_NUMBERS_KEPT = 1 << 14
 
 
 def _view_number(cell: str) -> float | None:
@@ -483,7 +483,7 @@ def _draw_view(plt: Any, vm: str, points: Points) -> bytes:
     axes[-1].set_xlim(edges[0], edges[-1])
     _time_axis(axes[-1], bins)
     axes[0].set_title(
-        f"the mean over {_duration(points.width)}; shaded: a tick whose views disagreed "
+        f"the mean over {_duration(points.width)}; shaded: a tick in it where the views disagreed "
         "(a signal to look into, not a verdict)",
         loc="left", fontsize=9,
     )  # fmt: skip
