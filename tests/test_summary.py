@@ -10,6 +10,7 @@ import pytest
 
 from sysmon import schema
 from sysmon.commands.report import summary as summary_module
+from sysmon.commands.report.render import import_pyplot
 from sysmon.commands.report.summary import Summary, render_summary, summarize
 from sysmon.schema.files import DailyFile
 from sysmon.store.archive import (
@@ -226,3 +227,151 @@ def test_an_unreadable_archive_is_a_line_not_a_traceback(tmp_path: Path) -> None
     assert line[0] == "2025-08-31"
     assert line[1].startswith("cannot be read (")
     assert isinstance(Summary(), Summary)
+
+
+def views_rows(
+    vm: str, ticks: int, flag: str, cpu_self: float, cpu_xen: float
+) -> list[list[object]]:
+    """A qube's views.csv rows, a tick every 10 s: ``flag`` on each."""
+    return [
+        [at(10 * i), vm, cpu_self, cpu_xen, cpu_xen - cpu_self, 4_000_000, 4_096_000,
+         1000, 1200, flag]
+        for i in range(ticks)
+    ]  # fmt: skip
+
+
+def test_a_lying_qube_gets_its_views_on_one_chart(day: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("numpy")
+    write(
+        day,
+        schema.VIEWS,
+        views_rows("miner", 120, "cpu", 2.0, 85.0) + views_rows("work", 120, "agree", 10, 11),
+    )
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    # 20 min of ticks in 5-minute buckets: both series, the mean of each.
+    points = s.view_points["miner"]
+    assert points.width == summary_module.VIEW_BUCKET
+    assert len(points.buckets) == 4
+    first = points.buckets[min(points.buckets)]
+    assert list(first[:6]) == [30, 30, 60.0, 30, 2550.0, 30]  # rows, disagreeing, cpu_self, cpu_xen
+    charts = summary_module.draw_views(s, tmp_path / "page")
+    assert list(charts) == ["miner"]  # the honest qube gets none
+    assert (tmp_path / "page" / "views-1.png").read_bytes() == charts["miner"]
+    assert charts["miner"].startswith(b"\x89PNG")
+    page = render_summary(s, charts)
+    assert "miner</b>: cpu 120 polls (<a href='#views-1'>chart</a>)" in page
+    assert page.count("<figure id='views-1'><img alt='views of miner'") == 1
+    assert "not a verdict" in page
+
+
+def test_an_honest_day_gets_no_view_chart(day: Path, tmp_path: Path) -> None:
+    write(day, schema.VIEWS, views_rows("work", 60, "agree", 10, 11))
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert summary_module.draw_views(s, tmp_path / "page") == {}
+    page = render_summary(s, {})
+    assert "none: inside, Xen and the netvm agree" in page
+    assert "<figure" not in page
+    assert not (tmp_path / "page").exists()
+
+
+def test_a_hostile_name_on_a_view_chart_is_escaped(day: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("numpy")
+    evil = "<img src=x onerror=alert(1)>$x^2$\x1b[2J"
+    write(day, schema.VIEWS, views_rows(evil, 40, "cpu", 1, 90))
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    page = render_summary(s, summary_module.draw_views(s, tmp_path / "page"))
+    assert "<img src=x" not in page
+    assert "\x1b" not in page
+    assert "alt='views of &lt;img src=x onerror=alert(1)&gt;" in page
+    assert sorted(p.name for p in (tmp_path / "page").iterdir()) == ["views-1.png"]
+
+
+def test_planted_names_and_times_stay_bounded(
+    day: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summary_module, "MAX_VIEW_QUBES", 8)
+    width = len(schema.VIEWS.columns)
+    planted = [[at(i), f"planted-{i}", *([1] * (width - 3)), "agree"] for i in range(100)]
+    # One qube's rows planted years apart: its buckets widen, they never multiply.
+    far = [
+        [datetime(1971 + i, 1, 1, tzinfo=UTC), "liar", 1, 90, 89, 1, 1, 1, 1, "cpu"]
+        for i in range(0, 200, 3)
+    ]
+    write(day, schema.VIEWS, planted + far)
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert len(s.view_points) == 8
+    # The liar came after the planted names: room was made for it.
+    assert "liar" in s.view_points
+    assert s.view_rows_other == 100 - 7
+    points = s.view_points["liar"]
+    assert points.last - points.first < summary_module.MAX_BUCKETS
+    assert sum(b[0] for b in points.buckets.values()) == len(far)
+    page = render_summary(s, {})
+    assert "93 rows of views.csv not charted: past 8 qubes" in page
+
+
+def test_view_points_join_across_days(tmp_path: Path) -> None:
+    """Two days read apart and joined: one qube's points at the wider bucket."""
+    early, late = summary_module.Points(), summary_module.Points()
+    values: list[float | None] = [1.0, 2.0, None, None, None, None]
+    for i in range(100):
+        early.add(1_000_000 + 60 * i, values, disagree=False)
+    for i in range(3):
+        late.add(1_000_000 + 86_400 * 400 * i, values, disagree=True)
+    assert early.width == summary_module.VIEW_BUCKET < late.width
+    early.join(late)
+    assert early.width == late.width
+    assert sum(b[0] for b in early.buckets.values()) == 103
+    assert sum(b[1] for b in early.buckets.values()) == 3
+    assert early.last - early.first < summary_module.MAX_BUCKETS
+
+
+def test_the_report_opens_with_the_view_charts(day: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("pandas")
+    from sysmon.commands.report import main  # noqa: PLC0415
+
+    write(day, schema.VIEWS, views_rows("miner", 60, "cpu", 2.0, 85.0))
+    assert main([day], tmp_path / "page", None, None, None) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert page.index("<figure id='views-1'>") < page.index("<h2 id='cpu'>")
+    assert (tmp_path / "page" / "views-1.png").exists()
+    for target in set(re.findall(r"href='#([\w-]+)'", page)):
+        assert f"id='{target}'" in page, target
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["0", "12", "-3", "12.5", "1" * 19, "1" * 20, "²", "١٢", "", "1e5", "nan", " 1", "0.1234567"],
+)
+def test_view_cells_read_as_the_schema_reads_them(cell: str) -> None:
+    """The fast path gives what Column.number gives, for every view column."""
+    for column in summary_module._VIEW_COLUMNS:
+        assert summary_module._view_number(cell) == column.number(cell), column.name
+        assert summary_module._remembered(cell) == column.number(cell), column.name
+
+
+def test_a_view_chart_shades_where_the_views_disagreed(tmp_path: Path) -> None:
+    """Two runs of disagreeing ticks: two shaded spans on each panel, no more."""
+    pytest.importorskip("matplotlib")
+    np = pytest.importorskip("numpy")
+    plt = import_pyplot()
+    points = summary_module.Points()
+    values: list[float | None] = [1.0, 80.0, 4e6, 4e6, None, None]
+    for minute in range(60):
+        points.add(1_756_641_600 + 60 * minute, values, disagree=minute < 10 or minute >= 50)
+    spans: list[tuple[float, float]] = []
+    real = plt.Axes.axvspan
+
+    def counted(ax: object, begin: float, end: float, **kw: object) -> object:
+        spans.append((begin, end))
+        return real(ax, begin, end, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt.Axes, "axvspan", counted)
+        png = summary_module._draw_view(plt, "miner", points)
+    assert png.startswith(b"\x89PNG")
+    assert len(spans) == 4  # two runs, two panels (no traffic: no third)
+    assert np.isclose(spans[1][1] - spans[1][0], 600 / 86400)

@@ -16,7 +16,7 @@ from pathlib import Path
 from sysmon.commands.progress import Progress
 from sysmon.commands.report.read import ReportError, load, parse_when, units
 from sysmon.commands.report.render import render
-from sysmon.commands.report.summary import render_summary, summarize
+from sysmon.commands.report.summary import draw_views, render_summary, summarize
 
 
 def main(
@@ -47,7 +47,7 @@ def main(
         progress.update("gathering what needs attention", data.rows, "rows")
         summary = summarize(units(paths), set(vms) if vms else None, since, until)
         progress.update("drawing the charts", data.rows, "rows")
-        page = render(data, out, render_summary(summary))
+        page = render(data, out, render_summary(summary, draw_views(summary, out)))
     except ReportError as exc:
         progress.close()
         print(f"sysmon report: {exc}", file=sys.stderr)

@@ -9,18 +9,25 @@ the chart below).  Every file is read through the bounded decoder
 qube's bytes, printed escaped and cut.  What it keeps is bounded too: at
 most :data:`MAX_KEYS` distinct (qube, message) pairs and (qube, mount)
 pairs, the rest counted as "other".
+
+For the qubes whose views disagree it also draws both views on one chart
+(:func:`draw_views`): the points of at most :data:`MAX_VIEW_QUBES` qubes are
+kept, bucketed (:class:`Points`), so a planted file costs a bounded memory.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import html
 import io
+import operator
 import os
 import re
 import tarfile
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -30,6 +37,7 @@ from typing import IO, Any
 import attrs
 
 from sysmon import schema
+from sysmon.commands.report.render import Bins, _duration, _label, _time_axis, import_pyplot
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
@@ -56,7 +64,105 @@ _PCT = schema.DISK.names.index("pct_used")
 _MSG = schema.ALERTS.names.index("msg")
 _FLAG = schema.VIEWS.names.index("flag")
 _VM = 1  # every daily file: ts, vm, ...
+#: Qubes whose two views are kept as points for their charts; the rows of
+#: the rest are counted.
+MAX_VIEW_QUBES = 256
+#: A qube's view points: buckets of this many seconds at first (the mean per
+#: bucket), at most :data:`MAX_BUCKETS` of them from its first to its last.
+VIEW_BUCKET = 300
+MAX_BUCKETS = 720
+_VIEW_COLUMNS = tuple(
+    schema.VIEWS.column(name)
+    for name in ("cpu_self", "cpu_xen", "mem_self_kb", "mem_xen_kb", "net_self_bytes",
+                 "net_netvm_bytes")
+)  # fmt: skip
+_VIEW_CELLS = operator.itemgetter(*(schema.VIEWS.names.index(c.name) for c in _VIEW_COLUMNS))
+#: CPU and memory cells as numbers, remembered: the same figures come back
+#: tick after tick (a day has 6 view cells a qube a tick; traffic's differ
+#: every tick, they are not kept).  At most :data:`_NUMBERS_KEPT` cells, so
+#: planted values cost no more.
+_NUMBERS: dict[str, float | None] = {}
+_NUMBERS_KEPT = 1 << 14
+#: A bucket: its rows, its disagreeing rows, then per view column a sum and a count.
+_EMPTY = array("d", bytes(8 * (2 + 2 * len(_VIEW_COLUMNS))))
+
+
+def _view_number(cell: str) -> float | None:
+    """A view column's cell as a number (each reads alike: none is a "pct")."""
+    if len(cell) <= 19 and cell.isascii() and cell.isdigit():
+        return int(cell)  # what Column.number gives a whole number, sooner
+    return _VIEW_COLUMNS[0].number(cell)
+
+
+def _remembered(cell: str) -> float | None:
+    number = _NUMBERS[cell] = _view_number(cell)
+    if len(_NUMBERS) > _NUMBERS_KEPT:
+        del _NUMBERS[cell]
+    return number
+
+
 UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError, days.ArchiveError)
+
+
+@attrs.define
+class Points:
+    """One qube's two views over time, bucketed.
+
+    Per bucket: its rows, how many disagreed, and each view column's sum and count.
+
+    Buckets are :data:`VIEW_BUCKET` s wide, doubled (two merged into one)
+    whenever the qube's first and last bucket are :data:`MAX_BUCKETS` apart:
+    rows planted far apart in time cost that qube's detail, never memory.
+    """
+
+    width: int = VIEW_BUCKET
+    buckets: dict[int, array[float]] = attrs.field(factory=dict)
+    first: int = 0
+    last: int = 0
+
+    def add(self, ts: int, values: list[float | None], disagree: bool) -> None:
+        """One row's view columns (None: empty), and whether its flag disagrees."""
+        key = ts // self.width
+        sums = self.buckets.get(key)
+        new = sums is None
+        if sums is None:
+            sums = self.buckets[key] = _EMPTY[:]
+            alone = len(self.buckets) == 1
+            self.first = key if alone else min(self.first, key)
+            self.last = key if alone else max(self.last, key)
+        sums[0] += 1
+        sums[1] += disagree
+        i = 2
+        for value in values:
+            if value is not None:
+                sums[i] += value
+                sums[i + 1] += 1
+            i += 2
+        if new:
+            self._coarsen(self.width)
+
+    def _coarsen(self, width: int) -> None:
+        """Buckets at least ``width`` s wide (a multiple of this one's) and few enough."""
+        while self.width < width or self.last - self.first >= MAX_BUCKETS:
+            merged: dict[int, array[float]] = {}
+            for key, sums in self.buckets.items():
+                into = merged.setdefault(key // 2, _EMPTY[:])
+                for i, value in enumerate(sums):
+                    into[i] += value
+            self.buckets, self.width = merged, self.width * 2
+            self.first, self.last = self.first // 2, self.last // 2
+
+    def join(self, later: Points) -> None:
+        """Add ``later``'s points, at the wider bucket of the two."""
+        self._coarsen(later.width)
+        later._coarsen(self.width)
+        for key, sums in later.buckets.items():
+            into = self.buckets.setdefault(key, _EMPTY[:])
+            for i, value in enumerate(sums):
+                into[i] += value
+        self.first = min(self.buckets, default=0)
+        self.last = max(self.buckets, default=0)
+        self._coarsen(self.width)
 
 
 @attrs.define
@@ -74,6 +180,9 @@ class Summary:
     alerts_other: int = 0
     views: dict[str, Counter[str]] = attrs.field(factory=dict)
     views_read: bool = False
+    #: Per qube (at most MAX_VIEW_QUBES), its views over time; rows of the rest.
+    view_points: dict[str, Points] = attrs.field(factory=dict)
+    view_rows_other: int = 0
     archive: list[tuple[str, str]] = attrs.field(factory=list)
     skipped: Skipped = attrs.field(factory=Skipped)
 
@@ -98,6 +207,12 @@ class Summary:
                 self.alerts_other += n
         _join_counts(self.views, later.views)
         self.views_read |= later.views_read
+        self.view_rows_other += later.view_rows_other
+        for vm, points in later.view_points.items():
+            if self._tracks(vm):
+                self.view_points.setdefault(vm, Points()).join(points)
+            else:
+                self.view_rows_other += sum(int(s[0]) for s in points.buckets.values())
         self.archive += later.archive
         for field in ("unreadable", "wrong_width", "bad_time", "not_sysmon"):
             setattr(
@@ -139,8 +254,42 @@ class Summary:
                 self.alerts_other += 1
         elif name == "views.csv":  # the flag: where the views disagree
             flag = cells[_FLAG]
-            if flag not in _AGREE:
+            disagree = flag not in _AGREE
+            if disagree:
                 self.views.setdefault(vm, Counter())[flag[:20]] += 1
+            points = self.view_points.get(vm)
+            if points is None and self._tracks(vm):
+                points = self.view_points[vm] = Points()
+            if points is None:
+                self.view_rows_other += 1
+                return
+            known = _NUMBERS
+            cpu_self, cpu_xen, mem_self, mem_xen, net_self, net_netvm = _VIEW_CELLS(cells)
+            values = [
+                known[cpu_self] if cpu_self in known else _remembered(cpu_self),
+                known[cpu_xen] if cpu_xen in known else _remembered(cpu_xen),
+                known[mem_self] if mem_self in known else _remembered(mem_self),
+                known[mem_xen] if mem_xen in known else _remembered(mem_xen),
+                _view_number(net_self),
+                _view_number(net_netvm),
+            ]
+            points.add(ts, values, disagree)
+
+    def _tracks(self, vm: str) -> bool:
+        """Whether ``vm``'s view points are kept (room is made for one that disagrees).
+
+        Planted rows of many agreeing names must not crowd out the qube that lies.
+        """
+        if vm in self.view_points or len(self.view_points) < MAX_VIEW_QUBES:
+            return True
+        if vm not in self.views:
+            return False
+        calm = next((other for other in self.view_points if other not in self.views), None)
+        if calm is None:
+            return False
+        dropped = self.view_points.pop(calm)
+        self.view_rows_other += sum(int(s[0]) for s in dropped.buckets.values())
+        return True
 
 
 class _Lent(io.RawIOBase):
@@ -260,6 +409,91 @@ def summarize(
     return merged
 
 
+def _disagreeing(summary: Summary) -> list[str]:
+    """The qubes whose views disagree, the most disagreeing polls first."""
+    return sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
+
+
+def draw_views(summary: Summary, out: Path) -> dict[str, bytes]:
+    """Per disagreeing qube with points (the first :data:`SHOWN`), its views' chart.
+
+    Written as ``views-N.png`` into ``out`` (N: its place in the list; a
+    qube's name never names a file) and returned, by qube, for the page.
+    """
+    charted = [vm for vm in _disagreeing(summary) if vm in summary.view_points][:SHOWN]
+    if not charted:
+        return {}
+    plt = import_pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    charts: dict[str, bytes] = {}
+    for n, vm in enumerate(charted, 1):
+        png = _draw_view(plt, vm, summary.view_points[vm])
+        (out / f"views-{n}.png").write_bytes(png)
+        charts[vm] = png
+    return charts
+
+
+def _draw_view(plt: Any, vm: str, points: Points) -> bytes:
+    """Both views of one qube: CPU on one axis; memory, and traffic if any, below."""
+    import numpy as np  # noqa: PLC0415
+
+    bins = Bins(
+        float(points.first * points.width), float(points.width), points.last - points.first + 1
+    )
+    grid = np.zeros((bins.count, 2 + 2 * len(_VIEW_COLUMNS)))
+    for key, sums in points.buckets.items():
+        grid[key - points.first] = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        counts = grid[:, 3::2]
+        means = np.where(counts > 0, grid[:, 2::2] / counts, np.nan)
+        # Bytes per tick summed over a bucket: a rate, comparable between the two.
+        rates = np.where(counts[:, 4:] > 0, grid[:, 10::2] / points.width / 1024, np.nan)
+    traffic = bool(np.isfinite(rates).any())
+    heights = [2.4, 1.3] + ([1.3] if traffic else [])
+    fig, axes = plt.subplots(
+        len(heights), 1, sharex=True, figsize=(11, 1.2 + sum(heights)), constrained_layout=True,
+        gridspec_kw={"height_ratios": heights},
+    )  # fmt: skip
+    edges = bins.edges(np)
+    middles = (edges[:-1] + edges[1:]) / 2
+    panels = [
+        (axes[0], "CPU, % of its vCPUs", means[:, 0], means[:, 1], "Xen sees"),
+        (axes[1], "memory, MiB", means[:, 2] / 1024, means[:, 3] / 1024, "Xen gives"),
+    ]
+    if traffic:
+        panels.append((axes[2], "traffic, KiB/s", rates[:, 0], rates[:, 1], "its netvm carried"))
+    # Buckets with a disagreeing tick, as runs [begin, end): one shaded span each.
+    marked = np.concatenate(([0], (grid[:, 1] > 0).astype(int), [0]))
+    changes = np.flatnonzero(np.diff(marked))
+    runs = list(zip(changes[::2], changes[1::2], strict=True))
+    for ax, unit, own, other, whose in panels:
+        highest = 0.0
+        for values, label in ((own, "the qube reports"), (other, whose)):
+            finite = np.isfinite(values)
+            if finite.any():
+                highest = max(highest, float(np.nanmax(values)))
+            style = "o" if finite.sum() == 1 else "-"
+            ax.plot(middles, values, style, markersize=3, linewidth=1.2, label=label)
+        for begin, end in runs:
+            ax.axvspan(edges[begin], edges[end], color="#d62728", alpha=0.12, linewidth=0)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_ylim(0, highest * 1.15 if highest > 0 else 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8, frameon=False, ncol=2)
+    axes[-1].set_xlim(edges[0], edges[-1])
+    _time_axis(axes[-1], bins)
+    axes[0].set_title(
+        f"the mean over {_duration(points.width)}; shaded: a tick in it where the views disagreed "
+        "(a signal to look into, not a verdict)",
+        loc="left", fontsize=9,
+    )  # fmt: skip
+    fig.suptitle(f"{_label(vm)}: its own report and what Xen saw", fontsize=12, x=0.01, ha="left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _text(value: str) -> str:
     shown = strip_controls(value)
     return html.escape(shown if len(shown) <= MAX_TEXT else shown[: MAX_TEXT - 1] + "…")
@@ -276,8 +510,13 @@ def _more(total: int, anchor: str, what: str) -> str:
     return f"<li>and {hidden:,} more {what}: <a href='#{anchor}'>below</a></li>"
 
 
-def render_summary(summary: Summary) -> str:
-    """The first screen as HTML: short lists with links to the charts below."""
+def render_summary(summary: Summary, charts: dict[str, bytes] | None = None) -> str:
+    """The first screen as HTML: short lists with links to the charts below.
+
+    ``charts``: :func:`draw_views`'s, shown under the list of disagreeing qubes.
+    """
+    charts = charts or {}
+    anchors = {vm: f"views-{n}" for n, vm in enumerate(charts, 1)}
     parts = ["<section id='attention'><h2>What needs attention</h2>"]
     failing = sorted(summary.failed, key=lambda vm: (-sum(summary.failed[vm].values()), vm))
     parts.append(
@@ -335,11 +574,30 @@ def render_summary(summary: Summary) -> str:
         parts.append("<h3>Qubes whose views disagree (<a href='#xen_cpu'>Xen's view</a>)</h3><ul>")
         if not summary.views:
             parts.append("<li>none: inside, Xen and the netvm agree</li>")
-        ranked = sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
+        ranked = _disagreeing(summary)
         for vm in ranked[:SHOWN]:
             flags = ", ".join(f"{_text(f)} {n:,}" for f, n in summary.views[vm].most_common())
-            parts.append(f"<li><b>{_text(vm)}</b>: {flags} polls</li>")
+            link = f" (<a href='#{anchors[vm]}'>chart</a>)" if vm in anchors else ""
+            parts.append(f"<li><b>{_text(vm)}</b>: {flags} polls{link}</li>")
         parts.append(_more(len(ranked), "xen_cpu", "qubes") + "</ul>")
+        if charts:
+            parts.append(
+                "<p>Each chart: what the qube reports about itself against what Xen "
+                "(and its netvm) saw. An honest qube's gap is small and brief (Xen also "
+                "counts its kernel's and I/O time); a lasting gap is a signal to look "
+                "into, not a verdict, and agreement proves nothing either (docs/views.md).</p>"
+            )
+        for vm, png in charts.items():
+            encoded = base64.b64encode(png).decode()
+            parts.append(
+                f"<figure id='{anchors[vm]}'><img alt='views of {_text(vm)}' "
+                f"src='data:image/png;base64,{encoded}'></figure>"
+            )
+        if summary.view_rows_other:
+            parts.append(
+                f"<p>{summary.view_rows_other:,} rows of views.csv not charted: past "
+                f"{MAX_VIEW_QUBES} qubes.</p>"
+            )
     parts.append("<h3>Archive delivery</h3><ul>")
     for day, line in summary.archive[-14:]:
         parts.append(f"<li>{day}: {_text(line)}</li>")
