@@ -152,6 +152,22 @@ def test_views_when_the_days_have_them(day: Path) -> None:
     assert "work :" not in shown.split("views disagree")[1].split("Archive")[0]
 
 
+def test_planted_disagreeing_names_and_flags_stay_bounded(
+    day: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cap, a planted file's qubes are counted as others; an unknown flag is "other"."""
+    monkeypatch.setattr(summary_module, "MAX_KEYS", 3)
+    width = len(schema.VIEWS.columns)
+    rows = [[at(i), f"q{i}", *([1] * (width - 3)), f"flag{i}"] for i in range(50)]
+    write(day, schema.VIEWS, rows)
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert len(s.views) == 3
+    assert {f for counts in s.views.values() for f in counts} == {"other"}
+    later = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    s.join(later)
+    assert len(s.views) == 3
+
+
 def test_a_line_per_day_on_delivery(tmp_path: Path) -> None:
     out = tmp_path / "out"
     days = [DAY + timedelta(days=i) for i in range(5)]

@@ -57,6 +57,8 @@ _DIGITS_RE = re.compile(r"\d+")
 _RULE_RE = re.compile(r"sysmon: rule ([A-Za-z0-9_.-]{1,64}) (firing|resolved) ")
 _FILES = {d.file_name: d for d in (schema.SCRAPES, schema.DISK, schema.ALERTS, schema.VIEWS)}
 _AGREE = {"agree", "one-view", ""}
+#: The flags views.csv is described with; a planted file's others count as "other".
+_FLAGS = frozenset(schema.VIEWS.column("flag").values)
 _OK = {Status.OK.value, Status.SKIPPED.value}
 _STATUS = schema.SCRAPES.names.index("status")
 _MOUNT = schema.DISK.names.index("mount")
@@ -186,6 +188,13 @@ class Summary:
     archive: list[tuple[str, str]] = attrs.field(factory=list)
     skipped: Skipped = attrs.field(factory=Skipped)
 
+    def _count_view(self, vm: str, flags: Counter[str]) -> None:
+        """Count a qube's disagreeing ticks; past :data:`MAX_KEYS` qubes, as others'."""
+        if vm in self.views or len(self.views) < MAX_KEYS:
+            self.views.setdefault(vm, Counter()).update(flags)
+        else:
+            self.view_rows_other += flags.total()
+
     def join(self, later: Summary) -> None:
         """Add a later day's summary to this one."""
         self.polls.update(later.polls)
@@ -205,7 +214,8 @@ class Summary:
                 self.example.setdefault(key, later.example[key])
             else:
                 self.alerts_other += n
-        _join_counts(self.views, later.views)
+        for vm, flags in later.views.items():
+            self._count_view(vm, flags)
         self.views_read |= later.views_read
         self.view_rows_other += later.view_rows_other
         for vm, points in later.view_points.items():
@@ -256,7 +266,7 @@ class Summary:
             flag = cells[_FLAG]
             disagree = flag not in _AGREE
             if disagree:
-                self.views.setdefault(vm, Counter())[flag[:20]] += 1
+                self._count_view(vm, Counter({flag if flag in _FLAGS else "other": 1}))
             points = self.view_points.get(vm)
             if points is None and self._tracks(vm):
                 points = self.view_points[vm] = Points()
