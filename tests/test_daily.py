@@ -6,7 +6,10 @@ import os
 import threading
 from datetime import UTC, date, datetime
 
+import pytest
 from csvcheck import read_day, read_strict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.records import State
@@ -97,3 +100,51 @@ class TestPlantedFiles:
         save_state(tmp_path, State())
         assert victim.read_text() == "precious\n"
         assert load_state(tmp_path) == State()
+
+
+class TestAnOlderLayout:
+    """A day begun by an older sysmon keeps its layout after an upgrade (xen.csv: schema 1)."""
+
+    OLD = schema.XEN.header_of(6)
+
+    def test_the_rest_of_the_day_is_appended_in_it_not_moved_aside(self, tmp_path):
+        day = tmp_path / "2025-08-31"
+        day.mkdir()
+        path = day / "xen.csv"
+        path.write_bytes(self.OLD + b"2025-08-31T12:00:00Z,work,12,48,9000,400000\n")
+        moved: list[str] = []
+        ensure_day(tmp_path, date(2025, 8, 31), moved)
+        values = {"ts": TS, "vm": "work", "cpu_usage": 13, "memory_kb": 5, "online_vcpus": 2}
+        append_rows(path, schema.XEN, [schema.XEN.encode(values)])
+        assert moved == []
+        assert [p.name for p in day.iterdir() if ".bad-" in p.name] == []
+        assert path.read_bytes() == (
+            self.OLD
+            + b"2025-08-31T12:00:00Z,work,12,48,9000,400000\n"
+            + b"2025-08-31T23:59:59Z,work,13,,,5\n"
+        )
+
+    def test_a_header_that_is_neither_is_still_moved_aside(self, tmp_path):
+        day = tmp_path / "2025-08-31"
+        day.mkdir()
+        (day / "xen.csv").write_bytes(b"ts,vm,cpu_usage\n")
+        moved: list[str] = []
+        ensure_day(tmp_path, date(2025, 8, 31), moved)
+        assert len(moved) == 1
+        assert (day / "xen.csv").read_bytes() == schema.XEN.header
+
+    @given(
+        st.fixed_dictionaries(
+            {"vm": st.sampled_from(["work", "sys-net"])},
+            optional={c.name: st.integers(0, 2**62) for c in schema.XEN.columns[2:]},
+        )
+    )
+    def test_a_row_cut_to_the_older_layout_is_that_layout_encoded(self, values):
+        old = schema.DailyFile("xen.csv", schema.XEN.columns[:6])
+        row = {"ts": TS, **values}
+        kept = {k: v for k, v in row.items() if k in old.names}
+        assert schema.XEN.in_layout(schema.XEN.encode(row), 6) == old.encode(kept)
+
+    def test_only_numbers_may_be_cut(self):
+        with pytest.raises(ValueError, match="older layout"):
+            schema.DailyFile("alerts.csv", schema.ALERTS.columns, older=(2,))

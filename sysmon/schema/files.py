@@ -109,6 +109,10 @@ class DailyFile:
     columns: tuple[Column, ...]
     #: Who reports the values, in the export's help text.
     source: str = ""
+    #: Widths of this file's earlier layouts (its first N columns), which a
+    #: day begun by an older sysmon has: the rest of that day is appended in
+    #: it, the newer trailing cells cut (:meth:`in_layout`), not moved aside.
+    older: tuple[int, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -116,6 +120,20 @@ class DailyFile:
             raise ValueError(f"{self.file_name}: a column twice")
         if self.columns[:2] and [c.role for c in self.columns[:2]] != [Role.TIME, Role.KEY]:
             raise ValueError(f"{self.file_name}: rows start with the time and the qube")
+        for width in self.older:
+            # Cells cut from the right must hold no comma or quote: numbers only.
+            if not 2 <= width < len(self.columns) or any(
+                c.kind in _TEXT_KINDS for c in self.columns[width:]
+            ):
+                raise ValueError(f"{self.file_name}: an older layout of {width} columns")
+
+    def header_of(self, width: int) -> bytes:
+        """The header of this file's first ``width`` columns (an older layout)."""
+        return (",".join(c.name for c in self.columns[:width]) + "\n").encode()
+
+    def in_layout(self, line: bytes, width: int) -> bytes:
+        """An encoded row cut to the first ``width`` columns (one of :attr:`older`)."""
+        return line[:-1].rsplit(b",", len(self.columns) - width)[0] + b"\n"
 
     @property
     def stem(self) -> str:
@@ -244,10 +262,10 @@ def _cell(kind: str, value: object) -> str:
     raise ValueError(f"unknown column kind {kind}")
 
 
-def _file(file_name: str, source: str, *columns: Column) -> DailyFile:
+def _file(file_name: str, source: str, *columns: Column, older: tuple[int, ...] = ()) -> DailyFile:
     head = (Column("ts", "ts", Role.TIME, help="UTC second of the tick"),
             Column("vm", "name", Role.KEY, help="the qube, as dom0 listed it"))  # fmt: skip
-    return DailyFile(file_name, (*head, *columns), source)
+    return DailyFile(file_name, (*head, *columns), source, older)
 
 
 def _gauge(name: str, kind: str, unit: str, help_text: str) -> Column:
@@ -357,6 +375,7 @@ XEN = _file(
     _gauge("memory_with_swap_used", "int", "kB", "used, swap included, as the qube says (4.4)"),
     _gauge("swap_used", "int", "kB", "swap used, as the qube says (4.4)"),
     _gauge("online_vcpus", "int", "vCPUs", "vCPUs online (4.4)"),
+    older=(6,),  # schema 1: before 4.4's columns
 )
 
 #: Each qube's own view against Xen's and its netvm's (docs/views.md); the

@@ -111,13 +111,18 @@ def _move_aside(path: Path, why: str) -> str:
     return aside.name
 
 
-def _open_appending(path: Path, schema: Schema, moved: list[str] | None = None) -> tuple[int, int]:
+def _open_appending(
+    path: Path, schema: Schema, moved: list[str] | None = None
+) -> tuple[int, int, int]:
     """Open ``path`` for appending; create it with its header if new or empty.
 
-    A file sysmon did not make -- a symlink, a FIFO, anything not regular, or
-    a header that is not the schema's -- is moved aside (its new name added
-    to ``moved``) and a fresh file started.
+    Returns the descriptor, the size and the width of the file's layout: the
+    schema's, or an older one (``schema.older``) a day begun before an upgrade
+    has, which the rest of the day keeps.  A file sysmon did not make -- a
+    symlink, a FIFO, anything not regular, or a header that is neither -- is
+    moved aside (its new name added to ``moved``) and a fresh file started.
     """
+    width = len(schema.columns)
     try:
         fd = _open_regular(path)
     except _NotOursError as exc:
@@ -130,7 +135,11 @@ def _open_appending(path: Path, schema: Schema, moved: list[str] | None = None) 
         rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             size = os.fstat(rfd).st_size
-            if size and not os.pread(rfd, len(schema.header), 0).startswith(schema.header):
+            head = os.pread(rfd, len(schema.header), 0) if size else b""
+            older = [w for w in schema.older if head.startswith(schema.header_of(w))]
+            if older:
+                width = older[0]
+            if size and not head.startswith(schema.header) and not older:
                 os.close(fd)
                 aside = _move_aside(path, "a header that is not sysmon's")
                 if moved is not None:
@@ -147,7 +156,7 @@ def _open_appending(path: Path, schema: Schema, moved: list[str] | None = None) 
     except BaseException:
         os.close(fd)
         raise
-    return fd, size
+    return fd, size, width
 
 
 def _repair_tail_rw(path: Path, rfd: int, wfd: int) -> int:
@@ -177,7 +186,9 @@ def append_rows(path: Path, schema: Schema, rows: Sequence[bytes], *, sync: bool
         WriteError: a row could not be written; it was cut back off, and the
             rows before it stand (``written``).
     """
-    fd, start = _open_appending(path, schema)
+    fd, start, width = _open_appending(path, schema)
+    if width != len(schema.columns):
+        rows = [schema.in_layout(row, width) for row in rows]
     size = start
     try:
         for index, row in enumerate(rows):
@@ -208,7 +219,7 @@ def ensure_day(out_dir: Path, day: date, moved: list[str] | None = None) -> Path
             moved.append(aside)
     folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     for schema in DAILY_FILES:
-        fd, _ = _open_appending(folder / schema.file_name, schema, moved)
+        fd, _, _ = _open_appending(folder / schema.file_name, schema, moved)
         os.close(fd)
     return folder
 
