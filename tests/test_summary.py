@@ -226,3 +226,15 @@ def test_an_unreadable_archive_is_a_line_not_a_traceback(tmp_path: Path) -> None
     assert line[0] == "2025-08-31"
     assert line[1].startswith("cannot be read (")
     assert isinstance(Summary(), Summary)
+
+
+def test_a_planted_file_name_is_escaped(tmp_path: Path) -> None:
+    """A file in the vault named as markup (``sysmon report QubesIncoming/*``) shows escaped."""
+    planted = tmp_path / "<img src=x onerror=alert(1)>.tgz"
+    planted.write_bytes(b"\x1f\x8b not gzip")
+    folder = tmp_path / "<script>alert(2)"
+    write(folder, schema.SCRAPES, scrapes("a", ["ok"]))
+    page = render_summary(summarize([planted, folder], None, *EVERYTHING, TODAY, workers=1))
+    assert "<img" not in page
+    assert "<script" not in page
+    assert "&lt;script&gt;" in page

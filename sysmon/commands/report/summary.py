@@ -342,7 +342,7 @@ def render_summary(summary: Summary) -> str:
         parts.append(_more(len(ranked), "xen_cpu", "qubes") + "</ul>")
     parts.append("<h3>Archive delivery</h3><ul>")
     for day, line in summary.archive[-14:]:
-        parts.append(f"<li>{day}: {_text(line)}</li>")
+        parts.append(f"<li>{_text(day)}: {_text(line)}</li>")  # a planted file's name
     if len(summary.archive) > 14:
         parts.append(f"<li>and {len(summary.archive) - 14} earlier days</li>")
     parts.append("</ul></section>")
