@@ -238,3 +238,35 @@ def test_a_planted_file_name_is_escaped(tmp_path: Path) -> None:
     assert "<img" not in page
     assert "<script" not in page
     assert "&lt;script&gt;" in page
+
+
+def test_planted_names_cannot_grow_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qubes, statuses, rules and flags a planted file invents: bounded in number and size."""
+    monkeypatch.setattr(summary_module, "MAX_KEYS", 10)
+    folder = tmp_path / DAY.isoformat()
+    folder.mkdir()
+    huge = "q" * 60_000  # a cell far longer than any qube's name (sysmon's writer cuts it)
+    ts = "2025-08-31T12:00:00Z"
+    lines = [
+        f"{ts},{huge}{i},bad{i},5,100,3,0\n{ts},{huge}{i},worse{i},5,100,3,0\n" for i in range(50)
+    ]
+    (folder / "scrapes.csv").write_bytes(schema.SCRAPES.header + "".join(lines).encode())
+    lines = [f"{ts},{huge}{i},sysmon: rule r{i} firing on q{i}: x (now 1)\n" for i in range(50)]
+    (folder / "alerts.csv").write_bytes(schema.ALERTS.header + "".join(lines).encode())
+    width = len(schema.VIEWS.columns)
+    rows = [[at(i), f"q{i}", *([1] * (width - 3)), f"f{i}"] for i in range(50)]
+    write(folder, schema.VIEWS, rows)
+    s = Summary()
+    for _ in range(2):  # read, and joined with another day
+        s.join(summarize([folder], None, *EVERYTHING, TODAY, workers=1))
+    assert s.skipped.rows == 0
+    assert len(s.polls) <= 10
+    kept = [*s.polls, *s.failed, *s.rules, *s.views, *(vm for vm, _ in s.alerts)]
+    kept += [name for d in (s.failed, s.rules, s.views) for c in d.values() for name in c]
+    assert max(len(name) for name in kept) <= summary_module.MAX_TEXT
+    assert sum(len(c) for d in (s.failed, s.rules, s.views) for c in d.values()) <= 10
+    # The first screen lists a few rules, and says how many more.
+    page = render_summary(s)
+    assert page.count("fired once") + page.count("fired 2 times") <= summary_module.SHOWN

@@ -8,7 +8,9 @@ the chart below).  Every file is read through the bounded decoder
 (:func:`sysmon.schema.decode.decode_untrusted`); names and messages are a
 qube's bytes, printed escaped and cut.  What it keeps is bounded too: at
 most :data:`MAX_KEYS` distinct (qube, message) pairs and (qube, mount)
-pairs, the rest counted as "other".
+pairs, the rest counted as "other"; as many qubes polled, and (qube,
+status), (rule, qube) and (qube, flag) pairs in all; a name cut to
+:data:`MAX_TEXT`.
 """
 
 from __future__ import annotations
@@ -76,11 +78,25 @@ class Summary:
     views_read: bool = False
     archive: list[tuple[str, str]] = attrs.field(factory=list)
     skipped: Skipped = attrs.field(factory=Skipped)
+    #: (key, name) pairs in failed, rules and views: at most MAX_KEYS.
+    pairs: int = 0
+
+    def _count(self, into: dict[str, Counter[str]], key: str, name: str, n: int = 1) -> None:
+        counts = into.get(key)
+        if counts is None or name not in counts:
+            if self.pairs >= MAX_KEYS:  # names a planted file invents: not kept
+                return
+            self.pairs += 1
+            if counts is None:
+                counts = into[key] = Counter()
+        counts[name] += n
 
     def join(self, later: Summary) -> None:
         """Add a later day's summary to this one."""
-        self.polls.update(later.polls)
-        _join_counts(self.failed, later.failed)
+        for vm, n in later.polls.items():
+            if vm in self.polls or len(self.polls) < MAX_KEYS:
+                self.polls[vm] += n
+        self._join_counts(self.failed, later.failed)
         for key, seen in later.disks.items():
             if key in self.disks:
                 before = self.disks[key]
@@ -88,7 +104,7 @@ class Summary:
                 self.disks[key] = (newest[0], newest[1], max(seen[2], before[2]))
             elif len(self.disks) < MAX_KEYS:
                 self.disks[key] = seen
-        _join_counts(self.rules, later.rules)
+        self._join_counts(self.rules, later.rules)
         self.alerts_other += later.alerts_other
         for key, n in later.alerts.items():
             if key in self.alerts or len(self.alerts) < MAX_KEYS:
@@ -96,7 +112,7 @@ class Summary:
                 self.example.setdefault(key, later.example[key])
             else:
                 self.alerts_other += n
-        _join_counts(self.views, later.views)
+        self._join_counts(self.views, later.views)
         self.views_read |= later.views_read
         self.archive += later.archive
         for field in ("unreadable", "wrong_width", "bad_time", "not_sysmon"):
@@ -104,13 +120,21 @@ class Summary:
                 self.skipped, field, getattr(self.skipped, field) + getattr(later.skipped, field)
             )
 
+    def _join_counts(self, into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
+        for key, counts in other.items():
+            for name, n in counts.items():
+                self._count(into, key, name, n)
+
     def add_row(self, name: str, vm: str, ts: int, cells: tuple[str, ...]) -> None:
         """One decoded row of ``name``."""
+        vm = vm[:MAX_TEXT]  # a key of each count: a planted cell may be 64 KiB
         if name == "scrapes.csv":
+            if vm not in self.polls and len(self.polls) >= MAX_KEYS:
+                return
             self.polls[vm] += 1
             status = cells[_STATUS]
             if status not in _OK:
-                self.failed.setdefault(vm, Counter())[status[:20]] += 1
+                self._count(self.failed, vm, status[:20])
         elif name == "disk.csv":
             pct = schema.DISK.column("pct_used").number(cells[_PCT])
             key = (vm, cells[_MOUNT][:MAX_TEXT])
@@ -126,7 +150,7 @@ class Summary:
             # "sysmon: rule ..." begins with its entry's time, sysmon's own do not.
             match = _RULE_RE.match(msg)
             if match and match[2] == "firing":
-                self.rules.setdefault(match[1], Counter())[vm] += 1
+                self._count(self.rules, match[1], vm)
             if (entry_time := _ENTRY_TIME_RE.match(msg)) is not None:
                 msg = msg[entry_time.end() :]
             msg = msg[:MAX_TEXT]
@@ -140,7 +164,7 @@ class Summary:
         elif name == "views.csv":  # the flag: where the views disagree
             flag = cells[_FLAG]
             if flag not in _AGREE:
-                self.views.setdefault(vm, Counter())[flag[:20]] += 1
+                self._count(self.views, vm, flag[:20])
 
 
 class _Lent(io.RawIOBase):
@@ -160,11 +184,6 @@ class _Lent(io.RawIOBase):
         data = self._raw.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def _join_counts(into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
-    for key, counts in other.items():
-        into.setdefault(key, Counter()).update(counts)
 
 
 def _day_of(unit: Path) -> date | None:
@@ -312,7 +331,8 @@ def render_summary(summary: Summary) -> str:
     parts.append("<h3>Rules that fired (<a href='#alerts'>alerts</a>)</h3><ul>")
     if not summary.rules:
         parts.append("<li>none</li>")
-    for rule, per_vm in sorted(summary.rules.items(), key=lambda r: (-r[1].total(), r[0])):
+    fired = sorted(summary.rules.items(), key=lambda r: (-r[1].total(), r[0]))
+    for rule, per_vm in fired[:SHOWN]:
         where = ", ".join(f"{_text(vm)} {n:,}" for vm, n in per_vm.most_common(4))
         rest = len(per_vm) - 4
         parts.append(
@@ -320,6 +340,7 @@ def render_summary(summary: Summary) -> str:
             + (f", {rest} more qubes" if rest > 0 else "")
             + ")</li>"
         )
+    parts.append(_more(len(fired), "alerts", "rules") + "</ul>")
     total = summary.alerts.total() + summary.alerts_other
     parts.append(
         f"<h3>Alerts: {total:,} in {len(summary.alerts):,} kinds "
