@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -491,3 +494,66 @@ def test_the_documented_curl_imports_stream_each_days_file(world, tmp_path):
                 assert done.returncode == 0, done.stderr
         vm.flush()
         assert without_cut(vm.samples()) == expected(world, host)
+
+
+@contextlib.contextmanager
+def hostile_engine(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """An HTTP server on loopback that reads each request whole, then ``answer``s it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(30)
+            with conn:
+                request = b""
+                while not request.endswith(b"\r\n0\r\n\r\n"):
+                    if not (data := conn.recv(1 << 16)):
+                        break
+                    request += data
+                with contextlib.suppress(OSError):
+                    answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(30)
+        server.close()
+
+
+@pytest.fixture(name="small_day")
+def _small_day(tmp_path):
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    (day / "connections.csv").write_bytes(
+        schema.CONNECTIONS.header + b"2025-08-31T18:00:00Z,work,7,0\n"
+    )
+    return day
+
+
+def test_an_engines_words_reach_the_terminal_clean_and_short(small_day, capsys, monkeypatch):
+    """A hostile engine's reason phrase or protocol name: no escape sequence, one short line."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    evil = "\x1b]0;owned\x07\x1b[2J" + "A" * 60_000
+    for status_line in (f"HTTP/1.1 418 {evil}", f"HTTP/9{evil} 200 OK"):
+
+        def answer(conn: socket.socket, line: str = status_line) -> None:
+            conn.sendall(line.encode("latin-1") + b"\r\nContent-Length: 0\r\n\r\n")
+
+        with hostile_engine(answer) as url:
+            assert _main([small_day], push=url, host="h") == 1
+        err = capsys.readouterr().err
+        assert "\x1b" not in err
+        assert "\x07" not in err
+        assert err.count("\n") == 1
+        assert len(err) < 1000, len(err)

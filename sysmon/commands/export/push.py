@@ -101,9 +101,13 @@ def _body(pieces: Iterator[tuple[str, str]], sent: Callable[[int], None]) -> Ite
         yield data
 
 
+def _line(text: str) -> str:
+    """An engine's words on one short line, no control characters (they reach a terminal)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text[:_ANSWER]).split())
+
+
 def _answer(response: http.client.HTTPResponse) -> str:
-    text = response.read(_ANSWER).decode("utf-8", "replace")
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return _line(response.read(_ANSWER).decode("utf-8", "replace"))
 
 
 def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: str) -> None:
@@ -143,12 +147,14 @@ def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: s
         answer = _answer(response)
         if 200 <= response.status < 300:
             return
-        what = f"HTTP {response.status} {response.reason}" + (f": {answer}" if answer else "")
+        what = f"HTTP {response.status} {_line(response.reason)}" + (
+            f": {answer}" if answer else ""
+        )
         if response.status >= 500 or response.status == 429:
             raise _RetryableError(what)
         raise PushError(what)
     except http.client.HTTPException as exc:
-        raise _RetryableError(f"{type(exc).__name__} {exc}".strip()) from None
+        raise _RetryableError(_line(f"{type(exc).__name__} {exc}")) from None
     except OSError as exc:
         raise _RetryableError(str(exc.strerror or exc)) from None
     finally:
