@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -557,3 +558,25 @@ def test_an_engines_words_reach_the_terminal_clean_and_short(small_day, capsys, 
         assert "\x07" not in err
         assert err.count("\n") == 1
         assert len(err) < 1000, len(err)
+
+
+@pytest.mark.slow
+def test_an_engine_that_never_finishes_its_answer_is_left(small_day, capsys, monkeypatch):
+    """Each read has its timeout; the answer as a whole has one too: an engine sending
+    "100 Continue" a line at a time, forever, does not hold the export."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    monkeypatch.setattr(push, "TIMEOUT", 1.0)
+
+    def answer(conn: socket.socket) -> None:
+        for _ in range(200):  # a byte well within each read's timeout, for 4 s
+            for byte in b"HTTP/1.1 100 Continue\r\n\r\n":
+                conn.sendall(bytes([byte]))
+            time.sleep(0.02)
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    ledger = small_day.parent / "ledger.tsv"
+    with hostile_engine(answer) as url:
+        assert _main([small_day], push=url, host="h", ledger=ledger, use_ledger=True) == 1
+    err = capsys.readouterr().err
+    assert "no whole answer within 1 s" in err
+    assert not ledger.exists()

@@ -13,7 +13,10 @@ with ``-dedup.minScrapeInterval=1s`` and they are stored once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -29,7 +32,7 @@ TRIES = 3
 BACKOFF = (1.0, 4.0)
 #: Bytes sent per chunk.
 CHUNK = 1 << 20
-#: Seconds a connection, a send or the engine's answer may take.
+#: Seconds a connection, a send or the engine's whole answer may take.
 TIMEOUT = 300.0
 #: What an engine may answer about an error, at most (shown on one line).
 _ANSWER = 300
@@ -110,6 +113,33 @@ def _answer(response: http.client.HTTPResponse) -> str:
     return _line(response.read(_ANSWER).decode("utf-8", "replace"))
 
 
+def _answer_within(connection: http.client.HTTPConnection) -> tuple[http.client.HTTPResponse, str]:
+    """The engine's response and its first words, within :data:`TIMEOUT` s in all.
+
+    The socket's timeout bounds each read only: an engine trickling its
+    answer a byte at a time (or "100 Continue" forever) is cut here.
+    """
+    sock = connection.sock
+    late = threading.Event()
+
+    def cut() -> None:
+        late.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(TIMEOUT, cut)
+    timer.start()
+    try:
+        response = connection.getresponse()
+        return response, _answer(response)
+    except (OSError, http.client.HTTPException):
+        if late.is_set():
+            raise _RetryableError(f"no whole answer within {TIMEOUT:g} s") from None
+        raise
+    finally:
+        timer.cancel()
+
+
 def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: str) -> None:
     """Send one day; return once the engine took it.
 
@@ -139,12 +169,11 @@ def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: s
             if connection.sock is None:  # never connected
                 raise _RetryableError(str(exc.strerror or exc)) from None
             try:  # an engine that stopped reading may have said why
-                response = connection.getresponse()
+                response, answer = _answer_within(connection)
             except (OSError, http.client.HTTPException):
                 raise _RetryableError(str(exc.strerror or exc)) from None
         else:
-            response = connection.getresponse()
-        answer = _answer(response)
+            response, answer = _answer_within(connection)
         if 200 <= response.status < 300:
             return
         what = f"HTTP {response.status} {_line(response.reason)}" + (
