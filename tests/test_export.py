@@ -10,6 +10,7 @@ import json
 import shlex
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -498,8 +499,10 @@ def test_the_documented_curl_imports_stream_each_days_file(world, tmp_path):
 
 
 @contextlib.contextmanager
-def hostile_engine(answer: Callable[[socket.socket], None]) -> Iterator[str]:
-    """An HTTP server on loopback that reads each request whole, then ``answer``s it."""
+def hostile_engine(
+    answer: Callable[[socket.socket], None], *, until: bytes = b"\r\n0\r\n\r\n"
+) -> Iterator[str]:
+    """An HTTP server on loopback that reads each request (to ``until``), then ``answer``s it."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.1)
     done = threading.Event()
@@ -515,7 +518,7 @@ def hostile_engine(answer: Callable[[socket.socket], None]) -> Iterator[str]:
             conn.settimeout(30)
             with conn:
                 request = b""
-                while not request.endswith(b"\r\n0\r\n\r\n"):
+                while until not in request:
                     if not (data := conn.recv(1 << 16)):
                         break
                     request += data
@@ -579,4 +582,31 @@ def test_an_engine_that_never_finishes_its_answer_is_left(small_day, capsys, mon
         assert _main([small_day], push=url, host="h", ledger=ledger, use_ledger=True) == 1
     err = capsys.readouterr().err
     assert "no whole answer within 1 s" in err
+    assert not ledger.exists()
+
+
+def test_a_2xx_for_a_day_not_sent_whole_is_no_acceptance(tmp_path, capsys, monkeypatch):
+    """An engine that answers 204 after the headers and hangs up: the day never reached
+    it whole, so the ledger does not note it."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    monkeypatch.setattr(push, "CHUNK", 1024)  # many sends: one comes after the hang-up
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    rows = (
+        f"2025-08-31T{h:02d}:{m:02d}:{s:02d}Z,work,{h * m + s},0\n"
+        for h in range(24)
+        for m in range(60)
+        for s in range(0, 60, 2)
+    )
+    (day / "connections.csv").write_bytes(schema.CONNECTIONS.header + "".join(rows).encode())
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    ledger = tmp_path / "ledger.tsv"
+    with hostile_engine(answer, until=b"\r\n\r\n") as url:
+        code = _main([day], push=url, host="h", ledger=ledger, use_ledger=True)
+    assert code == 1, capsys.readouterr().err
+    assert "before the day was sent whole" in capsys.readouterr().err
     assert not ledger.exists()

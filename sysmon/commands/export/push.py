@@ -6,7 +6,8 @@ memory stays bounded whatever the day's size, and the engine parses while
 sysmon reads.  Each series is one JSON line with its values and times as
 arrays -- a fraction of the bytes of a line per sample.  A day the engine did
 not take (refused, reset, a 5xx) is sent again, at most :data:`TRIES` times;
-the ledger notes a day only after the engine answered 2xx for it.  A
+the ledger notes a day only after the engine answered 2xx for all of it
+(a 2xx before the body was sent whole is no acceptance).  A
 retried day may send samples the engine already holds: run VictoriaMetrics
 with ``-dedup.minScrapeInterval=1s`` and they are stored once.
 """
@@ -172,6 +173,11 @@ def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: s
                 response, answer = _answer_within(connection)
             except (OSError, http.client.HTTPException):
                 raise _RetryableError(str(exc.strerror or exc)) from None
+            if 200 <= response.status < 300:  # not for this day: it never got it whole
+                raise _RetryableError(
+                    f"HTTP {response.status} before the day was sent whole, then "
+                    + str(exc.strerror or exc)
+                ) from None
         else:
             response, answer = _answer_within(connection)
         if 200 <= response.status < 300:
