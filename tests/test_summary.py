@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -270,3 +273,34 @@ def test_planted_names_cannot_grow_the_summary(
     # The first screen lists a few rules, and says how many more.
     page = render_summary(s)
     assert page.count("fired once") + page.count("fired 2 times") <= summary_module.SHOWN
+
+
+def test_a_planted_fifo_or_huge_marker_cannot_hold_the_report(tmp_path: Path) -> None:
+    """The archive's markers beside the days: a FIFO would block a plain read for ever,
+    a huge file would be read whole."""
+    out = tmp_path / "out"
+    days = [DAY, DAY + timedelta(days=1)]
+    for d in days:
+        write(out / d.isoformat(), schema.SCRAPES, scrapes("a", ["ok"]))
+    folder = archive_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fifos = [folder / f"monitor-{DAY.isoformat()}.{kind}" for kind in ("delivered", "attempts")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    (folder / f"monitor-{days[1].isoformat()}.attempts").write_bytes(b"started\n" * 2_000_000)
+    done: list[Summary] = []
+    reader = threading.Thread(
+        target=lambda: done.append(
+            summarize([out / d.isoformat() for d in days], None, *EVERYTHING, TODAY, workers=1)
+        ),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(30)  # not a speed figure: without the fix it never returns
+    for fifo in fifos:  # let a blocked reader go
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert done, "the report hung on a FIFO"
+    lines = dict(done[0].archive)
+    assert lines[DAY.isoformat()].startswith("NOT delivered")
+    assert lines[days[1].isoformat()].startswith("NOT delivered")
