@@ -200,6 +200,8 @@ def test_a_planted_file_of_invented_qubes_gives_a_bounded_table(tmp_path, monkey
     with (folder / "scrapes.csv").open("a") as f:
         f.writelines(f"2025-08-31T12:00:10Z,q{i}{'x' * 500},timeout,1,1,1,0\n" for i in range(2000))
     _views(tmp_path, [(TS, f"q{i}{'x' * 500}", "cpu" * 100) for i in range(2000)])
+    with (folder / "system.csv").open("a") as f:  # and values no column can hold
+        f.write(f"2025-08-31T12:00:10Z,work,{'9' * 30_000},1,1,1,1,1,10,{'8' * 30_000},1,1,1,1,1\n")
     report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
     shown = render_status(report)
     assert len(report.qubes) <= 50

@@ -353,7 +353,7 @@ def render_status(report: StatusReport) -> str:
     )
     lines.extend(
         f"{q.vm[:32]:<32} {q.status[:11]:<11} {_ago(q.last_age):>14} {q.failures_today:>5} "
-        f"{q.cpu_user or '-':>8} {q.mem_used_kb or '-':>12}"
+        f"{q.cpu_user[:8] or '-':>8} {q.mem_used_kb[:12] or '-':>12}"
         for q in report.qubes
     )
     if report.qubes_dropped:
