@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from datetime import date
 from pathlib import Path
 
 import pytest
 from test_archive import make_day
 
+from sysmon.store import days as days_module
 from sysmon.store.archive import build_archive
 from sysmon.store.days import (
     ArchiveError,
@@ -95,3 +98,14 @@ def test_a_symlink_in_a_day_folder_is_not_read(tmp_path: Path) -> None:
     secret.write_text("x")
     (folder / "network.csv").symlink_to(secret)
     assert "network.csv" not in dict(day_members(folder))
+
+
+def test_an_archive_of_countless_members_is_refused(tmp_path: Path) -> None:
+    """A planted .tgz of millions of empty members (a few bytes each, gzipped) would fill
+    memory with tarfile's list of them: past a day's worth, it is not a day's archive."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for i in range(days_module.MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"junk{i}"), io.BytesIO())
+    with pytest.raises(tarfile.TarError, match="members"):
+        list(day_members(bomb))

@@ -19,6 +19,10 @@ from typing import IO
 from sysmon.store.daily import day_folders
 
 ARCHIVE_DIR = "archives"
+#: Members a day's archive may have (it has a file per daily file and its
+#: metadata): tarfile keeps a list of every member read, so a planted archive
+#: of millions of empty ones is refused before that list fills memory.
+MAX_MEMBERS = 256
 
 
 class ArchiveError(Exception):
@@ -113,7 +117,9 @@ def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
         return
     seen: set[str] = set()
     with tarfile.open(unit, "r:gz") as tar:
-        for member in tar:
+        for n, member in enumerate(tar, 1):
+            if n > MAX_MEMBERS:
+                raise tarfile.ReadError(f"more than {MAX_MEMBERS} members: not a day's archive")
             name = Path(member.name).name
             if member.isfile() and name not in seen:
                 seen.add(name)
