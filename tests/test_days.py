@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import shutil
 import tarfile
+import tracemalloc
 from datetime import date
 from pathlib import Path
 
@@ -109,3 +111,26 @@ def test_an_archive_of_countless_members_is_refused(tmp_path: Path) -> None:
             tar.addfile(tarfile.TarInfo(f"junk{i}"), io.BytesIO())
     with pytest.raises(tarfile.TarError, match="members"):
         list(day_members(bomb))
+
+
+def test_an_archive_with_a_huge_long_name_is_refused_unread(tmp_path: Path) -> None:
+    """A GNU long-name (or pax) header is read whole by tarfile: one of 64 MiB gzips to
+    64 KiB.  Past a name's worth, the archive is refused before it is read."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    size = 64 << 20
+    header = tarfile.TarInfo("././@LongLink")
+    header.type = tarfile.GNUTYPE_LONGNAME
+    header.size = size
+    with gzip.open(bomb, "wb") as out:
+        out.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(size >> 20):
+            out.write(b"a" * (1 << 20))
+        out.write(tarfile.TarInfo("system.csv").tobuf() + b"\0" * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tarfile.TarError, match="header"):
+            list(day_members(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
