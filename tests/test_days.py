@@ -134,3 +134,31 @@ def test_an_archive_with_a_huge_long_name_is_refused_unread(tmp_path: Path) -> N
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
+
+
+def test_an_archive_with_a_sparse_member_is_refused_unread(tmp_path: Path) -> None:
+    """tarfile keeps every (offset, size) of a GNU sparse member's map, and a map of
+    extension blocks has no end: 700 KiB gzipped held 600 MiB.  A day has no sparse file."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    header = tarfile.TarInfo("system.csv")
+    header.type = tarfile.GNUTYPE_SPARSE
+    block = bytearray(header.tobuf(format=tarfile.GNU_FORMAT))
+    block[482] = 1  # isextended
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    extension = bytearray(b"%011o\0%011o\0" % (1, 1) * 21 + bytes(8))
+    extension[504] = 1
+    with gzip.open(bomb, "wb") as out:
+        out.write(bytes(block))
+        for _ in range(20_000):
+            out.write(bytes(extension))
+        extension[504] = 0
+        out.write(bytes(extension) + b"\0" * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tarfile.TarError, match="sparse"):
+            list(day_members(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

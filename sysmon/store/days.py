@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from sysmon.store.daily import day_folders
 
@@ -44,6 +44,12 @@ class _DayMember(tarfile.TarInfo):
         if self.type in _LONG_HEADERS and self.size > MAX_HEADER:
             raise tarfile.ReadError(f"a header of {self.size:,} bytes: not a day's archive")
         return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
+
+    def _no_sparse(self, *_: object) -> NoReturn:
+        # tarfile keeps every entry of a sparse map, and the map may have no end.
+        raise tarfile.ReadError("a sparse member: not a day's archive")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _no_sparse
 
 
 class ArchiveError(Exception):
