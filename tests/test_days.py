@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import shutil
+import tarfile
+import tracemalloc
 from datetime import date
 from pathlib import Path
 
 import pytest
 from test_archive import make_day
 
+from sysmon.store import days as days_module
 from sysmon.store.archive import build_archive
 from sysmon.store.days import (
     ArchiveError,
@@ -95,3 +100,65 @@ def test_a_symlink_in_a_day_folder_is_not_read(tmp_path: Path) -> None:
     secret.write_text("x")
     (folder / "network.csv").symlink_to(secret)
     assert "network.csv" not in dict(day_members(folder))
+
+
+def test_an_archive_of_countless_members_is_refused(tmp_path: Path) -> None:
+    """A planted .tgz of millions of empty members (a few bytes each, gzipped) would fill
+    memory with tarfile's list of them: past a day's worth, it is not a day's archive."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for i in range(days_module.MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"junk{i}"), io.BytesIO())
+    with pytest.raises(tarfile.TarError, match="members"):
+        list(day_members(bomb))
+
+
+def test_an_archive_with_a_huge_long_name_is_refused_unread(tmp_path: Path) -> None:
+    """A GNU long-name (or pax) header is read whole by tarfile: one of 64 MiB gzips to
+    64 KiB.  Past a name's worth, the archive is refused before it is read."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    size = 64 << 20
+    header = tarfile.TarInfo("././@LongLink")
+    header.type = tarfile.GNUTYPE_LONGNAME
+    header.size = size
+    with gzip.open(bomb, "wb") as out:
+        out.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(size >> 20):
+            out.write(b"a" * (1 << 20))
+        out.write(tarfile.TarInfo("system.csv").tobuf() + b"\0" * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tarfile.TarError, match="header"):
+            list(day_members(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def test_an_archive_with_a_sparse_member_is_refused_unread(tmp_path: Path) -> None:
+    """tarfile keeps every (offset, size) of a GNU sparse member's map, and a map of
+    extension blocks has no end: 700 KiB gzipped held 600 MiB.  A day has no sparse file."""
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    header = tarfile.TarInfo("system.csv")
+    header.type = tarfile.GNUTYPE_SPARSE
+    block = bytearray(header.tobuf(format=tarfile.GNU_FORMAT))
+    block[482] = 1  # isextended
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    extension = bytearray(b"%011o\0%011o\0" % (1, 1) * 21 + bytes(8))
+    extension[504] = 1
+    with gzip.open(bomb, "wb") as out:
+        out.write(bytes(block))
+        for _ in range(20_000):
+            out.write(bytes(extension))
+        extension[504] = 0
+        out.write(bytes(extension) + b"\0" * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tarfile.TarError, match="sparse"):
+            list(day_members(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

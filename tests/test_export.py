@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
 import shlex
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -491,3 +496,117 @@ def test_the_documented_curl_imports_stream_each_days_file(world, tmp_path):
                 assert done.returncode == 0, done.stderr
         vm.flush()
         assert without_cut(vm.samples()) == expected(world, host)
+
+
+@contextlib.contextmanager
+def hostile_engine(
+    answer: Callable[[socket.socket], None], *, until: bytes = b"\r\n0\r\n\r\n"
+) -> Iterator[str]:
+    """An HTTP server on loopback that reads each request (to ``until``), then ``answer``s it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(30)
+            with conn:
+                request = b""
+                while until not in request:
+                    if not (data := conn.recv(1 << 16)):
+                        break
+                    request += data
+                with contextlib.suppress(OSError):
+                    answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(30)
+        server.close()
+
+
+@pytest.fixture(name="small_day")
+def _small_day(tmp_path):
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    (day / "connections.csv").write_bytes(
+        schema.CONNECTIONS.header + b"2025-08-31T18:00:00Z,work,7,0\n"
+    )
+    return day
+
+
+def test_an_engines_words_reach_the_terminal_clean_and_short(small_day, capsys, monkeypatch):
+    """A hostile engine's reason phrase or protocol name: no escape sequence, one short line."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    evil = "\x1b]0;owned\x07\x1b[2J" + "A" * 60_000
+    for status_line in (f"HTTP/1.1 418 {evil}", f"HTTP/9{evil} 200 OK"):
+
+        def answer(conn: socket.socket, line: str = status_line) -> None:
+            conn.sendall(line.encode("latin-1") + b"\r\nContent-Length: 0\r\n\r\n")
+
+        with hostile_engine(answer) as url:
+            assert _main([small_day], push=url, host="h") == 1
+        err = capsys.readouterr().err
+        assert "\x1b" not in err
+        assert "\x07" not in err
+        assert err.count("\n") == 1
+        assert len(err) < 1000, len(err)
+
+
+@pytest.mark.slow
+def test_an_engine_that_never_finishes_its_answer_is_left(small_day, capsys, monkeypatch):
+    """Each read has its timeout; the answer as a whole has one too: an engine sending
+    "100 Continue" a line at a time, forever, does not hold the export."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    monkeypatch.setattr(push, "TIMEOUT", 1.0)
+
+    def answer(conn: socket.socket) -> None:
+        for _ in range(200):  # a byte well within each read's timeout, for 4 s
+            for byte in b"HTTP/1.1 100 Continue\r\n\r\n":
+                conn.sendall(bytes([byte]))
+            time.sleep(0.02)
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    ledger = small_day.parent / "ledger.tsv"
+    with hostile_engine(answer) as url:
+        assert _main([small_day], push=url, host="h", ledger=ledger, use_ledger=True) == 1
+    err = capsys.readouterr().err
+    assert "no whole answer within 1 s" in err
+    assert not ledger.exists()
+
+
+def test_a_2xx_for_a_day_not_sent_whole_is_no_acceptance(tmp_path, capsys, monkeypatch):
+    """An engine that answers 204 after the headers and hangs up: the day never reached
+    it whole, so the ledger does not note it."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    monkeypatch.setattr(push, "CHUNK", 1024)  # many sends: one comes after the hang-up
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    rows = (
+        f"2025-08-31T{h:02d}:{m:02d}:{s:02d}Z,work,{h * m + s},0\n"
+        for h in range(24)
+        for m in range(60)
+        for s in range(0, 60, 2)
+    )
+    (day / "connections.csv").write_bytes(schema.CONNECTIONS.header + "".join(rows).encode())
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    ledger = tmp_path / "ledger.tsv"
+    with hostile_engine(answer, until=b"\r\n\r\n") as url:
+        code = _main([day], push=url, host="h", ledger=ledger, use_ledger=True)
+    assert code == 1, capsys.readouterr().err
+    assert "before the day was sent whole" in capsys.readouterr().err
+    assert not ledger.exists()

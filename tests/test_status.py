@@ -8,6 +8,7 @@ from conftest import run_sysmon
 from fakes import write_tick
 
 from sysmon import schema
+from sysmon.commands import status as status_module
 from sysmon.commands.status import (
     VALUES_WINDOW,
     Tail,
@@ -187,3 +188,22 @@ def test_status_reads_only_the_end_of_a_big_file(tmp_path):
     assert tail.bytes_read < 100_000
     report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
     assert [q.mem_used_kb for q in report.qubes] == ["", "6"]
+
+
+def test_a_planted_file_of_invented_qubes_gives_a_bounded_table(tmp_path, monkeypatch):
+    """Thousands of made-up qubes in scrapes.csv and views.csv: a bounded table, the rest
+    counted, and the views line a few names long."""
+    monkeypatch.setattr(status_module, "MAX_QUBES", 50)
+    _fill(tmp_path)
+    folder = tmp_path / "2025-08-31"
+    with (folder / "scrapes.csv").open("a") as f:
+        f.writelines(f"2025-08-31T12:00:10Z,q{i}{'x' * 500},timeout,1,1,1,0\n" for i in range(2000))
+    _views(tmp_path, [(TS, f"q{i}{'x' * 500}", "cpu" * 100) for i in range(2000)])
+    with (folder / "system.csv").open("a") as f:  # and values no column can hold
+        f.write(f"2025-08-31T12:00:10Z,work,{'9' * 30_000},1,1,1,1,1,10,{'8' * 30_000},1,1,1,1,1\n")
+    report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
+    shown = render_status(report)
+    assert len(report.qubes) <= 50
+    assert len(shown.splitlines()) <= 50 + 30
+    assert max(len(line) for line in shown.splitlines()) <= 2000
+    assert "more qubes not shown" in shown

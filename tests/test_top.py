@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, require_tool, run_sysmon
 
 from sysmon import schema
+from sysmon.commands import top as top_module
 from sysmon.commands.top import (
     BLOCKS,
     WINDOW,
@@ -495,3 +496,20 @@ def test_on_a_live_demo_the_view_follows_the_ticks(tmp_path: Path, tmux: Tmux) -
     finally:
         demo.terminate()
         demo.wait(timeout=30)
+
+
+def test_qubes_gone_for_30_minutes_make_room_for_new_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The board keeps MAX_QUBES qubes; a planted burst of invented names (or weeks of
+    DispVMs) must not hide every qube that comes after it."""
+    monkeypatch.setattr(top_module, "MAX_QUBES", 3)
+    board = Board()
+    t0 = int(TS.timestamp())
+
+    def scrape(ts: int, vm: str) -> schema.Row:
+        return schema.Row(ts, (str(ts), vm, "ok", "1", "1", "1", "0"))
+
+    board.feed(schema.SCRAPES, [scrape(t0, f"planted{i}") for i in range(3)])
+    later = t0 + WINDOW + 10
+    board.feed(schema.SCRAPES, [scrape(later, "disp1234")])
+    assert [line.vm for line in board.lines()] == ["disp1234"]
+    assert len(board.qubes) <= 3

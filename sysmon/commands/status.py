@@ -33,6 +33,10 @@ VALUES_WINDOW = 600
 MAX_TAIL = 16 << 20
 #: Bytes read at each step of the bisection (a row is under 4 KiB).
 PROBE = 8192
+#: Qubes in the table (as ``sysmon top``), and named on the views line: a
+#: planted scrapes.csv of invented qubes cannot grow the memory or the output.
+MAX_QUBES = 1024
+SHOWN_DISAGREE = 12
 #: views.csv flags that are not a disagreement.
 AGREEING = frozenset({"agree", "one-view"})
 
@@ -235,6 +239,8 @@ class StatusReport:
     skipped: schema.Skipped = attrs.field(factory=schema.Skipped)
     #: Qubes whose views disagree in views.csv's newest tick, with the flag.
     disagree: tuple[tuple[str, str], ...] = ()
+    #: Qubes of scrapes.csv past :data:`MAX_QUBES`: not in the table.
+    qubes_dropped: int = 0
 
     @property
     def skipped_rows(self) -> int:
@@ -279,8 +285,13 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         ages[daily.file_name] = None if latest is None else now.timestamp() - latest
     last: dict[str, schema.Row] = {}
     failures: Counter[str] = Counter()
+    dropped: set[str] = set()
     for row in whole_file(folder / schema.SCRAPES.file_name, schema.SCRAPES, skipped):
         vm, status = row.cells[1], row.cells[2]
+        if vm not in last and len(last) >= MAX_QUBES:
+            if len(dropped) < MAX_QUBES:  # counted up to a bound too
+                dropped.add(vm[:32])
+            continue
         last[vm] = row
         if status not in {Status.OK, Status.SKIPPED}:
             failures[vm] += 1
@@ -314,7 +325,7 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         reason = f"nothing written for {format_age(newest)} (more than {STALE_INTERVALS} intervals)"
     elif newest is not None:
         healthy, reason = True, "rows are coming"
-    return StatusReport(folder, ages, qubes, healthy, reason, skipped, disagree)
+    return StatusReport(folder, ages, qubes, healthy, reason, skipped, disagree, len(dropped))
 
 
 def _ago(age: float | None) -> str:
@@ -340,13 +351,18 @@ def render_status(report: StatusReport) -> str:
     )
     lines.extend(
         f"{q.vm[:32]:<32} {q.status[:11]:<11} {_ago(q.last_age):>14} {q.failures_today:>5} "
-        f"{q.cpu_user or '-':>8} {q.mem_used_kb or '-':>12}"
+        f"{q.cpu_user[:8] or '-':>8} {q.mem_used_kb[:12] or '-':>12}"
         for q in report.qubes
     )
+    if report.qubes_dropped:
+        more = f"{report.qubes_dropped}" + ("+" if report.qubes_dropped >= MAX_QUBES else "")
+        lines.append(f"({more} more qubes not shown: at most {MAX_QUBES})")
     lines.append("")
     if report.disagree:
-        named = ", ".join(f"{vm} ({flag})" for vm, flag in report.disagree)
-        lines.append(f"views disagree now: {named}")
+        shown = report.disagree[:SHOWN_DISAGREE]
+        named = ", ".join(f"{vm[:32]} ({flag[:20]})" for vm, flag in shown)
+        rest = len(report.disagree) - len(shown)
+        lines.append(f"views disagree now: {named}" + (f", and {rest} more" if rest else ""))
     skipped = report.skipped
     if skipped.rows:
         rows = "1 row" if skipped.rows == 1 else f"{skipped.rows} rows"

@@ -127,10 +127,18 @@ class Board:
         self.ticks: deque[int] = deque(maxlen=2)  # the last two ticks of scrapes.csv
         self.dropped = 0  # rows of qubes past MAX_QUBES
         self.decoded = schema.Skipped()  # rows the decoder left out
+        self._may_forget = True
 
     def _qube(self, vm: str, ts: int) -> _Qube | None:
         qube = self.qubes.get(vm)
         if qube is None:
+            if len(self.qubes) >= MAX_QUBES and self._may_forget:
+                # Qubes gone for 30 minutes (lines() shows them no more) make
+                # room: invented names, or weeks of DispVMs, do not fill the
+                # board for good.  Once per feed: a full board costs one pass.
+                self._may_forget = False
+                for gone in [k for k, q in self.qubes.items() if q.seen < self.newest - WINDOW]:
+                    del self.qubes[gone]
             if len(self.qubes) >= MAX_QUBES:
                 self.dropped += 1
                 return None
@@ -143,6 +151,7 @@ class Board:
         handle = self._handlers().get(daily.file_name)
         if handle is None:
             return
+        self._may_forget = True
         for row in rows:
             self.newest = max(self.newest, row.ts)
             qube = self._qube(row.cells[1], row.ts)

@@ -14,11 +14,42 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from sysmon.store.daily import day_folders
 
 ARCHIVE_DIR = "archives"
+#: Members a day's archive may have (it has a file per daily file and its
+#: metadata): tarfile keeps a list of every member read, so a planted archive
+#: of millions of empty ones is refused before that list fills memory.
+MAX_MEMBERS = 256
+#: Bytes of a long name or pax header: tarfile reads one whole, so a planted
+#: header of gigabytes of zeros (megabytes gzipped) would fill memory.
+MAX_HEADER = 1 << 16
+_LONG_HEADERS = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
+
+
+class _DayMember(tarfile.TarInfo):
+    """A member of a day's archive: a long name or pax header past MAX_HEADER is refused."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _LONG_HEADERS and self.size > MAX_HEADER:
+            raise tarfile.ReadError(f"a header of {self.size:,} bytes: not a day's archive")
+        return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
+
+    def _no_sparse(self, *_: object) -> NoReturn:
+        # tarfile keeps every entry of a sparse map, and the map may have no end.
+        raise tarfile.ReadError("a sparse member: not a day's archive")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _no_sparse
 
 
 class ArchiveError(Exception):
@@ -112,8 +143,10 @@ def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
                 yield child.name, functools.partial(_open_binary, child)
         return
     seen: set[str] = set()
-    with tarfile.open(unit, "r:gz") as tar:
-        for member in tar:
+    with tarfile.open(unit, "r:gz", tarinfo=_DayMember) as tar:
+        for n, member in enumerate(tar, 1):
+            if n > MAX_MEMBERS:
+                raise tarfile.ReadError(f"more than {MAX_MEMBERS} members: not a day's archive")
             name = Path(member.name).name
             if member.isfile() and name not in seen:
                 seen.add(name)

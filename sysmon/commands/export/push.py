@@ -6,14 +6,18 @@ memory stays bounded whatever the day's size, and the engine parses while
 sysmon reads.  Each series is one JSON line with its values and times as
 arrays -- a fraction of the bytes of a line per sample.  A day the engine did
 not take (refused, reset, a 5xx) is sent again, at most :data:`TRIES` times;
-the ledger notes a day only after the engine answered 2xx for it.  A
+the ledger notes a day only after the engine answered 2xx for all of it
+(a 2xx before the body was sent whole is no acceptance).  A
 retried day may send samples the engine already holds: run VictoriaMetrics
 with ``-dedup.minScrapeInterval=1s`` and they are stored once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -29,7 +33,7 @@ TRIES = 3
 BACKOFF = (1.0, 4.0)
 #: Bytes sent per chunk.
 CHUNK = 1 << 20
-#: Seconds a connection, a send or the engine's answer may take.
+#: Seconds a connection, a send or the engine's whole answer may take.
 TIMEOUT = 300.0
 #: What an engine may answer about an error, at most (shown on one line).
 _ANSWER = 300
@@ -101,9 +105,40 @@ def _body(pieces: Iterator[tuple[str, str]], sent: Callable[[int], None]) -> Ite
         yield data
 
 
+def _line(text: str) -> str:
+    """An engine's words on one short line, no control characters (they reach a terminal)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text[:_ANSWER]).split())
+
+
 def _answer(response: http.client.HTTPResponse) -> str:
-    text = response.read(_ANSWER).decode("utf-8", "replace")
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return _line(response.read(_ANSWER).decode("utf-8", "replace"))
+
+
+def _answer_within(connection: http.client.HTTPConnection) -> tuple[http.client.HTTPResponse, str]:
+    """The engine's response and its first words, within :data:`TIMEOUT` s in all.
+
+    The socket's timeout bounds each read only: an engine trickling its
+    answer a byte at a time (or "100 Continue" forever) is cut here.
+    """
+    sock = connection.sock
+    late = threading.Event()
+
+    def cut() -> None:
+        late.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(TIMEOUT, cut)
+    timer.start()
+    try:
+        response = connection.getresponse()
+        return response, _answer(response)
+    except (OSError, http.client.HTTPException):
+        if late.is_set():
+            raise _RetryableError(f"no whole answer within {TIMEOUT:g} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: str) -> None:
@@ -135,20 +170,26 @@ def _post(target: Target, day: Day, counts: Counts, progress: Progress, stage: s
             if connection.sock is None:  # never connected
                 raise _RetryableError(str(exc.strerror or exc)) from None
             try:  # an engine that stopped reading may have said why
-                response = connection.getresponse()
+                response, answer = _answer_within(connection)
             except (OSError, http.client.HTTPException):
                 raise _RetryableError(str(exc.strerror or exc)) from None
+            if 200 <= response.status < 300:  # not for this day: it never got it whole
+                raise _RetryableError(
+                    f"HTTP {response.status} before the day was sent whole, then "
+                    + str(exc.strerror or exc)
+                ) from None
         else:
-            response = connection.getresponse()
-        answer = _answer(response)
+            response, answer = _answer_within(connection)
         if 200 <= response.status < 300:
             return
-        what = f"HTTP {response.status} {response.reason}" + (f": {answer}" if answer else "")
+        what = f"HTTP {response.status} {_line(response.reason)}" + (
+            f": {answer}" if answer else ""
+        )
         if response.status >= 500 or response.status == 429:
             raise _RetryableError(what)
         raise PushError(what)
     except http.client.HTTPException as exc:
-        raise _RetryableError(f"{type(exc).__name__} {exc}".strip()) from None
+        raise _RetryableError(_line(f"{type(exc).__name__} {exc}")) from None
     except OSError as exc:
         raise _RetryableError(str(exc.strerror or exc)) from None
     finally:

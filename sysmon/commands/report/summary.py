@@ -8,7 +8,9 @@ the chart below).  Every file is read through the bounded decoder
 (:func:`sysmon.schema.decode.decode_untrusted`); names and messages are a
 qube's bytes, printed escaped and cut.  What it keeps is bounded too: at
 most :data:`MAX_KEYS` distinct (qube, message) pairs and (qube, mount)
-pairs, the rest counted as "other".
+pairs, the rest counted as "other"; as many qubes polled, and (qube,
+status), (rule, qube) and (qube, flag) pairs in all; a name cut to
+:data:`MAX_TEXT`.
 
 For the qubes whose views disagree it also draws both views on one chart
 (:func:`draw_views`): the points of at most :data:`MAX_VIEW_QUBES` qubes are
@@ -19,12 +21,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import html
 import io
 import operator
 import os
 import re
+import stat
 import tarfile
 import zlib
 from array import array
@@ -51,6 +53,8 @@ MAX_KEYS = 20_000
 #: Characters of a message or a name shown.
 MAX_TEXT = 120
 DISK_FULL = 90.0
+#: The most of a delivery marker read (a line per copy tried).
+MARKER_BYTES = 1 << 16
 #: A journal entry's own time before its text: not part of what it says.
 _ENTRY_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z ")
 _DIGITS_RE = re.compile(r"\d+")
@@ -187,18 +191,25 @@ class Summary:
     view_rows_other: int = 0
     archive: list[tuple[str, str]] = attrs.field(factory=list)
     skipped: Skipped = attrs.field(factory=Skipped)
+    #: (key, name) pairs in failed, rules and views: at most MAX_KEYS.
+    pairs: int = 0
 
-    def _count_view(self, vm: str, flags: Counter[str]) -> None:
-        """Count a qube's disagreeing ticks; past :data:`MAX_KEYS` qubes, as others'."""
-        if vm in self.views or len(self.views) < MAX_KEYS:
-            self.views.setdefault(vm, Counter()).update(flags)
-        else:
-            self.view_rows_other += flags.total()
+    def _count(self, into: dict[str, Counter[str]], key: str, name: str, n: int = 1) -> None:
+        counts = into.get(key)
+        if counts is None or name not in counts:
+            if self.pairs >= MAX_KEYS:  # names a planted file invents: not kept
+                return
+            self.pairs += 1
+            if counts is None:
+                counts = into[key] = Counter()
+        counts[name] += n
 
     def join(self, later: Summary) -> None:
         """Add a later day's summary to this one."""
-        self.polls.update(later.polls)
-        _join_counts(self.failed, later.failed)
+        for vm, n in later.polls.items():
+            if vm in self.polls or len(self.polls) < MAX_KEYS:
+                self.polls[vm] += n
+        self._join_counts(self.failed, later.failed)
         for key, seen in later.disks.items():
             if key in self.disks:
                 before = self.disks[key]
@@ -206,7 +217,7 @@ class Summary:
                 self.disks[key] = (newest[0], newest[1], max(seen[2], before[2]))
             elif len(self.disks) < MAX_KEYS:
                 self.disks[key] = seen
-        _join_counts(self.rules, later.rules)
+        self._join_counts(self.rules, later.rules)
         self.alerts_other += later.alerts_other
         for key, n in later.alerts.items():
             if key in self.alerts or len(self.alerts) < MAX_KEYS:
@@ -214,8 +225,7 @@ class Summary:
                 self.example.setdefault(key, later.example[key])
             else:
                 self.alerts_other += n
-        for vm, flags in later.views.items():
-            self._count_view(vm, flags)
+        self._join_counts(self.views, later.views)
         self.views_read |= later.views_read
         self.view_rows_other += later.view_rows_other
         for vm, points in later.view_points.items():
@@ -229,13 +239,21 @@ class Summary:
                 self.skipped, field, getattr(self.skipped, field) + getattr(later.skipped, field)
             )
 
+    def _join_counts(self, into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
+        for key, counts in other.items():
+            for name, n in counts.items():
+                self._count(into, key, name, n)
+
     def add_row(self, name: str, vm: str, ts: int, cells: tuple[str, ...]) -> None:
         """One decoded row of ``name``."""
+        vm = vm[:MAX_TEXT]  # a key of each count: a planted cell may be 64 KiB
         if name == "scrapes.csv":
+            if vm not in self.polls and len(self.polls) >= MAX_KEYS:
+                return
             self.polls[vm] += 1
             status = cells[_STATUS]
             if status not in _OK:
-                self.failed.setdefault(vm, Counter())[status[:20]] += 1
+                self._count(self.failed, vm, status[:20])
         elif name == "disk.csv":
             pct = schema.DISK.column("pct_used").number(cells[_PCT])
             key = (vm, cells[_MOUNT][:MAX_TEXT])
@@ -251,7 +269,7 @@ class Summary:
             # "sysmon: rule ..." begins with its entry's time, sysmon's own do not.
             match = _RULE_RE.match(msg)
             if match and match[2] == "firing":
-                self.rules.setdefault(match[1], Counter())[vm] += 1
+                self._count(self.rules, match[1], vm)
             if (entry_time := _ENTRY_TIME_RE.match(msg)) is not None:
                 msg = msg[entry_time.end() :]
             msg = msg[:MAX_TEXT]
@@ -266,7 +284,7 @@ class Summary:
             flag = cells[_FLAG]
             disagree = flag not in _AGREE
             if disagree:
-                self._count_view(vm, Counter({flag if flag in _FLAGS else "other": 1}))
+                self._count(self.views, vm, flag if flag in _FLAGS else "other")
             points = self.view_points.get(vm)
             if points is None and self._tracks(vm):
                 points = self.view_points[vm] = Points()
@@ -321,11 +339,6 @@ class _Lent(io.RawIOBase):
         return len(data)
 
 
-def _join_counts(into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
-    for key, counts in other.items():
-        into.setdefault(key, Counter()).update(counts)
-
-
 def _day_of(unit: Path) -> date | None:
     if unit.is_file():
         return days.archive_day(unit.name)
@@ -333,6 +346,21 @@ def _day_of(unit: Path) -> date | None:
         return date.fromisoformat(unit.name)
     except ValueError:
         return None
+
+
+def _marker_lines(path: Path) -> list[str] | None:
+    """A delivery marker's lines, None if absent; a planted FIFO or huge file is not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ["?"]
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MARKER_BYTES:
+            return ["?"]
+        return f.read(MARKER_BYTES).decode("utf-8", "replace").splitlines()
 
 
 def delivery(unit: Path, today: date) -> str:
@@ -344,16 +372,13 @@ def delivery(unit: Path, today: date) -> str:
         return "a folder that is not a day's: its delivery is unknown"
     out_dir = unit.parent
     folder = days.archive_dir(out_dir)
-    if is_delivered(out_dir, day):
-        try:
-            sent = (folder / f"monitor-{day.isoformat()}.delivered").read_text().splitlines()[0]
-        except (OSError, IndexError):
-            sent = "?"
-        return f"delivered to the vault as {sent[:80]}"
-    tries: list[str] = []
-    with contextlib.suppress(OSError):  # none: no copy was tried
-        tries = (folder / f"monitor-{day.isoformat()}.attempts").read_text().splitlines()
-    if (folder / f"monitor-{day.isoformat()}.delivered").exists():
+    marker = _marker_lines(folder / f"monitor-{day.isoformat()}.delivered")
+    # is_delivered reads the marker whole: only once it is a small regular file.
+    marked = marker is not None and marker != ["?"]
+    if marked and is_delivered(out_dir, day):
+        return f"delivered to the vault as {(marker or ['?'])[0][:80]}"
+    tries = _marker_lines(folder / f"monitor-{day.isoformat()}.attempts") or []  # none tried
+    if marked:
         return "delivered, but rows were added since: it goes again"
     if tries:
         last = "refused by policy" if tries[-1] == "refused" else "failed or cut short"
@@ -561,7 +586,8 @@ def render_summary(summary: Summary, charts: dict[str, bytes] | None = None) -> 
     parts.append("<h3>Rules that fired (<a href='#alerts'>alerts</a>)</h3><ul>")
     if not summary.rules:
         parts.append("<li>none</li>")
-    for rule, per_vm in sorted(summary.rules.items(), key=lambda r: (-r[1].total(), r[0])):
+    fired = sorted(summary.rules.items(), key=lambda r: (-r[1].total(), r[0]))
+    for rule, per_vm in fired[:SHOWN]:
         where = ", ".join(f"{_text(vm)} {n:,}" for vm, n in per_vm.most_common(4))
         rest = len(per_vm) - 4
         parts.append(
@@ -569,6 +595,7 @@ def render_summary(summary: Summary, charts: dict[str, bytes] | None = None) -> 
             + (f", {rest} more qubes" if rest > 0 else "")
             + ")</li>"
         )
+    parts.append(_more(len(fired), "alerts", "rules") + "</ul>")
     total = summary.alerts.total() + summary.alerts_other
     parts.append(
         f"<h3>Alerts: {total:,} in {len(summary.alerts):,} kinds "
@@ -610,7 +637,7 @@ def render_summary(summary: Summary, charts: dict[str, bytes] | None = None) -> 
             )
     parts.append("<h3>Archive delivery</h3><ul>")
     for day, line in summary.archive[-14:]:
-        parts.append(f"<li>{day}: {_text(line)}</li>")
+        parts.append(f"<li>{_text(day)}: {_text(line)}</li>")  # a planted file's name
     if len(summary.archive) > 14:
         parts.append(f"<li>and {len(summary.archive) - 14} earlier days</li>")
     parts.append("</ul></section>")
