@@ -208,6 +208,8 @@ class Board:
     def _network(qube: _Qube, row: schema.Row) -> None:
         n = schema.NETWORK
         name = row.cells[2]
+        if schema.forwarded(name):  # on the netvm's uplink too: counted there
+            return
         if name not in qube.net and len(qube.net) >= MAX_LABELS:
             return
         rx = _number(n.column("rx_bytes"), row.cells[3])

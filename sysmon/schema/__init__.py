@@ -27,6 +27,7 @@ from sysmon.schema.files import (
     Schema,
     by_name,
     format_ts,
+    forwarded,
     parse_ts,
     readable_rows,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "by_name",
     "decode_untrusted",
     "format_ts",
+    "forwarded",
     "parse_ts",
     "readable_rows",
 ]

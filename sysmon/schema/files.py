@@ -262,6 +262,15 @@ def _cell(kind: str, value: object) -> str:
     raise ValueError(f"unknown column kind {kind}")
 
 
+def forwarded(interface: str) -> bool:
+    """A netvm's backend for another qube (``vifN.M``, ``vif.M of QUBE``).
+
+    What crosses it also crosses the netvm's uplink: a total of the netvm's
+    own traffic leaves it out, or forwarded bytes count twice (docs/views.md).
+    """
+    return interface.startswith("vif")
+
+
 def _file(file_name: str, source: str, *columns: Column, older: tuple[int, ...] = ()) -> DailyFile:
     head = (Column("ts", "ts", Role.TIME, help="UTC second of the tick"),
             Column("vm", "name", Role.KEY, help="the qube, as dom0 listed it"))  # fmt: skip

@@ -128,7 +128,9 @@ def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
         used = rows[_finite(rows["mem_used_kb"])]
         keep("mem", used, to_unit(daily, "mem_used_kb", used["mem_used_kb"], "MiB"))
     elif daily is schema.NETWORK:
-        counters = rows[(rows["if"] != "lo") & _finite(rows["rx_bytes"], rows["tx_bytes"])]
+        # Loopback, and a netvm's vifs (what they carry is on its uplink too).
+        own = (rows["if"] != "lo") & ~rows["if"].str.startswith("vif")
+        counters = rows[own & _finite(rows["rx_bytes"], rows["tx_bytes"])]
         _day_rates(part, counters)
     elif daily is schema.CONNECTIONS:
         tcp = rows[_finite(rows["tcp_established"])]
