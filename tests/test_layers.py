@@ -258,3 +258,40 @@ def test_an_arrow_up_is_caught(tmp_path, name, source):
     bad = tmp_path / "bad.py"
     bad.write_text(source)
     assert upward(name, imports(bad)) != []
+
+
+#: Modules tested in another module's tests (the one that drives them), not a
+#: ``test_<module>.py`` of their own.
+TESTED_WITH = {
+    "sysmon.__main__": "test_bad_input.py",  # python -m sysmon, as a user runs it
+    "sysmon.cli": "test_bad_input.py",  # every command's exit status and one line
+    "sysmon.logconfig": "test_daemon_process.py",  # JSON lines from the real daemon
+    "sysmon.records": "test_rows.py",
+    "sysmon.protocol.metrics": "test_parse.py",
+    "sysmon.protocol.xen_events": "test_xen.py",
+    "sysmon.collect.qrexec": "test_fakequbes.py",  # against the recorded qrexec
+    "sysmon.transform.tick": "test_daemon.py",
+    "sysmon.store.fs": "test_commit.py",
+    "sysmon.store.identity": "test_host_identity.py",
+    "sysmon.schema.files": "test_schema.py",
+    "sysmon.schema.exposition": "test_export.py",
+    "sysmon.schema.__main__": "test_table.py",
+    "sysmon.commands.offload": "test_daemon.py",
+    "sysmon.commands.report.render": "test_report.py",
+    "sysmon.commands.export.ledger": "test_export.py",
+    "sysmon.commands.export.series": "test_export.py",
+    "sysmon.commands.export.push": "test_export.py",
+}
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.name != "__init__.py"], ids=module_name)
+def test_every_module_has_its_tests(path):
+    """A test module of its own, or the one named in TESTED_WITH (which exists)."""
+    tests = Path(__file__).parent
+    own = tests / f"test_{path.stem}.py"
+    named = TESTED_WITH.get(module_name(path))
+    if named is None:
+        assert own.is_file(), f"{module_name(path)}: no {own.name}, nor a TESTED_WITH entry"
+    else:
+        assert not own.is_file(), f"{own.name} exists: drop {module_name(path)} from TESTED_WITH"
+        assert (tests / named).is_file(), named
