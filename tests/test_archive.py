@@ -287,7 +287,8 @@ FULL_DISK_ARCHIVE = """
 import os, sys
 from datetime import date
 from pathlib import Path
-from sysmon.store.archive import ArchiveError, build_archive
+from sysmon.store.archive import build_archive
+from sysmon.store.days import ArchiveError
 out = Path(sys.argv[1])
 day = out / "2025-09-01"
 day.mkdir(parents=True)

@@ -33,7 +33,7 @@ from sysmon.records import (
     State,
     TickRows,
 )
-from sysmon.store.archive import is_delivered
+from sysmon.store.delivery import is_delivered
 from sysmon.store.state import from_json, to_json
 from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
 

@@ -16,13 +16,9 @@ from sysmon.commands.report import summary as summary_module
 from sysmon.commands.report.render import import_pyplot
 from sysmon.commands.report.summary import Summary, render_summary, summarize
 from sysmon.schema.files import DailyFile
-from sysmon.store.archive import (
-    archive_dir,
-    build_archive,
-    mark_delivered,
-    record_attempt,
-    record_refused,
-)
+from sysmon.store.archive import build_archive
+from sysmon.store.days import archive_dir
+from sysmon.store.delivery import mark_delivered, record_attempt, record_refused
 
 DAY = date(2025, 8, 31)
 T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)

@@ -28,21 +28,19 @@ from sysmon.collect.process import run_bounded
 from sysmon.commands.offload import Offload
 from sysmon.config import Config
 from sysmon.protocol.admin import EXIT_REFUSED
-from sysmon.store.archive import (
-    ArchiveError,
-    Pruned,
+from sysmon.store.archive import build_archive, day_meta
+from sysmon.store.days import ArchiveError
+from sysmon.store.delivery import (
     archive_lock,
-    build_archive,
-    day_meta,
     days_to_deliver,
     is_delivered,
     mark_delivered,
     outgoing_name,
-    prune,
     record_attempt,
     record_refused,
     stage_for_copy,
 )
+from sysmon.store.retention import Pruned, prune
 
 #: A wall clock within this of the steady clock's reckoning agrees with it.
 CLOCK_SLACK = 300.0

@@ -31,55 +31,18 @@ from sysmon.schema import SCHEMA_VERSION
 from sysmon.store import identity
 from sysmon.store.daily import _move_aside
 from sysmon.store.days import (
-    ARCHIVE_DIR,
     ArchiveError,
-    archive_day,
-    archive_dir,
-    day_members,
-    day_units,
     folder_members,
     tgz_path,
 )
-from sysmon.store.delivery import (
-    ARCHIVE_LOCK,
-    archive_lock,
-    days_to_deliver,
-    is_delivered,
-    mark_delivered,
-    outgoing_name,
-    record_attempt,
-    record_refused,
-    stage_for_copy,
-)
 from sysmon.store.fs import fsync_dir, write_all
-from sysmon.store.retention import Pruned, data_bytes, free_bytes, prune
 
 __all__ = [
-    "ARCHIVE_DIR",
-    "ARCHIVE_LOCK",
     "HOST_ID_NAME",
     "META_NAME",
-    "ArchiveError",
-    "Pruned",
-    "archive_day",
-    "archive_dir",
-    "archive_lock",
     "build_archive",
-    "data_bytes",
-    "day_members",
     "day_meta",
-    "day_units",
-    "days_to_deliver",
-    "free_bytes",
     "host_identity",
-    "is_delivered",
-    "mark_delivered",
-    "outgoing_name",
-    "prune",
-    "record_attempt",
-    "record_refused",
-    "stage_for_copy",
-    "tgz_path",
     "verify_archive",
 ]
 

@@ -56,13 +56,8 @@ from sysmon.commands.export.series import (
 from sysmon.commands.progress import Progress
 from sysmon.schema import exposition
 from sysmon.store import identity
-from sysmon.store.archive import (
-    META_NAME,
-    ArchiveError,
-    archive_day,
-    day_members,
-    day_units,
-)
+from sysmon.store.archive import META_NAME
+from sysmon.store.days import ArchiveError, archive_day, day_members, day_units
 
 __all__ = [
     "FORMATS",

@@ -25,7 +25,7 @@ from sysmon import schema
 from sysmon.schema import Row
 from sysmon.schema import exposition as ex
 from sysmon.schema.decode import Batch, decode_batches_untrusted
-from sysmon.store.archive import day_members
+from sysmon.store.days import day_members
 
 #: Interfaces (network.csv) or filesystems (disk.csv) one qube may name in a day.
 MAX_LABEL_VALUES = 32

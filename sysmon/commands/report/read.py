@@ -24,7 +24,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.commands.progress import Progress
-from sysmon.store.archive import ArchiveError, archive_day, day_units
+from sysmon.store.days import ArchiveError, archive_day, day_units
 
 
 class ReportError(Exception):

@@ -30,7 +30,7 @@ from sysmon.commands.report.read import (
     _Part,
 )
 from sysmon.records import Status
-from sysmon.store.archive import day_members
+from sysmon.store.days import day_members
 
 #: What a damaged archive (or an unreadable file) raises while it is read.
 UNREADABLE = (tarfile.TarError, EOFError, zlib.error, OSError)
