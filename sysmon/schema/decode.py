@@ -98,19 +98,46 @@ def decode_untrusted(
             text.detach()
 
 
+@attrs.frozen
+class _Opened:
+    """A daily file past its header: the rows' reader and where the columns are."""
+
+    reader: Iterator[list[str]]
+    width: int
+    #: Where each of the description's columns is in a row (-1: the file lacks it).
+    positions: list[int]
+    ts_at: int
+    complete: bool  # the description's columns, in its order: no reordering needed
+
+    @classmethod
+    def read(
+        cls, text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int
+    ) -> _Opened | None:
+        """Past the header; None (a file counted ``not_sysmon``) if it is not sysmon's."""
+        reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
+        try:
+            header = next(reader, None)
+        except csv.Error:
+            header = None
+        positions = header_positions(daily, header) if header else None
+        if header is None or positions is None:
+            skipped.not_sysmon += 1
+            return None
+        return cls(
+            reader,
+            len(header),
+            positions,
+            positions[daily.names.index("ts")],
+            positions == list(range(len(daily.names))),
+        )
+
+
 def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[Row]:
-    reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
-    try:
-        header = next(reader, None)
-    except csv.Error:
-        header = None
-    positions = header_positions(daily, header) if header else None
-    if header is None or positions is None:
-        skipped.not_sysmon += 1
+    opened = _Opened.read(text, daily, skipped, max_line)
+    if opened is None:
         return
-    width = len(header)
-    ts_at = positions[daily.names.index("ts")]
-    complete = positions == list(range(len(daily.names)))
+    reader, width, positions = opened.reader, opened.width, opened.positions
+    ts_at, complete = opened.ts_at, opened.complete
     seconds = _Seconds()
     while True:
         try:
@@ -173,18 +200,11 @@ def decode_batches_untrusted(
 def _batches(
     text: io.TextIOWrapper, daily: DailyFile, skipped: Skipped, max_line: int, rows: int
 ) -> Iterator[Batch]:
-    reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
-    try:
-        header = next(reader, None)
-    except csv.Error:
-        header = None
-    positions = header_positions(daily, header) if header else None
-    if header is None or positions is None:
-        skipped.not_sysmon += 1
+    opened = _Opened.read(text, daily, skipped, max_line)
+    if opened is None:
         return
-    width = len(header)
-    ts_at = positions[daily.names.index("ts")]
-    complete = positions == list(range(len(daily.names)))
+    reader, width, positions = opened.reader, opened.width, opened.positions
+    ts_at, complete = opened.ts_at, opened.complete
     known: dict[str, int | None] = {}
     ended = False
     while not ended:
