@@ -466,3 +466,13 @@ def test_a_planted_fifo_or_huge_marker_cannot_hold_the_report(tmp_path: Path) ->
     lines = dict(done[0].archive)
     assert lines[DAY.isoformat()].startswith("NOT delivered")
     assert lines[days[1].isoformat()].startswith("NOT delivered")
+
+
+def test_a_handler_note_says_its_time_is_the_boot(tmp_path: Path) -> None:
+    """The handler's note carries the qube's boot time on purpose: the report says so."""
+    folder = tmp_path / DAY.isoformat()
+    note = "2025-08-30T06:00:00.000000Z sysmon-handler: journal not readable (exit 1)"
+    write(folder, schema.ALERTS, [alert(0, "work", note), alert(10, "work", "x kernel: y")])
+    shown = text_of(render_summary(summarize([folder], None, *EVERYTHING, TODAY, workers=1)))
+    assert "journal not readable (exit 1) (dated the qube's boot, on purpose" in shown
+    assert shown.count("dated the qube's boot") == 1

@@ -61,6 +61,11 @@ _DIGITS_RE = re.compile(r"\d+")
 _RULE_RE = re.compile(r"sysmon: rule ([A-Za-z0-9_.-]{1,64}) (firing|resolved) ")
 _FILES = {d.file_name: d for d in (schema.SCRAPES, schema.DISK, schema.ALERTS, schema.VIEWS)}
 _AGREE = {"agree", "one-view", ""}
+#: Said beside a handler's note: its old time is not a clock fault (README, alerts.csv).
+HANDLER_NOTE = (
+    " <i>(dated the qube's boot, on purpose: the handler files such a note once per"
+    " boot, so an old time here is not a clock fault)</i>"
+)
 #: The flags views.csv is described with; a planted file's others count as "other".
 _FLAGS = frozenset(schema.VIEWS.column("flag").values)
 _OK = {Status.OK.value, Status.SKIPPED.value}
@@ -603,7 +608,10 @@ def render_summary(summary: Summary, charts: dict[str, bytes] | None = None) -> 
     )
     for key, n in summary.alerts.most_common(SHOWN):
         example = summary.example[key]
-        parts.append(f"<li>{n:,}&times; <b>{_text(key[0])}</b>: {_text(example)}</li>")
+        # The handler's own notes carry the qube's boot time as their entry time.
+        handler = example.startswith("sysmon-handler: ") or " sysmon-handler: " in example
+        boot = HANDLER_NOTE if handler else ""
+        parts.append(f"<li>{n:,}&times; <b>{_text(key[0])}</b>: {_text(example)}{boot}</li>")
     if summary.alerts_other:
         parts.append(f"<li>{summary.alerts_other:,} more of other kinds</li>")
     parts.append(_more(len(summary.alerts), "alert-list", "kinds") + "</ul>")
