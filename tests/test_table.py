@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from sysmon import schema
-from sysmon.schema.table import BEGIN, END, column_table
+from sysmon.schema.exposition import FAMILIES
+from sysmon.schema.table import BEGIN, END, SERIES_BEGIN, SERIES_END, column_table, series_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 
@@ -39,3 +40,20 @@ def test_a_column_changed_in_the_schema_changes_the_table() -> None:
     table = column_table((renamed, *schema.DAILY_FILES[1:]))
     assert table != column_table()
     assert "| `system.csv` | `cpu` | `1.5` | value | gauge | % |  |" in table
+
+
+def test_the_docs_series_table_is_the_generated_one() -> None:
+    """Every exported family, as the export names it, is in the docs: made, not written."""
+    text = DOCS.read_text()
+    assert text.count(SERIES_BEGIN) == 1
+    block = text[text.index(SERIES_BEGIN) : text.index(SERIES_END) + len(SERIES_END)] + "\n"
+    assert block == series_table(), "run: python -m sysmon.schema series, paste it in"
+    for family in FAMILIES:
+        assert f"| `{family.name}" in block
+    printed = subprocess.run(
+        [sys.executable, "-m", "sysmon.schema", "series"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed == block

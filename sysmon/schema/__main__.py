@@ -1,5 +1,7 @@
-"""``python -m sysmon.schema``: print the docs' table of the daily files' columns."""
+"""``python -m sysmon.schema [series]``: print the docs' table of the columns (or series)."""
 
-from sysmon.schema.table import column_table
+import sys
 
-print(column_table(), end="")
+from sysmon.schema.table import column_table, series_table
+
+print(series_table() if sys.argv[1:] == ["series"] else column_table(), end="")

@@ -61,7 +61,8 @@ class Family:
     @property
     def help(self) -> str:
         """The family's help text."""
-        what = "as Xen reports it" if self.daily.source == "Xen" else "as the qube reports it"
+        source = self.daily.source
+        what = f"as {source} reports it" if source in {"Xen", "the qube"} else f"from {source}"
         return f"{self.column.name} {what} ({self.unit})"
 
     @property
@@ -69,7 +70,7 @@ class Family:
         """``sysmon_<file>_<column>``, a stored unit's suffix made the base unit's."""
         column = self.column.name
         suffix = "_" + self.column.unit.lower()
-        if self.factor != 1 and column.endswith(suffix):
+        if self.factor != 1:  # the name says the base unit (4.4's memory_* name none)
             column = column.removesuffix(suffix) + "_" + self.unit
         return f"sysmon_{self.daily.stem}_{column}"
 
