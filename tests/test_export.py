@@ -31,6 +31,7 @@ from sysmon.commands.export import (
     MAX_LABEL_VALUES,
     ExportError,
     Ledger,
+    default_ledger,
     export,
     push,
 )
@@ -403,6 +404,22 @@ def test_push_streams_every_cell_into_victoriametrics_as_json_lines(world, tmp_p
         assert "HTTP 4" in err
         assert err.count("\n") == 1
         assert not other.exists()
+
+
+def test_a_day_written_to_a_file_is_still_pushed(world, tmp_path, capsys, monkeypatch):
+    """The default ledgers are per destination: files in one, each engine in its own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    assert _main(archives(world), output=tmp_path / "all.om", use_ledger=True) == 0
+    assert _main(archives(world), output=tmp_path / "again.om", use_ledger=True) == 1
+    capsys.readouterr()
+    url = f"http://127.0.0.1:{free_port()}"
+    assert _main(archives(world), push=url, use_ledger=True) == 1  # tried: nothing listens
+    err = capsys.readouterr().err
+    assert "exported before" not in err
+    assert f"({push.TRIES} attempts)" in err
+    assert default_ledger("127.0.0.1-8428") != default_ledger()
+    assert default_ledger("a/../b c").name == "export-ledger-a-..-b-c.tsv"
 
 
 def test_push_to_nothing_or_a_bad_url_is_one_line_and_a_status(

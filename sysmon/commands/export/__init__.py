@@ -368,7 +368,8 @@ def main(
         except PushError as exc:
             print(f"sysmon export: {exc}", file=sys.stderr)
             return 2
-    book = Ledger(ledger or default_ledger()) if use_ledger else None
+    engine = f"{target.host}-{target.port or ''}" if target is not None else ""
+    book = Ledger(ledger or default_ledger(engine)) if use_ledger else None
     # On a terminal only: a pipe or a log gets the summary line alone.
     progress = Progress("sysmon export")
     try:

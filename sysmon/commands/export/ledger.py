@@ -9,6 +9,7 @@ took the day.  A second export of the same day (or of the vault's
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -54,7 +55,12 @@ class Ledger:
         self.done.update(keys)
 
 
-def default_ledger() -> Path:
-    """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default)."""
+def default_ledger(engine: str = "") -> Path:
+    """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default).
+
+    A push keeps a ledger per engine (``export-ledger-HOST-PORT.tsv``): a day
+    written to a file, or pushed to another engine, is not in this one yet.
+    """
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "sysmon" / "export-ledger.tsv"
+    suffix = "-" + re.sub(r"[^A-Za-z0-9.-]", "-", engine)[:100] if engine else ""
+    return Path(state) / "sysmon" / f"export-ledger{suffix}.tsv"
