@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tarfile
 from collections.abc import Iterator
 from datetime import date
@@ -57,15 +58,41 @@ def archive_lock(out_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+#: The most of a marker read: sysmon writes a name and a line of sizes.
+MARKER_BYTES = 1 << 16
+#: What :func:`marker_lines` gives for a marker it will not read (no marker line has a NUL).
+MARKER_UNREADABLE = "\0unreadable"
+
+
+def marker_lines(out_dir: Path, day: date, kind: str) -> list[str] | None:
+    """A day's ``delivered`` or ``attempts`` marker, by line; None if there is none.
+
+    A marker that is not a small regular file (a planted FIFO, a huge file) is
+    not read: ``[MARKER_UNREADABLE]``.
+    """
+    try:
+        fd = os.open(
+            _marker(out_dir, day, kind), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return [MARKER_UNREADABLE]
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MARKER_BYTES:
+            return [MARKER_UNREADABLE]
+        return f.read(MARKER_BYTES).decode("utf-8", "replace").splitlines()
+
+
 def is_delivered(out_dir: Path, day: date) -> bool:
     """Whether ``day`` reached the vault whole: no row was added to it since.
 
     A marker without sizes (an older sysmon's) is taken at its word; one that
     cannot be read means the day goes again.
     """
-    try:
-        lines = _marker(out_dir, day, "delivered").read_text().splitlines()
-    except FileNotFoundError:
+    lines = marker_lines(out_dir, day, "delivered")
+    if lines is None or lines == [MARKER_UNREADABLE]:
         return False
     if len(lines) < 2:  # the name, then the sizes
         return True

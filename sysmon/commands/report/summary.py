@@ -26,7 +26,6 @@ import io
 import operator
 import os
 import re
-import stat
 import tarfile
 import zlib
 from array import array
@@ -44,7 +43,7 @@ from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
 from sysmon.store import days
-from sysmon.store.delivery import is_delivered
+from sysmon.store.delivery import MARKER_UNREADABLE, is_delivered, marker_lines
 
 #: Lines of each list; the rest are counted.
 SHOWN = 6
@@ -53,8 +52,6 @@ MAX_KEYS = 20_000
 #: Characters of a message or a name shown.
 MAX_TEXT = 120
 DISK_FULL = 90.0
-#: The most of a delivery marker read (a line per copy tried).
-MARKER_BYTES = 1 << 16
 #: A journal entry's own time before its text: not part of what it says.
 _ENTRY_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z ")
 _DIGITS_RE = re.compile(r"\d+")
@@ -353,21 +350,6 @@ def _day_of(unit: Path) -> date | None:
         return None
 
 
-def _marker_lines(path: Path) -> list[str] | None:
-    """A delivery marker's lines, None if absent; a planted FIFO or huge file is not read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ["?"]
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MARKER_BYTES:
-            return ["?"]
-        return f.read(MARKER_BYTES).decode("utf-8", "replace").splitlines()
-
-
 def delivery(unit: Path, today: date) -> str:
     """One line on how this day stands with the vault."""
     day = _day_of(unit)
@@ -376,13 +358,11 @@ def delivery(unit: Path, today: date) -> str:
     if day is None:
         return "a folder that is not a day's: its delivery is unknown"
     out_dir = unit.parent
-    folder = days.archive_dir(out_dir)
-    marker = _marker_lines(folder / f"monitor-{day.isoformat()}.delivered")
-    # is_delivered reads the marker whole: only once it is a small regular file.
-    marked = marker is not None and marker != ["?"]
+    marker = marker_lines(out_dir, day, "delivered")
+    marked = marker is not None and marker != [MARKER_UNREADABLE]
     if marked and is_delivered(out_dir, day):
         return f"delivered to the vault as {(marker or ['?'])[0][:80]}"
-    tries = _marker_lines(folder / f"monitor-{day.isoformat()}.attempts") or []  # none tried
+    tries = marker_lines(out_dir, day, "attempts") or []  # none tried
     if marked:
         return "delivered, but rows were added since: it goes again"
     if tries:
