@@ -82,17 +82,5 @@ class TickPlan:
 
     def __call__(self, previous: State, /) -> TickRows:
         """Every row of the tick and the state after it, from ``previous``."""
-        return build_tick(
-            previous,
-            ts=self.ts,
-            results=self.results,
-            qubes=self.qubes,
-            xen=self.xen,
-            notes=self.notes,
-            rules=self.rules,
-            me=self.me,
-            budget=self.budget,
-            listed=self.listed,
-            views=self.views,
-            xids=self.xids,
-        )
+        # Its fields are build_tick's keywords, one for one.
+        return build_tick(previous, **attrs.asdict(self, recurse=False))
