@@ -67,6 +67,27 @@ class TestDayUnits:
         (unit,) = day_units([incoming])
         assert archive_day(unit.name) == date(2025, 9, 1)
 
+    @pytest.mark.parametrize(
+        ("copies", "newest"),
+        [
+            ((".tgz", ".2.tgz", ".3.tgz"), ".3.tgz"),
+            ((".tgz", ".9.tgz", ".10.tgz"), ".10.tgz"),
+            ((".2.tgz", ".tgz"), ".2.tgz"),
+        ],
+    )
+    def test_of_a_days_copies_the_newest_is_read(
+        self, tmp_path: Path, copies: tuple[str, ...], newest: str
+    ) -> None:
+        """A later copy is the whole day (the one before may be cut, or short of rows
+        the folder had since): the copy with the highest ``.N`` is read, by number."""
+        make_day(tmp_path, date(2025, 9, 1))
+        tgz = build_archive(tmp_path, date(2025, 9, 1))
+        incoming = tmp_path / "incoming"
+        incoming.mkdir()
+        for suffix in copies:
+            (incoming / f"monitor-2025-09-01{suffix}").write_bytes(tgz.read_bytes())
+        assert day_units([incoming]) == [incoming / f"monitor-2025-09-01{newest}"]
+
     def test_a_path_that_is_no_day_is_named(self, tmp_path: Path) -> None:
         """A reader is told which path it cannot read, not given a traceback."""
         with pytest.raises(ArchiveError, match="not a day folder"):

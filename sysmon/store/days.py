@@ -76,6 +76,12 @@ def archive_day(name: str) -> date | None:
         return None
 
 
+def _copy_number(name: str) -> int:
+    """Which copy of its day an archive is: 1 for ``monitor-DAY.tgz``, N for ``.N``."""
+    middle = name.removeprefix("monitor-").removesuffix(".tgz")[10:]
+    return int(middle[1:]) if middle[:1] == "." and middle[1:].isdigit() else 1
+
+
 def archived_days(out_dir: Path) -> list[date]:
     """The days of the local archives (in no particular order)."""
     folder = archive_dir(out_dir)
@@ -94,8 +100,9 @@ def folder_members(folder: Path) -> dict[str, int]:
 def day_units(paths: Iterable[Path]) -> list[Path]:
     """Day folders and ``monitor-*.tgz`` archives under ``paths``, one per day, by day.
 
-    A folder wins over its archive; of a day's archives (``.N`` copies), the
-    first its name sorts.
+    A folder wins over its archive; of a day's archives, the newest copy
+    (the highest ``.N``, by number): a copy is sent again only when the one
+    before may be cut or lacks rows, so the last is the whole day.
     ``paths`` are day folders, archives, folders of archives, or out_dirs
     (their day folders and their ``archives/``).
 
@@ -106,7 +113,7 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         if path.is_file():
             day = archive_day(path.name)
-            by_day.setdefault(day.isoformat() if day else path.name, path)
+            _keep_newest(by_day, day.isoformat() if day else path.name, path)
         elif path.is_dir() and (_is_day(path.name) or (path / "system.csv").exists()):
             by_day[path.name] = path
         elif path.is_dir():
@@ -115,12 +122,18 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
                 [*archive_dir(path).glob("monitor-*.tgz"), *path.glob("monitor-*.tgz")]
             ):
                 if (day := archive_day(tgz.name)) is not None:
-                    by_day.setdefault(day.isoformat(), tgz)
+                    _keep_newest(by_day, day.isoformat(), tgz)
             for folder_day in day_folders(path):
                 by_day[folder_day.isoformat()] = path / folder_day.isoformat()
         else:
             raise ArchiveError(f"{path}: not a day folder, an out_dir or a monitor-*.tgz")
     return [by_day[day] for day in sorted(by_day)]
+
+
+def _keep_newest(by_day: dict[str, Path], day: str, tgz: Path) -> None:
+    held = by_day.get(day)
+    if held is None or (held.is_file() and _copy_number(tgz.name) > _copy_number(held.name)):
+        by_day[day] = tgz
 
 
 def _is_day(name: str) -> bool:
