@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import textwrap
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -697,6 +698,85 @@ def test_the_private_volume_is_sized_for_the_data_ceiling(salt, tmp_path):
     assert config.max_data_mb * 1024**2 < 10 * 1024**3
     # 30 qubes at their full daily budget for two days fit under the ceiling.
     assert 30 * config.qube_mb_per_day * 2 < config.max_data_mb
+
+
+def render_with_pillar(
+    salt_root: Path, where: Path, pillar: Mapping[str, object] | str
+) -> subprocess.CompletedProcess[str]:
+    """sysmon.toml as template-monitor writes it, with ``pillar`` from files as
+    docs/deploy.md sets it up (/srv/pillar; JSON is YAML), into ``where/sysmon.toml``."""
+    (where / "pillar").mkdir(parents=True)
+    (where / "pillar/top.sls").write_text("base:\n  '*':\n    - sysmon\n")
+    (where / "pillar/sysmon.sls").write_text(
+        pillar if isinstance(pillar, str) else json.dumps(pillar)
+    )
+    (where / "config").mkdir()
+    (where / "config/minion").write_text(
+        f"file_client: local\nroot_dir: {where / 'salt-root'}\nid: sysmon-test\n"
+        f"file_roots:\n  base:\n    - {salt_root}\n"
+        f"pillar_roots:\n  base:\n    - {where / 'pillar'}\n"
+    )
+    return subprocess.run(
+        [
+            salt_call_path(),
+            "--local",
+            f"--config-dir={where / 'config'}",
+            "--retcode-passthrough",
+            "cp.get_template",
+            "salt://qubes/monitor/files/sysmon.toml.jinja",
+            str(where / "sysmon.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_rules_and_settings_from_pillar_reach_the_daemons_configuration(salt_root, tmp_path):
+    """The state rewrites sysmon.toml, so rules (notify ones too) and any other
+    setting must come from pillar; the file Salt writes is what the daemon loads."""
+    rule = {
+        "name": "cpu-busy",
+        "file": "system",
+        "expr": "cpu_user + cpu_system",
+        "op": ">",
+        "value": 90,
+        "for": "5m",
+        "notify": True,
+    }
+    pillar = {"sysmon": {"settings": {"notify_every": 600, "host_name": "desk-2"}, "rules": [rule]}}
+    done = render_with_pillar(salt_root, tmp_path / "ok", pillar)
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = load_config(tmp_path / "ok/sysmon.toml")
+    assert (loaded.notify_every, loaded.host_name) == (600, "desk-2")
+    (loaded_rule,) = loaded.rules
+    assert (loaded_rule.name, loaded_rule.notify, loaded_rule.value) == ("cpu-busy", True, 90)
+    assert loaded.vault == "secrets-vault"
+
+
+def test_the_documented_pillar_for_rules_gives_the_daemon_its_rule(salt_root, tmp_path):
+    """docs/deploy.md's pillar example, as written, reaches the daemon's rules."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    section = text[text.index("**add threshold rules") :]
+    block = section[section.index("```yaml\n") + 8 :]
+    pillar = textwrap.dedent(block[: block.index("```")])
+    done = render_with_pillar(salt_root, tmp_path, pillar)
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = load_config(tmp_path / "sysmon.toml")
+    assert [(r.name, r.notify) for r in loaded.rules] == [("cpu-busy", True)]
+    assert (loaded.notify_every, loaded.host_name) == (600, "laptop")
+
+
+def test_a_setting_the_template_writes_itself_is_refused_by_name(salt_root, tmp_path):
+    """Under settings, a key the template already writes would be a duplicate TOML
+    key and the daemon would not start: Salt refuses it, naming the pillar key."""
+    refused = render_with_pillar(salt_root, tmp_path, {"sysmon": {"settings": {"interval": 5}}})
+    assert refused.returncode != 0
+    assert "sysmon:settings:interval is set above: use pillar sysmon:interval" in (
+        refused.stdout + refused.stderr
+    )
+    assert not (tmp_path / "sysmon.toml").exists()
 
 
 # --- docs/deploy.md's steps, run as written --------------------------------------
