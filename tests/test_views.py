@@ -15,12 +15,11 @@ from sysmon import schema
 from sysmon.protocol.metrics import CPU_TICK_KEYS, NetRecord, Snapshot, SysRecord
 from sysmon.protocol.parse import parse_metrics_untrusted
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import Budget, ScrapeResult, State, Status
+from sysmon.records import MAX_VIEW_VIFS, Budget, ScrapeResult, State, Status, ViewsState
 from sysmon.transform.rules import parse_rules
 from sysmon.transform.tick import build_tick
 from sysmon.transform.views import (
     ViewsLimits,
-    ViewsState,
     ViewsTick,
     compare,
     label_vifs,
@@ -262,6 +261,18 @@ class TestHostileNetvm:
         for _netvm, _vif, qube in vif_bytes([ok("sys-net", snap)], xids):
             assert qube in xids.values()
 
+    def test_hostile_qubes_naming_thousands_of_vifs_cannot_grow_the_state(self) -> None:
+        """Ten qubes each name 512 vifs of a qube dom0 named: the views keep at
+        most MAX_VIEW_VIFS readings, the netvms naming fewest first."""
+        xids = {100: "work"} | {k: f"victim{k}" for k in range(1, 11)}
+        results = [ok("sys-net", Qube("sys-net").snapshot((vif("vif100.0", 1, 1),)))]
+        for k in range(1, 11):
+            many = tuple(vif(f"vif{k}.{m}", 1, 1) for m in range(512))
+            results.append(ok(f"evil{k}", Qube(f"evil{k}").snapshot(many)))
+        kept = compare(ViewsState(), ts=at(0), results=results, xen=[], xids=xids).state.vifs
+        assert len(kept) == MAX_VIEW_VIFS
+        assert ("sys-net", "vif100.0", "work") in kept
+
 
 class TestRestart:
     def test_a_restarted_qube_gets_a_new_id_and_vif_and_is_never_confused(self) -> None:
@@ -394,14 +405,15 @@ def test_rules_can_name_the_gap() -> None:
         "test",
     )
     work = Qube("work")
-    state, fired = ViewsState(), []
+    state, fired = State(), []
     for i in range(3):
         work.run(2)
-        seen = compare(
-            state, ts=at(i), results=[ok("work", work.snapshot())], xen=[xen("work", 90)], xids={}
-        )
-        state = seen.state
-        built = build_tick(State(), ts=at(i), results=[], qubes=None, rules=rules, views=seen.rows)
+        built = build_tick(
+            state, ts=at(i), results=[ok("work", work.snapshot())], qubes=None, rules=rules,
+            xen=[xen("work", 90)], views=LIMITS,
+        )  # fmt: skip
+        assert built.views is not None
+        state = attrs.evolve(state, rules=built.rule_state, views=built.views)
         fired += [m.line for b in built.alerts for m in b.rows if b"rule gap" in m.line]
     assert fired
     assert b"work" in fired[0]

@@ -14,6 +14,7 @@ and a netvm can lie about its vifs.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -22,7 +23,7 @@ import attrs
 from sysmon import schema
 from sysmon.protocol.metrics import Snapshot
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import Row, ScrapeResult, Status
+from sysmon.records import MAX_VIEW_VIFS, QubeView, Row, ScrapeResult, Status, ViewsState
 from sysmon.transform.rates import cpu_percent, ticks_of
 from sysmon.transform.rows import encode_row
 
@@ -47,34 +48,6 @@ class ViewsLimits:
     traffic_gap_kb: int = 1024
     traffic_gap_percent: float = 50.0
     sustain: float = 120.0
-
-
-@attrs.frozen
-class QubeView:
-    """One qube's counters at its last sample, and where its disagreement stands."""
-
-    cpu_ticks: tuple[int, ...] | None = None
-    boot_id: str | None = None
-    net_bytes: int | None = None
-    #: The tick of ``cpu_ticks`` and ``net_bytes``.
-    sampled: float | None = None
-    #: When the current run of disagreeing (or agreeing) ticks began.
-    disagree_since: float | None = None
-    last_disagree: float | None = None
-    agree_since: float | None = None
-    alerted: bool = False
-
-
-@attrs.frozen
-class ViewsState:
-    """What the next tick needs.
-
-    Per qube its counters; per (netvm, vif, qube) the vif's bytes and the
-    tick they were read at.
-    """
-
-    qubes: Mapping[str, QubeView] = attrs.field(factory=dict)
-    vifs: Mapping[tuple[str, str, str], tuple[int, float]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -211,6 +184,10 @@ def compare(
     present = set(by_result) | set(by_xen)
     vifs = {k: v for k, v in previous.vifs.items() if k[0] in present and k[0] not in by_result}
     vifs.update({key: (value, now) for key, value in read.items()})
+    if len(vifs) > MAX_VIEW_VIFS:  # only hostile qubes name so many: the few-vif netvms first
+        per_netvm = Counter(key[0] for key in vifs)
+        kept = sorted(vifs, key=lambda key: (per_netvm[key[0]], key))[:MAX_VIEW_VIFS]
+        vifs = {key: vifs[key] for key in kept}
     carried: dict[str, int] = {}
     unusable: set[str] = set()
     for key, value in read.items():
