@@ -244,13 +244,47 @@ class TestHostileNetvm:
         """Only an id dom0 gave to a qube maps; odd names, the netvm's own id,
         and a vif two netvms claim map to nobody."""
         names = ["vif7.0", "vif05.0", "vif5.00", "vif5.0x", "vif5", "vif-5.0", "vif3.0", "Vif5.0"]
+        names += ["vif0.0", "vif99999.9999", "vif4294967301.0", "vif5.10000", "vif\\0655.0"]
         snap = Qube("sys-net").snapshot(tuple(vif(n, 1, 1) for n in names))
-        found = vif_bytes([ok("sys-net", snap)], {5: "work", 3: "sys-net"})
+        found = vif_bytes([ok("sys-net", snap)], {5: "work", 3: "sys-net", 1: "dom0"})
         assert found == {}
         twice = Qube("sys-evil").snapshot((vif("vif5.0", 9, 9),))
         good = Qube("sys-net").snapshot((vif("vif5.0", 1, 1),))
         assert vif_bytes([ok("sys-net", good), ok("sys-evil", twice)], {5: "work"}) == {}
         assert vif_bytes([ok("sys-net", good)], {5: "work"}) == {("sys-net", "vif5.0", "work"): 2}
+
+    def test_a_qube_two_netvms_claim_in_one_tick_is_nobody_s(self) -> None:
+        """A qube has one netvm: vifs of one qube from two netvms, under any
+        names, map to neither (a hostile qube cannot add to another's traffic
+        beside its real netvm); one netvm's two vifs of a qube both count."""
+        good = Qube("sys-net").snapshot((vif("vif5.0", 1, 1), vif("vif5.1", 2, 2)))
+        evil = Qube("sys-evil").snapshot((vif("vif5.7", 10**9, 10**9),))
+        xids = {5: "work"}
+        assert vif_bytes([ok("sys-net", good), ok("sys-evil", evil)], xids) == {}
+        assert vif_bytes([ok("sys-net", good)], xids) == {
+            ("sys-net", "vif5.0", "work"): 2,
+            ("sys-net", "vif5.1", "work"): 4,
+        }
+
+    def test_counters_that_jump_past_int64_are_no_reading(self) -> None:
+        """A netvm's vif (or a qube's eth0) that jumps by 2**64 in a tick is no
+        figure: a cell Telegraf reads as int64 (views.csv's) never overflows."""
+        work, net = Qube("work"), Qube("sys-net")
+        state = ViewsState()
+        rows = []
+        # Each vif's jump fits, their sum does not; then eth0 jumps alone.
+        each = 3 * 2**61
+        for i, (eth0, carried) in enumerate([(0, 0), (1000, each), (2**64 - 1, each)] * 2):
+            work.run(5)
+            work.eth[0] = eth0
+            snaps = [ok("work", work.snapshot()), ok("sys-net", net.snapshot((
+                vif("vif5.0", carried, 0), vif("vif5.1", 0, carried))))]  # fmt: skip
+            tick = compare(state, ts=at(i), results=snaps, xen=[xen("work", 5)], xids={5: "work"})
+            state = tick.state
+            rows += [row_of(tick, "work")]
+        for row in rows:
+            assert all(int(cell) < 2**63 for cell in row[5:9] if cell), row
+        assert [row[7:9] for row in rows[1:3]] == [["1000", ""], ["", ""]]
 
     @given(st.lists(st.text(min_size=1, max_size=12), max_size=20))
     def test_no_vif_name_attributes_traffic_to_a_qube_dom0_did_not_name(

@@ -70,9 +70,16 @@ class _Figures:
     silent: bool = False
 
 
+#: The largest figure a views.csv cell holds: tailers read its integers as
+#: int64 (Telegraf), and no interface honestly moves 8 EiB in a tick.
+MAX_FIGURE = 2**63 - 1
+
+
 def _delta(now: int | None, before: int | None) -> int | None:
     if now is None or before is None or now < before:
         return None  # a first sample, or a counter reset (a restart)
+    if now - before > MAX_FIGURE:
+        return None  # a jump no interface makes: no reading
     return now - before
 
 
@@ -112,11 +119,12 @@ def vif_bytes(
 ) -> dict[tuple[str, str, str], int]:
     """Each vif's bytes by (netvm, vif, qube), only for ids dom0 named.
 
-    A vif whose id dom0 did not give to a running qube is nobody's; one
-    claimed by two netvms, or one naming the netvm itself, is nobody's.
+    A vif whose id dom0 did not give to a running qube is nobody's, and so
+    is one naming the netvm itself.  A qube has one netvm: when two claim
+    vifs of the same qube in one tick, under any names, neither counts.
     """
     found: dict[tuple[str, str, str], int] = {}
-    owners: dict[str, list[str]] = {}
+    netvms: dict[str, set[str]] = {}
     for r in results:
         if r.snapshot is None:
             continue
@@ -126,8 +134,8 @@ def vif_bytes(
             if qube is None or qube == r.vm:
                 continue
             found[(r.vm, n.interface, qube)] = n.rx_bytes + n.tx_bytes
-            owners.setdefault(n.interface, []).append(r.vm)
-    return {key: value for key, value in found.items() if len(set(owners[key[1]])) == 1}
+            netvms.setdefault(qube, set()).add(r.vm)
+    return {key: value for key, value in found.items() if len(netvms[key[2]]) == 1}
 
 
 def _flag(f: _Figures, limits: ViewsLimits) -> str:
@@ -199,6 +207,8 @@ def compare(
             unusable.add(qube)
         else:
             carried[qube] = carried.get(qube, 0) + step
+            if carried[qube] > MAX_FIGURE:
+                unusable.add(qube)
     rows: list[Row] = []
     alerts: list[tuple[str, str]] = []
     qubes: dict[str, QubeView] = {}
