@@ -286,6 +286,18 @@ class TestHostileNetvm:
             assert all(int(cell) < 2**63 for cell in row[5:9] if cell), row
         assert [row[7:9] for row in rows[1:3]] == [["1000", ""], ["", ""]]
 
+    def test_a_made_up_memtotal_keeps_the_row_readable_and_is_told(self) -> None:
+        """A MemTotal past int64 would make the qube's row, Xen's view in it,
+        unreadable to Telegraf: the cell is left empty, the gap still flagged."""
+        work = Qube("work")
+        work.run(5)
+        snap = work.snapshot()
+        assert snap.sys is not None
+        huge = attrs.evolve(snap, sys=attrs.evolve(snap.sys, mem_total_kb=2**64 - 1))
+        tick = compare(ViewsState(), ts=at(0), results=[ok("work", huge)],
+                       xen=[xen("work", 5)], xids={})  # fmt: skip
+        assert row_of(tick, "work")[3:] == ["5.0", "", "", str(MEM_XEN), "", "", "memory"]
+
     @given(st.lists(st.text(min_size=1, max_size=12), max_size=20))
     def test_no_vif_name_attributes_traffic_to_a_qube_dom0_did_not_name(
         self, names: list[str]

@@ -233,8 +233,10 @@ def compare(
                     "cpu_self": figures.cpu_self,
                     "cpu_xen": figures.cpu_xen,
                     "cpu_gap": _minus(figures.cpu_xen, figures.cpu_self),
-                    "mem_self_kb": figures.mem_self_kb,
-                    "mem_xen_kb": figures.mem_xen_kb,
+                    # Compared as sent, written only if a tailer can read it:
+                    # a qube's MemTotal of 2**64 would cost its row Xen's view.
+                    "mem_self_kb": _fits(figures.mem_self_kb),
+                    "mem_xen_kb": _fits(figures.mem_xen_kb),
                     "net_self_bytes": figures.net_self,
                     "net_netvm_bytes": figures.net_netvm,
                     "flag": flag,
@@ -242,6 +244,10 @@ def compare(
             )
         )
     return ViewsTick(tuple(rows), tuple(alerts), ViewsState(qubes, vifs))
+
+
+def _fits(value: int | None) -> int | None:
+    return value if value is None or value <= MAX_FIGURE else None
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
