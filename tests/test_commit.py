@@ -14,10 +14,10 @@ from fakes import write_tick
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.records import ScrapeResult
+from sysmon.records import QubeView, ScrapeResult, State, ViewsState
 from sysmon.store import commit
 from sysmon.store.commit import MAX_STEP_BACK
-from sysmon.store.state import load_state
+from sysmon.store.state import load_state, save_state
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -216,3 +216,14 @@ def test_a_views_alert_a_write_failure_cut_is_told_at_the_next_tick(tmp_path):
     assert [(tick, dropped) for tick, dropped, _ in lines if dropped != "0"] == [("3", "1")]
     told = [r["ts"] for r in read_day(tmp_path / "2025-08-31")["alerts.csv"] if "views" in r["msg"]]
     assert told == ["2025-08-31T12:00:40Z"]
+
+
+def test_a_tick_without_views_leaves_the_daemon_s_views_as_they_were(tmp_path):
+    """``once`` (no stats stream) commits between the daemon's ticks: where the
+    views stand, sustain clocks included, is saved again unchanged."""
+    view = QubeView(cpu_ticks=(1,) * 8, boot_id="b", sampled=5.0, disagree_since=5.0)
+    standing = ViewsState({"work": view}, {("sys-net", "vif5.0", "work"): (7, 5.0)})
+    save_state(tmp_path, State(views=standing), sync=False)
+    outcome = write_tick(tmp_path, TS, [_alert_result("work", 1)], None, sync=False)
+    assert outcome.written["alerts.csv"] == 1
+    assert load_state(tmp_path).views == standing
