@@ -204,11 +204,13 @@ class ViewsState:
     """Where the comparison of views stands (sysmon.transform.views): saved with the state.
 
     Per qube its counters and sustain clock; per (netvm, vif, qube) the
-    vif's bytes and the tick they were read at.
+    vif's bytes and the tick they were read at; per qube served, the netvm
+    that last reported its vifs alone.
     """
 
     qubes: Mapping[str, QubeView] = attrs.field(factory=dict)
     vifs: Mapping[tuple[str, str, str], tuple[int, float]] = attrs.field(factory=dict)
+    served_by: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -40,6 +40,7 @@ views = st.builds(
         st.tuples(counters, st.integers(0, 2**40).map(float)),
         max_size=5,
     ),
+    served_by=st.dictionaries(names, names, max_size=5),
 )
 
 
@@ -79,13 +80,17 @@ class TestViews:
             lambda v: v.update(vifs=[["sys-net", "vif5.0", "work", 1, 2]] * (MAX_VIEW_VIFS + 1)),
             lambda v: v.update(vifs=[["sys-net", 5, "work", 1, 2.0]]),
             lambda v: v.pop("vifs"),
+            lambda v: v.update(served_by={"work": 5}),
+            lambda v: v.update(served_by=[["work", "sys-net"]]),
+            lambda v: v.update(served_by={f"q{i}": "sys-net" for i in range(10_001)}),
         ],
     )
     def test_damaged_views_are_a_clear_reset_never_a_crash(self, tmp_path, damage) -> None:
         """Views the file says are not ones sysmon wrote: the file is set aside
         with one log line and the tick starts afresh (a disagreement may be told again)."""
         view = QubeView(cpu_ticks=(1,) * 8, boot_id="b", net_bytes=3, sampled=10.0, alerted=True)
-        good = State(views=ViewsState({"work": view}, {("sys-net", "vif5.0", "work"): (1, 10.0)}))
+        vifs = {("sys-net", "vif5.0", "work"): (1, 10.0)}
+        good = State(views=ViewsState({"work": view}, vifs, {"work": "sys-net"}))
         save_state(tmp_path, good, sync=False)
         assert load_state(tmp_path) == good
         data = json.loads((tmp_path / STATE_NAME).read_text())

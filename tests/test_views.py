@@ -276,6 +276,30 @@ class TestHostileNetvm:
             ("sys-net", "vif5.1", "work"): 4,
         }
 
+    def test_while_a_qube_s_netvm_is_not_read_no_other_qube_serves_it(self) -> None:
+        """sys-net alone reported work's vif: while it backs off (still running)
+        sys-evil's claim of a vif of work is refused, however long; once sys-net
+        is read without it (work moved), the other's counts."""
+        work, net, evil = Qube("work"), Qube("sys-net"), Qube("sys-evil")
+        state, got = ViewsState(), []
+        for i in range(14):
+            work.run(5)
+            work.eth[1] += 1000
+            results = [ok("work", work.snapshot())]
+            if i < 3:
+                results.append(ok("sys-net", net.snapshot((vif("vif5.0", 1000 * i, 0),))))
+            elif i < 9:
+                results.append(ScrapeResult("sys-net", Status.SKIPPED, 0))
+            else:
+                results.append(ok("sys-net", net.snapshot()))
+            if i >= 3:
+                results.append(ok("sys-evil", evil.snapshot((vif("vif5.3", 1000 * i, 0),))))
+            stats = [xen(vm, 5) for vm in ("work", "sys-net", "sys-evil")]
+            tick = compare(state, ts=at(i), results=results, xen=stats, xids={5: "work"})
+            state = tick.state
+            got.append(row_of(tick, "work")[8])
+        assert got == ["", "1000", "1000"] + [""] * 7 + ["1000"] * 4
+
     def test_counters_that_jump_past_int64_are_no_reading(self) -> None:
         """A netvm's vif (or a qube's eth0) that jumps by 2**64 in a tick is no
         figure: a cell Telegraf reads as int64 (views.csv's) never overflows."""

@@ -137,6 +137,7 @@ def _views_to_json(views: ViewsState) -> Any:
             for vm, v in sorted(views.qubes.items())
         },
         "vifs": [[*key, n, ts] for key, (n, ts) in sorted(views.vifs.items())],
+        "served_by": dict(sorted(views.served_by.items())),
     }
 
 
@@ -175,8 +176,8 @@ def _views_from_json(data: Any) -> ViewsState:
     The file is ours, but a damaged one must be a clear reset (load_state),
     never a crash later, in a tick.
     """
-    qubes_data, vifs_data = data["qubes"], data["vifs"]
-    if len(qubes_data) > MAX_VIEW_QUBES or len(vifs_data) > MAX_VIEW_VIFS:
+    qubes_data, vifs_data, served_data = data["qubes"], data["vifs"], data.get("served_by", {})
+    if max(len(qubes_data), len(served_data)) > MAX_VIEW_QUBES or len(vifs_data) > MAX_VIEW_VIFS:
         raise ValueError("views: more qubes or vifs than sysmon keeps")
     qubes = {}
     for vm, v in qubes_data.items():
@@ -198,7 +199,8 @@ def _views_from_json(data: Any) -> ViewsState:
     vifs = {}
     for netvm, vif, qube, n, ts in vifs_data:
         vifs[(_text(netvm), _text(vif), _text(qube))] = (_count(n), _moment(ts))
-    return ViewsState(qubes, vifs)
+    served_by = {_text(qube): _text(netvm) for qube, netvm in served_data.items()}
+    return ViewsState(qubes, vifs, served_by)
 
 
 def to_json(state: State) -> dict[str, Any]:

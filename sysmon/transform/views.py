@@ -138,6 +138,29 @@ def vif_bytes(
     return {key: value for key, value in found.items() if len(netvms[key[2]]) == 1}
 
 
+def _served(
+    served_by: Mapping[str, str],
+    read: dict[tuple[str, str, str], int],
+    present: set[str],
+    results: Sequence[ScrapeResult],
+) -> dict[tuple[str, str, str], int]:
+    """The vifs read from the netvm that serves each qube, as far as sysmon can tell.
+
+    A qube's netvm is the one that last reported its vifs alone.  While that
+    netvm runs but was not read this tick (backing off, in flight), another
+    qube's claim is refused: it could otherwise fill the gap with made-up
+    traffic.  Once it is read without them, or stops, the claim counts.
+    """
+    read_now = {r.vm for r in results if r.snapshot is not None}
+    return {
+        key: value
+        for key, value in read.items()
+        if (known := served_by.get(key[2], key[0])) == key[0]
+        or known not in present
+        or known in read_now
+    }
+
+
 def _flag(f: _Figures, limits: ViewsLimits) -> str:
     """This tick's word for the qube: the first disagreement found, or agree / one-view."""
     if f.silent and f.cpu_xen is not None and f.cpu_xen >= limits.busy:
@@ -187,9 +210,11 @@ def compare(
     now = float(int(ts.timestamp()))
     by_xen = {d.vm: d for d in xen}
     by_result = {r.vm: r for r in results}
-    read = vif_bytes(results, xids)
-    # A netvm not polled this tick keeps its last figures (while it runs).
     present = set(by_result) | set(by_xen)
+    read = _served(previous.served_by, vif_bytes(results, xids), present, results)
+    served_by = {q: n for q, n in previous.served_by.items() if q in present and n in present}
+    served_by |= {qube: netvm for netvm, _vif, qube in read}
+    # A netvm not polled this tick keeps its last figures (while it runs).
     vifs = {k: v for k, v in previous.vifs.items() if k[0] in present and k[0] not in by_result}
     vifs.update({key: (value, now) for key, value in read.items()})
     if len(vifs) > MAX_VIEW_VIFS:  # only hostile qubes name so many: the few-vif netvms first
@@ -243,7 +268,7 @@ def compare(
                 },
             )
         )
-    return ViewsTick(tuple(rows), tuple(alerts), ViewsState(qubes, vifs))
+    return ViewsTick(tuple(rows), tuple(alerts), ViewsState(qubes, vifs, served_by))
 
 
 def _fits(value: int | None) -> int | None:
