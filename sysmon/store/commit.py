@@ -30,7 +30,7 @@ class Plan(Protocol):
 
     The inversion: the store sits below the transform and never imports it,
     yet the rows depend on the state only the store may read (the alert
-    cursors, the budgets, the rules' standing).  So the caller hands the
+    cursors, the budgets, the rules' and the views' standing).  So the caller hands the
     commit a plan -- this tick's results, bound -- and the commit calls it
     with the state it loaded under the lock: no other writer can move the
     state between reading it and writing the tick.  A plan is pure; it
