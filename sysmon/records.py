@@ -177,6 +177,43 @@ class PendingTick:
 
 
 @attrs.frozen
+class QubeView:
+    """One qube's counters at its last sample, and where its disagreement of views stands."""
+
+    cpu_ticks: tuple[int, ...] | None = None
+    boot_id: str | None = None
+    net_bytes: int | None = None
+    #: The tick of ``cpu_ticks`` and ``net_bytes``.
+    sampled: float | None = None
+    #: When the current run of disagreeing (or agreeing) ticks began.
+    disagree_since: float | None = None
+    last_disagree: float | None = None
+    agree_since: float | None = None
+    alerted: bool = False
+
+
+#: Qubes the views keep: as many as dom0's list may name (protocol.admin.MAX_QUBES).
+MAX_VIEW_QUBES = 10_000
+#: Vif readings the views keep: far above a real host's (one or two a qube);
+#: a hostile qube naming vifs cannot grow the state file past it.
+MAX_VIEW_VIFS = 4096
+
+
+@attrs.frozen
+class ViewsState:
+    """Where the comparison of views stands (sysmon.transform.views): saved with the state.
+
+    Per qube its counters and sustain clock; per (netvm, vif, qube) the
+    vif's bytes and the tick they were read at; per qube served, the netvm
+    that last reported its vifs alone.
+    """
+
+    qubes: Mapping[str, QubeView] = attrs.field(factory=dict)
+    vifs: Mapping[tuple[str, str, str], tuple[int, float]] = attrs.field(factory=dict)
+    served_by: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
 class State:
     """The whole state file."""
 
@@ -185,6 +222,7 @@ class State:
     pending: PendingTick | None = None
     rules: Mapping[str, RuleState] = attrs.field(factory=dict)
     pools: Mapping[str, PoolState] = attrs.field(factory=dict)
+    views: ViewsState = attrs.field(factory=ViewsState)
 
 
 @attrs.frozen
@@ -220,11 +258,17 @@ class Row:
 
 @attrs.frozen
 class AlertBatch:
-    """One qube's alert rows of a tick and the state to commit after them."""
+    """One qube's alert rows of a tick and the state to commit after them.
+
+    ``view``: for an alert of its views, where they stand once it is written
+    (until then the tick's :attr:`TickRows.views` keeps the qube's view as it
+    was, so an alert a full disk cut is told again, not lost).
+    """
 
     vm: str
     rows: tuple[Row, ...]
     next_state: QubeState | None
+    view: QubeView | None = None
 
 
 @attrs.frozen
@@ -241,6 +285,8 @@ class TickRows:
     forget: tuple[str, ...] = ()
     #: The shared budgets after this tick.
     pools: Mapping[str, PoolState] = attrs.field(factory=dict)
+    #: The views after this tick; None: not compared (no stats stream), kept as they were.
+    views: ViewsState | None = None
 
 
 @attrs.frozen

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import run_on_small_tmpfs
+from conftest import ROOT, run_on_small_tmpfs
 from csvcheck import read_day
 from fakes import write_tick
 
 from sysmon import schema
 from sysmon.protocol.metrics import AlertRecord, Snapshot, SysRecord
-from sysmon.records import ScrapeResult
+from sysmon.records import QubeView, ScrapeResult, State, ViewsState
 from sysmon.store import commit
 from sysmon.store.commit import MAX_STEP_BACK
-from sysmon.store.state import load_state
+from sysmon.store.state import load_state, save_state
 
 TS = datetime(2025, 8, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -158,3 +161,69 @@ class TestClockAheadOnce:
         )
         assert earlier.skipped is not None
         assert len(read_day(tmp_path / "2025-08-31")["system.csv"]) == 1
+
+
+VIEWS_ALERT_CUT_SCRIPT = """
+import functools, resource, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from sysmon.protocol.metrics import CPU_TICK_KEYS, Snapshot, SysRecord
+from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import ScrapeResult
+from sysmon.store.commit import commit_tick
+from sysmon.transform.tick import build_tick
+from sysmon.transform.views import ViewsLimits
+out = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+for i in range(6):
+    ticks = dict.fromkeys(CPU_TICK_KEYS, 0) | dict(
+        cpu_ticks_user=10 * i, cpu_ticks_system=5 * i, cpu_ticks_idle=85 * i
+    )
+    sys_record = SysRecord(boot_id="b", mem_total_kb=1000, **ticks)
+    snap = Snapshot(sys_record, (), None, (), (), 0, 1, 1, 0)
+    ts = datetime(2025, 8, 31, 12, 0, 10 * i, tzinfo=UTC)
+    # The first tick fills alerts.csv past every other file; at the fourth,
+    # when the views' alert is due, alerts.csv alone cannot grow.
+    notes = [("sys-monitor", "sysmon: " + "x" * 900)] * 12 if i == 0 else []
+    if i == 3:
+        limit = (out / "2025-08-31" / "alerts.csv").stat().st_size + 50
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    plan = functools.partial(
+        build_tick, ts=ts, results=[ScrapeResult("work", "ok", 1, snapshot=snap)], qubes=None,
+        xen=[DomainStats("work", 90, None, 1000 * i, 1000)], notes=notes,
+        views=ViewsLimits(sustain=20),
+    )
+    outcome = commit_tick(out, ts, plan, sync=False)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    print(i, outcome.dropped.get("alerts.csv", 0), len(outcome.errors))
+"""
+
+
+def test_a_views_alert_a_write_failure_cut_is_told_at_the_next_tick(tmp_path):
+    """alerts.csv refuses the views' alert (EFBIG, a real limit): the qube's views
+    stay where they were, so the alert comes with the next tick, once."""
+    done = subprocess.run(
+        [sys.executable, "-c", VIEWS_ALERT_CUT_SCRIPT, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines() if line[:1].isdigit()]
+    assert [(tick, dropped) for tick, dropped, _ in lines if dropped != "0"] == [("3", "1")]
+    told = [r["ts"] for r in read_day(tmp_path / "2025-08-31")["alerts.csv"] if "views" in r["msg"]]
+    assert told == ["2025-08-31T12:00:40Z"]
+
+
+def test_a_tick_without_views_leaves_the_daemon_s_views_as_they_were(tmp_path):
+    """``once`` (no stats stream) commits between the daemon's ticks: where the
+    views stand, sustain clocks included, is saved again unchanged."""
+    view = QubeView(cpu_ticks=(1,) * 8, boot_id="b", sampled=5.0, disagree_since=5.0)
+    standing = ViewsState({"work": view}, {("sys-net", "vif5.0", "work"): (7, 5.0)})
+    save_state(tmp_path, State(views=standing), sync=False)
+    outcome = write_tick(tmp_path, TS, [_alert_result("work", 1)], None, sync=False)
+    assert outcome.written["alerts.csv"] == 1
+    assert load_state(tmp_path).views == standing

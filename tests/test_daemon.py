@@ -19,6 +19,7 @@ from sysmon.collect.xen import XenFollower
 from sysmon.collect.xids import Xids
 from sysmon.protocol.admin import Discovery, DiscoveryError
 from sysmon.protocol.xen_events import DomainStats
+from sysmon.records import TickOutcome
 from sysmon.store.commit import commit_tick
 from sysmon.transform.tick import TickPlan
 
@@ -388,3 +389,72 @@ class TestViews:
         assert told[0][0] == "work"
         assert "Xen sees work at 90.0% CPU, work reports 15.0%" in told[0][1]
         assert sorted(dom0.asked) == ["sys-net", "work"]
+
+
+class TestViewsSustain:
+    """The sustain state lives in the state file, advanced only by a tick that is kept."""
+
+    START = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
+
+    def daemon(self, tmp_path, qubes, **overrides):
+        """A daemon comparing the views of ``work`` (Xen id 5), told after 60 s."""
+        xen = XenFollower()
+        xids = Xids(qrexec=XidDom0({"work": 5}), timeout=5)
+        uses = {"xen": xen, "xids": xids, **overrides}
+        c = collector(tmp_path, qubes, self.START, overrides=uses, views_sustain=60.0)
+        return c, xen
+
+    async def ticks(self, c, xen, ticks, busy_from, busy_to):
+        """Ticks ``ticks``: Xen sees work at 90 % in [busy_from, busy_to), else at the
+        15 % it reports."""
+        for i in ticks:
+            now = trio.current_time()
+            usage = 90 if busy_from <= i < busy_to else 15
+            xen.latest = {"work": (now, DomainStats("work", usage, None, 1000 * i, 1000))}
+            await c.poll(self.START + timedelta(seconds=10 * i))
+            await trio.sleep(10)
+
+    def told(self, tmp_path):
+        """(tick, begins or ends) of each views alert row."""
+        rows = read_day(tmp_path / "2025-08-31")["alerts.csv"]
+        out = []
+        for r in rows:
+            if "views" not in r["msg"]:
+                continue
+            tick = (datetime.fromisoformat(r["ts"]) - self.START).seconds // 10
+            out.append((tick, "ends" if "agree again" in r["msg"] else "begins"))
+        return out
+
+    @pytest.mark.parametrize("restart_at", [4, 10, 22])
+    async def test_a_restart_in_a_sustained_gap_neither_tells_it_again_nor_loses_its_end(
+        self, tmp_path, autojump_clock, restart_at
+    ):
+        """Xen sees work busy from tick 1 to 19: told at tick 7 (60 s after the
+        first tick with both views), its end at 26, wherever sysmon restarts."""
+        qubes = FakeQubes({"work": "ok"})  # the qube runs on while sysmon restarts
+        first, xen = self.daemon(tmp_path, qubes)
+        await self.ticks(first, xen, range(restart_at), 1, 20)
+        second, xen = self.daemon(tmp_path, qubes)
+        await self.ticks(second, xen, range(restart_at, 30), 1, 20)
+        assert self.told(tmp_path) == [(7, "begins"), (26, "ends")]
+
+    @pytest.mark.parametrize(
+        ("dropped", "told_at"),
+        [({1}, 8), ({7}, 8), ({1, 8}, 9), (set(), 7)],
+        ids=["gap's first tick", "alert's tick", "both", "none"],
+    )
+    async def test_a_dropped_tick_does_not_advance_the_sustain_clock(
+        self, tmp_path, autojump_clock, dropped, told_at
+    ):
+        """A tick the commit does not keep neither starts the gap nor tells it:
+        its alert comes with the next tick kept, never lost."""
+        qubes = FakeQubes({"work": "ok"})
+
+        def committer(out_dir, ts, plan):
+            if (ts - self.START).seconds // 10 in dropped:  # as commit_tick skips: plan not run
+                return TickOutcome(skipped="dropped by the test")
+            return commit_tick(out_dir, ts, plan, sync=False)
+
+        c, xen = self.daemon(tmp_path, qubes, committer=committer)
+        await self.ticks(c, xen, range(15), 1, 30)
+        assert self.told(tmp_path) == [(told_at, "begins")]

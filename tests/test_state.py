@@ -2,8 +2,46 @@
 
 from __future__ import annotations
 
-from sysmon.records import State
-from sysmon.store.state import load_state
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from sysmon import events
+from sysmon.protocol.admin import MAX_QUBES
+from sysmon.records import MAX_VIEW_QUBES, MAX_VIEW_VIFS, QubeView, State, ViewsState
+from sysmon.store.state import STATE_NAME, from_json, load_state, save_state, to_json
+
+names = st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True)
+moments = st.none() | st.integers(0, 2**40).map(float)
+counters = st.integers(0, 2**66)
+views = st.builds(
+    ViewsState,
+    qubes=st.dictionaries(
+        names,
+        st.builds(
+            QubeView,
+            cpu_ticks=st.none() | st.tuples(*[counters] * 8),
+            boot_id=st.none() | st.from_regex(r"[A-Za-z0-9-]{1,64}", fullmatch=True),
+            net_bytes=st.none() | counters,
+            sampled=moments,
+            disagree_since=moments,
+            last_disagree=moments,
+            agree_since=moments,
+            alerted=st.booleans(),
+        ),
+        max_size=5,
+    ),
+    vifs=st.dictionaries(
+        st.tuples(names, st.from_regex(r"vif[1-9][0-9]{0,4}\.[0-9]", fullmatch=True), names),
+        st.tuples(counters, st.integers(0, 2**40).map(float)),
+        max_size=5,
+    ),
+    served_by=st.dictionaries(names, names, max_size=5),
+)
 
 
 class TestLoad:
@@ -11,3 +49,56 @@ class TestLoad:
         (tmp_path / "sysmon-state.json").write_text("{not json")
         assert load_state(tmp_path) == State()
         assert any(p.name.startswith("sysmon-state.json.damaged-") for p in tmp_path.iterdir())
+
+    def test_a_state_from_before_the_views_were_kept_loads_without_them(self, tmp_path):
+        data = to_json(State(last_ts=5))
+        del data["views"]
+        (tmp_path / STATE_NAME).write_text(json.dumps(data))
+        assert load_state(tmp_path) == State(last_ts=5)
+
+
+class TestViews:
+    @given(views)
+    def test_the_views_come_back_as_they_were_saved(self, kept: ViewsState) -> None:
+        assert from_json(json.loads(json.dumps(to_json(State(views=kept))))).views == kept
+
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            lambda v: v.update(qubes=[]),
+            lambda v: v["qubes"]["work"].update(alerted="yes"),
+            lambda v: v["qubes"]["work"].update(cpu_ticks=[1] * 10_000),
+            lambda v: v["qubes"]["work"].update(cpu_ticks=[-1] * 8),
+            lambda v: v["qubes"]["work"].update(net_bytes=2**200),
+            lambda v: v["qubes"]["work"].update(net_bytes=True),
+            lambda v: v["qubes"]["work"].update(sampled=math.inf),
+            lambda v: v["qubes"]["work"].update(sampled="soon"),
+            lambda v: v["qubes"]["work"].update(boot_id="b" * 65),
+            lambda v: v["qubes"].update({"": v["qubes"]["work"]}),
+            lambda v: v["qubes"].update({f"q{i}": v["qubes"]["work"] for i in range(10_001)}),
+            lambda v: v.update(vifs=[["sys-net", "vif5.0", "work", 1]]),
+            lambda v: v.update(vifs=[["sys-net", "vif5.0", "work", 1, 2]] * (MAX_VIEW_VIFS + 1)),
+            lambda v: v.update(vifs=[["sys-net", 5, "work", 1, 2.0]]),
+            lambda v: v.pop("vifs"),
+            lambda v: v.update(served_by={"work": 5}),
+            lambda v: v.update(served_by=[["work", "sys-net"]]),
+            lambda v: v.update(served_by={f"q{i}": "sys-net" for i in range(10_001)}),
+        ],
+    )
+    def test_damaged_views_are_a_clear_reset_never_a_crash(self, tmp_path, damage) -> None:
+        """Views the file says are not ones sysmon wrote: the file is set aside
+        with one log line and the tick starts afresh (a disagreement may be told again)."""
+        view = QubeView(cpu_ticks=(1,) * 8, boot_id="b", net_bytes=3, sampled=10.0, alerted=True)
+        vifs = {("sys-net", "vif5.0", "work"): (1, 10.0)}
+        good = State(views=ViewsState({"work": view}, vifs, {"work": "sys-net"}))
+        save_state(tmp_path, good, sync=False)
+        assert load_state(tmp_path) == good
+        data = json.loads((tmp_path / STATE_NAME).read_text())
+        damage(data["views"])
+        (tmp_path / STATE_NAME).write_text(json.dumps(data))
+        with capture_logs() as logs:
+            assert load_state(tmp_path) == State()
+        assert [e["event"] for e in logs] == [events.STATE_DAMAGED]
+
+    def test_the_views_keep_as_many_qubes_as_dom0_may_list(self) -> None:
+        assert MAX_VIEW_QUBES == MAX_QUBES

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import functools
+import gzip
 import io
+import itertools
+import json
 import random
+import re
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
+from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sysmon import schema
 from sysmon.protocol.metrics import CPU_TICK_KEYS, NetRecord, Snapshot, SysRecord
 from sysmon.protocol.parse import parse_metrics_untrusted
-from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import Budget, ScrapeResult, State, Status
+from sysmon.protocol.xen_events import DomainStats, EventReader, domain_stats
+from sysmon.records import MAX_VIEW_VIFS, Budget, ScrapeResult, State, Status, ViewsState
+from sysmon.transform.rates import ticks_of
 from sysmon.transform.rules import parse_rules
 from sysmon.transform.tick import build_tick
 from sysmon.transform.views import (
     ViewsLimits,
-    ViewsState,
     ViewsTick,
     compare,
     label_vifs,
@@ -245,13 +254,83 @@ class TestHostileNetvm:
         """Only an id dom0 gave to a qube maps; odd names, the netvm's own id,
         and a vif two netvms claim map to nobody."""
         names = ["vif7.0", "vif05.0", "vif5.00", "vif5.0x", "vif5", "vif-5.0", "vif3.0", "Vif5.0"]
+        names += ["vif0.0", "vif99999.9999", "vif4294967301.0", "vif5.10000", "vif\\0655.0"]
         snap = Qube("sys-net").snapshot(tuple(vif(n, 1, 1) for n in names))
-        found = vif_bytes([ok("sys-net", snap)], {5: "work", 3: "sys-net"})
+        found = vif_bytes([ok("sys-net", snap)], {5: "work", 3: "sys-net", 1: "dom0"})
         assert found == {}
         twice = Qube("sys-evil").snapshot((vif("vif5.0", 9, 9),))
         good = Qube("sys-net").snapshot((vif("vif5.0", 1, 1),))
         assert vif_bytes([ok("sys-net", good), ok("sys-evil", twice)], {5: "work"}) == {}
         assert vif_bytes([ok("sys-net", good)], {5: "work"}) == {("sys-net", "vif5.0", "work"): 2}
+
+    def test_a_qube_two_netvms_claim_in_one_tick_is_nobody_s(self) -> None:
+        """A qube has one netvm: vifs of one qube from two netvms, under any
+        names, map to neither (a hostile qube cannot add to another's traffic
+        beside its real netvm); one netvm's two vifs of a qube both count."""
+        good = Qube("sys-net").snapshot((vif("vif5.0", 1, 1), vif("vif5.1", 2, 2)))
+        evil = Qube("sys-evil").snapshot((vif("vif5.7", 10**9, 10**9),))
+        xids = {5: "work"}
+        assert vif_bytes([ok("sys-net", good), ok("sys-evil", evil)], xids) == {}
+        assert vif_bytes([ok("sys-net", good)], xids) == {
+            ("sys-net", "vif5.0", "work"): 2,
+            ("sys-net", "vif5.1", "work"): 4,
+        }
+
+    def test_while_a_qube_s_netvm_is_not_read_no_other_qube_serves_it(self) -> None:
+        """sys-net alone reported work's vif: while it backs off (still running)
+        sys-evil's claim of a vif of work is refused, however long; once sys-net
+        is read without it (work moved), the other's counts."""
+        work, net, evil = Qube("work"), Qube("sys-net"), Qube("sys-evil")
+        state, got = ViewsState(), []
+        for i in range(14):
+            work.run(5)
+            work.eth[1] += 1000
+            results = [ok("work", work.snapshot())]
+            if i < 3:
+                results.append(ok("sys-net", net.snapshot((vif("vif5.0", 1000 * i, 0),))))
+            elif i < 9:
+                results.append(ScrapeResult("sys-net", Status.SKIPPED, 0))
+            else:
+                results.append(ok("sys-net", net.snapshot()))
+            if i >= 3:
+                results.append(ok("sys-evil", evil.snapshot((vif("vif5.3", 1000 * i, 0),))))
+            stats = [xen(vm, 5) for vm in ("work", "sys-net", "sys-evil")]
+            tick = compare(state, ts=at(i), results=results, xen=stats, xids={5: "work"})
+            state = tick.state
+            got.append(row_of(tick, "work")[8])
+        assert got == ["", "1000", "1000"] + [""] * 7 + ["1000"] * 4
+
+    def test_counters_that_jump_past_int64_are_no_reading(self) -> None:
+        """A netvm's vif (or a qube's eth0) that jumps by 2**64 in a tick is no
+        figure: a cell Telegraf reads as int64 (views.csv's) never overflows."""
+        work, net = Qube("work"), Qube("sys-net")
+        state = ViewsState()
+        rows = []
+        # Each vif's jump fits, their sum does not; then eth0 jumps alone.
+        each = 3 * 2**61
+        for i, (eth0, carried) in enumerate([(0, 0), (1000, each), (2**64 - 1, each)] * 2):
+            work.run(5)
+            work.eth[0] = eth0
+            snaps = [ok("work", work.snapshot()), ok("sys-net", net.snapshot((
+                vif("vif5.0", carried, 0), vif("vif5.1", 0, carried))))]  # fmt: skip
+            tick = compare(state, ts=at(i), results=snaps, xen=[xen("work", 5)], xids={5: "work"})
+            state = tick.state
+            rows += [row_of(tick, "work")]
+        for row in rows:
+            assert all(int(cell) < 2**63 for cell in row[5:9] if cell), row
+        assert [row[7:9] for row in rows[1:3]] == [["1000", ""], ["", ""]]
+
+    def test_a_made_up_memtotal_keeps_the_row_readable_and_is_told(self) -> None:
+        """A MemTotal past int64 would make the qube's row, Xen's view in it,
+        unreadable to Telegraf: the cell is left empty, the gap still flagged."""
+        work = Qube("work")
+        work.run(5)
+        snap = work.snapshot()
+        assert snap.sys is not None
+        huge = attrs.evolve(snap, sys=attrs.evolve(snap.sys, mem_total_kb=2**64 - 1))
+        tick = compare(ViewsState(), ts=at(0), results=[ok("work", huge)],
+                       xen=[xen("work", 5)], xids={})  # fmt: skip
+        assert row_of(tick, "work")[3:] == ["5.0", "", "", str(MEM_XEN), "", "", "memory"]
 
     @given(st.lists(st.text(min_size=1, max_size=12), max_size=20))
     def test_no_vif_name_attributes_traffic_to_a_qube_dom0_did_not_name(
@@ -261,6 +340,18 @@ class TestHostileNetvm:
         xids = {5: "work", 8: "disp1"}
         for _netvm, _vif, qube in vif_bytes([ok("sys-net", snap)], xids):
             assert qube in xids.values()
+
+    def test_hostile_qubes_naming_thousands_of_vifs_cannot_grow_the_state(self) -> None:
+        """Ten qubes each name 512 vifs of a qube dom0 named: the views keep at
+        most MAX_VIEW_VIFS readings, the netvms naming fewest first."""
+        xids = {100: "work"} | {k: f"victim{k}" for k in range(1, 11)}
+        results = [ok("sys-net", Qube("sys-net").snapshot((vif("vif100.0", 1, 1),)))]
+        for k in range(1, 11):
+            many = tuple(vif(f"vif{k}.{m}", 1, 1) for m in range(512))
+            results.append(ok(f"evil{k}", Qube(f"evil{k}").snapshot(many)))
+        kept = compare(ViewsState(), ts=at(0), results=results, xen=[], xids=xids).state.vifs
+        assert len(kept) == MAX_VIEW_VIFS
+        assert ("sys-net", "vif100.0", "work") in kept
 
 
 class TestRestart:
@@ -394,14 +485,15 @@ def test_rules_can_name_the_gap() -> None:
         "test",
     )
     work = Qube("work")
-    state, fired = ViewsState(), []
+    state, fired = State(), []
     for i in range(3):
         work.run(2)
-        seen = compare(
-            state, ts=at(i), results=[ok("work", work.snapshot())], xen=[xen("work", 90)], xids={}
-        )
-        state = seen.state
-        built = build_tick(State(), ts=at(i), results=[], qubes=None, rules=rules, views=seen.rows)
+        built = build_tick(
+            state, ts=at(i), results=[ok("work", work.snapshot())], qubes=None, rules=rules,
+            xen=[xen("work", 90)], views=LIMITS,
+        )  # fmt: skip
+        assert built.views is not None
+        state = attrs.evolve(state, rules=built.rule_state, views=built.views)
         fired += [m.line for b in built.alerts for m in b.rows if b"rule gap" in m.line]
     assert fired
     assert b"work" in fired[0]
@@ -425,3 +517,230 @@ def test_two_short_gaps_an_hour_apart_are_not_one_sustained_gap() -> None:
         disagreed += [i for vm, flag in flags(seen).items() if flag == "cpu"]
     assert disagreed == [1, 361]
     assert told == []
+
+
+#: Both views of one Linux host, recorded at the same instants by
+#: bench/views_record.py (docs/views.md, "A recorded honest world").
+WORLD = FIXTURES / "views" / "honest-world.jsonl.gz"
+#: The stats of "work" and "sys-net" are both this host's; work is Xen id 5
+#: (its veth's host end was named vif5.0), sys-net 3.
+WORLD_XIDS = {5: "work", 3: "sys-net"}
+
+
+@attrs.frozen
+class Recorded:
+    """One recorded tick: the two handlers' bytes and the stream's bytes since the last."""
+
+    work: bytes
+    net: bytes
+    stream: bytes
+
+
+def recorded_world() -> list[Recorded]:
+    """The recording's ticks, each with the stats stream's chunks that came before it."""
+    ticks, stream = [], b""
+    with gzip.open(WORLD, "rt") as lines:
+        for line in lines:
+            entry = json.loads(line)
+            if "stats" in entry:
+                stream += base64.b64decode(entry["stats"])
+            else:
+                work, net = base64.b64decode(entry["work"]), base64.b64decode(entry["sys-net"])
+                ticks.append(Recorded(work, net, stream))
+                stream = b""
+    return ticks
+
+
+def _shift(raw: bytes, line: str, keys: Sequence[str], by: Sequence[int]) -> bytes:
+    """``raw`` with each ``key=N`` of its ``line`` line made ``N + by``: a counter moved."""
+    moves = {key.encode(): step for key, step in zip(keys, by, strict=True)}
+
+    def field(match: re.Match[bytes]) -> bytes:
+        key, value = match.group(1), int(match.group(2))
+        return b"%s=%d" % (key, value + moves[key]) if key in moves else match.group(0)
+
+    def move(match: re.Match[bytes]) -> bytes:
+        return re.sub(rb"\b([a-z_]+)=([0-9]+)\b", field, match.group(0))
+
+    return re.sub(rb"(?m)^" + re.escape(line.encode()) + rb".*$", move, raw)
+
+
+def _cpu(raw: bytes) -> tuple[int, ...]:
+    snap = parse_metrics_untrusted(raw)
+    assert snap.sys is not None
+    ticks = ticks_of(snap.sys)
+    assert ticks is not None
+    return ticks
+
+
+def _eth0(raw: bytes) -> tuple[int, int]:
+    (eth0,) = [n for n in parse_metrics_untrusted(raw).net if n.interface == "eth0"]
+    return eth0.rx_bytes, eth0.tx_bytes
+
+
+#: /proc/stat's busy fields (all but idle and iowait), as indexes of CPU_TICK_KEYS.
+BUSY = (0, 1, 2, 5, 6, 7)
+
+
+@functools.cache
+def _parsed(raw: bytes) -> Snapshot:
+    """The real parser's reading of one recorded output (each is read once)."""
+    return parse_metrics_untrusted(raw)
+
+
+@attrs.frozen
+class _Steps:
+    """What each counter moves by at every wrap of the recording.
+
+    What the recording advanced plus its first step: the counters only grow,
+    and the wrap's tick repeats the recording's first step.
+    """
+
+    cpu: tuple[int, ...]
+    net: dict[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, first: bytes, second: bytes, last: bytes) -> _Steps:
+        cpu = zip(*(_cpu(raw) for raw in (first, second, last)), strict=True)
+        net = zip(*(_parsed(raw).net for raw in (first, second, last)), strict=True)
+        return cls(
+            tuple(c - a + b - a for a, b, c in cpu),
+            {
+                a.interface: (
+                    c.rx_bytes - a.rx_bytes + b.rx_bytes - a.rx_bytes,
+                    c.tx_bytes - a.tx_bytes + b.tx_bytes - a.tx_bytes,
+                )
+                for a, b, c in net
+            },
+        )
+
+    def carried(self, snap: Snapshot, loop: int) -> Snapshot:
+        """``snap`` in the ``loop``-th play of the recording."""
+        assert snap.sys is not None
+        ticks = {
+            k: getattr(snap.sys, k) + loop * n for k, n in zip(CPU_TICK_KEYS, self.cpu, strict=True)
+        }
+        net = tuple(
+            attrs.evolve(
+                n,
+                rx_bytes=n.rx_bytes + loop * self.net[n.interface][0],
+                tx_bytes=n.tx_bytes + loop * self.net[n.interface][1],
+            )
+            for n in snap.net
+        )
+        return attrs.evolve(snap, sys=attrs.evolve(snap.sys, **ticks), net=net)
+
+
+def replay(
+    ticks: int,
+    *,
+    hide_cpu: range = range(0),
+    hide_eth0: range = range(0),
+) -> tuple[list[dict[str, str]], list[tuple[int, str]], list[float]]:
+    """The recording through the real parse and views, for ``ticks`` ticks of 10 s.
+
+    Each recorded output goes through the real parser once; past the
+    recording's end it plays again from the start, every counter of the
+    handlers' readings carried forward (:class:`_Steps`); of Xen's figures
+    the views read only rates and memory, which need no carrying.  During
+    ``hide_cpu`` work's handler says its busy time was idle (Xen sees what it
+    saw); during ``hide_eth0`` its eth0 does not move (its vif does).  A lie
+    keeps its books: what it hid stays hidden after, as a liar's counters
+    would.  Returns each tick's flags, the alerts (tick, message) and work's
+    cpu_xen per tick.
+    """
+    world = recorded_world()
+    steps = {
+        who: _Steps.of(getattr(world[0], who), getattr(world[1], who), getattr(world[-1], who))
+        for who in ("work", "net")
+    }
+    reader, latest = EventReader(), {}
+    state, flagged, told, cpu_xen = ViewsState(), [], [], []
+    hidden_cpu, hidden_rx, hidden_tx = [0] * len(CPU_TICK_KEYS), 0, 0
+    before = world[0]
+    for i in range(ticks):
+        loop, rec = i // len(world), world[i % len(world)]
+        if i in hide_cpu:  # this tick's busy time is said to be idle, field by field
+            now, then = _cpu(rec.work), _cpu(before.work)
+            hidden_cpu = [h + (b - a if k in BUSY else 0) for k, (h, a, b) in
+                          enumerate(zip(hidden_cpu, then, now, strict=True))]  # fmt: skip
+        if i in hide_eth0:
+            (rx, tx), (rx0, tx0) = _eth0(rec.work), _eth0(before.work)
+            hidden_rx, hidden_tx = hidden_rx + rx - rx0, hidden_tx + tx - tx0
+        before = rec
+        # The lie is told in the handler's own bytes, as a lying qube would.
+        work = rec.work
+        if any(hidden_cpu):
+            moved = [-h for h in hidden_cpu]
+            moved[CPU_TICK_KEYS.index("cpu_ticks_idle")] = sum(hidden_cpu)
+            work = _shift(work, "sys:", list(CPU_TICK_KEYS), moved)
+        if hidden_rx or hidden_tx:
+            keys = ["rx_bytes", "tx_bytes"]
+            work = _shift(work, "net: if=eth0 ", keys, [-hidden_rx, -hidden_tx])
+        for event in reader.feed_untrusted(rec.stream):
+            stats = domain_stats(event)
+            if stats is not None:  # the latest of each, as the daemon's follower keeps
+                latest[stats.vm] = stats
+        results = [
+            ok("work", steps["work"].carried(_parsed(work), loop)),
+            ok("sys-net", steps["net"].carried(_parsed(rec.net), loop)),
+        ]
+        tick = compare(state, ts=at(i), results=results, xen=list(latest.values()), xids=WORLD_XIDS)
+        state = tick.state
+        flagged.append(flags(tick))
+        told += [(i, message) for _vm, message in tick.alerts]
+        cpu_xen.append(float(row_of(tick, "work")[3] or "nan"))
+    return flagged, told, cpu_xen
+
+
+class TestRecordedWorld:
+    """A Linux host's two views recorded at the same instants (bench/views_record.py)."""
+
+    def test_the_recording_is_framed_as_qubesd_4_3_frames_its_stream(self) -> None:
+        """The same first frame and, per vm-stats event, the same keys in the same
+        order as the real qubesd's stream (tests/fixtures/qubes/admin.vm.Stats-4.3.bin)."""
+        real = (FIXTURES / "qubes" / "admin.vm.Stats-4.3.bin").read_bytes()
+        ours = b"".join(t.stream for t in recorded_world())
+        first = real[: real.index(b"\x00\x00") + 2]
+        assert ours.startswith(first)
+        keys = {tuple(e.fields) for e in EventReader().feed_untrusted(real) if e.name == "vm-stats"}
+        got = [e for e in EventReader().feed_untrusted(ours) if e.subject]
+        assert {tuple(e.fields) for e in got} == keys
+        assert {e.subject for e in got} == {"work", "sys-net"}
+        assert len(got) >= 2 * 3 * len(recorded_world())  # an event each 3 s for both
+
+    def test_a_day_of_the_honest_world_shows_no_disagreement(self) -> None:
+        """8,640 ticks of 10 s, the recording played over and over: no tick of
+        either view flagged, no alert."""
+        flagged, told, _ = replay(8640)
+        words = Counter(flag for tick in flagged for flag in tick.values())
+        assert set(words) <= {"agree", "one-view"}, words
+        assert told == []
+        assert words["agree"] >= 2 * 8600  # both compared nearly every tick
+
+    def test_a_qube_hiding_its_cpu_is_told_in_the_sustain_time_and_its_end_too(self) -> None:
+        """work says its busy time was idle for 200 s while Xen sees the host
+        busy: flagged at once, told after views_sustain, its end likewise."""
+        lie = range(20, 40)
+        flagged, told, cpu_xen = replay(70, hide_cpu=lie)
+        assert min(cpu_xen[i] for i in lie) > LIMITS.cpu_gap + 20  # Xen saw it busy throughout
+        assert [f["work"] for f in flagged[20:40]] == ["cpu"] * 20
+        steps = round(LIMITS.sustain / TICK)
+        assert [i for i, _ in told] == [20 + steps, 40 + steps]
+        assert "views cpu: Xen sees work at" in told[0][1]
+        assert "agree again" in told[1][1]
+
+    def test_a_qube_hiding_its_traffic_is_told_in_the_sustain_time_and_its_end_too(self) -> None:
+        """work's eth0 stands still for 200 s while its vif carries the recorded
+        traffic: flagged, told after views_sustain, its end likewise."""
+        world = recorded_world()
+        vif = [sum(n.rx_bytes + n.tx_bytes for n in parse_metrics_untrusted(t.net).net
+                   if n.interface == "vif5.0") for t in world]  # fmt: skip
+        moved = [b - a for a, b in itertools.pairwise(vif)]
+        lie = range(50, 70)
+        assert min(moved[i - 1] for i in lie) > 4 * LIMITS.traffic_gap_kb * 1024  # it carried
+        flagged, told, _ = replay(100, hide_eth0=lie)
+        assert [f["work"] for f in flagged[50:70]] == ["traffic"] * 20
+        steps = round(LIMITS.sustain / TICK)
+        assert [i for i, _ in told] == [50 + steps, 70 + steps]
+        assert "views traffic: its netvm carried" in told[0][1]

@@ -42,14 +42,13 @@ from sysmon.commands.notify import Notifier, notifier_for
 from sysmon.commands.offload import Offload
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, DiscoveryError, QubeInfo, select_targets
-from sysmon.records import Row, ScrapeResult, Status, TickOutcome
+from sysmon.records import ScrapeResult, Status, TickOutcome
 from sysmon.schema import format_ts
 from sysmon.store import identity
 from sysmon.store.commit import Plan, commit_tick
 from sysmon.store.daily import locked
 from sysmon.store.state import load_state
 from sysmon.transform.tick import TickPlan
-from sysmon.transform.views import ViewsState, compare
 
 QUBES_EVERY = 60.0
 
@@ -198,7 +197,6 @@ class Daemon:
     xen: XenFollower | None = None
     #: Each qube's Xen id, to map a netvm's vifN.M (views.csv); None: not asked.
     xids: Xids | None = None
-    views: ViewsState = attrs.field(factory=ViewsState)
     archive: NightlyArchive | None = None
     on_tick: Callable[[PollReport], None] | None = None
     #: Desktop notifications of the rules that ask for them.
@@ -357,12 +355,6 @@ class Daemon:
         notes = [(me, message) for message in self.notes]
         self.notes.clear()
         xen = self.xen.fresh(trio.current_time(), self._listed) if self.xen is not None else ()
-        views: tuple[Row, ...] = ()
-        if self.xen is not None:  # the two views, in commit order (docs/views.md)
-            seen = compare(self.views, ts=ts, results=results, xen=xen, xids=xids or {},
-                           limits=self.config.views_limits)  # fmt: skip
-            self.views, views = seen.state, seen.rows
-            notes += seen.alerts
         plan = TickPlan(
             ts=ts,
             results=results,
@@ -373,7 +365,10 @@ class Daemon:
             me=me,
             budget=self.config.budget,
             listed=listed,
-            views=views,
+            # The two views are compared under the commit's lock, from the
+            # state it loads: a restart goes on where they stood, and a tick
+            # not kept moves nothing (docs/views.md).
+            views=self.config.views_limits if self.xen is not None else None,
             xids=xids,
         )
         watched = self.notifier.watch(plan, ts) if self.notifier is not None else plan

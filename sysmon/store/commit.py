@@ -6,7 +6,8 @@ lock); it never builds rows itself.  A tick is written between two state
 saves: first a *pending* record of every daily file's size, then the rows of
 every file, then the new state.  After a crash, :func:`recover` cuts every
 file back to those sizes: the tick is in every file or in none, and no qube's
-alert cursor moved, so no journal entry is filed twice or lost.
+alert cursor (nor where its two views stand) moved, so no journal entry or
+views alert is filed twice or lost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import attrs
 import structlog
 
 from sysmon import events, schema
-from sysmon.records import PendingTick, QubeState, State, TickOutcome, TickRows
+from sysmon.records import AlertBatch, PendingTick, State, TickOutcome, TickRows
 from sysmon.store.daily import WriteError, append_rows, ensure_day, locked, truncate_to
 from sysmon.store.state import load_state, save_state
 
@@ -29,7 +30,7 @@ class Plan(Protocol):
 
     The inversion: the store sits below the transform and never imports it,
     yet the rows depend on the state only the store may read (the alert
-    cursors, the budgets, the rules' standing).  So the caller hands the
+    cursors, the budgets, the rules' and the views' standing).  So the caller hands the
     commit a plan -- this tick's results, bound -- and the commit calls it
     with the state it loaded under the lock: no other writer can move the
     state between reading it and writing the tick.  A plan is pure; it
@@ -138,13 +139,22 @@ def _write(
         _drop_all(built, tally, f"state: {exc.strerror or exc}")
         return tally.outcome(built)
     _append_files(folder, built, tally, sync=sync)
+    views = built.views if built.views is not None else state.views
     try:
-        if built.alerts:
-            qubes = _append_alerts(folder, built, qubes, tally, sync=sync)
+        landed = _append_alerts(folder, built, tally, sync=sync) if built.alerts else ()
+        qubes |= {b.vm: b.next_state for b in landed if b.next_state is not None}
+        told = {b.vm: b.view for b in landed if b.view is not None}
+        if told:
+            views = attrs.evolve(views, qubes={**views.qubes, **told})
         save_state(
             out_dir,
             State(
-                qubes=qubes, last_ts=epoch, pending=None, rules=built.rule_state, pools=built.pools
+                qubes=qubes,
+                last_ts=epoch,
+                pending=None,
+                rules=built.rule_state,
+                pools=built.pools,
+                views=views,
             ),
             sync=sync,
         )
@@ -180,14 +190,9 @@ def _append_files(folder: Path, built: TickRows, tally: _Tally, *, sync: bool) -
 
 
 def _append_alerts(
-    folder: Path,
-    built: TickRows,
-    qubes: dict[str, QubeState],
-    tally: _Tally,
-    *,
-    sync: bool,
-) -> dict[str, QubeState]:
-    """alerts.csv; the qubes' states as they stand after it.
+    folder: Path, built: TickRows, tally: _Tally, *, sync: bool
+) -> tuple[AlertBatch, ...]:
+    """alerts.csv; the batches written whole, whose states (and views) move on.
 
     A qube whose rows a full disk cut is cut back whole and keeps its old
     state: its entries are filed again, entire, at its next poll.
@@ -198,7 +203,7 @@ def _append_alerts(
     end = start
     for batch in built.alerts:
         end += sum(len(r.line) for r in batch.rows)
-        commits.append((batch.vm, end, batch.next_state))
+        commits.append((batch, end))
     all_rows = [row.line for batch in built.alerts for row in batch.rows]
     try:
         append_rows(alerts_path, schema.ALERTS, all_rows, sync=sync)
@@ -207,7 +212,7 @@ def _append_alerts(
         tally.errors.append(str(exc))
         size = start + sum(len(r) for r in all_rows[: exc.written])
         keep, kept_rows, rows_seen = start, 0, 0
-        for batch, (_vm, batch_end, _state) in zip(built.alerts, commits, strict=True):
+        for batch, batch_end in commits:
             rows_seen += len(batch.rows)
             if batch_end <= size:
                 keep, kept_rows = batch_end, rows_seen
@@ -215,7 +220,7 @@ def _append_alerts(
         tally.written[schema.ALERTS.file_name] = kept_rows
         tally.dropped[schema.ALERTS.file_name] = len(all_rows) - kept_rows
     on_disk = _size(alerts_path)
-    return qubes | {vm: st for vm, end_, st in commits if end_ <= on_disk and st is not None}
+    return tuple(batch for batch, batch_end in commits if batch_end <= on_disk)
 
 
 def _size(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""The collector's small state file: last raw sample and alert cursor per qube.
+"""The collector's small state file: last raw sample and alert cursor per qube, rules, views.
 
 Written atomically (temporary file, fsync, rename, fsync of the folder), so a
 crash leaves the old state or the new one, never a mix.  Read and written
@@ -8,17 +8,32 @@ only under the out_dir lock (:func:`sysmon.store.daily.locked`).
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from sysmon import events
-from sysmon.records import AlertCursor, PendingTick, PoolState, QubeState, RuleState, State
+from sysmon.records import (
+    MAX_VIEW_QUBES,
+    MAX_VIEW_VIFS,
+    AlertCursor,
+    PendingTick,
+    PoolState,
+    QubeState,
+    QubeView,
+    RuleState,
+    State,
+    ViewsState,
+)
 from sysmon.schema import DAILY_FILES
 from sysmon.store.fs import replace_atomically
+
+_T = TypeVar("_T")
 
 STATE_NAME = "sysmon-state.json"
 STATE_VERSION = 1
@@ -106,6 +121,88 @@ def _qube_from_json(q: Any) -> QubeState:
     )
 
 
+def _views_to_json(views: ViewsState) -> Any:
+    return {
+        "qubes": {
+            vm: {
+                "cpu_ticks": list(v.cpu_ticks) if v.cpu_ticks is not None else None,
+                "boot_id": v.boot_id,
+                "net_bytes": v.net_bytes,
+                "sampled": v.sampled,
+                "disagree_since": v.disagree_since,
+                "last_disagree": v.last_disagree,
+                "agree_since": v.agree_since,
+                "alerted": v.alerted,
+            }
+            for vm, v in sorted(views.qubes.items())
+        },
+        "vifs": [[*key, n, ts] for key, (n, ts) in sorted(views.vifs.items())],
+        "served_by": dict(sorted(views.served_by.items())),
+    }
+
+
+#: A name or boot id in the views' state: a qube's name is at most 31
+#: characters, a boot id 64, a vif's name 11.
+_MAX_TEXT = 64
+#: A counter's bits: a sum of a few 64-bit counters fits.
+_MAX_BITS = 80
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_TEXT:
+        raise ValueError("views: a name that is not a short string")
+    return value
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int or value < 0 or value.bit_length() > _MAX_BITS:
+        raise ValueError("views: a count that is not a small non-negative integer")
+    return value
+
+
+def _moment(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError("views: a time that is not a finite number")
+    return float(value)
+
+
+def _optional(read: Callable[[Any], _T], value: Any) -> _T | None:
+    return None if value is None else read(value)
+
+
+def _views_from_json(data: Any) -> ViewsState:
+    """The views' state, each field checked.
+
+    The file is ours, but a damaged one must be a clear reset (load_state),
+    never a crash later, in a tick.
+    """
+    qubes_data, vifs_data, served_data = data["qubes"], data["vifs"], data.get("served_by", {})
+    if max(len(qubes_data), len(served_data)) > MAX_VIEW_QUBES or len(vifs_data) > MAX_VIEW_VIFS:
+        raise ValueError("views: more qubes or vifs than sysmon keeps")
+    qubes = {}
+    for vm, v in qubes_data.items():
+        ticks = v["cpu_ticks"]
+        if ticks is not None and (not isinstance(ticks, list) or len(ticks) > 16):
+            raise ValueError("views: cpu_ticks is not a short list")
+        if type(v["alerted"]) is not bool:
+            raise ValueError("views: alerted is not true or false")
+        qubes[_text(vm)] = QubeView(
+            cpu_ticks=tuple(map(_count, ticks)) if ticks is not None else None,
+            boot_id=_optional(_text, v["boot_id"]),
+            net_bytes=_optional(_count, v["net_bytes"]),
+            sampled=_optional(_moment, v["sampled"]),
+            disagree_since=_optional(_moment, v["disagree_since"]),
+            last_disagree=_optional(_moment, v["last_disagree"]),
+            agree_since=_optional(_moment, v["agree_since"]),
+            alerted=v["alerted"],
+        )
+    vifs = {}
+    for netvm, vif, qube, n, ts in vifs_data:
+        vifs[(_text(netvm), _text(vif), _text(qube))] = (_count(n), _moment(ts))
+    served_by = {_text(qube): _text(netvm) for qube, netvm in served_data.items()}
+    return ViewsState(qubes, vifs, served_by)
+
+
 def to_json(state: State) -> dict[str, Any]:
     """The state as JSON-ready data."""
     pending = None
@@ -120,6 +217,7 @@ def to_json(state: State) -> dict[str, Any]:
             key: [r.since, r.polls, r.firing, r.seen] for key, r in sorted(state.rules.items())
         },
         "pools": {name: _pool_to_json(p) for name, p in sorted(state.pools.items())},
+        "views": _views_to_json(state.views),
     }
 
 
@@ -147,8 +245,14 @@ def from_json(data: Any) -> State:
         for key, v in data.get("rules", {}).items()
     }
     pools = {str(name): _pool_from_json(p) for name, p in data.get("pools", {}).items()}
+    views = _views_from_json(data["views"]) if "views" in data else ViewsState()
     return State(
-        qubes=qubes, last_ts=int(data["last_ts"]), pending=pending, rules=rules, pools=pools
+        qubes=qubes,
+        last_ts=int(data["last_ts"]),
+        pending=pending,
+        rules=rules,
+        pools=pools,
+        views=views,
     )
 
 

@@ -1,4 +1,4 @@
-"""A tick's plan: the rows of its poll results and where the rules stand.  Pure.
+"""A tick's plan: the rows of its poll results, where the rules and the views stand.  Pure.
 
 :func:`build_tick` is what the commit is handed (bound to this tick's
 results): the commit loads the state under its lock and calls it.
@@ -14,10 +14,10 @@ import attrs
 from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, Budget, Row, ScrapeResult, State, TickRows
+from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows, ViewsState
 from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
-from sysmon.transform.views import label_vifs
+from sysmon.transform.views import ViewsLimits, compare, label_vifs
 
 
 def build_tick(
@@ -32,7 +32,7 @@ def build_tick(
     me: str = "sys-monitor",
     budget: Budget = DEFAULT_BUDGET,
     listed: Sequence[QubeInfo] = (),
-    views: Sequence[Row] = (),
+    views: ViewsLimits | None = None,
     xids: Mapping[int, str] | None = None,
 ) -> TickRows:
     """Every row of the tick, its alerts, the rules' alerts and next state.
@@ -41,23 +41,45 @@ def build_tick(
     under ``me``; so is the news that the clock stepped back past rows
     already written (the commit writes such a tick only after a large step).
     ``listed`` is dom0's list of this tick (each qube's class and UUID);
-    ``views`` the rows of views.csv (:mod:`sysmon.transform.views`), which
-    rules can name too; ``xids`` name a netvm's vifs by the qube they serve.
+    ``views``, when dom0's stats stream is followed, the limits to compare
+    the two views with (:mod:`sysmon.transform.views`: views.csv, which
+    rules can name too, and its alerts), from where ``previous`` left them;
+    ``xids`` name a netvm's vifs by the qube they serve.
     """
     behind = previous.last_ts - int(ts.timestamp())
     if behind >= 0:
         notes = [*notes, (me, f"sysmon: clock stepped back {behind} s; rows resume at this tick")]
+    seen = None
+    if views is not None:  # on the vifs' own names: the labels below are for the rows
+        seen = compare(previous.views, ts=ts, results=results, xen=xen, xids=xids or {},
+                       limits=views)  # fmt: skip
     results = [label_vifs(r, xids) for r in results] if xids else results
     built = build_tick_rows(
         ts, results, qubes, previous.qubes, xen, notes, budget, listed=listed, pools=previous.pools
     )
-    if views:
-        built = attrs.evolve(built, rows={**built.rows, schema.VIEWS.file_name: tuple(views)})
+    view_alerts: tuple[AlertBatch, ...] = ()
+    if seen is not None:
+        told = {vm for vm, _ in seen.alerts}
+        # A qube told of moves on only once its row is written (the commit
+        # puts the batch's view in): a row a full disk cut is told again.
+        kept = {vm: view for vm, view in seen.state.qubes.items() if vm not in told}
+        kept |= {vm: previous.views.qubes[vm] for vm in told if vm in previous.views.qubes}
+        view_alerts = tuple(
+            AlertBatch(vm, (alert_row(ts, vm, message),), None, view=seen.state.qubes[vm])
+            for vm, message in seen.alerts
+        )
+        built = attrs.evolve(
+            built,
+            rows={**built.rows, schema.VIEWS.file_name: seen.rows},
+            views=ViewsState(kept, seen.state.vifs),
+        )
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(
         AlertBatch(vm, (alert_row(ts, vm, message),), None) for vm, message in fired
     )
-    return attrs.evolve(built, alerts=built.alerts + rule_alerts, rule_state=rule_state)
+    return attrs.evolve(
+        built, alerts=built.alerts + view_alerts + rule_alerts, rule_state=rule_state
+    )
 
 
 @attrs.frozen
@@ -77,7 +99,7 @@ class TickPlan:
     me: str = "sys-monitor"
     budget: Budget = DEFAULT_BUDGET
     listed: Sequence[QubeInfo] = ()
-    views: Sequence[Row] = ()
+    views: ViewsLimits | None = None
     xids: Mapping[int, str] | None = None
 
     def __call__(self, previous: State, /) -> TickRows:

@@ -14,6 +14,7 @@ and a netvm can lie about its vifs.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -22,7 +23,7 @@ import attrs
 from sysmon import schema
 from sysmon.protocol.metrics import Snapshot
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import Row, ScrapeResult, Status
+from sysmon.records import MAX_VIEW_VIFS, QubeView, Row, ScrapeResult, Status, ViewsState
 from sysmon.transform.rates import cpu_percent, ticks_of
 from sysmon.transform.rows import encode_row
 
@@ -50,34 +51,6 @@ class ViewsLimits:
 
 
 @attrs.frozen
-class QubeView:
-    """One qube's counters at its last sample, and where its disagreement stands."""
-
-    cpu_ticks: tuple[int, ...] | None = None
-    boot_id: str | None = None
-    net_bytes: int | None = None
-    #: The tick of ``cpu_ticks`` and ``net_bytes``.
-    sampled: float | None = None
-    #: When the current run of disagreeing (or agreeing) ticks began.
-    disagree_since: float | None = None
-    last_disagree: float | None = None
-    agree_since: float | None = None
-    alerted: bool = False
-
-
-@attrs.frozen
-class ViewsState:
-    """What the next tick needs.
-
-    Per qube its counters; per (netvm, vif, qube) the vif's bytes and the
-    tick they were read at.
-    """
-
-    qubes: Mapping[str, QubeView] = attrs.field(factory=dict)
-    vifs: Mapping[tuple[str, str, str], tuple[int, float]] = attrs.field(factory=dict)
-
-
-@attrs.frozen
 class ViewsTick:
     """The rows of ``views.csv``, the alerts (vm, message), and the next state."""
 
@@ -97,9 +70,16 @@ class _Figures:
     silent: bool = False
 
 
+#: The largest figure a views.csv cell holds: tailers read its integers as
+#: int64 (Telegraf), and no interface honestly moves 8 EiB in a tick.
+MAX_FIGURE = 2**63 - 1
+
+
 def _delta(now: int | None, before: int | None) -> int | None:
     if now is None or before is None or now < before:
         return None  # a first sample, or a counter reset (a restart)
+    if now - before > MAX_FIGURE:
+        return None  # a jump no interface makes: no reading
     return now - before
 
 
@@ -139,11 +119,12 @@ def vif_bytes(
 ) -> dict[tuple[str, str, str], int]:
     """Each vif's bytes by (netvm, vif, qube), only for ids dom0 named.
 
-    A vif whose id dom0 did not give to a running qube is nobody's; one
-    claimed by two netvms, or one naming the netvm itself, is nobody's.
+    A vif whose id dom0 did not give to a running qube is nobody's, and so
+    is one naming the netvm itself.  A qube has one netvm: when two claim
+    vifs of the same qube in one tick, under any names, neither counts.
     """
     found: dict[tuple[str, str, str], int] = {}
-    owners: dict[str, list[str]] = {}
+    netvms: dict[str, set[str]] = {}
     for r in results:
         if r.snapshot is None:
             continue
@@ -153,8 +134,31 @@ def vif_bytes(
             if qube is None or qube == r.vm:
                 continue
             found[(r.vm, n.interface, qube)] = n.rx_bytes + n.tx_bytes
-            owners.setdefault(n.interface, []).append(r.vm)
-    return {key: value for key, value in found.items() if len(set(owners[key[1]])) == 1}
+            netvms.setdefault(qube, set()).add(r.vm)
+    return {key: value for key, value in found.items() if len(netvms[key[2]]) == 1}
+
+
+def _served(
+    served_by: Mapping[str, str],
+    read: dict[tuple[str, str, str], int],
+    present: set[str],
+    results: Sequence[ScrapeResult],
+) -> dict[tuple[str, str, str], int]:
+    """The vifs read from the netvm that serves each qube, as far as sysmon can tell.
+
+    A qube's netvm is the one that last reported its vifs alone.  While that
+    netvm runs but was not read this tick (backing off, in flight), another
+    qube's claim is refused: it could otherwise fill the gap with made-up
+    traffic.  Once it is read without them, or stops, the claim counts.
+    """
+    read_now = {r.vm for r in results if r.snapshot is not None}
+    return {
+        key: value
+        for key, value in read.items()
+        if (known := served_by.get(key[2], key[0])) == key[0]
+        or known not in present
+        or known in read_now
+    }
 
 
 def _flag(f: _Figures, limits: ViewsLimits) -> str:
@@ -206,11 +210,17 @@ def compare(
     now = float(int(ts.timestamp()))
     by_xen = {d.vm: d for d in xen}
     by_result = {r.vm: r for r in results}
-    read = vif_bytes(results, xids)
-    # A netvm not polled this tick keeps its last figures (while it runs).
     present = set(by_result) | set(by_xen)
+    read = _served(previous.served_by, vif_bytes(results, xids), present, results)
+    served_by = {q: n for q, n in previous.served_by.items() if q in present and n in present}
+    served_by |= {qube: netvm for netvm, _vif, qube in read}
+    # A netvm not polled this tick keeps its last figures (while it runs).
     vifs = {k: v for k, v in previous.vifs.items() if k[0] in present and k[0] not in by_result}
     vifs.update({key: (value, now) for key, value in read.items()})
+    if len(vifs) > MAX_VIEW_VIFS:  # only hostile qubes name so many: the few-vif netvms first
+        per_netvm = Counter(key[0] for key in vifs)
+        kept = sorted(vifs, key=lambda key: (per_netvm[key[0]], key))[:MAX_VIEW_VIFS]
+        vifs = {key: vifs[key] for key in kept}
     carried: dict[str, int] = {}
     unusable: set[str] = set()
     for key, value in read.items():
@@ -222,6 +232,8 @@ def compare(
             unusable.add(qube)
         else:
             carried[qube] = carried.get(qube, 0) + step
+            if carried[qube] > MAX_FIGURE:
+                unusable.add(qube)
     rows: list[Row] = []
     alerts: list[tuple[str, str]] = []
     qubes: dict[str, QubeView] = {}
@@ -246,15 +258,21 @@ def compare(
                     "cpu_self": figures.cpu_self,
                     "cpu_xen": figures.cpu_xen,
                     "cpu_gap": _minus(figures.cpu_xen, figures.cpu_self),
-                    "mem_self_kb": figures.mem_self_kb,
-                    "mem_xen_kb": figures.mem_xen_kb,
+                    # Compared as sent, written only if a tailer can read it:
+                    # a qube's MemTotal of 2**64 would cost its row Xen's view.
+                    "mem_self_kb": _fits(figures.mem_self_kb),
+                    "mem_xen_kb": _fits(figures.mem_xen_kb),
                     "net_self_bytes": figures.net_self,
                     "net_netvm_bytes": figures.net_netvm,
                     "flag": flag,
                 },
             )
         )
-    return ViewsTick(tuple(rows), tuple(alerts), ViewsState(qubes, vifs))
+    return ViewsTick(tuple(rows), tuple(alerts), ViewsState(qubes, vifs, served_by))
+
+
+def _fits(value: int | None) -> int | None:
+    return value if value is None or value <= MAX_FIGURE else None
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
