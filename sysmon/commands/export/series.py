@@ -20,7 +20,7 @@ import itertools
 import json
 import operator
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -189,8 +189,11 @@ def _json_name(sample: str) -> str:
     return '"__name__":' + json.dumps(sample) + ","
 
 
-def day_pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
-    """One day's text in ``fmt``, as (family, text): the family for OpenMetrics, else ""."""
+def day_pieces(day: Day, fmt: str, counts: Counts) -> Generator[tuple[str, str], None, None]:
+    """One day's text in ``fmt``, as (family, text): the family for OpenMetrics, else "".
+
+    Closed early (``close()``, or dropped), it puts the collector back as it was.
+    """
     with _collector_paused():
         yield from _pieces(day, fmt, counts)
 
