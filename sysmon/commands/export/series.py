@@ -254,10 +254,11 @@ def _groups(
 ) -> Iterator[tuple[str | tuple[str, ...], Callable[[Sequence[Any]], Sequence[Any]]]]:
     """The batch's series: each key, and what picks its rows' items out of a column.
 
-    The rows of a tick are written in the same order tick after tick, so the
-    keys mostly repeat with a period; then every P-th row is a series, sliced
-    in C.  Otherwise (a qube started or stopped in the batch) each row's
-    index is noted under its key.
+    When each tick's rows come in the same order (scrapes.csv and qubes.csv
+    of the realistic day), the keys repeat with a period P: every P-th row is
+    a series, sliced in C.  Otherwise (a qube started or stopped in the batch,
+    or the polls of a tick ended in another order) each row's index is noted
+    under its key.
     """
     keys = list(map(layout.key, batch.rows))
     n = len(keys)
