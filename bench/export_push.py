@@ -1,6 +1,6 @@
 """Benchmark: a realistic day out of sysmon and into VictoriaMetrics, against what else a user has.
 
-    python bench/export_push.py [--data DIR] [--before TREE] [--rounds 3] [--qubes 30]
+    python bench/export_push.py [--data DIR] [--before TREE] [--before-push TREE] [--rounds 3]
 
 One realistic 30-qube day (bench/realistic.py; kept in --data), then, in
 interleaved rounds (the median of each is printed, with the CPU seconds):
@@ -9,9 +9,12 @@ interleaved rounds (the median of each is printed, with the CPU seconds):
 - ``export --format victoriametrics -o day.jsonl``: the JSON lines, to a file;
 - ``export --push``: straight into a fresh VictoriaMetrics, end to end (until
   the engine answered that it took the day; its CPU is not in the CPU column);
+- ``curl -T day.jsonl``: the engine alone ingesting the JSON lines written
+  above, the floor under ``--push`` (curl's CPU in the column, the engine's below);
 - the simple converter below: csv.reader and a line per sample, the same
   OpenMetrics samples (what a user would write instead of sysmon export);
-- with ``--before TREE`` (a checkout of an earlier sysmon): its ``export -o``.
+- with ``--before TREE`` (a checkout of an earlier sysmon): its ``export -o``;
+- with ``--before-push TREE``: that sysmon's ``export --push``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,8 +70,8 @@ out.write("# EOF\n")
 """
 
 
-#: VictoriaMetrics' CPU seconds in each push, from its start to its stop.
-ENGINE_CPU: list[float] = []
+#: VictoriaMetrics' CPU seconds in each run, from its start to its stop, by what fed it.
+ENGINE_CPU: dict[str, list[float]] = {}
 
 
 def run(argv: list[str], stdout: Path | None = None, tree: Path = ROOT) -> tuple[float, float]:
@@ -85,8 +89,15 @@ def run(argv: list[str], stdout: Path | None = None, tree: Path = ROOT) -> tuple
     return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
-def vm_push(argv: list[str], data: Path) -> tuple[float, float]:
+def vm_push(argv: list[str], data: Path, tree: Path = ROOT) -> tuple[float, float]:
     """``argv`` pushing into a fresh VictoriaMetrics (started before the clock)."""
+    return vm_run(lambda url: [*argv, "--push", url], data, f"--push from {tree}", tree)
+
+
+def vm_run(
+    argv: Callable[[str], list[str]], data: Path, name: str, tree: Path = ROOT
+) -> tuple[float, float]:
+    """``argv(url)`` run against a fresh VictoriaMetrics (started before the clock)."""
     binary = shutil.which("victoria-metrics")
     if binary is None:
         raise SystemExit("victoria-metrics is not installed")
@@ -109,11 +120,11 @@ def vm_push(argv: list[str], data: Path) -> tuple[float, float]:
                     break
             except OSError:
                 time.sleep(0.1)
-        wall, cpu = run([*argv, "--push", url])
+        wall, cpu = run(argv(url), tree=tree)
     finally:
         engine.terminate()
         _, _, usage = os.wait4(engine.pid, 0)
-    ENGINE_CPU.append(usage.ru_utime + usage.ru_stime)
+    ENGINE_CPU.setdefault(name, []).append(usage.ru_utime + usage.ru_stime)
     return wall, cpu
 
 
@@ -124,6 +135,7 @@ def main() -> int:
     parser.add_argument("--qubes", type=int, default=30)
     parser.add_argument("--data", type=Path, help="keep the generated day here (reused)")
     parser.add_argument("--before", type=Path, help="an earlier sysmon's tree, run as a baseline")
+    parser.add_argument("--before-push", type=Path, help="an earlier sysmon's tree: its --push")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -137,6 +149,7 @@ def main() -> int:
             f"one realistic day, {args.qubes} qubes at 10 s: {sum(csv_bytes(data)) / 1e6:,.0f} MB"
         )
         sysmon = [sys.executable, "-m", "sysmon", "export", day, "--host", "bench", "--no-ledger"]
+        curl = shutil.which("curl") or "curl"
         simple = tmp / "simple.py"
         simple.write_text(SIMPLE)
         cases = {
@@ -145,10 +158,26 @@ def main() -> int:
                 [*sysmon, "--format", "victoriametrics", "-o", str(tmp / "a.jsonl")]
             ),
             "export --push (end to end)": lambda: vm_push(sysmon, tmp / "vm"),
+            "engine alone: curl -T day.jsonl": lambda: vm_run(
+                lambda url: [
+                    curl,
+                    "-sS",
+                    "--fail",
+                    "-T",
+                    str(tmp / "a.jsonl"),
+                    f"{url}/api/v1/import",
+                ],
+                tmp / "vm",
+                "curl -T day.jsonl",
+            ),
             "simple converter (csv.reader)": lambda: run(
                 [sys.executable, str(simple), day], tmp / "s.om"
             ),
         }
+        if args.before_push:
+            cases["before: export --push"] = lambda: vm_push(
+                sysmon, tmp / "vm", tree=args.before_push
+            )
         if args.before:
             cases["before: export -o day.om"] = lambda: run(
                 [*sysmon, "-o", str(tmp / "b.om")], tree=args.before
@@ -164,9 +193,9 @@ def main() -> int:
             wall = statistics.median(w for w, _ in runs)
             cpu = statistics.median(c for _, c in runs)
             print(f"{name:<40} {wall:6.1f} s wall, {cpu:6.1f} s CPU")
-        if ENGINE_CPU:
-            print(f"VictoriaMetrics' own CPU in a push (start to stop): "
-                  f"{statistics.median(ENGINE_CPU):.1f} s, median")  # fmt: skip
+        for name, cpus in ENGINE_CPU.items():
+            print(f"VictoriaMetrics' own CPU, {name} (start to stop): "
+                  f"{statistics.median(cpus):.1f} s, median")  # fmt: skip
         print(
             f"(machine: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; sysmon from {ROOT})"
         )

@@ -33,6 +33,7 @@ from sysmon.commands.export import (
     Ledger,
     default_ledger,
     export,
+    plan,
     push,
 )
 from sysmon.commands.export import main as export_main
@@ -487,6 +488,66 @@ def test_a_leading_zero_is_a_json_number(tmp_path):
     item = json.loads(line)
     assert item["values"] == [7]
     assert item["timestamps"] == [int(START.timestamp()) * 1000]
+
+
+_CELLS = st.lists(
+    st.one_of(
+        st.integers(-(10**12), 10**12).map(str),
+        st.decimals(-1000, 1000, places=2, allow_nan=False).map(str),
+        st.sampled_from(["", "007", "-0", "1e3", "0.1234567", " 1", "x", "9" * 20]),
+    ),
+    min_size=1,
+    max_size=20,
+)
+#: A family of each kind of scaling: none, kB to bytes, ms to seconds.
+_SCALINGS = [
+    next(f for f in exposition.FAMILIES if f.factor == 1),
+    next(f for f in exposition.FAMILIES if f.factor > 1),
+    next(f for f in exposition.FAMILIES if f.factor < 1),
+]
+
+
+@given(cells=_CELLS, family=st.sampled_from(_SCALINGS))
+def test_a_joined_column_is_its_values_comma_joined(cells, family):
+    """The JSON path's one string per column says what the per-value list says, and
+    refuses the same columns (an empty cell, a leading zero, a word)."""
+    values = family.values(cells)
+    joined = family.joined(cells)
+    assert joined == (",".join(values) if values is not None else None)
+    if joined is not None:  # each a JSON number, the cell's own value scaled
+        if family.factor == 1:
+            want = [float(c) for c in cells]
+        elif family.factor > 1:
+            want = [int(c) * 1024 for c in cells]
+        else:
+            want = [int(c) / 1000 for c in cells]
+        assert json.loads(f"[{joined}]") == want
+
+
+def test_the_collector_is_as_it_was_after_a_day(small_day):
+    """The export pauses Python's cyclic collector while it reads a day; after the day,
+    or a consumer that stops early, it is back as the caller had it."""
+    import gc  # noqa: PLC0415 -- only here
+
+    from sysmon.commands.export.series import Counts, day_pieces  # noqa: PLC0415
+
+    (day,), _ = plan(
+        [small_day], fmt="victoriametrics", host="h", since=None, until=None, ledger=None
+    )
+    assert gc.isenabled()
+    pieces = day_pieces(day, "victoriametrics", Counts())
+    next(pieces)
+    assert not gc.isenabled()  # paused while the day is read
+    pieces.close()
+    assert gc.isenabled()
+    assert list(day_pieces(day, "victoriametrics", Counts()))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        list(day_pieces(day, "victoriametrics", Counts()))
+        assert not gc.isenabled()  # not turned on for a caller that had it off
+    finally:
+        gc.enable()
 
 
 @pytest.mark.slow

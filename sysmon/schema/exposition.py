@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 
@@ -27,8 +27,10 @@ _INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
 #: A whole column of value cells, comma-joined, that are all JSON numbers as they are
 #: (no leading zero): checked in one pass, not cell by cell; possessive, never backtracking.
-_ALL_DECIMAL = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+)(?:\.[0-9]{1,6}+)?+,)*+")
-_ALL_INT = re.compile(r"(?:-?+(?:0|[1-9][0-9]{0,18}+),)*+")
+_JSON_INT = r"-?+(?:0|[1-9][0-9]{0,18}+)"
+_JSON_DECIMAL = _JSON_INT + r"(?:\.[0-9]{1,6}+)?+"
+_JOINED_INT = re.compile(f"{_JSON_INT}(?:,{_JSON_INT})*+")
+_JOINED_DECIMAL = re.compile(f"{_JSON_DECIMAL}(?:,{_JSON_DECIMAL})*+")
 
 
 @attrs.frozen
@@ -94,7 +96,7 @@ class Family:
     def json_value(self, cell: str) -> str | None:
         """The cell as a JSON number (a leading zero, which JSON refuses, dropped)."""
         text = self.value(cell)
-        if text is None or _ALL_DECIMAL.fullmatch(text + ","):
+        if text is None or _JOINED_DECIMAL.fullmatch(text):
             return text
         return repr(float(text)) if "." in text else str(int(text))
 
@@ -104,16 +106,28 @@ class Family:
         One regular-expression pass over the joined column (the common case: a
         whole day's cells all well formed) instead of one per cell.
         """
-        joined = ",".join(cells) + ","
+        joined = ",".join(cells)
         if self.factor == 1:
-            return cells if _ALL_DECIMAL.fullmatch(joined) else None
-        if not _ALL_INT.fullmatch(joined):
+            return cells if _JOINED_DECIMAL.fullmatch(joined) else None
+        if not _JOINED_INT.fullmatch(joined):
             return None
+        return list(self._scaled(cells))
+
+    def joined(self, cells: Sequence[str]) -> str | None:
+        """:meth:`values` comma-joined (a JSON array's items), made without a list between."""
+        joined = ",".join(cells)
+        if self.factor == 1:
+            return joined if _JOINED_DECIMAL.fullmatch(joined) else None
+        if not _JOINED_INT.fullmatch(joined):
+            return None
+        return ",".join(self._scaled(cells))
+
+    def _scaled(self, cells: Sequence[str]) -> Iterator[str]:
+        """Integer cells times the factor, as text: a chain of C calls, no Python per cell."""
         if self.factor >= 1:
-            factor = int(self.factor)
-            return [str(int(cell) * factor) for cell in cells]
-        divisor = round(1 / self.factor)
-        return [repr(int(cell) / divisor) for cell in cells]
+            return map(str, map(int(self.factor).__mul__, map(int, cells)))
+        # int(cell) / divisor, each cell: the same float as the division written out.
+        return map(repr, map(round(1 / self.factor).__rtruediv__, map(int, cells)))
 
 
 def _exported(daily: DailyFile) -> bool:
@@ -203,13 +217,18 @@ def openmetrics_samples(
     return head + ("\n" + head).join(map(" ".join, zip(values, ts_s, strict=True))) + "\n"
 
 
-def json_series(metric: Mapping[str, str], values: Sequence[str], ts_ms: str) -> str:
+def json_members(metric: Mapping[str, str]) -> str:
+    """A metric's labels as JSON object members, without the braces (``"a":"x","b":"y"``)."""
+    return json.dumps(dict(metric), ensure_ascii=False, separators=(",", ":"))[1:-1]
+
+
+def json_series(members: str, values: str, ts_ms: str) -> str:
     """One series for VictoriaMetrics' ``/api/v1/import``: a line, its values and times as arrays.
 
-    ``values`` are JSON numbers already; ``ts_ms`` the comma-joined milliseconds.
+    ``members`` as :func:`json_members` made them (``__name__`` among them);
+    ``values`` the comma-joined JSON numbers, ``ts_ms`` the comma-joined milliseconds.
     """
-    head = json.dumps({"metric": dict(metric)}, ensure_ascii=False, separators=(",", ":"))
-    return f'{head[:-1]},"values":[{",".join(values)}],"timestamps":[{ts_ms}]}}\n'
+    return f'{{"metric":{{{members}}},"values":[{values}],"timestamps":[{ts_ms}]}}\n'
 
 
 def _influx_escape(text: str, specials: str) -> str:

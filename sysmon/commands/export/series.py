@@ -13,11 +13,17 @@ counted in ``sysmon_export_cut_rows``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
+import itertools
+import json
 import operator
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -142,29 +148,74 @@ class _Series:
 
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "victoriametrics"
+        # The last group's times and their text: a batch's groups mostly share their ticks.
+        self._ts: list[int] = []
+        self._text: list[str] = []
 
-    def text(
-        self, sample: str, pairs: dict[str, str], values: Sequence[str], times: list[str]
-    ) -> str:
-        """The series' line(s); ``times`` as :meth:`times` made them."""
+    def labels(self, pairs: dict[str, str]) -> str:
+        """A group's labels as text, made once for all of its columns."""
+        return ex.json_members(pairs) if self.json else ex.labels(pairs)
+
+    def text(self, sample: str, labels: str, values: Sequence[str], times: list[str]) -> str:
+        """The series' line(s); ``labels``, ``times`` as :meth:`labels`, :meth:`times` made them."""
         if self.json:
-            return ex.json_series({"__name__": sample, **pairs}, values, times[0])
-        return ex.openmetrics_samples(sample, ex.labels(pairs), values, times)
+            return ex.json_series(_json_name(sample) + labels, ",".join(values), times[0])
+        return ex.openmetrics_samples(sample, labels, values, times)
+
+    def joined(self, sample: str, labels: str, joined: str, times: list[str]) -> str:
+        """JSON only: the series' line, its values comma-joined already."""
+        return ex.json_series(_json_name(sample) + labels, joined, times[0])
 
     def times(self, ts: list[int]) -> list[str]:
-        """The times' text, made once for every column of a group.
+        """The times' text, made once for every column of a group (or groups at the same ticks).
 
         OpenMetrics: each sample's seconds; JSON: one item, the comma-joined milliseconds.
         """
+        if ts == self._ts:
+            return self._text
         if not self.json:
-            return list(map(str, ts))
-        if min(ts) > 0:  # a ts of 0 would be "0000", not a JSON number
-            return ["000,".join(map(str, ts)) + "000"]
-        return [",".join(str(t * 1000) for t in ts)]
+            text = list(map(str, ts))
+        elif min(ts) > 0:  # a ts of 0 would be "0000", not a JSON number
+            text = ["000,".join(map(str, ts)) + "000"]
+        else:
+            text = [",".join(str(t * 1000) for t in ts)]
+        self._ts, self._text = ts, text
+        return text
 
 
-def day_pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
-    """One day's text in ``fmt``, as (family, text): the family for OpenMetrics, else ""."""
+@functools.cache
+def _json_name(sample: str) -> str:
+    """``"__name__":"sample",`` -- the members' first, before the group's labels."""
+    return '"__name__":' + json.dumps(sample) + ","
+
+
+def day_pieces(day: Day, fmt: str, counts: Counts) -> Generator[tuple[str, str], None, None]:
+    """One day's text in ``fmt``, as (family, text): the family for OpenMetrics, else "".
+
+    Closed early (``close()``, or dropped), it puts the collector back as it was.
+    """
+    with _collector_paused():
+        yield from _pieces(day, fmt, counts)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a day is read, back as it was after.
+
+    Rows are lists of strings, in no cycle, freed by their counts; but each batch
+    makes tens of thousands, and the collector would scan them again and again
+    (a sixth of the export's CPU).  Off for the consumer too, between pieces.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
     caps = _Caps()
     host: dict[str, str] = {"host": day.host}
     if day.host_name:  # beside the host label when the day has a name
@@ -190,12 +241,47 @@ def day_pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
     for (vm, file_name), n in caps.cut.items():
         counts.cut += n
         if fmt in {"openmetrics", "victoriametrics"}:
-            pairs = {**host, "vm": vm, "file": file_name}
             series = _Series(fmt)
+            labels = series.labels({**host, "vm": vm, "file": file_name})
             yield (
                 ex.CUT_FAMILY,
-                series.text(ex.CUT_FAMILY, pairs, [str(n)], series.times([caps.last_ts])),
+                series.text(ex.CUT_FAMILY, labels, [str(n)], series.times([caps.last_ts])),
             )
+
+
+def _groups(
+    batch: Batch, layout: _Layout
+) -> Iterator[tuple[str | tuple[str, ...], Callable[[Sequence[Any]], Sequence[Any]]]]:
+    """The batch's series: each key, and what picks its rows' items out of a column.
+
+    When each tick's rows come in the same order (scrapes.csv and qubes.csv
+    of the realistic day), the keys repeat with a period P: every P-th row is
+    a series, sliced in C.  Otherwise (a qube started or stopped in the batch,
+    or the polls of a tick ended in another order) each row's index is noted
+    under its key.
+    """
+    keys = list(map(layout.key, batch.rows))
+    n = len(keys)
+    try:
+        period = keys.index(keys[0], 1)
+    except ValueError:
+        period = n
+    if keys[period:] == keys[: n - period] and len(set(keys[:period])) == period:
+        for j in range(period):
+            yield keys[j], operator.itemgetter(slice(j, n, period))
+        return
+    groups: defaultdict[str | tuple[str, ...], list[int]] = defaultdict(list)
+    for i, group in enumerate(keys):
+        groups[group].append(i)
+    for group, at_rows in groups.items():
+        if len(at_rows) == 1:
+            yield group, _one(at_rows[0])
+        else:
+            yield group, operator.itemgetter(*at_rows)
+
+
+def _one(i: int) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    return lambda column: (column[i],)
 
 
 def _grouped(
@@ -206,34 +292,32 @@ def _grouped(
     caps: _Caps,
     counts: Counts,
 ) -> Iterator[tuple[str, str]]:
-    groups: defaultdict[str | tuple[str, ...], list[int]] = defaultdict(list)
-    key = layout.key
-    for i, row in enumerate(batch.rows):
-        groups[key(row)].append(i)
     file_name = layout.daily.file_name
-    for group, at_rows in groups.items():
+    # The batch's columns, transposed in C once; a series' cells are picked out of them.
+    columns: list[tuple[str, ...]] = list(zip(*batch.rows, strict=True))
+    for group, pick in _groups(batch, layout):
         vm, *label_values = (group,) if isinstance(group, str) else group
         if not vm:
-            counts.unreadable += len(at_rows)
+            counts.unreadable += len(pick(batch.ts))
             continue
-        ts = [batch.ts[i] for i in at_rows]
+        ts = list(pick(batch.ts))
         caps.last_ts = max(caps.last_ts, *ts)
-        if not caps.allow(file_name, vm, tuple(label_values), len(at_rows)):
+        if not caps.allow(file_name, vm, tuple(label_values), len(ts)):
             continue
-        # The group's columns, transposed in C.
-        rows = (
-            operator.itemgetter(*at_rows)(batch.rows)
-            if len(at_rows) > 1
-            else [batch.rows[at_rows[0]]]
-        )
-        columns: list[tuple[str, ...]] = list(zip(*rows, strict=True))
         pairs = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
+        labels = series.labels(pairs)
         times = series.times(ts)
         for at, family, name, sample in layout.values:
-            cells = columns[at]
-            values: Sequence[str] | None = family.values(cells)
+            cells: Sequence[str] = pick(columns[at])
+            if series.json and (joined := family.joined(cells)) is not None:
+                counts.samples += len(cells)
+                yield name, series.joined(sample, labels, joined, times)
+                continue
+            values: Sequence[str] | None = None if series.json else family.values(cells)
             if values is not None:
-                text = series.text(sample, pairs, values, times)
+                text = series.text(sample, labels, values, times)
+            elif not any(cells):  # empty cells all: a column this qube's source leaves out
+                continue
             else:  # an empty cell (a first poll, a failed one) or a stranger's: each on its own
                 convert = family.json_value if series.json else family.value
                 converted = zip(map(convert, cells), ts, strict=True)
@@ -241,11 +325,11 @@ def _grouped(
                 if not kept:
                     continue
                 values, some = [v for v, _ in kept], [t for _, t in kept]
-                text = series.text(sample, pairs, values, series.times(some))
+                text = series.text(sample, labels, values, series.times(some))
             counts.samples += len(values)
             yield name, text
         for at, hot in layout.states:
-            cells = columns[at]
+            cells = pick(columns[at])
             some = ts
             if not set(cells) <= set(hot.choices):  # a word no state is: no sample for the row
                 kept_at = [i for i, cell in enumerate(cells) if cell in hot.choices]
@@ -253,11 +337,12 @@ def _grouped(
                     continue
                 cells = tuple(cells[i] for i in kept_at)
                 some = [ts[i] for i in kept_at]
-            some_times = series.times(some) if some is not ts else times
+            some_times = series.times(some)
             for choice in hot.choices:
-                values = ["1" if cell == choice else "0" for cell in cells]
-                hot_pairs = {**pairs, hot.label: choice}
-                yield hot.name, series.text(hot.name, hot_pairs, values, some_times)
+                # "1" for the choice, "0" for the others: dict.get, in C, cell by cell.
+                values = list(map({choice: "1"}.get, cells, itertools.repeat("0")))
+                hot_labels = series.labels({**pairs, hot.label: choice})
+                yield hot.name, series.text(hot.name, hot_labels, values, some_times)
                 counts.samples += len(values)
 
 
