@@ -15,6 +15,7 @@ so Debian 12's and 13's influx are tried in every run.
 from __future__ import annotations
 
 import csv
+import filecmp
 import json
 import os
 import re
@@ -346,6 +347,7 @@ def test_promtool_and_prometheus_as_documented(day_want, files, tmp_path):
     the blocks with the docs' flags; every series holds the CSVs' cells."""
     promtool, serve = commands(sh_block("### Prometheus (backfill with promtool)"))
     require_tool("promtool")
+    assert promtool.startswith("for f in days/*.om; do promtool tsdb create-blocks-from")
     blocks = tmp_path / "prometheus"
     run(promtool.replace("/srv/prometheus", str(blocks)), files)
     argv = [a.replace("/srv/prometheus", str(blocks)) for a in shlex.split(serve)]
@@ -414,8 +416,12 @@ def _influx_value(raw: str) -> float | int:
 
 
 @pytest.mark.week
-def test_the_alerts_are_one_loki_body_per_row(day, files):
-    """The export block's alerts-jsonl line: one push body per alert row, none lost."""
+def test_the_one_file_lines_hold_the_day(day, files):
+    """The export block's one-file lines: week.om is the day's OpenMetrics, alerts.jsonl
+    one Loki push body per alert row, none lost."""
+    host = host_identity(day)
+    # one day's out_dir: the one-file OpenMetrics is the day's file, byte for byte
+    assert filecmp.cmp(files / "week.om", files / "days" / f"{host}-{FILE_DAY}.om", shallow=False)
     with (day / FILE_DAY / "alerts.csv").open(newline="") as f:
         rows = sum(1 for _ in csv.reader(f)) - 1
     bodies = (files / "alerts.jsonl").read_text().splitlines()
