@@ -67,12 +67,16 @@ def require_tool(name: str) -> str:
     """Path of tool ``name``; skip the test without it, but fail in CI.
 
     .ci/run installs every tool the suite uses, so a missing one there is a
-    broken CI, not a reason to pass quietly.
+    broken CI, not a reason to pass quietly: in its Debian root too, whether
+    or not the caller said CI=true (``sudo .ci/run`` drops it), or the engine
+    tests would skip there unseen.
     """
     if IN_DEBIAN_ROOT and name in NOT_IN_DEBIAN_ROOT:
         pytest.skip(f"not in the {IN_DEBIAN_ROOT} root: {NOT_IN_DEBIAN_ROOT[name]}")
     path = shutil.which(name) or (name if Path(name).is_file() else None)
     if path is None:
+        if IN_DEBIAN_ROOT:  # built by .ci/run with every tool but those named above
+            pytest.fail(f"{name} is missing from the {IN_DEBIAN_ROOT} root (.ci/run's list)")
         if IN_CI:
             pytest.fail(f"{name} is required in CI (.ci/run installs it)")
         pytest.skip(f"{name} not installed")

@@ -1,7 +1,8 @@
 """The real time-series engines, started for a test on 127.0.0.1 and stopped after it.
 
-VictoriaMetrics and Prometheus (with promtool) as Debian packages them; .ci/run
-installs both.  Each runs on a free loopback port with a data folder of its own.
+VictoriaMetrics, Prometheus (with promtool) and InfluxDB 1.x (influxd and the
+influx CLI) as Debian packages them; .ci/run installs them.  Each runs on a
+free loopback port with a data folder of its own.
 """
 
 from __future__ import annotations
@@ -80,14 +81,21 @@ class VictoriaMetrics:
     @contextmanager
     def start(cls, data: Path, *extra: str) -> Iterator[VictoriaMetrics]:
         """Run one until the block ends."""
-        binary = require_tool("victoria-metrics")
+        with cls.run(["victoria-metrics", "-retentionPeriod=100y", *extra], data) as vm:
+            yield vm
+
+    @classmethod
+    @contextmanager
+    def run(cls, argv: list[str], data: Path) -> Iterator[VictoriaMetrics]:
+        """Run ``argv`` (``victoria-metrics`` and its flags, as a user types them) with its
+        listen address on a free loopback port and its data in ``data``."""
         port = free_port()
+        own = ("-httpListenAddr=", "-storageDataPath=")
         argv = [
-            binary,
+            require_tool(argv[0]),
+            *(flag for flag in argv[1:] if not flag.startswith(own)),
             f"-httpListenAddr=127.0.0.1:{port}",
             f"-storageDataPath={data}",
-            "-retentionPeriod=100y",
-            *extra,
         ]
         url = f"http://127.0.0.1:{port}"
         with _running(argv, f"{url}/health", data.with_suffix(".log")):
@@ -147,14 +155,23 @@ class Prometheus:
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"promtool: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+        argv = [binary, f"--storage.tsdb.path={data}", "--storage.tsdb.retention.time=100y"]
+        with cls.serve(argv) as prometheus:
+            yield prometheus
+
+    @classmethod
+    @contextmanager
+    def serve(cls, argv: list[str]) -> Iterator[Prometheus]:
+        """Run ``argv`` (``prometheus`` and its flags, as a user types them, with
+        ``--storage.tsdb.path``), scraping nothing, on a free loopback port."""
+        (data,) = (Path(f.split("=", 1)[1]) for f in argv if f.startswith("--storage.tsdb.path="))
         config = data.with_suffix(".yml")
         config.write_text("global:\n  scrape_interval: 1h\n")
         port = free_port()
         argv = [
-            binary,
+            require_tool(argv[0]),
+            *argv[1:],
             f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
-            "--storage.tsdb.retention.time=100y",
             f"--web.listen-address=127.0.0.1:{port}",
         ]
         url = f"http://127.0.0.1:{port}"
@@ -177,9 +194,48 @@ class Prometheus:
         return _query(self.url, expr, at)
 
 
+class InfluxDB:
+    """An InfluxDB 1.x (Debian's influxd) with its HTTP API and its RPC port on loopback."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    @classmethod
+    @contextmanager
+    def start(cls, data: Path) -> Iterator[InfluxDB]:
+        """Run one until the block ends: nothing reported home, no self-monitoring."""
+        binary = require_tool("influxd")
+        port, rpc = free_port(), free_port()
+        data.mkdir(parents=True, exist_ok=True)
+        config = data.with_suffix(".conf")
+        config.write_text(
+            f'reporting-enabled = false\nbind-address = "127.0.0.1:{rpc}"\n'
+            f'[meta]\n  dir = "{data}/meta"\n'
+            f'[data]\n  dir = "{data}/data"\n  wal-dir = "{data}/wal"\n'
+            "  query-log-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n"
+        )
+        influx = cls(port)
+        with _running(
+            [binary, "-config", str(config)], f"{influx.url}/ping", data.with_suffix(".log")
+        ):
+            yield influx
+
+    def query(self, database: str, text: str) -> list[dict[str, Any]]:
+        """InfluxQL's series for ``text`` (one statement), as /query answers them."""
+        query = urllib.parse.urlencode({"db": database, "q": text, "epoch": "s"})
+        body = json.loads(http(f"{self.url}/query?{query}", timeout=600))
+        (result,) = body["results"]
+        if "error" in result:
+            raise RuntimeError(f"{text}: {result['error']}")
+        return list(result.get("series", []))
+
+
 def _query(url: str, expr: str, at: int) -> list[dict[str, Any]]:
     query = urllib.parse.urlencode({"query": expr, "time": str(at)})
-    body = json.loads(http(f"{url}/api/v1/query?{query}"))
+    body = json.loads(http(f"{url}/api/v1/query?{query}", timeout=300))
     if body.get("status") != "success":
         raise RuntimeError(f"{expr}: {body}")
     result = body["data"]["result"]
