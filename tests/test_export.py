@@ -423,6 +423,22 @@ def test_a_day_written_to_a_file_is_still_pushed(world, tmp_path, capsys, monkey
     assert default_ledger("a/../b c").name == "export-ledger-a-..-b-c.tsv"
 
 
+def test_each_file_format_keeps_its_own_ledger(world, tmp_path, capsys, monkeypatch):
+    """docs/integrations.md's export lines are alternatives a user may well run one
+    after another: the same days as JSON lines after OpenMetrics are written, not
+    refused as "exported before"; the same format twice still writes nothing."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert _main(archives(world), output=tmp_path / "all.om", use_ledger=True) == 0
+    for fmt in ("victoriametrics", "influx"):
+        out = tmp_path / f"all.{fmt}"
+        assert _main(archives(world), fmt=fmt, output=out, use_ledger=True) == 0, fmt
+        assert out.stat().st_size > 0
+        assert _main(archives(world), fmt=fmt, output=tmp_path / "again", use_ledger=True) == 1
+    assert "exported before" in capsys.readouterr().err
+    assert default_ledger(fmt="influx") != default_ledger()
+    assert default_ledger(fmt="openmetrics") == default_ledger()  # the ledger kept before
+
+
 def test_push_to_nothing_or_a_bad_url_is_one_line_and_a_status(
     world, tmp_path, capsys, monkeypatch
 ):

@@ -369,7 +369,7 @@ def main(
             print(f"sysmon export: {exc}", file=sys.stderr)
             return 2
     engine = f"{target.host}-{target.port or ''}" if target is not None else ""
-    book = Ledger(ledger or default_ledger(engine)) if use_ledger else None
+    book = Ledger(ledger or default_ledger(engine, fmt)) if use_ledger else None
     # On a terminal only: a pipe or a log gets the summary line alone.
     progress = Progress("sysmon export")
     try:

@@ -55,12 +55,18 @@ class Ledger:
         self.done.update(keys)
 
 
-def default_ledger(engine: str = "") -> Path:
+def default_ledger(engine: str = "", fmt: str = "openmetrics") -> Path:
     """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default).
 
     A push keeps a ledger per engine (``export-ledger-HOST-PORT.tsv``): a day
     written to a file, or pushed to another engine, is not in this one yet.
+    Files keep one per format (OpenMetrics the plain name, as before;
+    ``export-ledger.FORMAT.tsv`` the others): a day written as OpenMetrics is
+    not yet JSON lines or Influx lines.
     """
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    suffix = "-" + re.sub(r"[^A-Za-z0-9.-]", "-", engine)[:100] if engine else ""
+    if engine:
+        suffix = "-" + re.sub(r"[^A-Za-z0-9.-]", "-", engine)[:100]
+    else:  # after a "." where an engine has a "-": never taken for an engine's
+        suffix = "" if fmt == "openmetrics" else "." + re.sub(r"[^a-z-]", "-", fmt)[:40]
     return Path(state) / "sysmon" / f"export-ledger{suffix}.tsv"
