@@ -300,6 +300,34 @@ class TestHostileNetvm:
             got.append(row_of(tick, "work")[8])
         assert got == ["", "1000", "1000"] + [""] * 7 + ["1000"] * 4
 
+    def test_the_tick_keeps_which_netvm_serves_a_qube(self) -> None:
+        """The same through the tick plan, its views saved as the commit saves
+        them: while sys-net backs off, sys-evil's claim of work is refused."""
+        work, net, evil = Qube("work"), Qube("sys-net"), Qube("sys-evil")
+        state, got = State(), []
+        for i in range(9):
+            work.run(5)
+            work.eth[1] += 1000
+            results = [ok("work", work.snapshot())]
+            if i < 3:
+                results.append(ok("sys-net", net.snapshot((vif("vif5.0", 1000 * i, 0),))))
+            else:
+                results.append(ScrapeResult("sys-net", Status.SKIPPED, 0))
+                results.append(ok("sys-evil", evil.snapshot((vif("vif5.3", 1000 * i, 0),))))
+            stats = [xen(vm, 5) for vm in ("work", "sys-net", "sys-evil")]
+            built = build_tick(
+                state, ts=at(i), results=results, qubes=None, xen=stats, views=LIMITS,
+                xids={5: "work"},
+            )  # fmt: skip
+            assert built.views is not None
+            state = attrs.evolve(state, qubes={**state.qubes, **built.states}, views=built.views)
+            rows = csv.reader(
+                io.StringIO(b"".join(r.line for r in built.rows["views.csv"]).decode())
+            )
+            got.append(next(r for r in rows if r[1] == "work")[8])
+        assert got == ["", "1000", "1000"] + [""] * 6
+        assert state.views.served_by == {"work": "sys-net"}
+
     def test_counters_that_jump_past_int64_are_no_reading(self) -> None:
         """A netvm's vif (or a qube's eth0) that jumps by 2**64 in a tick is no
         figure: a cell Telegraf reads as int64 (views.csv's) never overflows."""
