@@ -772,3 +772,23 @@ class TestRecordedWorld:
         steps = round(LIMITS.sustain / TICK)
         assert [i for i, _ in told] == [50 + steps, 70 + steps]
         assert "views traffic: its netvm carried" in told[0][1]
+
+
+def test_a_clock_that_ran_a_year_ahead_silences_no_gap_and_no_end() -> None:
+    """One tick stamped a year ahead (a clock set wrong, then put right: the
+    commit writes a tick that far back) starts no run in the future: the lie
+    that goes on after it is told within ``sustain``, and so is its end."""
+    work = Qube("work")
+    state = ViewsState()
+    told: list[tuple[int, str]] = []
+    for i in range(80):
+        work.run(2)
+        lying = i < 40
+        ahead = timedelta(days=365) if i in (5, 40) else timedelta(0)
+        seen = compare(
+            state, ts=at(i) + ahead, results=[ok("work", work.snapshot())],
+            xen=[xen("work", 85 if lying else 2)], xids={}, limits=LIMITS,
+        )  # fmt: skip
+        state = seen.state
+        told += [(i, message) for _vm, message in seen.alerts]
+    assert [(i, "agree again" in m) for i, m in told] == [(18, False), (53, True)]
