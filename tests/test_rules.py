@@ -76,6 +76,10 @@ class TestParse:
             ({"op": "=>"}, "op must be one of"),
             ({"value": "90"}, "value must be a number"),
             ({"for": "5 minutes"}, "for must be like"),
+            # No float holds these: a line naming the rule, not a traceback.
+            ({"value": 10**400}, "value must be a number"),
+            ({"for": "1" + "0" * 400 + "s"}, "for must be like"),
+            ({"for": "1" + "0" * 5000 + " polls"}, "for must be like"),
             ({"vm": "../x"}, "vm must be a qube name"),
             ({"colour": "red"}, "unknown key 'colour'"),
         ],
