@@ -805,6 +805,15 @@ def test_a_pillar_value_toml_cannot_hold_is_refused_by_name(salt_root, tmp_path,
     assert not (tmp_path / "sysmon.toml").exists()
 
 
+@pytest.mark.parametrize("key", ["exclude", "handler_templates", "netlog_fw_sources"])
+def test_a_list_given_as_one_name_is_refused(salt_root, tmp_path, key):
+    """``exclude: work`` (no dash) was the letters w, o, r, k: work was polled
+    and the policy denied qubes named w, o, r and k.  Salt refuses it."""
+    done = render_with_pillar(salt_root, tmp_path, {"sysmon": {key: "work"}})
+    assert done.returncode != 0, (tmp_path / "sysmon.toml").read_text()
+    assert f"sysmon:{key}: a list" in done.stdout + done.stderr
+
+
 def test_any_text_in_pillar_is_the_same_text_in_sysmon_toml(salt_root, tmp_path):
     """tojson escapes a character past U+FFFF as a surrogate pair, which TOML
     refuses: text goes in as it is, and means the same to the daemon."""
