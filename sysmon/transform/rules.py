@@ -213,7 +213,10 @@ def evaluate(
                     per_qube[f"{rule.name}\0{vm}"] += 1
                     current = RuleState(since=ts, polls=1)
                 else:
-                    current = attrs.evolve(before, polls=before.polls + 1, seen=ts)
+                    # A since ahead of ts (a clock put back) would hold the rule
+                    # that long: it is timed from now instead.
+                    since = min(before.since, ts)
+                    current = attrs.evolve(before, since=since, polls=before.polls + 1, seen=ts)
                 held = ts - current.since >= rule.for_seconds and current.polls >= rule.for_polls
                 if held and not current.firing:
                     current = attrs.evolve(current, firing=True)
