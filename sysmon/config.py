@@ -29,6 +29,11 @@ _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
+#: An integer setting's bits: past about 1,024 no float holds it (the
+#: checks compare with floats), and no setting needs a tenth of them.
+_MAX_BITS = 128
+
+
 class ConfigError(Exception):
     """The configuration is not usable; the message names the key and file."""
 
@@ -222,10 +227,12 @@ def config_from_mapping(data: dict[str, Any], source: str) -> Config:
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
     values = dict(data)
+    for key, value in values.items():
+        if isinstance(value, int) and value.bit_length() > _MAX_BITS:
+            raise ConfigError(f"{source}: {key} is too large")  # no float holds it
     try:
         if "rules" in values:
             values["rules"] = parse_rules(values["rules"], source)
-        numbers = {"interval", "scrape_timeout", "notify_every", "notify_timeout"} & set(values)
         numbers = {"interval", "scrape_timeout", *_VIEWS_FLOATS} & set(values)
         for key in numbers:  # TOML writes 10 for 10.0
             if isinstance(values[key], int) and not isinstance(values[key], bool):
@@ -247,6 +254,6 @@ def load_config(path: Path | None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # and an integer of 4,300 digits
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return config_from_mapping(data, str(path))

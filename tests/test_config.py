@@ -55,6 +55,11 @@ def test_every_key(tmp_path):
         ('archive_at = "25:00"\n', "archive_at must be HH:MM"),
         ("interval = 5\n", "scrape_timeout (8) must be below interval (5)"),
         ("interval = [\n", "not valid TOML"),
+        # Integers no float holds (a pillar's typo through Salt): a line, not a traceback.
+        ("interval = 1" + "0" * 400 + "\n", "interval is too large"),
+        ("max_data_mb = 1" + "0" * 400 + "\n", "max_data_mb is too large"),
+        ("views_traffic_gap_kb = 1" + "0" * 400 + "\n", "views_traffic_gap_kb is too large"),
+        ("interval = 1" + "0" * 5000 + "\n", "not valid TOML"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path, text, message):

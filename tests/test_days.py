@@ -88,6 +88,31 @@ class TestDayUnits:
             (incoming / f"monitor-2025-09-01{suffix}").write_bytes(tgz.read_bytes())
         assert day_units([incoming]) == [incoming / f"monitor-2025-09-01{newest}"]
 
+    @pytest.mark.parametrize("suffix", [".\u00b2.tgz", ".\u0663.tgz", ".\u2463.tgz"])
+    def test_a_copy_number_in_other_digits_is_no_copy_number(
+        self, tmp_path: Path, suffix: str
+    ) -> None:
+        """A name whose ``.N`` is digits to ``str.isdigit`` but not ASCII ('²', '٣')
+        is no later copy: the day is read from the real one, not a traceback."""
+        make_day(tmp_path, date(2025, 9, 1))
+        tgz = build_archive(tmp_path, date(2025, 9, 1))
+        incoming = tmp_path / "incoming"
+        incoming.mkdir()
+        (incoming / "monitor-2025-09-01.tgz").write_bytes(tgz.read_bytes())
+        (incoming / f"monitor-2025-09-01{suffix}").write_bytes(b"")
+        assert day_units([incoming]) == [incoming / "monitor-2025-09-01.tgz"]
+
+    def test_a_folder_named_like_a_later_copy_does_not_hide_the_day(self, tmp_path: Path) -> None:
+        """A directory ``monitor-DAY.7.tgz`` beside the day's archive is no copy of it:
+        the archive is read (else the day's rows were silently gone)."""
+        make_day(tmp_path, date(2025, 9, 1))
+        tgz = build_archive(tmp_path, date(2025, 9, 1))
+        incoming = tmp_path / "incoming"
+        incoming.mkdir()
+        (incoming / "monitor-2025-09-01.tgz").write_bytes(tgz.read_bytes())
+        (incoming / "monitor-2025-09-01.7.tgz").mkdir()
+        assert day_units([incoming]) == [incoming / "monitor-2025-09-01.tgz"]
+
     def test_a_path_that_is_no_day_is_named(self, tmp_path: Path) -> None:
         """A reader is told which path it cannot read, not given a traceback."""
         with pytest.raises(ArchiveError, match="not a day folder"):

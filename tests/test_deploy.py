@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -777,6 +778,52 @@ def test_a_setting_the_template_writes_itself_is_refused_by_name(salt_root, tmp_
         refused.stdout + refused.stderr
     )
     assert not (tmp_path / "sysmon.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("pillar", "named"),
+    [
+        ({"settings": {"notify_every": None}}, "sysmon:settings:notify_every"),
+        ({"settings": {"views_cpu_gap": {"a": 1}}}, "sysmon:settings:views_cpu_gap"),
+        ({"settings": {"exclude_more": [{"a": 1}]}}, "sysmon:settings:exclude_more"),
+        ("settings: {views_cpu_gap: .nan}", "sysmon:settings:views_cpu_gap"),
+        ("settings: {views_cpu_gap: -.inf}", "sysmon:settings:views_cpu_gap"),
+        ({"rules": [{"name": "x", "value": None}]}, "sysmon:rules:value"),
+        ({"rules": {"name": "x"}}, "sysmon:rules"),
+        ({"rules": ["x"]}, "sysmon:rules"),
+    ],
+)
+def test_a_pillar_value_toml_cannot_hold_is_refused_by_name(salt_root, tmp_path, pillar, named):
+    """An empty YAML value (null), a mapping, .nan, a rule not written as a mapping:
+    tojson would write what is no TOML and the daemon would not start; Salt
+    refuses it, naming the pillar key."""
+    # JSON is YAML; .nan and .inf are YAML only.
+    yaml = pillar if isinstance(pillar, str) else json.dumps(pillar)
+    done = render_with_pillar(salt_root, tmp_path, f"sysmon:\n  {yaml}\n")
+    assert done.returncode != 0, (tmp_path / "sysmon.toml").read_text()
+    assert f"{named}: " in done.stdout + done.stderr
+    assert not (tmp_path / "sysmon.toml").exists()
+
+
+@pytest.mark.parametrize("key", ["exclude", "handler_templates", "netlog_fw_sources"])
+def test_a_list_given_as_one_name_is_refused(salt_root, tmp_path, key):
+    """``exclude: work`` (no dash) was the letters w, o, r, k: work was polled
+    and the policy denied qubes named w, o, r and k.  Salt refuses it."""
+    done = render_with_pillar(salt_root, tmp_path, {"sysmon": {key: "work"}})
+    assert done.returncode != 0, (tmp_path / "sysmon.toml").read_text()
+    assert f"sysmon:{key}: a list" in done.stdout + done.stderr
+
+
+def test_any_text_in_pillar_is_the_same_text_in_sysmon_toml(salt_root, tmp_path):
+    """tojson escapes a character past U+FFFF as a surrogate pair, which TOML
+    refuses: text goes in as it is, and means the same to the daemon."""
+    name = "cpu \U0001f525 <a & 'b'> \"q\" \\ \t é"
+    rule = {"name": name, "file": "system", "expr": "cpu_user", "op": ">", "value": 90}
+    pillar = json.dumps({"sysmon": {"rules": [rule]}}, ensure_ascii=False)
+    done = render_with_pillar(salt_root, tmp_path, pillar)
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = tomllib.loads((tmp_path / "sysmon.toml").read_text(encoding="utf-8"))
+    assert loaded["rules"] == [rule]
 
 
 # --- docs/deploy.md's steps, run as written --------------------------------------

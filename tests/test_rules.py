@@ -76,6 +76,10 @@ class TestParse:
             ({"op": "=>"}, "op must be one of"),
             ({"value": "90"}, "value must be a number"),
             ({"for": "5 minutes"}, "for must be like"),
+            # No float holds these: a line naming the rule, not a traceback.
+            ({"value": 10**400}, "value must be a number"),
+            ({"for": "1" + "0" * 400 + "s"}, "for must be like"),
+            ({"for": "1" + "0" * 5000 + " polls"}, "for must be like"),
             ({"vm": "../x"}, "vm must be a qube name"),
             ({"colour": "red"}, "unknown key 'colour'"),
         ],
@@ -119,6 +123,20 @@ class TestEvaluate:
             )
             events += [(i, msg.split(" ")[3]) for _, msg in notes]
         assert events == [(5, "firing"), (8, "resolved")]  # holds from i=2: 30 s later is i=5
+
+    def test_a_clock_that_ran_a_year_ahead_does_not_hold_a_rule_for_a_year(self):
+        """A condition first seen at a tick stamped a year ahead (the clock put
+        back after; the commit writes such a tick) is timed from the next tick:
+        it fires 5 minutes on, not a year on."""
+        (rule,) = parse_rules([EXAMPLES[0]], "t")
+        state: dict[str, RuleState] = {}
+        said = []
+        for i in range(50):
+            t = 1000 + 10 * i + (365 * 86400 if i == 10 else 0)
+            rows = {"system.csv": [system_row(t, "work", 60.0, 35.0)]} if i >= 10 else {}
+            notes, state = evaluate([rule], t, rows, state)
+            said += [(i, msg.split(" ")[3]) for _, msg in notes]
+        assert said == [(41, "firing")]
 
     def test_a_missing_row_is_unknown_not_resolved(self):
         (rule,) = parse_rules([{**EXAMPLES[0], "for": "0s"}], "t")

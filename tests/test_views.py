@@ -300,6 +300,34 @@ class TestHostileNetvm:
             got.append(row_of(tick, "work")[8])
         assert got == ["", "1000", "1000"] + [""] * 7 + ["1000"] * 4
 
+    def test_the_tick_keeps_which_netvm_serves_a_qube(self) -> None:
+        """The same through the tick plan, its views saved as the commit saves
+        them: while sys-net backs off, sys-evil's claim of work is refused."""
+        work, net, evil = Qube("work"), Qube("sys-net"), Qube("sys-evil")
+        state, got = State(), []
+        for i in range(9):
+            work.run(5)
+            work.eth[1] += 1000
+            results = [ok("work", work.snapshot())]
+            if i < 3:
+                results.append(ok("sys-net", net.snapshot((vif("vif5.0", 1000 * i, 0),))))
+            else:
+                results.append(ScrapeResult("sys-net", Status.SKIPPED, 0))
+                results.append(ok("sys-evil", evil.snapshot((vif("vif5.3", 1000 * i, 0),))))
+            stats = [xen(vm, 5) for vm in ("work", "sys-net", "sys-evil")]
+            built = build_tick(
+                state, ts=at(i), results=results, qubes=None, xen=stats, views=LIMITS,
+                xids={5: "work"},
+            )  # fmt: skip
+            assert built.views is not None
+            state = attrs.evolve(state, qubes={**state.qubes, **built.states}, views=built.views)
+            rows = csv.reader(
+                io.StringIO(b"".join(r.line for r in built.rows["views.csv"]).decode())
+            )
+            got.append(next(r for r in rows if r[1] == "work")[8])
+        assert got == ["", "1000", "1000"] + [""] * 6
+        assert state.views.served_by == {"work": "sys-net"}
+
     def test_counters_that_jump_past_int64_are_no_reading(self) -> None:
         """A netvm's vif (or a qube's eth0) that jumps by 2**64 in a tick is no
         figure: a cell Telegraf reads as int64 (views.csv's) never overflows."""
@@ -744,3 +772,23 @@ class TestRecordedWorld:
         steps = round(LIMITS.sustain / TICK)
         assert [i for i, _ in told] == [50 + steps, 70 + steps]
         assert "views traffic: its netvm carried" in told[0][1]
+
+
+def test_a_clock_that_ran_a_year_ahead_silences_no_gap_and_no_end() -> None:
+    """One tick stamped a year ahead (a clock set wrong, then put right: the
+    commit writes a tick that far back) starts no run in the future: the lie
+    that goes on after it is told within ``sustain``, and so is its end."""
+    work = Qube("work")
+    state = ViewsState()
+    told: list[tuple[int, str]] = []
+    for i in range(80):
+        work.run(2)
+        lying = i < 40
+        ahead = timedelta(days=365) if i in (5, 40) else timedelta(0)
+        seen = compare(
+            state, ts=at(i) + ahead, results=[ok("work", work.snapshot())],
+            xen=[xen("work", 85 if lying else 2)], xids={}, limits=LIMITS,
+        )  # fmt: skip
+        state = seen.state
+        told += [(i, message) for _vm, message in seen.alerts]
+    assert [(i, "agree again" in m) for i, m in told] == [(18, False), (53, True)]

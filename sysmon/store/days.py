@@ -77,9 +77,14 @@ def archive_day(name: str) -> date | None:
 
 
 def _copy_number(name: str) -> int:
-    """Which copy of its day an archive is: 1 for ``monitor-DAY.tgz``, N for ``.N``."""
+    """Which copy of its day an archive is: 1 for ``monitor-DAY.tgz``, N for ``.N``.
+
+    N is ASCII digits only: ``str.isdigit`` also takes '²' (which ``int``
+    refuses) and other scripts' digits (which no sender writes).
+    """
     middle = name.removeprefix("monitor-").removesuffix(".tgz")[10:]
-    return int(middle[1:]) if middle[:1] == "." and middle[1:].isdigit() else 1
+    number = middle[1:]
+    return int(number) if middle[:1] == "." and number.isascii() and number.isdigit() else 1
 
 
 def archived_days(out_dir: Path) -> list[date]:
@@ -121,7 +126,7 @@ def day_units(paths: Iterable[Path]) -> list[Path]:
             for tgz in sorted(
                 [*archive_dir(path).glob("monitor-*.tgz"), *path.glob("monitor-*.tgz")]
             ):
-                if (day := archive_day(tgz.name)) is not None:
+                if (day := archive_day(tgz.name)) is not None and tgz.is_file():
                     _keep_newest(by_day, day.isoformat(), tgz)
             for folder_day in day_folders(path):
                 by_day[folder_day.isoformat()] = path / folder_day.isoformat()

@@ -36,7 +36,7 @@ _FILES = {
     for s in schema.DAILY_FILES
     if s.file_name not in {"alerts.csv", "qubes.csv"}
 }
-_DURATION_RE = re.compile(r"(\d+)\s*(s|m|h|polls?)")
+_DURATION_RE = re.compile(r"([0-9]{1,9})\s*(s|m|h|polls?)")  # 9 digits: a float holds it
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -123,6 +123,7 @@ def parse_rules(items: Any, source: str) -> tuple[Rule, ...]:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
+            or (isinstance(value, int) and value.bit_length() > 128)  # past a float
             or not math.isfinite(value)
         ):
             raise RuleError(f"{source}: {label}: value must be a number")
@@ -212,7 +213,10 @@ def evaluate(
                     per_qube[f"{rule.name}\0{vm}"] += 1
                     current = RuleState(since=ts, polls=1)
                 else:
-                    current = attrs.evolve(before, polls=before.polls + 1, seen=ts)
+                    # A since ahead of ts (a clock put back) would hold the rule
+                    # that long: it is timed from now instead.
+                    since = min(before.since, ts)
+                    current = attrs.evolve(before, since=since, polls=before.polls + 1, seen=ts)
                 held = ts - current.since >= rule.for_seconds and current.polls >= rule.for_polls
                 if held and not current.firing:
                     current = attrs.evolve(current, firing=True)

@@ -14,7 +14,7 @@ import attrs
 from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
-from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows, ViewsState
+from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
 from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
 from sysmon.transform.rules import Rule, evaluate
 from sysmon.transform.views import ViewsLimits, compare, label_vifs
@@ -71,7 +71,7 @@ def build_tick(
         built = attrs.evolve(
             built,
             rows={**built.rows, schema.VIEWS.file_name: seen.rows},
-            views=ViewsState(kept, seen.state.vifs),
+            views=attrs.evolve(seen.state, qubes=kept),
         )
     fired, rule_state = evaluate(rules, float(int(ts.timestamp())), built.rows, previous.rules)
     rule_alerts = tuple(

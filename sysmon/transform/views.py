@@ -327,12 +327,19 @@ def _sustain(
 
     A disagreement is told once it has lasted ``sustain`` seconds, and its
     end once the views have agreed that long; a tick with one view only
-    changes nothing, unless none disagreed for :data:`HOLD` seconds.
+    changes nothing, unless none disagreed for :data:`HOLD` seconds.  A run
+    that began after ``now`` (the clock was ahead, and was put back) begins
+    again at ``now``.
     """
     if flag in DISAGREE:
         since = view.disagree_since
-        if since is None or (
-            view.last_disagree is not None and now - view.last_disagree > max(HOLD, limits.sustain)
+        if (
+            since is None
+            or since > now  # begun ahead of a clock since put back: would hold the alert
+            or (
+                view.last_disagree is not None
+                and now - view.last_disagree > max(HOLD, limits.sustain)
+            )
         ):
             since = now
         view = attrs.evolve(view, disagree_since=since, last_disagree=now, agree_since=None)
@@ -344,7 +351,9 @@ def _sustain(
             return attrs.evolve(view, alerted=True), message
         return view, None
     if flag == "agree":
-        since = view.agree_since if view.agree_since is not None else now
+        since = view.agree_since
+        if since is None or since > now:  # as above: the end is told, not held off
+            since = now
         view = attrs.evolve(view, agree_since=since, disagree_since=None)
         if view.alerted and now - since >= limits.sustain:
             message = (
