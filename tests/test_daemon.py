@@ -17,6 +17,7 @@ from sysmon import events
 from sysmon.collect.process import ProcessResult
 from sysmon.collect.xen import XenFollower
 from sysmon.collect.xids import Xids
+from sysmon.commands.daemon import MAX_NOTES
 from sysmon.protocol.admin import Discovery, DiscoveryError
 from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import TickOutcome
@@ -342,6 +343,68 @@ async def test_the_commit_calls_the_ticks_plan_with_the_state_it_loaded(tmp_path
     assert plan.ts == report.ts
     assert [r.vm for r in plan.results] == ["a"]
     assert report.outcome.written["system.csv"] == 1
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        TickOutcome(skipped="clock behind"),
+        TickOutcome(dropped={"alerts.csv": 1}, errors=("day folder: No space left on device",)),
+    ],
+    ids=["skipped", "dropped"],
+)
+async def test_sysmons_own_notes_wait_for_a_tick_that_keeps_them(tmp_path, autojump_clock, lost):
+    """A note (discovery failed, a file moved aside) handed to a commit that did not
+    write it is handed to the next one: said once, never lost."""
+    calls: list[datetime] = []
+
+    def committer(out_dir, ts, plan):
+        calls.append(ts)
+        if len(calls) == 1:
+            return lost
+        return commit_tick(out_dir, ts, plan, sync=False)
+
+    c = collector(
+        tmp_path,
+        FakeQubes({"a": "ok"}),
+        datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC),
+        overrides={"committer": committer},
+    )
+    c.note("sysmon: a note of the test")
+    await c.poll(datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC))
+    await c.poll(datetime(2025, 8, 31, 12, 0, 20, tzinfo=UTC))
+    await c.poll(datetime(2025, 8, 31, 12, 0, 30, tzinfo=UTC))
+    alerts = read_day(tmp_path / "2025-08-31")["alerts.csv"]
+    assert [r["msg"] for r in alerts if "of the test" in r["msg"]] == ["sysmon: a note of the test"]
+    assert alerts[0]["ts"] == "2025-08-31T12:00:20Z"
+
+
+async def test_notes_held_back_are_bounded(tmp_path, autojump_clock):
+    """A commit that keeps no tick for long (a disk that stays full) does not grow
+    the notes without end: the oldest are kept, and one line says how many were not."""
+    keep = False
+
+    def committer(out_dir, ts, plan):
+        return commit_tick(out_dir, ts, plan, sync=False) if keep else TickOutcome(skipped="no")
+
+    c = collector(
+        tmp_path,
+        FakeQubes({"a": "ok"}),
+        datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC),
+        overrides={"committer": committer},
+    )
+    start = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
+    for i in range(1000):
+        c.note(f"sysmon: note {i}")
+        await c.poll(start + timedelta(seconds=10 * i))
+    assert len(c.notes) == MAX_NOTES
+    keep = True
+    await c.poll(start + timedelta(seconds=10_000))
+    said = [r["msg"] for r in read_day(tmp_path / "2025-08-31")["alerts.csv"]]
+    assert said == [
+        *(f"sysmon: note {i}" for i in range(MAX_NOTES)),
+        f"sysmon: {1000 - MAX_NOTES} more notes of sysmon's were not kept (no tick was written)",
+    ]
 
 
 class XidDom0:

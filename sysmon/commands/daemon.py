@@ -31,7 +31,7 @@ import attrs
 import structlog
 import trio
 
-from sysmon import events
+from sysmon import events, schema
 from sysmon.collect.health import Health, backoff_delay
 from sysmon.collect.qrexec import DiscoverySource, Qrexec, QrexecDiscovery, Transport
 from sysmon.collect.scrape import ParseOffload, in_worker_thread, scrape_round
@@ -51,6 +51,9 @@ from sysmon.store.state import load_state
 from sysmon.transform.tick import TickPlan
 
 QUBES_EVERY = 60.0
+_ALERTS = schema.ALERTS.file_name
+#: sysmon's own notes held for the next tick kept; past this one line counts the rest.
+MAX_NOTES = 64
 
 __all__ = ["Collaborators", "Daemon", "Offload", "PollReport", "StopTrigger", "stop_on_signals"]
 
@@ -203,6 +206,7 @@ class Daemon:
     notifier: Notifier | None = None
     health: Health = attrs.field()
     notes: list[str] = attrs.field(factory=list)
+    _notes_lost: int = 0
     ticks_done: int = 0
     last_qubes_ts: float = -math.inf
     _ordered: trio.Event | None = None
@@ -352,8 +356,14 @@ class Daemon:
     ) -> TickOutcome:
         """Hand the commit this tick's plan, with the notes gathered since the last."""
         me = self._self_name or self.config.self_name or "sys-monitor"
-        notes = [(me, message) for message in self.notes]
+        held, lost = list(self.notes), self._notes_lost
         self.notes.clear()
+        self._notes_lost = 0
+        notes = [(me, message) for message in held]
+        if lost:
+            notes.append(
+                (me, f"sysmon: {lost} more notes of sysmon's were not kept (no tick was written)")
+            )
         xen = self.xen.fresh(trio.current_time(), self._listed) if self.xen is not None else ()
         plan = TickPlan(
             ts=ts,
@@ -373,6 +383,14 @@ class Daemon:
         )
         watched = self.notifier.watch(plan, ts) if self.notifier is not None else plan
         outcome = await self.uses.offload(self.uses.committer, self.config.out_dir, ts, watched)
+        if notes and (outcome.skipped is not None or not outcome.written.get(_ALERTS)):
+            # Not written (the tick was skipped, or alerts.csv refused it): the
+            # next tick says them, before what was noted since.
+            since, since_lost = self.notes, self._notes_lost
+            self.notes, self._notes_lost = [], lost
+            for message in (*held, *since):
+                self.note(message)
+            self._notes_lost += since_lost
         if self.notifier is not None:
             self.notifier.committed(outcome)
         if not self._identity_made:  # from the first tick: any day folder exports as this host
@@ -404,8 +422,11 @@ class Daemon:
             mapped.update(await self.xids.refresh(discovery.qubes, (self.config.vault,), cpu))
 
     def note(self, message: str) -> None:
-        """An alert row of sysmon's own, written with the next tick."""
-        self.notes.append(message)
+        """An alert row of sysmon's own, written with the next tick that is kept."""
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(message)
+        else:
+            self._notes_lost += 1
 
     def _note_rejected(self, rejected: Sequence[str]) -> None:
         """An alert row when dom0's list has lines sysmon cannot use, once per change."""
