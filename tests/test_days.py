@@ -35,6 +35,10 @@ class TestArchiveDay:
             ("monitor-2025-13-01.tgz", None),
             ("monitor-2025-09-01.tar", None),
             ("other-2025-09-01.tgz", None),
+            ("monitor-2025-09-01-old.tgz", None),
+            ("monitor-2025-09-01.2.old.tgz", None),
+            ("monitor-2025-09-01.\u0663.tgz", None),
+            ("monitor-2025-09-01.10.tgz", date(2025, 9, 1)),
         ],
     )
     def test_names(self, name: str, day: date | None) -> None:

@@ -10,6 +10,7 @@ Archives live under ``<out_dir>/archives/`` (outside every tailer's
 from __future__ import annotations
 
 import functools
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
@@ -66,12 +67,20 @@ def tgz_path(out_dir: Path, day: date) -> Path:
     return archive_dir(out_dir) / f"monitor-{day.isoformat()}.tgz"
 
 
+#: What sysmon names an archive: the day, and a later copy's number.
+_ARCHIVE_NAME = re.compile(r"monitor-([0-9]{4}-[0-9]{2}-[0-9]{2})(?:\.[0-9]+)?\.tgz")
+
+
 def archive_day(name: str) -> date | None:
-    """The day of an archive named ``monitor-YYYY-MM-DD[.N].tgz``, else None."""
-    if not (name.startswith("monitor-") and name.endswith(".tgz")):
+    """The day of an archive named ``monitor-YYYY-MM-DD[.N].tgz``, else None.
+
+    Nothing else: a stray ``monitor-DAY-old.tgz`` beside the vault's copies
+    is no copy of the day (it sorted first, and was read instead).
+    """
+    if (match := _ARCHIVE_NAME.fullmatch(name)) is None:
         return None
     try:
-        return date.fromisoformat(name.removeprefix("monitor-")[:10])
+        return date.fromisoformat(match[1])
     except ValueError:
         return None
 
