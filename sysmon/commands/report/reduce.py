@@ -131,60 +131,61 @@ def _finite(*columns: Any) -> Any:
     return ok
 
 
-def _split(frame: Any, keys: str | list[str]) -> dict[Any, tuple[Any, Any]]:
-    """A frame of ``t`` and ``v`` as arrays per key, keys in the order they first came."""
-    names = [keys] if isinstance(keys, str) else keys
-    codes, found = _codes(*(frame[name] for name in names))
+def _split(t: Any, v: Any, codes: Any, keys: Any) -> dict[Any, tuple[Any, Any]]:
+    """Times and values per key (``keys[code]``), keys in the order their rows first came."""
+    codes, first = pd.factorize(codes)  # numbers, not names: cheap
     order = np.argsort(codes, kind="stable")  # each key's rows in file order
-    bounds = np.searchsorted(codes[order], np.arange(len(found) + 1))
-    t = frame["t"].to_numpy(dtype=float)[order]
-    v = frame["v"].to_numpy(dtype=float)[order]
+    bounds = np.searchsorted(codes[order], np.arange(len(first) + 1))
+    t, v = np.asarray(t, dtype=float)[order], np.asarray(v, dtype=float)[order]
     return {
-        (key[0] if isinstance(keys, str) else key): (t[a:b], v[a:b])
-        for key, a, b in zip(found, bounds[:-1], bounds[1:], strict=True)
+        keys[key]: (t[a:b], v[a:b])
+        for key, a, b in zip(first.tolist(), bounds[:-1], bounds[1:], strict=True)
     }
 
 
 def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
     """Keep what the charts need of one file's readable rows."""
+    # Each qube's name is hashed once per file, whatever number of charts it feeds.
+    qube, qubes = pd.factorize(rows["vm"])
+    t = rows["t"].to_numpy(dtype=float)
 
-    def keep(metric: str, frame: Any, value: Any, keys: str | list[str] = "vm") -> None:
-        part.series[metric] = _split(frame.assign(v=value), keys)
+    def value(name: str, ok: Any) -> Any:
+        return rows[name].to_numpy(dtype=float)[ok]
+
+    def keep(metric: str, ok: Any, values: Any, codes: Any = qube, keys: Any = qubes) -> None:
+        part.series[metric] = _split(t[ok], values, codes[ok], keys)
 
     if daily is schema.SYSTEM:
-        both = rows[_finite(rows["cpu_user"], rows["cpu_system"])]
-        keep("cpu", both, both["cpu_user"] + both["cpu_system"])
-        used = rows[_finite(rows["mem_used_kb"])]
-        keep("mem", used, to_unit(daily, "mem_used_kb", used["mem_used_kb"], "MiB"))
+        both = _finite(rows["cpu_user"], rows["cpu_system"])
+        keep("cpu", both, value("cpu_user", both) + value("cpu_system", both))
+        used = _finite(rows["mem_used_kb"])
+        keep("mem", used, to_unit(daily, "mem_used_kb", value("mem_used_kb", used), "MiB"))
     elif daily is schema.NETWORK:
         # Loopback, and a netvm's vifs (what they carry is on its uplink too).
         own = _where(rows["if"], lambda name: name != "lo" and not schema.forwarded(name))
         counters = rows[own & _finite(rows["rx_bytes"], rows["tx_bytes"])]
         _day_rates(part, counters)
     elif daily is schema.CONNECTIONS:
-        tcp = rows[_finite(rows["tcp_established"])]
-        keep("tcp", tcp, tcp["tcp_established"])
+        tcp = _finite(rows["tcp_established"])
+        keep("tcp", tcp, value("tcp_established", tcp))
     elif daily is schema.DISK:
-        used, avail = rows["used_kb"], rows["avail_kb"]
-        disk = rows[_finite(used, avail) & ((used + avail) > 0).to_numpy()]
-        disk = disk.assign(mount=disk["mount"].where(disk["mount"] != "", "?"))
-        keep(
-            "disk",
-            disk,
-            100 * disk["used_kb"] / (disk["used_kb"] + disk["avail_kb"]),
-            ["vm", "mount"],
-        )
+        used, avail = rows["used_kb"].to_numpy(dtype=float), rows["avail_kb"].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            disk = _finite(rows["used_kb"], rows["avail_kb"]) & ((used + avail) > 0)
+        used, avail = used[disk], avail[disk]
+        mounts, keys = _codes(rows["vm"], rows["mount"].where(rows["mount"] != "", "?"))
+        keep("disk", disk, 100 * used / (used + avail), mounts, keys)
     elif daily is schema.XEN:
-        xen = rows[_finite(rows["cpu_usage"], rows["memory_kb"])]
-        keep("xen_cpu", xen, xen["cpu_usage"])
-        keep("xen_mem", xen, to_unit(daily, "memory_kb", xen["memory_kb"], "MiB"))
+        xen = _finite(rows["cpu_usage"], rows["memory_kb"])
+        keep("xen_cpu", xen, value("cpu_usage", xen))
+        keep("xen_mem", xen, to_unit(daily, "memory_kb", value("memory_kb", xen), "MiB"))
     elif daily is schema.SCRAPES:
         status = rows["status"].where(rows["status"] != "", "?")
         codes, pairs = _codes(rows["vm"], status)
         counts = np.bincount(codes, minlength=len(pairs))
         part.health.update({pair: int(n) for pair, n in zip(pairs, counts, strict=True)})
-        failed = rows[~status.isin([Status.OK.value, Status.SKIPPED.value])]
-        keep("failures", failed, 1.0)
+        failed = ~status.isin([Status.OK.value, Status.SKIPPED.value]).to_numpy()
+        keep("failures", failed, np.ones(int(failed.sum())))
     elif daily is schema.ALERTS:
         part.alerts.extend(zip(rows["t"], rows["vm"], rows["msg"], strict=True))
 
