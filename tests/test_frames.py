@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ pytest.importorskip("pandas")
 
 from sysmon import schema  # noqa: E402
 from sysmon.commands.report import frames  # noqa: E402
+from sysmon.commands.report import summary as summary_module  # noqa: E402
 
 T0 = datetime(2025, 8, 31, 12, 0, 0, tzinfo=UTC)
 #: Short lines make a line past the limit cheap to write.
@@ -36,9 +38,10 @@ NUMBER = st.one_of(
 )  # fmt: skip
 #: Text cells: names a qube may pick, some with the marks a number can hide.
 TEXT = st.one_of(
-    st.sampled_from(["work", "sys-net", "vm1e", "nan", "inf", "eth0", "lo", "a b", "x+y", ""]),
+    st.sampled_from(["work", "sys-net", "vm1e", "nan", "inf", "eth0", "lo", "a b", "x+y", "",
+                     "ok", "skipped", "timeout", "/rw"]),
     st.text(alphabet="ae1.-+ E", max_size=6),
-)
+)  # fmt: skip
 #: Whole lines or pieces that are not one.
 ODD = st.sampled_from(
     [
@@ -54,7 +57,10 @@ def _line(daily: schema.DailyFile) -> st.SearchStrategy[str]:
     for column in daily.columns:
         if column.role is schema.Role.TIME:
             cells.append(
-                st.integers(0, 86_400).map(lambda s: schema.format_ts(T0 + timedelta(seconds=s)))
+                # A tick's rows share their time: a few times often.
+                (st.integers(0, 3) | st.integers(0, 86_400)).map(
+                    lambda s: schema.format_ts(T0 + timedelta(seconds=s))
+                )
             )
         elif column.role is schema.Role.VALUE:
             cells.append(NUMBER)
@@ -164,3 +170,56 @@ def test_a_long_line_and_a_short_one_do_not_make_up_for_each_other() -> None:
         + "2025-08-31T12:00:20Z,work,5,1\n"
     ).encode()
     assert not _compare(schema.CONNECTIONS, data, ("tcp_established",))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([schema.SCRAPES, schema.DISK]).flatmap(
+        lambda d: st.tuples(st.just(d), st.lists(_file(d), min_size=1, max_size=3))
+    ),
+    st.sampled_from([None, {"work"}, {"ok", "a b"}]),
+    st.sampled_from([(-np.inf, np.inf), (T0.timestamp() + 600, T0.timestamp() + 40_000)]),
+    st.integers(1, 4),
+    st.integers(0, 3),
+)
+def test_the_summary_counts_a_frame_as_it_counts_the_rows(
+    case: tuple[schema.DailyFile, list[bytes]],
+    vms: set[str] | None,
+    when: tuple[float, float],
+    keys: int,
+    text: int,
+) -> None:
+    """Polls, failures by status, disks' last and highest use, skips, in the same order:
+    a frame of the fast path summed a distinct name at a time, or the decoder's rows one by
+    one; names cut and counts capped (small here) alike, over several files."""
+    daily, files = case
+    start, end = when
+    by_rows, by_frames = summary_module.Summary(), summary_module.Summary()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summary_module, "MAX_KEYS", keys)
+        patch.setattr(summary_module, "MAX_TEXT", text)
+        for data in files:
+            for row in schema.decode_untrusted(
+                io.BytesIO(data), daily, by_rows.skipped, max_line=MAX_LINE
+            ):
+                vm = row.cells[1]
+                if (vms is None or vm in vms) and start <= row.ts <= end:
+                    by_rows.add_row(daily.file_name, vm, row.ts, row.cells)
+            values = summary_module._COLUMNAR[daily.file_name]
+            frame, skipped = frames.read_frame(
+                functools.partial(io.BytesIO, data), daily, values, max_line=MAX_LINE
+            )
+            for field in ("unreadable", "wrong_width", "bad_time", "not_sysmon"):
+                setattr(
+                    by_frames.skipped,
+                    field,
+                    getattr(by_frames.skipped, field) + getattr(skipped, field),
+                )
+            by_frames.add_rows(daily.file_name, summary_module._wanted(frame, vms, start, end))
+    assert by_frames.skipped == by_rows.skipped
+    assert list(by_frames.polls.items()) == list(by_rows.polls.items())
+    assert [(k, list(c.items())) for k, c in by_frames.failed.items()] == [
+        (k, list(c.items())) for k, c in by_rows.failed.items()
+    ]
+    assert list(by_frames.disks.items()) == list(by_rows.disks.items())
+    assert by_frames.pairs == by_rows.pairs

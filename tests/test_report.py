@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import gzip
 import json
@@ -432,3 +433,20 @@ def test_the_realistic_generator_writes_no_negative_xen_cpu(tmp_path):
         assert len(usage) > 2000
         assert min(usage) >= 0, seed
         assert max(usage) <= 100, seed
+
+
+def test_charts_drawn_by_worker_processes_are_the_ones_drawn_here(out, tmp_path):
+    """Each chart is the same PNG, byte for byte, drawn in this process or by two workers,
+    and each stays in its place on the page."""
+    data = load([out], None, -math.inf, math.inf, workers=1)
+    here = render(data, tmp_path / "here", workers=1)
+    there = render(data, tmp_path / "there", workers=2)
+    assert here.read_text() == there.read_text()
+    pngs = sorted(p.name for p in (tmp_path / "here").glob("*.png"))
+    assert len(pngs) >= 5
+    for name in pngs:
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
+    shown = re.findall(r"<img alt='(\w+)' src='data:image/png;base64,([^']+)'>", there.read_text())
+    assert sorted(f"{name}.png" for name, _ in shown) == pngs
+    for name, encoded in shown:
+        assert base64.b64decode(encoded) == (tmp_path / "there" / f"{name}.png").read_bytes()

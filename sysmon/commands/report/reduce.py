@@ -10,6 +10,7 @@ import itertools
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,35 @@ def _usable(
             long |= rows[column].str.len().gt(MAX_CELL).to_numpy()
         else:
             long |= _too_long(rows[column])
-    outside = ~((rows["t"] >= FIRST_T) & (rows["t"] < LAST_T)).to_numpy()
-    part.skipped += int((long | outside).sum())
-    readable = rows[~(long | outside)]
-    part.rows += len(readable)
+    t = rows["t"].to_numpy()
+    unusable = long | ~((t >= FIRST_T) & (t < LAST_T))
+    dropped = int(unusable.sum())
+    part.skipped += dropped
+    part.rows += len(rows) - dropped
+    wanted = ~unusable & (t >= start) & (t <= end)
     if vms:
-        readable = readable[readable["vm"].isin(vms)]
-    return readable[(readable["t"] >= start) & (readable["t"] <= end)]
+        wanted &= _where(rows["vm"], lambda vm: vm in vms)
+    # Every row kept (the usual case): no copy of the frame.
+    return rows if wanted.all() else rows[wanted]
+
+
+def _where(column: Any, test: Callable[[str], bool]) -> Any:
+    """``test`` of each cell of a text column, asked once per distinct cell."""
+    codes, uniques = pd.factorize(column)
+    # A code of -1 (no value: not from a reader here) is never kept.
+    answers = np.array([bool(test(u)) for u in uniques] + [False], dtype=bool)
+    return answers[codes]
+
+
+def _codes(*columns: Any) -> tuple[Any, list[tuple[Any, ...]]]:
+    """Rows numbered by their cells in ``columns``, in the order they first came, and the keys."""
+    codes, uniques = pd.factorize(columns[0])
+    keys: list[tuple[Any, ...]] = [(u,) for u in uniques]
+    for column in columns[1:]:
+        more, also = pd.factorize(column)
+        codes, first = pd.factorize(codes.astype(np.int64) * len(also) + more)
+        keys = [(*keys[c // len(also)], also[c % len(also)]) for c in first]
+    return codes, keys
 
 
 def _finite(*columns: Any) -> Any:
@@ -108,52 +131,61 @@ def _finite(*columns: Any) -> Any:
     return ok
 
 
-def _split(frame: Any, keys: str | list[str]) -> dict[Any, tuple[Any, Any]]:
-    """A frame of ``t`` and ``v`` as arrays per key, keys in the order they first came."""
+def _split(t: Any, v: Any, codes: Any, keys: Any) -> dict[Any, tuple[Any, Any]]:
+    """Times and values per key (``keys[code]``), keys in the order their rows first came."""
+    codes, first = pd.factorize(codes)  # numbers, not names: cheap
+    order = np.argsort(codes, kind="stable")  # each key's rows in file order
+    bounds = np.searchsorted(codes[order], np.arange(len(first) + 1))
+    t, v = np.asarray(t, dtype=float)[order], np.asarray(v, dtype=float)[order]
     return {
-        key: (group["t"].to_numpy(dtype=float), group["v"].to_numpy(dtype=float))
-        for key, group in frame.groupby(keys, sort=False)
+        keys[key]: (t[a:b], v[a:b])
+        for key, a, b in zip(first.tolist(), bounds[:-1], bounds[1:], strict=True)
     }
 
 
 def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
     """Keep what the charts need of one file's readable rows."""
+    # Each qube's name is hashed once per file, whatever number of charts it feeds.
+    qube, qubes = pd.factorize(rows["vm"])
+    t = rows["t"].to_numpy(dtype=float)
 
-    def keep(metric: str, frame: Any, value: Any, keys: str | list[str] = "vm") -> None:
-        part.series[metric] = _split(frame.assign(v=value), keys)
+    def value(name: str, ok: Any) -> Any:
+        return rows[name].to_numpy(dtype=float)[ok]
+
+    def keep(metric: str, ok: Any, values: Any, codes: Any = qube, keys: Any = qubes) -> None:
+        part.series[metric] = _split(t[ok], values, codes[ok], keys)
 
     if daily is schema.SYSTEM:
-        both = rows[_finite(rows["cpu_user"], rows["cpu_system"])]
-        keep("cpu", both, both["cpu_user"] + both["cpu_system"])
-        used = rows[_finite(rows["mem_used_kb"])]
-        keep("mem", used, to_unit(daily, "mem_used_kb", used["mem_used_kb"], "MiB"))
+        both = _finite(rows["cpu_user"], rows["cpu_system"])
+        keep("cpu", both, value("cpu_user", both) + value("cpu_system", both))
+        used = _finite(rows["mem_used_kb"])
+        keep("mem", used, to_unit(daily, "mem_used_kb", value("mem_used_kb", used), "MiB"))
     elif daily is schema.NETWORK:
         # Loopback, and a netvm's vifs (what they carry is on its uplink too).
-        own = (rows["if"] != "lo") & ~rows["if"].str.startswith("vif")
+        own = _where(rows["if"], lambda name: name != "lo" and not schema.forwarded(name))
         counters = rows[own & _finite(rows["rx_bytes"], rows["tx_bytes"])]
         _day_rates(part, counters)
     elif daily is schema.CONNECTIONS:
-        tcp = rows[_finite(rows["tcp_established"])]
-        keep("tcp", tcp, tcp["tcp_established"])
+        tcp = _finite(rows["tcp_established"])
+        keep("tcp", tcp, value("tcp_established", tcp))
     elif daily is schema.DISK:
-        used, avail = rows["used_kb"], rows["avail_kb"]
-        disk = rows[_finite(used, avail) & ((used + avail) > 0).to_numpy()]
-        disk = disk.assign(mount=disk["mount"].where(disk["mount"] != "", "?"))
-        keep(
-            "disk",
-            disk,
-            100 * disk["used_kb"] / (disk["used_kb"] + disk["avail_kb"]),
-            ["vm", "mount"],
-        )
+        used, avail = rows["used_kb"].to_numpy(dtype=float), rows["avail_kb"].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            disk = _finite(rows["used_kb"], rows["avail_kb"]) & ((used + avail) > 0)
+        used, avail = used[disk], avail[disk]
+        mounts, keys = _codes(rows["vm"], rows["mount"].where(rows["mount"] != "", "?"))
+        keep("disk", disk, 100 * used / (used + avail), mounts, keys)
     elif daily is schema.XEN:
-        xen = rows[_finite(rows["cpu_usage"], rows["memory_kb"])]
-        keep("xen_cpu", xen, xen["cpu_usage"])
-        keep("xen_mem", xen, to_unit(daily, "memory_kb", xen["memory_kb"], "MiB"))
+        xen = _finite(rows["cpu_usage"], rows["memory_kb"])
+        keep("xen_cpu", xen, value("cpu_usage", xen))
+        keep("xen_mem", xen, to_unit(daily, "memory_kb", value("memory_kb", xen), "MiB"))
     elif daily is schema.SCRAPES:
         status = rows["status"].where(rows["status"] != "", "?")
-        part.health.update(Counter(zip(rows["vm"], status, strict=True)))
-        failed = rows[~status.isin([Status.OK.value, Status.SKIPPED.value])]
-        keep("failures", failed, 1.0)
+        codes, pairs = _codes(rows["vm"], status)
+        counts = np.bincount(codes, minlength=len(pairs))
+        part.health.update({pair: int(n) for pair, n in zip(pairs, counts, strict=True)})
+        failed = ~status.isin([Status.OK.value, Status.SKIPPED.value]).to_numpy()
+        keep("failures", failed, np.ones(int(failed.sum())))
     elif daily is schema.ALERTS:
         part.alerts.extend(zip(rows["t"], rows["vm"], rows["msg"], strict=True))
 
@@ -163,7 +195,7 @@ def _day_rates(part: _Part, counters: Any) -> None:
 
     Also each interface's first and last counters, to join rates across days.
     """
-    keys = pd.factorize(counters["vm"] + "\0" + counters["if"])[0]
+    keys, interfaces = _codes(counters["vm"], counters["if"])
     order = np.argsort(keys, kind="stable")  # each interface's samples, in file order
     key, t = keys[order], counters["t"].to_numpy()[order]
     rx, tx = counters["rx_bytes"].to_numpy()[order], counters["tx_bytes"].to_numpy()[order]
@@ -174,18 +206,22 @@ def _day_rates(part: _Part, counters: Any) -> None:
     # back (a restart or a reset): no negative spikes.
     with np.errstate(invalid="ignore"):
         ok = same & (dt > 0) & (drx >= 0) & (dtx >= 0)
-    vm, t = counters["vm"].to_numpy()[order][ok], t[ok]
+    # Each interface's first and last sample, in the order the files have them.
+    starts = np.flatnonzero(~same)
+    last = np.r_[starts[1:], len(key)][: len(starts)] - 1
+    for side, at in ((part.net_first, starts), (part.net_last, last)):
+        for i in at[np.argsort(order[at])]:  # interfaces in the order the file has them
+            vm_, iface = interfaces[key[i]]
+            side[(vm_, iface)] = (float(t[i]), float(rx[i]), float(tx[i]))
+    t = t[ok]
     rx = to_unit(schema.NETWORK, "rx_bytes", drx[ok] / dt[ok], "KiB")
     tx = to_unit(schema.NETWORK, "tx_bytes", dtx[ok] / dt[ok], "KiB")
-    ends = counters[["vm", "if", "t", "rx_bytes", "tx_bytes"]].assign(key=keys)
-    for side, keep in ((part.net_first, "first"), (part.net_last, "last")):
-        for vm_, iface, t_, rx_, tx_, _key in ends.drop_duplicates("key", keep=keep).itertuples(
-            index=False
-        ):
-            side[(vm_, iface)] = (t_, rx_, tx_)
     if not len(t):
         return
-    code, names = pd.factorize(vm)
+    # Qubes numbered in the order their first rate comes (the dict's order).
+    qube_of, qubes = pd.factorize(np.array([vm_ for vm_, _ in interfaces], dtype=object))
+    code, first = pd.factorize(qube_of[key[ok]])
+    names = qubes[first]
     by_time = np.lexsort((t, code))  # stable: each sum adds in the order the rates came
     code, t = code[by_time], t[by_time]
     starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (t[1:] != t[:-1])])

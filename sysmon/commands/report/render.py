@@ -11,9 +11,11 @@ HTML-escaped on the page, cut to :data:`MAX_LABEL` characters.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import html
 import io
+import os
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,11 +214,29 @@ def _time_axis(ax: Any, bins: Bins) -> None:
     ax.set_xlabel(f"UTC, {days}")
 
 
-def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
-    """The chart's PNG (None when no qube has data) and its ranking."""
+@attrs.frozen(eq=False)
+class Picture:
+    """What one chart's PNG is drawn from: its bins' values, a few thousand numbers.
+
+    Made from the series in the main process (:func:`plan`), painted anywhere
+    (:func:`paint`): a worker process is sent this, not the week's points.
+    """
+
+    chart: Chart  # its series left out: see :func:`plan`
+    bins: Bins
+    labels: tuple[str, ...]  # the heatmap's rows, busiest first
+    shown: int  # labels with data (the rest are in the table)
+    grid: Any  # a row of bins per label
+    #: The colour scale: (log, lowest, highest).
+    norm: tuple[bool, float, float]
+    log: bool  # the lines on a log scale
+    #: The busiest few: label and values per bin.
+    lines: tuple[tuple[str, Any], ...]
+
+
+def plan(chart: Chart, bins: Bins) -> tuple[Picture | None, Ranked]:
+    """The chart's :class:`Picture` (None when no qube has data) and its ranking."""
     import numpy as np  # noqa: PLC0415
-    from matplotlib.colors import LogNorm, Normalize  # noqa: PLC0415
-    from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: PLC0415
 
     ranked = Ranked.of(chart.series)
     if not ranked.labels:
@@ -227,14 +247,40 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     rows = ranked.labels[:MAX_ROWS]
     grid = np.vstack([bins.matrix(np, chart.series[k], chart.kind) for k in rows])
     top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
+    norm: tuple[bool, float, float]
     if chart.scale == "percent":  # 0 to the highest seen: 2% and 9% must look apart
-        norm: Any = Normalize(0, min(100.0, top) if top > 0 else 1.0)
+        norm = (False, 0.0, min(100.0, top) if top > 0 else 1.0)
     elif log and top > 0:
         positive = grid[grid > 0]
-        norm = LogNorm(max(float(np.nanpercentile(positive, 1)), top * 1e-6), top)
+        norm = (True, max(float(np.nanpercentile(positive, 1)), top * 1e-6), top)
         grid = np.where(grid > 0, grid, np.nan)
     else:
-        norm = Normalize(0, top if top > 0 else 1.0)
+        norm = (False, 0.0, top if top > 0 else 1.0)
+    lines = tuple(
+        (k, bins.matrix(np, chart.series[k], chart.kind)) for k in ranked.labels[:TOP_LINES]
+    )
+    picture = Picture(
+        attrs.evolve(chart, series={}), bins, rows, len(ranked.labels), grid, norm, log, lines
+    )
+    return picture, ranked
+
+
+def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
+    """The chart's PNG (None when no qube has data) and its ranking."""
+    picture, ranked = plan(chart, bins)
+    return (None if picture is None else paint(plt, picture)), ranked
+
+
+def paint(plt: Any, picture: Picture) -> bytes:
+    """The PNG of a :class:`Picture`."""
+    import numpy as np  # noqa: PLC0415
+    from matplotlib.colors import LogNorm, Normalize  # noqa: PLC0415
+    from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: PLC0415
+
+    chart, bins, rows, grid, log = (
+        picture.chart, picture.bins, picture.labels, picture.grid, picture.log
+    )  # fmt: skip
+    norm: Any = (LogNorm if picture.norm[0] else Normalize)(*picture.norm[1:])
     heat_height = 0.6 + 0.22 * len(rows)
     fig, (heat, lines) = plt.subplots(
         2, 1, sharex=True, figsize=(11, heat_height + 2.8), constrained_layout=True,
@@ -250,18 +296,15 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     blank = "none" if chart.kind == "count" else "no sample"
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")  # mathtext is off: no 10^x
     fig.colorbar(image, ax=heat, label=chart.unit, pad=0.01, format=plain)
-    more = (
-        f" (the first {MAX_ROWS} drawn, all in the table)" if len(ranked.labels) > MAX_ROWS else ""
-    )
+    more = f" (the first {MAX_ROWS} drawn, all in the table)" if picture.shown > MAX_ROWS else ""
     heat.set_title(
-        f"{len(ranked.labels)} with data, busiest first{more}"
+        f"{picture.shown} with data, busiest first{more}"
          f"; a column is the {per_bin} over {_duration(bins.width)}; grey: {blank}",
         loc="left", fontsize=9,
     )  # fmt: skip
     middles = (edges[:-1] + edges[1:]) / 2
     highest = 0.0
-    for k in ranked.labels[:TOP_LINES]:
-        values = bins.matrix(np, chart.series[k], chart.kind)
+    for k, values in picture.lines:
         highest = max(highest, float(np.nanmax(values)) if np.isfinite(values).any() else 0.0)
         style = "o" if chart.kind == "count" or np.isfinite(values).sum() == 1 else "-"
         lines.plot(middles, values, style, markersize=3, linewidth=1.0, label=_label(k))
@@ -279,7 +322,7 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
         fontsize=8,
         ncol=TOP_LINES,
         frameon=False,
-        title=f"the busiest {min(TOP_LINES, len(ranked.labels))}:",
+        title=f"the busiest {min(TOP_LINES, picture.shown)}:",
         title_fontsize=8,
         alignment="left",
     )
@@ -289,7 +332,32 @@ def draw(plt: Any, chart: Chart, bins: Bins) -> tuple[bytes | None, Ranked]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    return buffer.getvalue(), ranked
+    return buffer.getvalue()
+
+
+def _paint_here(picture: Picture) -> bytes:
+    """:func:`paint` in a worker process."""
+    return paint(import_pyplot(), picture)
+
+
+def paint_all(pictures: list[Picture], workers: int | None = None) -> list[bytes]:
+    """The PNGs of ``pictures``, on ``workers`` cores (default: all; Agg draws on one).
+
+    This process paints its share too, beside ``workers - 1`` others: its
+    caches (fonts, text layouts) are warm, a worker's are made for it.
+    """
+    workers = min(workers or os.cpu_count() or 1, len(pictures))
+    plt = import_pyplot()
+    if workers <= 1:
+        return [paint(plt, picture) for picture in pictures]
+    with concurrent.futures.ProcessPoolExecutor(workers - 1) as pool:
+        theirs = {
+            i: pool.submit(_paint_here, picture)
+            for i, picture in enumerate(pictures)
+            if i % workers
+        }
+        mine = {i: paint(plt, p) for i, p in enumerate(pictures) if not i % workers}
+        return [mine[i] if i in mine else theirs[i].result() for i in range(len(pictures))]
 
 
 def _duration(seconds: float) -> str:
@@ -329,12 +397,13 @@ def identical(data: Data) -> list[list[str]]:
     return [sorted(vms) for vms in groups.values() if len(vms) > 1]
 
 
-def render(data: Data, out: Path, summary: str = "") -> Path:
+def render(data: Data, out: Path, summary: str = "", *, workers: int | None = None) -> Path:
     """Write the PNG charts and one self-contained ``index.html`` into ``out``.
 
     ``summary``: the first screen's HTML (summary.py), above the charts.
+    ``workers``: processes drawing them (default: one per core).
     """
-    plt = import_pyplot()
+    import_pyplot()  # before any work: a missing matplotlib is said at once
     out.mkdir(parents=True, exist_ok=True)
     bins = Bins.spanning(data)
     parts = [
@@ -365,12 +434,15 @@ def render(data: Data, out: Path, summary: str = "") -> Path:
         shown = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(counts.items()))
         parts.append(f"<tr><td>{html.escape(vm)}</td><td>{shown}</td></tr>")
     parts.append("</table>")
-    for chart in charts_of(data):
+    charts = charts_of(data)
+    planned = [plan(chart, bins) if bins else (None, Ranked.of({})) for chart in charts]
+    pngs = iter(paint_all([p for p, _ in planned if p is not None], workers))
+    for chart, (picture, ranked) in zip(charts, planned, strict=True):
         parts.append(f"<h2 id='{chart.name}'>{html.escape(chart.title)}</h2>")
-        png, ranked = draw(plt, chart, bins) if bins else (None, Ranked.of({}))
-        if png is None:
+        if picture is None:
             parts.append("<p>No data.</p>")
             continue
+        png = next(pngs)
         (out / f"{chart.name}.png").write_bytes(png)
         encoded = base64.b64encode(png).decode()
         parts.append(f"<img alt='{chart.name}' src='data:image/png;base64,{encoded}'>")
