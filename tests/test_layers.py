@@ -120,6 +120,18 @@ def test_only_one_module_spawns_processes():
     assert spawners == {"sysmon.collect.process"}
 
 
+def test_only_the_reports_workers_start_worker_processes():
+    """Worker processes (the report's reading and drawing, a core each) start in
+    report/workers.py alone; the daemon, a long-lived trio process, starts none."""
+    pools = {
+        module_name(p)
+        for p in MODULES
+        if {"concurrent.futures", "multiprocessing"} & imports(p)
+        or "ProcessPoolExecutor" in p.read_text()
+    }
+    assert pools == {"sysmon.commands.report.workers"}
+
+
 #: Inside the store, each module does one job: the read side (finding days)
 #: writes nothing, delivery and retention stand apart from building archives.
 STORE_APART: dict[str, set[str]] = {
@@ -278,6 +290,7 @@ TESTED_WITH = {
     "sysmon.schema.__main__": "test_table.py",
     "sysmon.commands.offload": "test_daemon.py",
     "sysmon.commands.report.render": "test_report.py",
+    "sysmon.commands.report.workers": "test_report.py",  # one process against two
     "sysmon.commands.export.ledger": "test_export.py",
     "sysmon.commands.export.series": "test_export.py",
     "sysmon.commands.export.push": "test_export.py",

@@ -12,8 +12,6 @@ longer than any row sysmon writes, a time outside 1970-2199 -- is counted in
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -24,6 +22,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.commands.progress import Progress
+from sysmon.commands.report.workers import in_order
 from sysmon.store.days import ArchiveError, archive_day, day_units
 
 
@@ -155,18 +154,10 @@ def load(
     from sysmon.commands.report.reduce import Merge, read_unit  # noqa: PLC0415
 
     days = units(paths)
-    workers = min(workers or os.cpu_count() or 1, len(days))
     merged = Merge()
-    progress = progress or Progress.quiet()
-    if workers > 1:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            n = len(days)
-            parts = pool.map(read_unit, days, [vms] * n, [start] * n, [end] * n)
-            for part in _each_day(days, parts, progress):
-                merged.add(part)
-    else:
-        for part in _each_day(days, (read_unit(day, vms, start, end) for day in days), progress):
-            merged.add(part)
+    parts = in_order(read_unit, days, vms, start, end, workers=workers)
+    for part in _each_day(days, parts, progress or Progress.quiet()):
+        merged.add(part)
     return merged.data()
 
 

@@ -11,11 +11,9 @@ HTML-escaped on the page, cut to :data:`MAX_LABEL` characters.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import hashlib
 import html
 import io
-import os
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import attrs
 
 from sysmon.commands.report.read import MAX_SERIES, Data, ReportError, Series
+from sysmon.commands.report.workers import how_many, pool
 from sysmon.protocol.text import strip_controls
 
 #: Rows of a heatmap; the rest are in the table below it.
@@ -346,13 +345,13 @@ def paint_all(pictures: list[Picture], workers: int | None = None) -> list[bytes
     This process paints its share too, beside ``workers - 1`` others: its
     caches (fonts, text layouts) are warm, a worker's are made for it.
     """
-    workers = min(workers or os.cpu_count() or 1, len(pictures))
+    workers = how_many(workers, len(pictures))
     plt = import_pyplot()
     if workers <= 1:
         return [paint(plt, picture) for picture in pictures]
-    with concurrent.futures.ProcessPoolExecutor(workers - 1) as pool:
+    with pool(workers - 1) as others:
         theirs = {
-            i: pool.submit(_paint_here, picture)
+            i: others.submit(_paint_here, picture)
             for i, picture in enumerate(pictures)
             if i % workers
         }

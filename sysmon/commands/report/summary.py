@@ -20,11 +20,9 @@ kept, bucketed (:class:`Points`), so a planted file costs a bounded memory.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import html
 import io
 import operator
-import os
 import re
 import tarfile
 import zlib
@@ -39,6 +37,7 @@ import attrs
 
 from sysmon import schema
 from sysmon.commands.report.render import Bins, _duration, _label, _time_axis, import_pyplot
+from sysmon.commands.report.workers import in_order
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
@@ -517,19 +516,9 @@ def summarize(
 ) -> Summary:
     """Read what the first screen needs, several days at a time, joined in day order."""
     today = today or datetime.now(UTC).date()
-    days = list(units)
-    workers = min(workers or os.cpu_count() or 1, len(days))
     merged = Summary()
-    if workers > 1:
-        n = len(days)
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            for part in pool.map(
-                summarize_unit, days, [vms] * n, [start] * n, [end] * n, [today] * n
-            ):
-                merged.join(part)
-    else:
-        for day in days:
-            merged.join(summarize_unit(day, vms, start, end, today))
+    for part in in_order(summarize_unit, list(units), vms, start, end, today, workers=workers):
+        merged.join(part)
     return merged
 
 
