@@ -77,6 +77,7 @@ def test_sigterm_stops_cleanly(world):
         assert stop(proc) == 0
     finally:
         proc.kill()
+        proc.wait()
     text = log.read_text()
     assert '"event": "signal_received"' in text
     assert '"event": "sysmon_stopped"' in text
@@ -108,6 +109,7 @@ def test_kill_9_then_restart_loses_and_repeats_nothing(world):
         assert stop(proc) == 0
     finally:
         proc.kill()
+        proc.wait()
     # The torn bytes go one of two ways: cut before the next append, or -- when the
     # kill landed inside a commit -- with the whole tick it interrupted, rolled back
     # to the sizes recorded before that tick (seen in CI on a slow machine).
@@ -152,6 +154,7 @@ def test_once_beside_the_daemon(world):
         assert stop(proc) == 0
     finally:
         proc.kill()
+        proc.wait()
     noisy = [r["msg"] for r in all_rows(out, "alerts.csv") if r["vm"] == "noisy"]
     assert len(noisy) == 3
     ts = [r["ts"] for r in all_rows(out, "scrapes.csv")]
@@ -172,6 +175,7 @@ def test_sd_notify_ready_then_watchdog(world):
         messages.append(sock.recv(256).decode())
     finally:
         proc.kill()
+        proc.wait()
         sock.close()
     assert messages[:3] == ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]
     assert messages[3] in {"WATCHDOG=1", "STOPPING=1"}

@@ -8,8 +8,9 @@ temporary one, 8428 by a free port).  Every series' sample count in an engine
 must equal the CSVs' non-empty cells for it, and spot cells must read back
 exactly.  Heavy by design (about a gigabyte of CSV): marked ``slow`` and
 ``week``; .ci/run runs them once, on the newest releases beside the Debian 13
-root's run (docs/performance.md has their cost).  The InfluxDB block also runs on a small day, unmarked ``week``,
-so Debian 12's and 13's influx are tried in every run.
+root's run (docs/performance.md has their cost).  The InfluxDB block also
+runs on a small day, unmarked ``week``, so Debian 12's and 13's influx are
+tried in every run.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# The summary reads scrapes.csv and disk.csv through the report's fast path
+# (report/frames.py): like the report, it needs pandas and numpy.
+pytest.importorskip("pandas")
+
 from sysmon import schema
 from sysmon.commands.report import summary as summary_module
 from sysmon.commands.report.render import import_pyplot
