@@ -26,11 +26,13 @@ __all__ = ["QUBE_STATES"]
 _INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
 #: A whole column of value cells, comma-joined, that are all JSON numbers as they are
-#: (no leading zero): checked in one pass, not cell by cell; possessive, never backtracking.
-_JSON_INT = r"-?+(?:0|[1-9][0-9]{0,18}+)"
-_JSON_DECIMAL = _JSON_INT + r"(?:\.[0-9]{1,6}+)?+"
-_JOINED_INT = re.compile(f"{_JSON_INT}(?:,{_JSON_INT})*+")
-_JOINED_DECIMAL = re.compile(f"{_JSON_DECIMAL}(?:,{_JSON_DECIMAL})*+")
+#: (no leading zero): checked in one pass, not cell by cell.  Each item starts after a
+#: comma and holds none, so matching is linear.  No possessive quantifiers: Debian 12's
+#: Python 3.11.2 fullmatches "1," with them (fixed in later 3.11 releases).
+_JSON_INT = r"-?(?:0|[1-9][0-9]{0,18})"
+_JSON_DECIMAL = _JSON_INT + r"(?:\.[0-9]{1,6})?"
+_JOINED_INT = re.compile(f"{_JSON_INT}(?:,{_JSON_INT})*")
+_JOINED_DECIMAL = re.compile(f"{_JSON_DECIMAL}(?:,{_JSON_DECIMAL})*")
 
 
 @attrs.frozen
