@@ -68,7 +68,7 @@ def tgz_path(out_dir: Path, day: date) -> Path:
 
 
 #: What sysmon names an archive: the day, and a later copy's number.
-_ARCHIVE_NAME = re.compile(r"monitor-([0-9]{4}-[0-9]{2}-[0-9]{2})(?:\.[0-9]+)?\.tgz")
+_ARCHIVE_NAME = re.compile(r"monitor-([0-9]{4}-[0-9]{2}-[0-9]{2})(?:\.([0-9]+))?\.tgz")
 
 
 def archive_day(name: str) -> date | None:
@@ -88,12 +88,12 @@ def archive_day(name: str) -> date | None:
 def _copy_number(name: str) -> int:
     """Which copy of its day an archive is: 1 for ``monitor-DAY.tgz``, N for ``.N``.
 
-    N is ASCII digits only: ``str.isdigit`` also takes '²' (which ``int``
-    refuses) and other scripts' digits (which no sender writes).
+    Read by the same pattern as :func:`archive_day`: N is ASCII digits only
+    (``str.isdigit`` also takes '²', which ``int`` refuses, and other scripts'
+    digits, which no sender writes).
     """
-    middle = name.removeprefix("monitor-").removesuffix(".tgz")[10:]
-    number = middle[1:]
-    return int(number) if middle[:1] == "." and number.isascii() and number.isdigit() else 1
+    match = _ARCHIVE_NAME.fullmatch(name)
+    return int(match[2]) if match is not None and match[2] is not None else 1
 
 
 def archived_days(out_dir: Path) -> list[date]:
