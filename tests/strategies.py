@@ -65,8 +65,8 @@ alert_records = st.builds(
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
-    net = tuple(draw(st.lists(net_records, max_size=5)))
-    disk = tuple(draw(st.lists(disk_records, max_size=5)))
+    net = tuple(draw(st.lists(net_records, max_size=5, unique_by=lambda n: n.interface)))
+    disk = tuple(draw(st.lists(disk_records, max_size=5, unique_by=lambda d: (d.fs, d.mount))))
     alerts = tuple(draw(st.lists(alert_records, max_size=5)))
     conn = draw(st.none() | conn_records)
     sys = draw(sys_records())

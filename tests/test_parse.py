@@ -111,6 +111,23 @@ class TestBadLines:
         assert snap.sys.btime == 100
         assert snap.lines_rejected == 1
 
+    def test_repeated_interface_keeps_the_first(self):
+        """One counter set per interface and tick: a second would be a second sample of
+        the same series at the same time, which engines refuse or silently drop."""
+        twice = NET.replace(b"rx_bytes=1", b"rx_bytes=9")
+        snap = parse_metrics_untrusted(SYS + NET + twice)
+        assert [n.rx_bytes for n in snap.net] == [1]
+        assert snap.lines_rejected == 1
+        assert "repeated interface eth0" in snap.reject_reasons[0]
+
+    def test_repeated_filesystem_keeps_the_first(self):
+        disk = b"disk: fs=/dev/xvdb mount=/rw size_kb=3 used_kb=1 avail_kb=2\n"
+        other_mount = disk.replace(b"mount=/rw", b"mount=/home")
+        snap = parse_metrics_untrusted(SYS + disk + other_mount + disk.replace(b"=3", b"=4"))
+        assert [(d.mount, d.size_kb) for d in snap.disk] == [("/rw", 3), ("/home", 3)]
+        assert snap.lines_rejected == 1
+        assert "repeated filesystem /dev/xvdb on /rw" in snap.reject_reasons[0]
+
     def test_repeated_key_rejects_the_line(self):
         with pytest.raises(MetricsParseError, match="repeated key btime"):
             parse_metrics_untrusted(b"sys: btime=1 btime=2\n")
@@ -176,7 +193,7 @@ class TestCaps:
         assert snap.lines_rejected == 10_000 - 512
 
     def test_line_cap_counts_the_rest(self):
-        raw = SYS + NET * 5000
+        raw = SYS + b"".join(NET.replace(b"eth0", b"eth%d" % i) for i in range(5000))
         snap = parse_metrics_untrusted(raw, Limits(max_bytes=10**7, max_lines=100, max_net=10**6))
         assert "lines" in snap.over_caps
         assert snap.lines_total == 5001

@@ -196,6 +196,8 @@ def parse_metrics_untrusted(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Snap
     conn: ConnRecord | None = None
     net: list[NetRecord] = []
     disk: list[DiskRecord] = []
+    interfaces: set[str] = set()
+    filesystems: set[tuple[str, str]] = set()
     alerts: list[AlertRecord] = []
     lines_ok = 0
     rejected = 0
@@ -233,7 +235,12 @@ def parse_metrics_untrusted(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Snap
                 if len(net) >= limits.max_net:
                     over_caps.add("net")
                     raise _LineError("over the net cap")
-                net.append(_parse_net(body))
+                record = _parse_net(body)
+                # One sample per series and tick: a second would be refused by the engines.
+                if record.interface in interfaces:
+                    raise _LineError(f"repeated interface {record.interface}")
+                net.append(record)
+                interfaces.add(record.interface)
             elif prefix == b"conn":
                 if conn is not None:
                     raise _LineError("repeated conn line")
@@ -242,7 +249,11 @@ def parse_metrics_untrusted(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Snap
                 if len(disk) >= limits.max_disk:
                     over_caps.add("disk")
                     raise _LineError("over the disk cap")
-                disk.append(_parse_disk(body))
+                mounted = _parse_disk(body)
+                if (mounted.fs, mounted.mount) in filesystems:
+                    raise _LineError(f"repeated filesystem {mounted.fs} on {mounted.mount}")
+                disk.append(mounted)
+                filesystems.add((mounted.fs, mounted.mount))
             elif prefix == b"alert":
                 if len(alerts) >= limits.max_alerts:
                     over_caps.add("alert")
