@@ -41,6 +41,8 @@ TICK_COMMIT_FAILED: Final = "tick_commit_failed"
 DAILY_FILE_MOVED_ASIDE: Final = "daily_file_moved_aside"
 TORN_LINE_REPAIRED: Final = "torn_line_repaired"
 STATE_DAMAGED: Final = "state_damaged"
+#: One section of the state (a qube's entry, rules, pools, views) started afresh.
+STATE_SECTION_RESET: Final = "state_section_reset"
 META_LINK_REMOVED: Final = "meta_link_removed"
 
 # -- the nightly archive -------------------------------------------------------

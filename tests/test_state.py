@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,18 @@ from structlog.testing import capture_logs
 
 from sysmon import events
 from sysmon.protocol.admin import MAX_QUBES
-from sysmon.records import MAX_VIEW_QUBES, MAX_VIEW_VIFS, QubeView, State, ViewsState
+from sysmon.records import (
+    MAX_VIEW_QUBES,
+    MAX_VIEW_VIFS,
+    AlertCursor,
+    PendingTick,
+    PoolState,
+    QubeState,
+    QubeView,
+    RuleState,
+    State,
+    ViewsState,
+)
 from sysmon.store.state import STATE_NAME, from_json, load_state, save_state, to_json
 
 names = st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True)
@@ -44,7 +56,62 @@ views = st.builds(
 )
 
 
+#: A state with something in every section.
+SEVERAL = State(
+    qubes={
+        "work": QubeState(boot_id="b", cursor=AlertCursor("b", 5, frozenset({"x"}))),
+        "mail": QubeState(day="2026-12-07", day_bytes=10),
+    },
+    last_ts=1_700_000_000,
+    pending=PendingTick(folder="2026-12-07", sizes=(("system.csv", 100),)),
+    rules={"cpu|work": RuleState(since=1.0, polls=2, firing=True, seen=3.0)},
+    pools={"new": PoolState(day="2026-12-07", day_bytes=5, over=False)},
+)
+
+
 class TestLoad:
+    @pytest.mark.parametrize(
+        ("section", "damage", "kept"),
+        [
+            ("rules", lambda d: d.update(rules={"cpu|work": ["soon"]}), {"rules": {}}),
+            ("rules", lambda d: d.update(rules=[1]), {"rules": {}}),
+            ("pools", lambda d: d["pools"]["new"].pop("day"), {"pools": {}}),
+            (
+                "qubes:work",
+                lambda d: d["qubes"]["work"]["cursor"].update(ts_us="late"),
+                {"qubes": {"mail": SEVERAL.qubes["mail"]}},
+            ),
+        ],
+    )
+    def test_a_damaged_section_starts_afresh_alone(self, tmp_path, section, damage, kept):
+        """A section another version wrote differently (or damage) resets that
+        section alone: a qube's alert cursor lost would file its alerts twice."""
+        save_state(tmp_path, SEVERAL, sync=False)
+        data = json.loads((tmp_path / STATE_NAME).read_text())
+        damage(data)
+        (tmp_path / STATE_NAME).write_text(json.dumps(data))
+        with capture_logs() as logs:
+            assert load_state(tmp_path) == attrs.evolve(SEVERAL, **kept)
+        assert [(e["event"], e["section"]) for e in logs] == [(events.STATE_SECTION_RESET, section)]
+
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            lambda d: d.update(version=2),
+            lambda d: d.update(last_ts="now"),
+            lambda d: d.update(qubes=[]),
+            lambda d: d["pending_tick"].update(folder="../etc"),
+        ],
+    )
+    def test_what_the_rows_depend_on_damaged_sets_the_whole_file_aside(self, tmp_path, damage):
+        save_state(tmp_path, SEVERAL, sync=False)
+        data = json.loads((tmp_path / STATE_NAME).read_text())
+        damage(data)
+        (tmp_path / STATE_NAME).write_text(json.dumps(data))
+        with capture_logs() as logs:
+            assert load_state(tmp_path) == State()
+        assert [e["event"] for e in logs] == [events.STATE_DAMAGED]
+
     def test_damaged_state_is_set_aside(self, tmp_path):
         (tmp_path / "sysmon-state.json").write_text("{not json")
         assert load_state(tmp_path) == State()
@@ -86,19 +153,21 @@ class TestViews:
         ],
     )
     def test_damaged_views_are_a_clear_reset_never_a_crash(self, tmp_path, damage) -> None:
-        """Views the file says are not ones sysmon wrote: the file is set aside
-        with one log line and the tick starts afresh (a disagreement may be told again)."""
+        """Views the file says are not ones sysmon wrote (a damaged file, or another
+        version's): they start afresh with one log line (a disagreement may be told
+        again); the alert cursors, rules and pending tick beside them are kept."""
         view = QubeView(cpu_ticks=(1,) * 8, boot_id="b", net_bytes=3, sampled=10.0, alerted=True)
         vifs = {("sys-net", "vif5.0", "work"): (1, 10.0)}
-        good = State(views=ViewsState({"work": view}, vifs, {"work": "sys-net"}))
+        good = attrs.evolve(SEVERAL, views=ViewsState({"work": view}, vifs, {"work": "sys-net"}))
         save_state(tmp_path, good, sync=False)
         assert load_state(tmp_path) == good
         data = json.loads((tmp_path / STATE_NAME).read_text())
         damage(data["views"])
         (tmp_path / STATE_NAME).write_text(json.dumps(data))
         with capture_logs() as logs:
-            assert load_state(tmp_path) == State()
-        assert [e["event"] for e in logs] == [events.STATE_DAMAGED]
+            assert load_state(tmp_path) == SEVERAL
+        assert [(e["event"], e["section"]) for e in logs] == [(events.STATE_SECTION_RESET, "views")]
+        assert [p.name for p in tmp_path.iterdir()] == [STATE_NAME]
 
     def test_the_views_keep_as_many_qubes_as_dom0_may_list(self) -> None:
         assert MAX_VIEW_QUBES == MAX_QUBES

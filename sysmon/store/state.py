@@ -7,6 +7,7 @@ only under the out_dir lock (:func:`sysmon.store.daily.locked`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -203,6 +204,18 @@ def _views_from_json(data: Any) -> ViewsState:
     return ViewsState(qubes, vifs, served_by)
 
 
+def _rules_from_json(data: Any) -> dict[str, RuleState]:
+    return {
+        str(key): RuleState(
+            since=float(v[0]),
+            polls=int(v[1]),
+            firing=bool(v[2]),
+            seen=float(v[3] if len(v) > 3 else v[0]),
+        )
+        for key, v in data.items()
+    }
+
+
 def to_json(state: State) -> dict[str, Any]:
     """The state as JSON-ready data."""
     pending = None
@@ -221,11 +234,37 @@ def to_json(state: State) -> dict[str, Any]:
     }
 
 
+#: What a section of another version's (or a damaged) file raises when read.
+_DAMAGE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _section(name: str, read: Callable[[], _T], fresh: _T) -> _T:
+    """A section read, or started afresh alone (logged) if it is not one sysmon wrote.
+
+    A qube's alert cursor lost with a neighbouring section would file its
+    journal's alerts twice, and the pending tick lost would leave a cut row.
+    """
+    try:
+        return read()
+    except _DAMAGE as exc:
+        structlog.get_logger().error(events.STATE_SECTION_RESET, section=name, error=str(exc))
+        return fresh
+
+
 def from_json(data: Any) -> State:
-    """Build a State from :func:`to_json`'s data.  Raises on any mismatch."""
+    """Build a State from :func:`to_json`'s data.
+
+    Raises on any mismatch in what the rows depend on (the version, the last
+    tick, the pending tick, the qubes' table); a damaged rules, pools or views
+    section, or one qube's entry, starts afresh alone.
+    """
     if data.get("version") != STATE_VERSION:
         raise ValueError(f"state version {data.get('version')!r}")
-    qubes = {str(vm): _qube_from_json(q) for vm, q in data["qubes"].items()}
+    qubes: dict[str, QubeState] = {}
+    for vm, q in data["qubes"].items():
+        read = _section(f"qubes:{vm}", functools.partial(_qube_from_json, q), None)
+        if read is not None:
+            qubes[str(vm)] = read
     pending = None
     if data.get("pending_tick") is not None:
         p = data["pending_tick"]
@@ -235,20 +274,23 @@ def from_json(data: Any) -> State:
         if not {name for name, _ in sizes} <= DAILY_NAMES:
             raise ValueError("pending tick names a file that is not a daily file")
         pending = PendingTick(folder=folder, sizes=sizes)
-    rules = {
-        str(key): RuleState(
-            since=float(v[0]),
-            polls=int(v[1]),
-            firing=bool(v[2]),
-            seen=float(v[3] if len(v) > 3 else v[0]),
-        )
-        for key, v in data.get("rules", {}).items()
-    }
-    pools = {str(name): _pool_from_json(p) for name, p in data.get("pools", {}).items()}
-    views = _views_from_json(data["views"]) if "views" in data else ViewsState()
+    last_ts = int(data["last_ts"])
+    rules: dict[str, RuleState] = _section(
+        "rules", functools.partial(_rules_from_json, data.get("rules", {})), {}
+    )
+    pools: dict[str, PoolState] = _section(
+        "pools",
+        lambda: {str(name): _pool_from_json(p) for name, p in data.get("pools", {}).items()},
+        {},
+    )
+    views = (
+        _section("views", functools.partial(_views_from_json, data["views"]), ViewsState())
+        if "views" in data
+        else ViewsState()
+    )
     return State(
         qubes=qubes,
-        last_ts=int(data["last_ts"]),
+        last_ts=last_ts,
         pending=pending,
         rules=rules,
         pools=pools,
@@ -264,7 +306,7 @@ def load_state(out_dir: Path) -> State:
         return from_json(data)
     except FileNotFoundError:
         return State()
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except _DAMAGE as exc:
         aside = path.with_name(f"{STATE_NAME}.damaged-{int(time.time())}")
         path.replace(aside)
         structlog.get_logger().error(
