@@ -42,6 +42,12 @@ TEXT = st.one_of(
                      "ok", "skipped", "timeout", "/rw"]),
     st.text(alphabet="ae1.-+ E", max_size=6),
 )  # fmt: skip
+#: Time cells that are not one, or not as the writer writes it (one longer than a time's words).
+TIME = st.sampled_from(
+    ["", "yesterday", "2025-08-31T12:00:00+02:00", "2025-08-31", "2025-08-31T12:00:00",
+     "2025-08-31T12:00:00Z ", "2025-08-31T12:00:00.5Z", "0001-01-01T00:00:00Z", "x" * 40,
+     "2025-08-31T12:00:01Z", "2025-08-31T12:00:10Z", "2025-08-31t12:00:00z"]
+)  # fmt: skip
 #: Whole lines or pieces that are not one.
 ODD = st.sampled_from(
     [
@@ -51,7 +57,7 @@ ODD = st.sampled_from(
 )  # fmt: skip
 
 
-def _line(daily: schema.DailyFile) -> st.SearchStrategy[str]:
+def _line(daily: schema.DailyFile, *, odd_width: bool = True) -> st.SearchStrategy[str]:
     """One line: cells for ``daily``'s columns, now and then one too many or too few."""
     cells: list[st.SearchStrategy[str]] = []
     for column in daily.columns:
@@ -61,12 +67,13 @@ def _line(daily: schema.DailyFile) -> st.SearchStrategy[str]:
                 (st.integers(0, 3) | st.integers(0, 86_400)).map(
                     lambda s: schema.format_ts(T0 + timedelta(seconds=s))
                 )
+                | TIME
             )
         elif column.role is schema.Role.VALUE:
             cells.append(NUMBER)
         else:
             cells.append(TEXT)
-    width = st.sampled_from([0, 0, 0, 0, 0, 1, -1])
+    width = st.sampled_from([0, 0, 0, 0, 0, 1, -1] if odd_width else [0])
     return st.tuples(st.tuples(*cells), width).map(
         lambda c: ",".join(list(c[0]) + ["1"] * c[1] if c[1] >= 0 else list(c[0])[: c[1]])
     )
@@ -107,10 +114,12 @@ def _compare(daily: schema.DailyFile, data: bytes, values: tuple[str, ...]) -> b
     return fast is not None
 
 
-@pytest.fixture(autouse=True)
-def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of a few lines, so that a file is split in several."""
+@pytest.fixture(autouse=True, params=["runs", "pandas"])
+def _small_blocks(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Blocks of a few lines, so that a file is split in several; times read both ways."""
     monkeypatch.setattr(frames, "BLOCK", 97)
+    if request.param == "pandas":  # as in a block of too many runs of times
+        monkeypatch.setattr(frames, "FEW_RUNS", -1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -122,6 +131,25 @@ def test_the_fast_path_and_the_decoder_agree_cell_by_cell(
     daily, data = case
     values = tuple(c.name for c in daily.of_role(schema.Role.VALUE))
     _compare(daily, data, values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([schema.SYSTEM, schema.NETWORK, schema.DISK]).flatmap(
+    lambda d: st.tuples(st.just(d), st.lists(_line(d, odd_width=False), max_size=40),
+                        st.sampled_from([97, 1 << 12]))))  # fmt: skip
+def test_many_rows_of_the_headers_width_agree_in_blocks_of_several(
+    case: tuple[schema.DailyFile, list[str], int],
+) -> None:
+    """Rows that are all the header's width (a block of many often fast), times in runs."""
+    daily, lines, block = case
+    data = daily.header + "".join(line + "\n" for line in lines).encode()
+    values = tuple(c.name for c in daily.of_role(schema.Role.VALUE))
+    saved = frames.BLOCK
+    frames.BLOCK = block
+    try:
+        _compare(daily, data, values)
+    finally:
+        frames.BLOCK = saved
 
 
 @settings(max_examples=100, deadline=None)
@@ -145,6 +173,7 @@ def test_each_odd_form_agrees_and_plain_files_stay_fast() -> None:
     for cell in [
         "1e2", " 1", "+1", ".5", "5.", "nan", "inf", "-0", "-0.0", "1.1234567", "007",
         "12345678901234567890", "9007199254740993", "99999999999999999.5", "-", "1.2.3",
+        "1E2", "-1e2", "1.5e3", "12345678e2", "1234567890E1", "123456789012e1", "1e-2",
     ]:  # fmt: skip
         data = (
             schema.CONNECTIONS.header.decode()

@@ -28,6 +28,7 @@ from sysmon.commands.report.read import (
     import_pandas,
     load,
     parse_when,
+    units,
 )
 from sysmon.commands.report.render import (
     Bins,
@@ -178,6 +179,26 @@ def test_a_missing_library_is_a_clear_message(monkeypatch, library, entry):
     monkeypatch.setattr(builtins, "__import__", without)
     with pytest.raises(ReportError, match=f"pip install 'sysmon\\[report\\]'.*python3-{library}"):
         entry()
+
+
+def test_a_day_folder_read_in_shares_is_the_day_read_whole(tmp_path):
+    """Each day folder is two pieces of work; joined they are the day in one piece."""
+    from sysmon.commands.report.reduce import Merge, read_share, read_unit, shares  # noqa: PLC0415
+
+    base = datetime(2025, 8, 31, 23, 59, 40, tzinfo=UTC)
+    for i in range(5):  # across midnight: two days
+        result = ScrapeResult("work", "ok", 3, snapshot=snap(i + 1, 10240 * i))
+        write_tick(tmp_path, base + timedelta(seconds=10 * i), [result], None)
+    days = units([tmp_path])
+    inf = float("inf")
+    whole, pieces = Merge(), Merge()
+    for day in days:
+        whole.add(read_unit(day, None, -inf, inf))
+    work = shares(days)
+    assert len(work) == 2 * len(days) == 4
+    for share in work:
+        pieces.add(read_share(share, None, -inf, inf))
+    assert plain(pieces.data()) == plain(whole.data())
 
 
 def test_days_read_in_parallel_match_one_by_one(tmp_path):

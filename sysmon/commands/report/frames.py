@@ -6,7 +6,8 @@ week through it row by row takes a minute, so :func:`read_frame` first tries
 a fast path that gives the same frame and the same counts: a file that is
 plain -- UTF-8, no quote, carriage return or NUL, every line under the
 decoder's limit and of the header's width -- is split at its commas by numpy,
-its text cells are made by pandas' C reader and its numbers from their digits
+its times compared a word at a time (one parse per run of a time), its other
+text cells made by pandas' C reader and its numbers from their digits
 (a cell not in a form the writer writes is read by :meth:`Column.number`
 alone).  Any other file is read by the decoder, whole.  tests/test_frames.py
 checks both give the same, cell by cell, for files anyone may have written.
@@ -198,7 +199,13 @@ def _block(
     if longest > max_line:
         return None  # the decoder reads such a line in pieces
     text = text_names(daily)
-    wanted = {where["ts"], *(where[n] for n in text if where[n] >= 0)}
+    # Times in runs (a tick's rows share one) from the bytes: pandas would make
+    # a string of every cell.
+    ts = where["ts"]
+    runs = _runs(
+        block, starts if ts == 0 else grid[:, ts - 1] + 1, ends if ts == width - 1 else grid[:, ts]
+    )
+    wanted = {*({ts} if runs is None else ()), *(where[n] for n in text if where[n] >= 0)}
     numeric = [daily.column(n) for n in values if where[n] >= 0 and daily.column(n).kind != "pct"]
     try:
         cells = _read(block, width, wanted, {where[c.name] for c in numeric})
@@ -215,7 +222,7 @@ def _block(
         e = e[((before - ord("0")) <= 9) | (before == ord("."))]  # an exponent's e follows one
         e_line = np.searchsorted(ends, e)
         e_field = np.searchsorted(grid.ravel(), e) - e_line * (width - 1)
-    codes, uniques = pd.factorize(cells[where["ts"]])
+    codes, uniques = pd.factorize(cells[ts]) if runs is None else runs
     times = np.array([_seconds(str(u)) for u in uniques] + [np.nan])[codes]
     bad = int(np.isnan(times).sum())
     skipped.bad_time += bad
@@ -318,6 +325,43 @@ def _checked(
         value = column.number(block[first[i] : last[i]].decode())
         out[i] = np.nan if value is None else float(value)
     return out
+
+
+#: Masks of a word's first 0 to 8 bytes (little-endian: its low bytes).
+_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
+#: Runs of times in a block (a share of its rows, and a few) above which its
+#: times are pandas' (each run's is parsed in Python; a tick's rows share one).
+RUNS, FEW_RUNS = 1 / 8, 64
+
+
+def _runs(block: bytes, first: Ints, last: Ints) -> tuple[Ints, list[str]] | None:
+    """The time cells ``block[first:last]`` numbered by runs of equal cells, and each run's.
+
+    Cells are compared a word (8 bytes) at a time, with no string made but
+    a run's first.  None if the cells are not a time's size or have too many runs.
+    """
+    size = last - first
+    if not len(size) or size.max() > 32:  # a time is 20 bytes
+        return None
+    words = np.ndarray((len(block),), dtype="<u8", buffer=block + bytes(8), strides=(1,))
+    end = len(block) - 1
+    new = np.empty(len(size), dtype=bool)
+    new[0] = True
+    new[1:] = size[1:] != size[:-1]
+    for n in range(-(-int(size.max()) // 8)):
+        word = words[np.minimum(first + 8 * n, end)]
+        valid = np.clip(size - 8 * n, 0, 8)
+        if not (valid == 8).all():
+            word &= _MASKS[valid]  # the bytes past a cell are not its
+        new[1:] |= word[1:] != word[:-1]
+    heads = np.flatnonzero(new)
+    if len(heads) > RUNS * len(size) + FEW_RUNS:
+        return None
+    texts = [
+        block[a:b].decode()
+        for a, b in zip(first[heads].tolist(), last[heads].tolist(), strict=True)
+    ]
+    return np.cumsum(new) - 1, texts
 
 
 def _seconds(text: str) -> float:

@@ -151,24 +151,30 @@ def load(
     points once, not every day's rows.
     """
     import_pandas()
-    from sysmon.commands.report.reduce import Merge, read_unit  # noqa: PLC0415
+    from sysmon.commands.report.reduce import Merge, read_share, shares  # noqa: PLC0415
 
     days = units(paths)
+    work = shares(days)
     merged = Merge()
-    parts = in_order(read_unit, days, vms, start, end, workers=workers)
-    for part in _each_day(days, parts, progress or Progress.quiet()):
+    parts = in_order(read_share, work, vms, start, end, workers=workers)
+    for part in _each_day(days, [unit for unit, _ in work], parts, progress or Progress.quiet()):
         merged.add(part)
     return merged.data()
 
 
-def _each_day(days: list[Path], parts: Iterable[_Part], progress: Progress) -> Iterator[_Part]:
-    """``parts``, telling each day read and the rows so far (on a terminal)."""
-    rows = 0
-    for n, (unit, part) in enumerate(zip(days, parts, strict=False), 1):
+def _each_day(
+    days: list[Path], of: list[Path], parts: Iterable[_Part], progress: Progress
+) -> Iterator[_Part]:
+    """``parts`` (each of the day ``of`` it), telling each day read and the rows so far."""
+    rows = done = 0
+    for n, (unit, part) in enumerate(zip(of, parts, strict=False), 1):
         rows += part.rows
-        day = archive_day(unit.name) if unit.is_file() else _folder_day(unit)
-        progress.update(f"read day {n}/{len(days)}{f' {day}' if day else ''}", rows, "rows")
         yield part
+        if n < len(of) and of[n] == unit:
+            continue  # more of the day to come
+        done += 1
+        day = archive_day(unit.name) if unit.is_file() else _folder_day(unit)
+        progress.update(f"read day {done}/{len(days)}{f' {day}' if day else ''}", rows, "rows")
 
 
 def _folder_day(unit: Path) -> date | None:
