@@ -174,7 +174,7 @@ READ_AHEAD = 1 << 18
 #: What the csv module reads otherwise than a split at commas would, in a row of
 #: unquoted cells: a quote, a line's end other than "\n", NUL.  sysmon writes none
 #: of them in a row of numbers (it quotes only cells that need it).
-_SPECIAL = re.compile('["\r\0]')
+_SPECIAL = '"\r\0'
 _LINE_END = re.compile("[\r\n]")
 
 
@@ -258,9 +258,10 @@ class _Lines:
         self._fill()
         buffer, at = self.buffer, self.at
         end = buffer.rfind("\n", at) + 1
-        special = _SPECIAL.search(buffer, at, end)
-        if special is not None:
-            end = buffer.rfind("\n", at, special.start()) + 1
+        # A find per character, in C (memchr), is quicker than a pattern's search.
+        special = min((i for c in _SPECIAL if (i := buffer.find(c, at, end)) >= 0), default=-1)
+        if special >= 0:
+            end = buffer.rfind("\n", at, special) + 1
         if end <= at:
             return []
         lines = buffer[at : end - 1].split("\n")
