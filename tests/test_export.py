@@ -510,7 +510,7 @@ _CELLS = st.lists(
     st.one_of(
         st.integers(-(10**12), 10**12).map(str),
         st.decimals(-1000, 1000, places=2, allow_nan=False).map(str),
-        st.sampled_from(["", "007", "-0", "1e3", "0.1234567", " 1", "x", "9" * 20]),
+        st.sampled_from(["", "007", "-0", "1e3", "0.1234567", " 1", "x", "9" * 20, "1,2"]),
     ),
     min_size=1,
     max_size=20,
@@ -540,7 +540,9 @@ def test_a_joined_column_is_its_values_comma_joined(cells, family):
         assert json.loads(f"[{joined}]") == want
 
 
-@pytest.mark.parametrize("cells", [["1", ""], ["-0", ""], ["", "1"], ["1", "", "2"], ["1,"]])
+@pytest.mark.parametrize(
+    "cells", [["1", ""], ["-0", ""], ["", "1"], ["1", "", "2"], ["1,"], ["1,2"], ["1", "2,3"]]
+)
 @pytest.mark.parametrize("family", _SCALINGS, ids=["same", "kB", "ms"])
 def test_a_column_with_an_empty_cell_is_not_joined(cells, family):
     """An empty cell is no JSON number: the column takes the per-value path.  Debian

@@ -109,6 +109,8 @@ class Family:
         whole day's cells all well formed) instead of one per cell.
         """
         joined = ",".join(cells)
+        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+            return None
         if self.factor == 1:
             return cells if _JOINED_DECIMAL.fullmatch(joined) else None
         if not _JOINED_INT.fullmatch(joined):
@@ -118,6 +120,8 @@ class Family:
     def joined(self, cells: Sequence[str]) -> str | None:
         """:meth:`values` comma-joined (a JSON array's items), made without a list between."""
         joined = ",".join(cells)
+        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+            return None
         if self.factor == 1:
             return joined if _JOINED_DECIMAL.fullmatch(joined) else None
         if not _JOINED_INT.fullmatch(joined):
