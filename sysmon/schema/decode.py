@@ -226,6 +226,9 @@ class _Lines:
         self.buffer = ""
         self.at = 0
         self.eof = False
+        # Where in the buffer each character of _SPECIAL is next (its length: nowhere);
+        # -1: not looked for yet.  Each found once, not again at every line.
+        self.marks = [-1] * len(_SPECIAL)
         # A cell of a plain line is shorter than max_line: within the csv module's limit?
         self.fast = max_line <= csv.field_size_limit()
 
@@ -236,6 +239,7 @@ class _Lines:
             self.eof = not more
             self.buffer = self.buffer[self.at :] + more
             self.at = 0
+            self.marks = [-1] * len(_SPECIAL)
 
     def readline(self) -> str:
         """The next line or piece of one, as ``TextIOWrapper.readline(max_line)`` (newline="")."""
@@ -259,8 +263,13 @@ class _Lines:
         buffer, at = self.buffer, self.at
         end = buffer.rfind("\n", at) + 1
         # A find per character, in C (memchr), is quicker than a pattern's search.
-        special = min((i for c in _SPECIAL if (i := buffer.find(c, at, end)) >= 0), default=-1)
-        if special >= 0:
+        marks = self.marks
+        for k, char in enumerate(_SPECIAL):
+            if marks[k] < at:
+                found = buffer.find(char, at)
+                marks[k] = found if found >= 0 else len(buffer)
+        special = min(marks)
+        if special < end:
             end = buffer.rfind("\n", at, special) + 1
         if end <= at:
             return []
@@ -308,13 +317,15 @@ def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> It
                     taken += len(more)
                     part += more
                     continue
+                # The rest of the part through the csv module (plain lines in it too).
+                wanted = _PART - len(part)
                 try:
-                    part.append(next(reader))  # through the csv module
-                except StopIteration:
-                    break
+                    part.extend(itertools.islice(reader, wanted))  # the csv module's loop
                 except csv.Error:  # what was read before it stays in the part
                     skipped.unreadable += 1
                     error = True
+                    break
+                if len(part) < _PART:  # the end of the file
                     break
             ended = not error and len(part) < _PART
             if part and set(map(len, part)) != {width}:
