@@ -216,7 +216,7 @@ class _Lines:
     Plain lines -- whole, shorter than ``max_line``, without a character of
     :data:`_SPECIAL` -- are what sysmon writes: the csv module would read
     each as its split at commas, so they are split so, in C, many at a time.
-    Anything else goes through the csv module line by line as before.
+    Anything else goes through the csv module, as before.
     """
 
     def __init__(self, text: IO[str], max_line: int, read_ahead: int) -> None:
