@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import io
+import itertools
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sysmon import schema
-from sysmon.schema.decode import MAX_LINE, Row, Skipped, decode_untrusted
+from sysmon.schema.decode import (
+    MAX_LINE,
+    Batch,
+    Row,
+    Skipped,
+    decode_batches_untrusted,
+    decode_untrusted,
+    header_positions,
+    seconds,
+)
 
 TS = datetime(2026, 12, 6, 7, 0, 0, tzinfo=UTC)
 
@@ -101,3 +113,108 @@ def test_number_takes_only_the_writers_forms() -> None:
     assert size.number("-3.5") == -3.5
     for cell in ("", "nan", "inf", "1e9", "1_0", " 1", "0x10"):
         assert size.number(cell) is None
+
+
+def csv_batches(
+    data: bytes, daily: schema.DailyFile, max_line: int, rows: int
+) -> tuple[list[Batch], Skipped]:
+    """The batch decoder as it was before plain lines were split at once: all by the csv module."""
+    skipped = Skipped()
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = None
+    positions = header_positions(daily, header) if header else None
+    if header is None or positions is None:
+        skipped.not_sysmon += 1
+        return [], skipped
+    width, ts_at = len(header), positions[daily.names.index("ts")]
+    batches: list[Batch] = []
+    ended = False
+    while not ended:
+        batch: list[list[str]] = []
+        while len(batch) < rows and not ended:
+            part: list[list[str]] = []
+            try:
+                part.extend(itertools.islice(reader, 64))
+            except csv.Error:
+                skipped.unreadable += 1
+            else:
+                ended = len(part) < 64
+            kept = [cells for cells in part if len(cells) == width]
+            skipped.wrong_width += len(part) - len(kept)
+            batch += kept
+        ts = [seconds(cells[ts_at]) for cells in batch]
+        skipped.bad_time += ts.count(None)
+        batch = [
+            [cells[i] if i >= 0 else "" for i in positions]
+            for cells, t in zip(batch, ts, strict=True)
+            if t is not None
+        ]
+        if batch:
+            batches.append(Batch([t for t in ts if t is not None], batch))
+    return batches, skipped
+
+
+GOOD = schema.DISK.encode({"ts": TS, "vm": "work", "fs": "/dev/xvdb", "mount": "/rw", "size_kb": 7})
+#: Lines, good and bad, for the decoders to tell apart: hypothesis joins and cuts them.
+pieces = st.one_of(
+    st.just(GOOD),
+    st.just(GOOD.replace(b"\n", b"\r\n")),
+    st.just(GOOD.replace(b",work,", b',"work",')),  # quoted: read as work
+    st.just(GOOD.replace(b",work,", b',"wo\nrk",')),  # a quoted line's end
+    st.just(b"2026-12-06T07:00:00Z,work,short\n"),
+    st.just(b"ts,vm,fs,mount,size_kb,used_kb,avail_kb,pct_used\n"),
+    st.sampled_from([b'"', b"\r", b"\n", b"\0", b",", b"\xff", b"\xe2\x82", b"x" * 50]),
+    st.binary(max_size=30),
+)
+
+
+@given(
+    header=st.sampled_from([schema.DISK.header, b"vm,ts,size_kb\n", b'"ts",vm,fs\r\n', b""]),
+    lines=st.lists(st.tuples(pieces, st.integers(1, 100)), max_size=30),
+    max_line=st.integers(1, 120),
+    rows=st.integers(1, 200),
+    read_ahead=st.integers(1, 300),
+    field_limit=st.integers(1, 200),
+)
+@example(
+    header=schema.DISK.header,
+    lines=[(GOOD, 200)],
+    max_line=MAX_LINE,
+    rows=65,
+    read_ahead=1000,
+    field_limit=csv.field_size_limit(),
+)
+def test_plain_lines_split_at_once_decode_as_the_csv_module_read_them(
+    header: bytes,
+    lines: list[tuple[bytes, int]],
+    max_line: int,
+    rows: int,
+    read_ahead: int,
+    field_limit: int,
+) -> None:
+    """Whatever the bytes, the same batches and skips as the csv module's reading of each line.
+
+    The csv module's field limit is lowered, so that its errors (a quoted field
+    past the limit) come in small files too.
+    """
+    data = header + b"".join(line * n for line, n in lines)
+    skipped = Skipped()
+    was = csv.field_size_limit(field_limit)
+    try:
+        batches = list(
+            decode_batches_untrusted(
+                io.BytesIO(data),
+                schema.DISK,
+                skipped,
+                max_line=max_line,
+                rows=rows,
+                read_ahead=read_ahead,
+            )
+        )
+        assert (batches, skipped) == csv_batches(data, schema.DISK, max_line, rows)
+    finally:
+        csv.field_size_limit(was)

@@ -17,7 +17,9 @@ import csv
 import functools
 import io
 import itertools
-from collections.abc import Iterator
+import operator
+import re
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import attrs
@@ -111,10 +113,13 @@ class _Opened:
 
     @classmethod
     def read(
-        cls, text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int
+        cls, readline: Callable[[], str], daily: DailyFile, skipped: Skipped
     ) -> _Opened | None:
-        """Past the header; None (a file counted ``not_sysmon``) if it is not sysmon's."""
-        reader = csv.reader(iter(functools.partial(text.readline, max_line), ""))
+        """Past the header; None (a file counted ``not_sysmon``) if it is not sysmon's.
+
+        ``readline`` gives the file's next line, or piece of one: "" at its end.
+        """
+        reader = csv.reader(iter(readline, ""))
         try:
             header = next(reader, None)
         except csv.Error:
@@ -133,7 +138,7 @@ class _Opened:
 
 
 def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[Row]:
-    opened = _Opened.read(text, daily, skipped, max_line)
+    opened = _Opened.read(functools.partial(text.readline, max_line), daily, skipped)
     if opened is None:
         return
     reader, width, positions = opened.reader, opened.width, opened.positions
@@ -164,6 +169,13 @@ def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> I
 BATCH_ROWS = 32768
 #: Rows read before their width is checked: at most this many max_line pieces held.
 _PART = 64
+#: Characters the batch decoder reads ahead at a time.
+READ_AHEAD = 1 << 18
+#: What the csv module reads otherwise than a split at commas would, in a row of
+#: unquoted cells: a quote, a line's end other than "\n", NUL.  sysmon writes none
+#: of them in a row of numbers (it quotes only cells that need it).
+_SPECIAL = '"\r\0'
+_LINE_END = re.compile("[\r\n]")
 
 
 @attrs.frozen
@@ -185,6 +197,7 @@ def decode_batches_untrusted(
     *,
     max_line: int = MAX_LINE,
     rows: int = BATCH_ROWS,
+    read_ahead: int = READ_AHEAD,
 ) -> Iterator[Batch]:
     """The rows of ``raw`` as :func:`decode_untrusted` reads and skips them, in batches.
 
@@ -192,43 +205,139 @@ def decode_batches_untrusted(
     """
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
     try:
-        yield from _batches(text, daily, skipped, max_line, rows)
+        yield from _batches(_Lines(text, max_line, read_ahead), daily, skipped, rows)
     finally:
         text.detach()
 
 
-def _batches(
-    text: io.TextIOWrapper, daily: DailyFile, skipped: Skipped, max_line: int, rows: int
-) -> Iterator[Batch]:
-    opened = _Opened.read(text, daily, skipped, max_line)
+class _Lines:
+    """A text read ahead: its lines as ``readline(max_line)`` gives them, or plain lines at once.
+
+    Plain lines -- whole, shorter than ``max_line``, without a character of
+    :data:`_SPECIAL` -- are what sysmon writes: the csv module would read
+    each as its split at commas, so they are split so, in C, many at a time.
+    Anything else goes through the csv module, as before.
+    """
+
+    def __init__(self, text: IO[str], max_line: int, read_ahead: int) -> None:
+        self.text = text
+        self.limit = max_line
+        self.read_ahead = max(read_ahead, 1)
+        self.buffer = ""
+        self.at = 0
+        self.eof = False
+        # Where in the buffer each character of _SPECIAL is next (its length: nowhere);
+        # -1: not looked for yet.  Each found once, not again at every line.
+        self.marks = [-1] * len(_SPECIAL)
+        # A cell of a plain line is shorter than max_line: within the csv module's limit?
+        self.fast = max_line <= csv.field_size_limit()
+
+    def _fill(self) -> None:
+        """At least ``max_line`` characters and one more ahead (to see "\r\n"), or the rest."""
+        while len(self.buffer) - self.at <= self.limit and not self.eof:
+            more = self.text.read(self.read_ahead)
+            self.eof = not more
+            self.buffer = self.buffer[self.at :] + more
+            self.at = 0
+            self.marks = [-1] * len(_SPECIAL)
+
+    def readline(self) -> str:
+        """The next line or piece of one, as ``TextIOWrapper.readline(max_line)`` (newline="")."""
+        self._fill()
+        buffer, at = self.buffer, self.at
+        stop = min(at + self.limit, len(buffer))
+        end = _LINE_END.search(buffer, at, stop)
+        if end is None:
+            self.at = stop
+        elif buffer.startswith("\r\n", end.start()):
+            self.at = min(end.start() + 2, stop)
+        else:
+            self.at = end.end()
+        return buffer[at : self.at]
+
+    def plain(self) -> list[str]:
+        """The plain lines next, without their "\n"; none if the next line is not plain."""
+        if not self.fast:
+            return []
+        self._fill()
+        buffer, at = self.buffer, self.at
+        end = buffer.rfind("\n", at) + 1
+        # A find per character, in C (memchr), is quicker than a pattern's search.
+        marks = self.marks
+        for k, char in enumerate(_SPECIAL):
+            if marks[k] < at:
+                found = buffer.find(char, at)
+                marks[k] = found if found >= 0 else len(buffer)
+        special = min(marks)
+        if special < end:
+            end = buffer.rfind("\n", at, special) + 1
+        if end <= at:
+            return []
+        lines = buffer[at : end - 1].split("\n")
+        if max(map(len, lines)) >= self.limit:  # read in pieces: not plain
+            lines = list(itertools.takewhile(lambda line: len(line) < self.limit, lines))
+            end = at + sum(map(len, lines)) + len(lines)
+        self.at = end
+        return lines
+
+
+def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> Iterator[Batch]:
+    opened = _Opened.read(lines.readline, daily, skipped)
     if opened is None:
         return
     reader, width, positions = opened.reader, opened.width, opened.positions
     ts_at, complete = opened.ts_at, opened.complete
     known: dict[str, int | None] = {}
+    # Plain lines split, not yet in a part: ``plain[taken:]``; ``whole``: all of the width.
+    plain: list[list[str]] = []
+    taken = 0
+    whole = True
     ended = False
     while not ended:
         batch: list[list[str]] = []
         while len(batch) < rows and not ended:
+            if whole and len(plain) - taken >= _PART:
+                # Whole parts of plain rows at once, as many as the batch needs.
+                wanted = -(-(rows - len(batch)) // _PART) * _PART
+                n = min(wanted, (len(plain) - taken) // _PART * _PART)
+                batch += plain[taken : taken + n]
+                taken += n
+                continue
             # A few rows at a time, so that pieces of planted endless lines (max_line
             # characters each, of the wrong width) are dropped before they pile up.
             part: list[list[str]] = []
-            try:
-                part.extend(itertools.islice(reader, _PART))  # the csv module's loop
-            except csv.Error:  # what was read before it stays in the part
-                skipped.unreadable += 1
-            else:
-                ended = len(part) < _PART
+            error = False
+            while len(part) < _PART:
+                if taken == len(plain):
+                    plain = list(map(str.split, lines.plain(), itertools.repeat(",")))
+                    taken = 0
+                    whole = set(map(len, plain)) <= {width}
+                if taken < len(plain):
+                    more = plain[taken : taken + _PART - len(part)]
+                    taken += len(more)
+                    part += more
+                    continue
+                # The rest of the part through the csv module (plain lines in it too).
+                wanted = _PART - len(part)
+                try:
+                    part.extend(itertools.islice(reader, wanted))  # the csv module's loop
+                except csv.Error:  # what was read before it stays in the part
+                    skipped.unreadable += 1
+                    error = True
+                    break
+                if len(part) < _PART:  # the end of the file
+                    break
+            ended = not error and len(part) < _PART
             if part and set(map(len, part)) != {width}:
                 kept = [cells for cells in part if len(cells) == width]
                 skipped.wrong_width += len(part) - len(kept)
                 part = kept
             batch += part
-        texts = [cells[ts_at] for cells in batch]
+        texts = list(map(operator.itemgetter(ts_at), batch))
         for new in set(texts) - known.keys():  # a tick's rows share their time
             when = parse_ts(new)
             known[new] = int(when.timestamp()) if when is not None else None
-        ts = [known[t] for t in texts]
+        ts = list(map(known.__getitem__, texts))
         if None in ts:
             kept_at = [i for i, t in enumerate(ts) if t is not None]
             skipped.bad_time += len(ts) - len(kept_at)

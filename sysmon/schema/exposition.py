@@ -33,6 +33,9 @@ _JSON_INT = r"-?(?:0|[1-9][0-9]{0,18})"
 _JSON_DECIMAL = _JSON_INT + r"(?:\.[0-9]{1,6})?"
 _JOINED_INT = re.compile(f"{_JSON_INT}(?:,{_JSON_INT})*")
 _JOINED_DECIMAL = re.compile(f"{_JSON_DECIMAL}(?:,{_JSON_DECIMAL})*")
+#: One cell as the patterns above take it (no comma): each cell so, the column is.
+_ONE_INT = re.compile(_JSON_INT)
+_ONE_DECIMAL = re.compile(_JSON_DECIMAL)
 
 
 @attrs.frozen
@@ -109,6 +112,8 @@ class Family:
         whole day's cells all well formed) instead of one per cell.
         """
         joined = ",".join(cells)
+        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+            return None
         if self.factor == 1:
             return cells if _JOINED_DECIMAL.fullmatch(joined) else None
         if not _JOINED_INT.fullmatch(joined):
@@ -117,7 +122,19 @@ class Family:
 
     def joined(self, cells: Sequence[str]) -> str | None:
         """:meth:`values` comma-joined (a JSON array's items), made without a list between."""
+        if len(cells) >= 16 and cells[0] == cells[-1]:
+            # Likely a column of a few values (errors at 0, a total that stays): each
+            # value checked and scaled once, not each cell.  Else as any column.
+            distinct = set(cells)
+            one = _ONE_DECIMAL if self.factor == 1 else _ONE_INT
+            if len(distinct) * 8 <= len(cells) and all(map(one.fullmatch, distinct)):
+                if self.factor == 1:
+                    return ",".join(cells)
+                text = dict(zip(distinct, self._scaled(list(distinct)), strict=True))
+                return ",".join(map(text.__getitem__, cells))
         joined = ",".join(cells)
+        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+            return None
         if self.factor == 1:
             return joined if _JOINED_DECIMAL.fullmatch(joined) else None
         if not _JOINED_INT.fullmatch(joined):
