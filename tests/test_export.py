@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, require_tool
 from engines import Prometheus, Samples, VictoriaMetrics, free_port
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sysmon import __version__, schema
@@ -506,6 +506,21 @@ def test_a_leading_zero_is_a_json_number(tmp_path):
     assert item["timestamps"] == [int(START.timestamp()) * 1000]
 
 
+def test_a_huge_ms_cell_beside_a_gap_is_a_json_number(tmp_path):
+    """A planted 19-digit ms cell in a column with an empty cell (the per-value
+    path) is 1e+16 seconds: the export wrote it, not a traceback."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    (day / "xen.csv").write_bytes(
+        schema.XEN.header
+        + b"2025-08-31T18:00:00Z,work,1,1,9999999999999999999,1,1,1,1,1,1\n"
+        + b"2025-08-31T18:00:05Z,work,1,1,,1,1,1,1,1,1\n"
+    )
+    lines = exported([day], fmt="victoriametrics", host="h").splitlines()
+    (item,) = (json.loads(line) for line in lines if "cpu_time_seconds" in line)
+    assert item["values"] == [1e16]
+
+
 _CELL = st.one_of(
     st.integers(-(10**12), 10**12).map(str),
     st.decimals(-1000, 1000, places=2, allow_nan=False).map(str),
@@ -543,6 +558,23 @@ def test_a_joined_column_is_its_values_comma_joined(cells, family):
         else:
             want = [int(c) / 1000 for c in cells]
         assert json.loads(f"[{joined}]") == want
+
+
+@given(
+    cell=st.one_of(_CELL, st.integers(-(10**19) + 1, 10**19 - 1).map(str)),
+    family=st.sampled_from(_SCALINGS),
+)
+@example(cell="9999999999999999999", family=_SCALINGS[2])  # 1e+16 seconds
+@example(cell="-9999999999999999001", family=_SCALINGS[2])
+def test_each_cell_alone_is_a_json_number_or_none(cell, family):
+    """The per-value path (a column with a gap) gives each cell as a JSON number: a
+    19-digit ms cell is 1e+16 s, which repr writes without a point (it raised)."""
+    text = family.json_value(cell)
+    value = family.value(cell)
+    assert (text is None) == (value is None)
+    if text is not None:
+        assert json.loads(text) == float(value)
+        assert family.joined([cell, ""]) is None  # the column with a gap takes this path
 
 
 @pytest.mark.parametrize(
