@@ -103,7 +103,8 @@ class Family:
         text = self.value(cell)
         if text is None or _JOINED_DECIMAL.fullmatch(text):
             return text
-        return repr(float(text)) if "." in text else str(int(text))
+        # A point, or a scaled value's exponent (a 19-digit ms cell is 1e+16 s): a float.
+        return repr(float(text)) if "." in text or "e" in text else str(int(text))
 
     def values(self, cells: Sequence[str]) -> Sequence[str] | None:
         """Every cell's value text, each a JSON number too; None unless all of them are.
