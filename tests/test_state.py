@@ -76,6 +76,15 @@ class TestLoad:
             ("rules", lambda d: d.update(rules={"cpu|work": ["soon"]}), {"rules": {}}),
             ("rules", lambda d: d.update(rules=[1]), {"rules": {}}),
             ("pools", lambda d: d["pools"]["new"].pop("day"), {"pools": {}}),
+            # Numbers no float or int holds: int(inf), float(10**400) raise OverflowError.
+            ("rules", lambda d: d["rules"]["cpu|work"].__setitem__(1, math.inf), {"rules": {}}),
+            ("rules", lambda d: d["rules"]["cpu|work"].__setitem__(0, 10**400), {"rules": {}}),
+            ("pools", lambda d: d["pools"]["new"].update(day_bytes=math.inf), {"pools": {}}),
+            (
+                "qubes:mail",
+                lambda d: d["qubes"]["mail"].update(day_bytes=-math.inf),
+                {"qubes": {"work": SEVERAL.qubes["work"]}},
+            ),
             (
                 "qubes:work",
                 lambda d: d["qubes"]["work"]["cursor"].update(ts_us="late"),
@@ -101,6 +110,8 @@ class TestLoad:
             lambda d: d.update(last_ts="now"),
             lambda d: d.update(qubes=[]),
             lambda d: d["pending_tick"].update(folder="../etc"),
+            lambda d: d.update(last_ts=math.inf),
+            lambda d: d["pending_tick"].update(sizes=[["system.csv", math.nan]]),
         ],
     )
     def test_what_the_rows_depend_on_damaged_sets_the_whole_file_aside(self, tmp_path, damage):
@@ -114,6 +125,12 @@ class TestLoad:
 
     def test_damaged_state_is_set_aside(self, tmp_path):
         (tmp_path / "sysmon-state.json").write_text("{not json")
+        assert load_state(tmp_path) == State()
+        assert any(p.name.startswith("sysmon-state.json.damaged-") for p in tmp_path.iterdir())
+
+    def test_state_nested_past_the_json_readers_depth_is_set_aside(self, tmp_path):
+        """json.loads raises RecursionError on it: it escaped load_state, and each tick."""
+        (tmp_path / "sysmon-state.json").write_text("[" * 100_000)
         assert load_state(tmp_path) == State()
         assert any(p.name.startswith("sysmon-state.json.damaged-") for p in tmp_path.iterdir())
 
