@@ -234,8 +234,18 @@ def to_json(state: State) -> dict[str, Any]:
     }
 
 
-#: What a section of another version's (or a damaged) file raises when read.
-_DAMAGE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+#: What a section of another version's (or a damaged) file raises when read: a
+#: number no int or float holds (Infinity, 10**400) OverflowError, a file nested
+#: past the JSON reader's depth RecursionError.
+_DAMAGE = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+)
 
 
 def _section(name: str, read: Callable[[], _T], fresh: _T) -> _T:
