@@ -6,6 +6,7 @@ import csv
 import functools
 import io
 import itertools
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import example, given
@@ -218,3 +219,24 @@ def test_plain_lines_split_at_once_decode_as_the_csv_module_read_them(
         assert (batches, skipped) == csv_batches(data, schema.DISK, max_line, rows)
     finally:
         csv.field_size_limit(was)
+
+
+#: A record that never ends: each line closes the quoted field the one before opened,
+#: starts a field and opens another (``","`` then a newline inside the quotes).
+ENDLESS_RECORD = schema.DISK.header + b'"\n' + b'","\n' * (1 << 20) + b'"\n'
+
+
+def test_a_record_of_endless_quoted_lines_is_read_in_bounded_memory() -> None:
+    """A planted file of lines that each end inside a quoted field is one record to the
+    csv module, a field per line: its list grew with the file (2 bytes per byte read,
+    a 1 GB file 2 GB), in both decoders.  A record is read as far as the longest line."""
+    for decoder in (decode_untrusted, decode_batches_untrusted):
+        skipped = Skipped()
+        tracemalloc.start()
+        try:
+            assert list(decoder(io.BytesIO(ENDLESS_RECORD), schema.DISK, skipped)) == []
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, decoder
+        assert skipped.unreadable >= 1
