@@ -573,7 +573,7 @@ def test_each_cell_alone_is_a_json_number_or_none(cell, family):
     value = family.value(cell)
     assert (text is None) == (value is None)
     if text is not None:
-        assert json.loads(text) == float(value)
+        assert float(json.loads(text)) == float(value)
         assert family.joined([cell, ""]) is None  # the column with a gap takes this path
 
 
