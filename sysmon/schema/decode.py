@@ -3,7 +3,8 @@
 A daily file in a day folder or an archive may have been written by an older
 sysmon, cut by a crash, or planted by someone with the vault's disk.  Every
 command reads it here: a line is read at most :data:`MAX_LINE` characters at a
-time (a line without end is read in pieces and skipped), a row of the wrong
+time (a line without end is read in pieces and skipped), a record longer than
+that (lines that each end inside a quoted field) is unreadable, a row of the wrong
 width or with a time that is not one is skipped, and each skip is counted by
 its reason.  Rows come out in the description's column order, a column the
 file lacks (an older layout) as an empty cell, as text: a reader converts only
@@ -35,7 +36,8 @@ MAX_LINE = 1 << 16
 class Skipped:
     """Rows a decoder left out, by reason."""
 
-    unreadable: int = 0  # the csv module could not read it (a field past its limit)
+    unreadable: int = 0  # the csv module could not read it (a field past its limit), or
+    # a record longer than the longest line
     wrong_width: int = 0  # not as many cells as the header names
     bad_time: int = 0  # a ts cell that is not a UTC time
     not_sysmon: int = 0  # files whose header has no ts and vm, or names a column twice
@@ -137,14 +139,40 @@ class _Opened:
         )
 
 
+class _Record:
+    """The csv module's lines, a record of more than ``limit`` characters refused.
+
+    The csv module keeps a record's fields until it ends, and lines that each end
+    inside a quoted field (``","`` and a newline, again and again) are one record
+    of a field a line: its list would grow with the file.  The reader counts
+    from 0 (:attr:`fed`) before each record; past ``limit`` the record is a
+    :class:`csv.Error` (what it had is dropped) and the next line starts another.
+    """
+
+    def __init__(self, readline: Callable[[], str], limit: int) -> None:
+        self.readline = readline
+        self.limit = limit
+        self.fed = 0
+
+    def __call__(self) -> str:
+        line = self.readline()
+        self.fed += len(line)
+        if self.fed > self.limit:
+            self.fed = 0
+            raise csv.Error(f"a record longer than {self.limit} characters")
+        return line
+
+
 def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[Row]:
-    opened = _Opened.read(functools.partial(text.readline, max_line), daily, skipped)
+    record = _Record(functools.partial(text.readline, max_line), max_line)
+    opened = _Opened.read(record, daily, skipped)
     if opened is None:
         return
     reader, width, positions = opened.reader, opened.width, opened.positions
     ts_at, complete = opened.ts_at, opened.complete
     seconds = _Seconds()
     while True:
+        record.fed = 0
         try:
             cells = next(reader)
         except StopIteration:
@@ -282,7 +310,8 @@ class _Lines:
 
 
 def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> Iterator[Batch]:
-    opened = _Opened.read(lines.readline, daily, skipped)
+    record = _Record(lines.readline, lines.limit)
+    opened = _Opened.read(record, daily, skipped)
     if opened is None:
         return
     reader, width, positions = opened.reader, opened.width, opened.positions
@@ -317,10 +346,15 @@ def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> It
                     taken += len(more)
                     part += more
                     continue
-                # The rest of the part through the csv module (plain lines in it too).
-                wanted = _PART - len(part)
+                # The rest of the part through the csv module (plain lines in it too),
+                # a record at a time (each counted from 0 against the limit).
                 try:
-                    part.extend(itertools.islice(reader, wanted))  # the csv module's loop
+                    while len(part) < _PART:
+                        record.fed = 0
+                        cells = next(reader, None)
+                        if cells is None:
+                            break
+                        part.append(cells)
                 except csv.Error:  # what was read before it stays in the part
                     skipped.unreadable += 1
                     error = True
