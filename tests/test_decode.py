@@ -90,7 +90,7 @@ def test_each_skip_is_counted_by_its_reason() -> None:
     decoded, skipped = decode(data)
     assert len(decoded) == 2
     assert skipped.bad_time == 1
-    assert skipped.unreadable == 1  # the endless line, read in pieces: its field past the limit
+    assert skipped.unreadable == 1  # the endless line, read in pieces: its record past the limit
     assert skipped.wrong_width >= 1  # the short row, and pieces of the endless line
 
 
