@@ -15,7 +15,7 @@ from sysmon import schema
 from sysmon.schema.decode import (
     MAX_LINE,
     Batch,
-    Row,
+    DecodedRow,
     Skipped,
     decode_batches_untrusted,
     decode_untrusted,
@@ -26,7 +26,7 @@ from sysmon.schema.decode import (
 TS = datetime(2026, 12, 6, 7, 0, 0, tzinfo=UTC)
 
 
-def decode(data: bytes, daily: schema.DailyFile = schema.DISK) -> tuple[list[Row], Skipped]:
+def decode(data: bytes, daily: schema.DailyFile = schema.DISK) -> tuple[list[DecodedRow], Skipped]:
     skipped = Skipped()
     return list(decode_untrusted(io.BytesIO(data), daily, skipped)), skipped
 

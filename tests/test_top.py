@@ -508,8 +508,8 @@ def test_qubes_gone_for_30_minutes_make_room_for_new_ones(monkeypatch: pytest.Mo
     board = Board()
     t0 = int(TS.timestamp())
 
-    def scrape(ts: int, vm: str) -> schema.Row:
-        return schema.Row(ts, (str(ts), vm, "ok", "1", "1", "1", "0"))
+    def scrape(ts: int, vm: str) -> schema.DecodedRow:
+        return schema.DecodedRow(ts, (str(ts), vm, "ok", "1", "1", "1", "0"))
 
     board.feed(schema.SCRAPES, [scrape(t0, f"planted{i}") for i in range(3)])
     later = t0 + WINDOW + 10

@@ -91,7 +91,7 @@ class Tail:
         #: Bytes read so far, all looks together (the bound is measured on it).
         self.bytes_read = 0
 
-    def read(self, window: float, skipped: schema.Skipped) -> list[schema.Row]:
+    def read(self, window: float, skipped: schema.Skipped) -> list[schema.DecodedRow]:
         """Rows new since the last look; at the first, the last ``window`` seconds' of them."""
         raw = open_daily(self.path)
         if raw is None:
@@ -205,7 +205,7 @@ class _Borrowed(io.RawIOBase):
 
 def whole_file(
     path: Path, daily: schema.DailyFile, skipped: schema.Skipped
-) -> Iterator[schema.Row]:
+) -> Iterator[schema.DecodedRow]:
     """Every row of a daily file, through the bounded decoder."""
     raw = open_daily(path)
     if raw is None:
@@ -260,11 +260,11 @@ def latest_day(out_dir: Path, now: datetime | None = None) -> Path | None:
     return day_dir(out_dir, days[-1]) if days else None
 
 
-def _cells(daily: schema.DailyFile, row: schema.Row) -> dict[str, str]:
+def _cells(daily: schema.DailyFile, row: schema.DecodedRow) -> dict[str, str]:
     return {name: strip_controls(cell) for name, cell in zip(daily.names, row.cells, strict=True)}
 
 
-def _newest_tick(rows: list[schema.Row]) -> list[schema.Row]:
+def _newest_tick(rows: list[schema.DecodedRow]) -> list[schema.DecodedRow]:
     newest = max((row.ts for row in rows), default=None)
     return [row for row in rows if row.ts == newest]
 
@@ -276,14 +276,14 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
         return StatusReport(None, {}, (), healthy=False, reason=f"no day folder under {out_dir}")
     skipped = schema.Skipped()
     ages: dict[str, float | None] = {}
-    tails: dict[str, list[schema.Row]] = {}
+    tails: dict[str, list[schema.DecodedRow]] = {}
     for daily in schema.DAILY_FILES:  # views.csv among them, made with each day folder
         window = VALUES_WINDOW if daily in {schema.SYSTEM, schema.VIEWS} else 0
         rows = Tail(folder / daily.file_name, daily).read(window, skipped)
         tails[daily.file_name] = rows
         latest = max((row.ts for row in rows), default=None)
         ages[daily.file_name] = None if latest is None else now.timestamp() - latest
-    last: dict[str, schema.Row] = {}
+    last: dict[str, schema.DecodedRow] = {}
     failures: Counter[str] = Counter()
     dropped: set[str] = set()
     for row in whole_file(folder / schema.SCRAPES.file_name, schema.SCRAPES, skipped):

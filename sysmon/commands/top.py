@@ -146,7 +146,7 @@ class Board:
         qube.seen = max(qube.seen, ts)
         return qube
 
-    def feed(self, daily: schema.DailyFile, rows: Iterable[schema.Row]) -> None:
+    def feed(self, daily: schema.DailyFile, rows: Iterable[schema.DecodedRow]) -> None:
         """Take rows of one daily file, in the file's order."""
         handle = self._handlers().get(daily.file_name)
         if handle is None:
@@ -158,7 +158,7 @@ class Board:
             if qube is not None:
                 handle(qube, row)
 
-    def _handlers(self) -> dict[str, Callable[[_Qube, schema.Row], None]]:
+    def _handlers(self) -> dict[str, Callable[[_Qube, schema.DecodedRow], None]]:
         return {
             schema.SCRAPES.file_name: self._scrape,
             schema.QUBES.file_name: self._state,
@@ -169,17 +169,17 @@ class Board:
             schema.DISK.file_name: self._disk,
         }
 
-    def _scrape(self, qube: _Qube, row: schema.Row) -> None:
+    def _scrape(self, qube: _Qube, row: schema.DecodedRow) -> None:
         qube.status = (row.ts, row.cells[2])
         if not self.ticks or row.ts > self.ticks[-1]:
             self.ticks.append(row.ts)
 
     @staticmethod
-    def _state(qube: _Qube, row: schema.Row) -> None:
+    def _state(qube: _Qube, row: schema.DecodedRow) -> None:
         qube.state = (row.ts, row.cells[2])
 
     @staticmethod
-    def _system(qube: _Qube, row: schema.Row) -> None:
+    def _system(qube: _Qube, row: schema.DecodedRow) -> None:
         s = schema.SYSTEM
         user = _number(s.column("cpu_user"), row.cells[2])
         system = _number(s.column("cpu_system"), row.cells[3])
@@ -192,20 +192,20 @@ class Board:
             qube.history.append((row.ts, cpu))
 
     @staticmethod
-    def _xen(qube: _Qube, row: schema.Row) -> None:
+    def _xen(qube: _Qube, row: schema.DecodedRow) -> None:
         cpu = _number(schema.XEN.column("cpu_usage"), row.cells[2])
         qube.xen = (row.ts, cpu)
         if cpu is not None:
             qube.xen_history.append((row.ts, cpu))
 
     @staticmethod
-    def _views(qube: _Qube, row: schema.Row) -> None:
+    def _views(qube: _Qube, row: schema.DecodedRow) -> None:
         v = schema.VIEWS
         gap = _number(v.column("cpu_gap"), row.cells[v.names.index("cpu_gap")])
         qube.views = (row.ts, gap, safe(row.cells[v.names.index("flag")]))
 
     @staticmethod
-    def _network(qube: _Qube, row: schema.Row) -> None:
+    def _network(qube: _Qube, row: schema.DecodedRow) -> None:
         n = schema.NETWORK
         name = row.cells[2]
         if schema.forwarded(name):  # on the netvm's uplink too: counted there
@@ -218,7 +218,7 @@ class Board:
             qube.net.setdefault(name, _Net()).samples.append((row.ts, rx, tx))
 
     @staticmethod
-    def _disk(qube: _Qube, row: schema.Row) -> None:
+    def _disk(qube: _Qube, row: schema.DecodedRow) -> None:
         pct = _number(schema.DISK.column("pct_used"), row.cells[7])
         when, fullest = qube.disk
         if row.ts != when:  # a new round of df lines: the fullest of it

@@ -5,7 +5,7 @@ unit and type); the writer, every reader, the export's families, the rules'
 instances and the docs' column table all derive from it.  Pure.
 """
 
-from sysmon.schema.decode import MAX_LINE, Row, Skipped, decode_untrusted
+from sysmon.schema.decode import MAX_LINE, DecodedRow, Skipped, decode_untrusted
 from sysmon.schema.files import (
     ALERTS,
     CONNECTIONS,
@@ -50,8 +50,8 @@ __all__ = [
     "XEN",
     "Column",
     "DailyFile",
+    "DecodedRow",
     "Role",
-    "Row",
     "Schema",
     "Skipped",
     "by_name",

@@ -49,7 +49,7 @@ class Skipped:
 
 
 @attrs.frozen
-class Row:
+class DecodedRow:
     """One decoded row: its time in epoch seconds, its cells in the description's order."""
 
     ts: int
@@ -91,7 +91,7 @@ def header_positions(daily: DailyFile, header: list[str]) -> list[int] | None:
 
 def decode_untrusted(
     raw: IO[bytes], daily: DailyFile, skipped: Skipped, *, max_line: int = MAX_LINE
-) -> Iterator[Row]:
+) -> Iterator[DecodedRow]:
     """The rows of ``raw`` (a daily file described by ``daily``), skipping what is not one."""
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
     try:
@@ -163,7 +163,7 @@ class _Record:
         return line
 
 
-def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[Row]:
+def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> Iterator[DecodedRow]:
     record = _Record(functools.partial(text.readline, max_line), max_line)
     opened = _Opened.read(record, daily, skipped)
     if opened is None:
@@ -188,9 +188,9 @@ def _rows(text: IO[str], daily: DailyFile, skipped: Skipped, max_line: int) -> I
             skipped.bad_time += 1
             continue
         if complete:
-            yield Row(ts, tuple(cells))
+            yield DecodedRow(ts, tuple(cells))
         else:
-            yield Row(ts, tuple(cells[i] if i >= 0 else "" for i in positions))
+            yield DecodedRow(ts, tuple(cells[i] if i >= 0 else "" for i in positions))
 
 
 #: Rows a batch holds: a few MB of cells.

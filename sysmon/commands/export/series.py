@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from sysmon import schema
-from sysmon.schema import Row
+from sysmon.schema import DecodedRow
 from sysmon.schema import exposition as ex
 from sysmon.schema.decode import Batch, decode_batches_untrusted
 from sysmon.store.days import day_members
@@ -347,7 +347,7 @@ def _grouped(
 
 
 def _influx(
-    rows: Iterator[Row], layout: _Layout, host: dict[str, str], caps: _Caps, counts: Counts
+    rows: Iterator[DecodedRow], layout: _Layout, host: dict[str, str], caps: _Caps, counts: Counts
 ) -> Iterator[tuple[str, str]]:
     daily = layout.daily
     key = layout.key
@@ -376,7 +376,7 @@ def _influx(
 
 
 def _alerts(
-    rows: Iterator[Row], host: dict[str, str], caps: _Caps, counts: Counts
+    rows: Iterator[DecodedRow], host: dict[str, str], caps: _Caps, counts: Counts
 ) -> Iterator[tuple[str, str]]:
     for row in rows:
         _, vm, msg = row.cells
