@@ -112,14 +112,9 @@ class Family:
         One regular-expression pass over the joined column (the common case: a
         whole day's cells all well formed) instead of one per cell.
         """
-        joined = ",".join(cells)
-        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+        if self._checked_join(cells) is None:
             return None
-        if self.factor == 1:
-            return cells if _JOINED_DECIMAL.fullmatch(joined) else None
-        if not _JOINED_INT.fullmatch(joined):
-            return None
-        return list(self._scaled(cells))
+        return cells if self.factor == 1 else list(self._scaled(cells))
 
     def joined(self, cells: Sequence[str]) -> str | None:
         """:meth:`values` comma-joined (a JSON array's items), made without a list between."""
@@ -133,14 +128,21 @@ class Family:
                     return ",".join(cells)
                 text = dict(zip(distinct, self._scaled(list(distinct)), strict=True))
                 return ",".join(map(text.__getitem__, cells))
+        joined = self._checked_join(cells)
+        if joined is None or self.factor == 1:
+            return joined
+        return ",".join(self._scaled(cells))
+
+    def _checked_join(self, cells: Sequence[str]) -> str | None:
+        """The cells comma-joined if each is a number of this family's kind, else None.
+
+        A decimal unscaled, else an integer: one pattern pass, not one a cell.
+        """
         joined = ",".join(cells)
         if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
             return None
-        if self.factor == 1:
-            return joined if _JOINED_DECIMAL.fullmatch(joined) else None
-        if not _JOINED_INT.fullmatch(joined):
-            return None
-        return ",".join(self._scaled(cells))
+        pattern = _JOINED_DECIMAL if self.factor == 1 else _JOINED_INT
+        return joined if pattern.fullmatch(joined) else None
 
     def _scaled(self, cells: Sequence[str]) -> Iterator[str]:
         """Integer cells times the factor, as text: a chain of C calls, no Python per cell."""
