@@ -433,8 +433,9 @@ def test_in_a_real_terminal_keys_sort_filter_find_and_quit(tmp_path: Path, tmux:
     with (day / "scrapes.csv").open("a") as f:
         f.write(f'{schema.format_ts(now)},"{HOSTILE}",timeout,1,1,1,0\n')
     tmux.start(_top(tmp_path))
-    shown = tmux.wait(lambda s: "sysmon top" in s and "q quit" in s, "the first screen")
+    shown = tmux.wait(lambda s: "q quit" in s and len(_rows(s)) == 13, "the first screen")
     lines = shown.splitlines()
+    assert "sysmon top" in lines[0]
     assert lines[1].startswith("NAME")
     assert all(len(line) <= 80 for line in lines)
     assert len(_rows(shown)) == 13
@@ -496,8 +497,10 @@ def test_on_a_live_demo_the_view_follows_the_ticks(tmp_path: Path, tmux: Tmux) -
         shown = tmux.wait(lambda s: "-work " in s and " ok " in s, "the demo's qubes", 60)
         first = shown.splitlines()[0]
         tmux.wait(lambda s: s.splitlines()[0].split("(")[0] != first.split("(")[0], "a new tick")
-        shown = tmux.wait(lambda s: "%" in s and any(ch in s for ch in BLOCKS), "values")
-        assert len(_rows(shown)) == 6  # three qubes, dom0, sys-monitor, a halted one
+        # three qubes, dom0, sys-monitor, a halted one
+        shown = tmux.wait(
+            lambda s: "%" in s and any(ch in s for ch in BLOCKS) and len(_rows(s)) == 6, "values"
+        )
         assert "halted" in shown
         size = tmux.run("display-message", "-p", "-t", "t", "#{window_width}x#{window_height}")
         assert size.strip() == "120x30"
