@@ -21,7 +21,7 @@ import itertools
 import operator
 import re
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, cast
 
 import attrs
 
@@ -309,77 +309,118 @@ class _Lines:
         return lines
 
 
+class _Parts:
+    """A file's rows a part (:data:`_PART` rows) at a time: plain lines split, others by csv.
+
+    Rows come out in the file's order; rows of the wrong width are counted and
+    dropped a part at a time, so pieces of planted endless lines (``max_line``
+    characters each) never pile up.
+    """
+
+    def __init__(self, lines: _Lines, opened: _Opened, record: _Record, skipped: Skipped) -> None:
+        self.lines = lines
+        self.reader = opened.reader
+        self.width = opened.width
+        self.record = record
+        self.skipped = skipped
+        # Plain lines split, not yet given: ``plain[taken:]``; ``whole``: all of the width.
+        self.plain: list[list[str]] = []
+        self.taken = 0
+        self.whole = True
+        self.ended = False
+
+    def bulk(self, wanted: int) -> list[list[str]]:
+        """Whole parts of plain rows of the width, up to ``wanted`` rows rounded up to a part."""
+        if not self.whole or len(self.plain) - self.taken < _PART:
+            return []
+        n = min(-(-wanted // _PART) * _PART, (len(self.plain) - self.taken) // _PART * _PART)
+        self.taken += n
+        return self.plain[self.taken - n : self.taken]
+
+    def part(self) -> list[list[str]]:
+        """The next part's rows of the width; :attr:`ended` once the file's end is in it."""
+        part: list[list[str]] = []
+        error = False
+        while len(part) < _PART and not error:
+            if self.taken == len(self.plain):
+                self.plain = list(map(str.split, self.lines.plain(), itertools.repeat(",")))
+                self.taken = 0
+                self.whole = set(map(len, self.plain)) <= {self.width}
+            if self.taken < len(self.plain):
+                more = self.plain[self.taken : self.taken + _PART - len(part)]
+                self.taken += len(more)
+                part += more
+                continue
+            # The rest of the part through the csv module (plain lines in it too).
+            error = self._records(part)
+            if len(part) < _PART and not error:  # the end of the file
+                self.ended = True
+                break
+        if part and set(map(len, part)) != {self.width}:
+            kept = [cells for cells in part if len(cells) == self.width]
+            self.skipped.wrong_width += len(part) - len(kept)
+            return kept
+        return part
+
+    def _records(self, part: list[list[str]]) -> bool:
+        """The csv module's records onto ``part`` until it is full; True on an unreadable one.
+
+        Short of full without an error: the file ended.  A record at a time, each counted from 0
+        against the limit; what was read before an unreadable record stays in the part.
+        """
+        try:
+            while len(part) < _PART:
+                self.record.fed = 0
+                cells = next(self.reader, None)
+                if cells is None:
+                    return False
+                part.append(cells)
+        except csv.Error:
+            self.skipped.unreadable += 1
+            return True
+        return False
+
+
 def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> Iterator[Batch]:
     record = _Record(lines.readline, lines.limit)
     opened = _Opened.read(record, daily, skipped)
     if opened is None:
         return
-    reader, width, positions = opened.reader, opened.width, opened.positions
-    ts_at, complete = opened.ts_at, opened.complete
-    known: dict[str, int | None] = {}
-    # Plain lines split, not yet in a part: ``plain[taken:]``; ``whole``: all of the width.
-    plain: list[list[str]] = []
-    taken = 0
-    whole = True
-    ended = False
-    while not ended:
+    parts = _Parts(lines, opened, record, skipped)
+    times = _Times(opened.ts_at, rows, skipped)
+    positions = opened.positions
+    while not parts.ended:
         batch: list[list[str]] = []
-        while len(batch) < rows and not ended:
-            if whole and len(plain) - taken >= _PART:
-                # Whole parts of plain rows at once, as many as the batch needs.
-                wanted = -(-(rows - len(batch)) // _PART) * _PART
-                n = min(wanted, (len(plain) - taken) // _PART * _PART)
-                batch += plain[taken : taken + n]
-                taken += n
-                continue
-            # A few rows at a time, so that pieces of planted endless lines (max_line
-            # characters each, of the wrong width) are dropped before they pile up.
-            part: list[list[str]] = []
-            error = False
-            while len(part) < _PART:
-                if taken == len(plain):
-                    plain = list(map(str.split, lines.plain(), itertools.repeat(",")))
-                    taken = 0
-                    whole = set(map(len, plain)) <= {width}
-                if taken < len(plain):
-                    more = plain[taken : taken + _PART - len(part)]
-                    taken += len(more)
-                    part += more
-                    continue
-                # The rest of the part through the csv module (plain lines in it too),
-                # a record at a time (each counted from 0 against the limit).
-                try:
-                    while len(part) < _PART:
-                        record.fed = 0
-                        cells = next(reader, None)
-                        if cells is None:
-                            break
-                        part.append(cells)
-                except csv.Error:  # what was read before it stays in the part
-                    skipped.unreadable += 1
-                    error = True
-                    break
-                if len(part) < _PART:  # the end of the file
-                    break
-            ended = not error and len(part) < _PART
-            if part and set(map(len, part)) != {width}:
-                kept = [cells for cells in part if len(cells) == width]
-                skipped.wrong_width += len(part) - len(kept)
-                part = kept
-            batch += part
-        texts = list(map(operator.itemgetter(ts_at), batch))
+        while len(batch) < rows and not parts.ended:
+            batch += parts.bulk(rows - len(batch)) or parts.part()
+        ts, batch = times(batch)
+        if not opened.complete:
+            batch = [[cells[i] if i >= 0 else "" for i in positions] for cells in batch]
+        if batch:
+            yield Batch(ts, batch)
+
+
+class _Times:
+    """A batch's times in epoch seconds; its rows whose time is not one dropped, counted."""
+
+    def __init__(self, ts_at: int, rows: int, skipped: Skipped) -> None:
+        self.ts_at = ts_at
+        self.skipped = skipped
+        # One entry per tick: a day's, not a stranger's millions.
+        self.most = 4 * rows
+        self.known: dict[str, int | None] = {}
+
+    def __call__(self, batch: list[list[str]]) -> tuple[list[int], list[list[str]]]:
+        known = self.known
+        texts = list(map(operator.itemgetter(self.ts_at), batch))
         for new in set(texts) - known.keys():  # a tick's rows share their time
             when = parse_ts(new)
             known[new] = int(when.timestamp()) if when is not None else None
         ts = list(map(known.__getitem__, texts))
-        if None in ts:
-            kept_at = [i for i, t in enumerate(ts) if t is not None]
-            skipped.bad_time += len(ts) - len(kept_at)
-            batch = [batch[i] for i in kept_at]
-            ts = [ts[i] for i in kept_at]
-        if len(known) > 4 * rows:  # one entry per tick: a day's, not a stranger's millions
+        if len(known) > self.most:
             known.clear()
-        if not complete:
-            batch = [[cells[i] if i >= 0 else "" for i in positions] for cells in batch]
-        if batch:
-            yield Batch([t for t in ts if t is not None], batch)
+        if None not in ts:
+            return cast("list[int]", ts), batch
+        kept_at = [i for i, t in enumerate(ts) if t is not None]
+        self.skipped.bad_time += len(ts) - len(kept_at)
+        return [t for t in ts if t is not None], [batch[i] for i in kept_at]
