@@ -7,6 +7,7 @@ import csv
 import io
 import itertools
 import json
+import re
 import shlex
 import shutil
 import socket
@@ -754,3 +755,56 @@ def test_a_2xx_for_a_day_not_sent_whole_is_no_acceptance(tmp_path, capsys, monke
     assert code == 1, capsys.readouterr().err
     assert "before the day was sent whole" in capsys.readouterr().err
     assert not ledger.exists()
+
+
+def _influx_reference(kind: str, cell: str) -> str | None:
+    """A cell's Influx field value as the export wrote it row by row (before #28)."""
+    if not cell or kind == "pct":
+        return None
+    if kind == "int":
+        return f"{cell}i" if re.fullmatch(r"-?[0-9]{1,19}", cell) else None
+    if kind in {"dec1", "dec2"}:
+        return cell if re.fullmatch(r"-?[0-9]{1,19}(\.[0-9]{1,6})?", cell) else None
+    return '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _escaped(text: str, specials: str) -> str:
+    text = text.replace("\\", "\\\\")
+    for char in specials:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+@given(
+    cells=st.one_of(_CELLS, st.lists(st.sampled_from(["", "ok", 'a "b"', "c\\,d", "{x}"]))),
+    kind=st.sampled_from(["int", "dec1", "dec2", "pct", "text"]),
+    key=st.sampled_from(["rx_bytes", "a b", "{k}", "x=y,z"]),
+)
+def test_influx_fields_are_each_cells_field(cells, kind, key):
+    """A column checked in one pass gives each cell's field as a cell alone would."""
+    got = exposition.influx_fields(kind, key, cells)
+    key_text = _escaped(key, ",= ")
+    want = [None if (v := _influx_reference(kind, c)) is None else f"{key_text}={v}" for c in cells]
+    assert list(got) == want
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["a=1i", 'b=2.5,c="x"'])), st.integers(-5, 2**33)
+        ),
+        max_size=10,
+    ),
+    tags=st.dictionaries(
+        st.sampled_from(["host", "vm", "if", "a b"]), st.text(max_size=5), max_size=4
+    ),
+)
+def test_influx_lines_are_a_line_per_row_with_fields(rows, tags):
+    """A series' lines: each row with fields as one line, in order, its time in ns."""
+    fields = [f for f, _ in rows]
+    ts = [t for _, t in rows]
+    head = _escaped("sysmon_network", ", ") + "".join(
+        f",{_escaped(k, ',= ')}={_escaped(v, ',= ')}" for k, v in tags.items() if v
+    )
+    want = "".join(f"{head} {f} {t * 1_000_000_000}\n" for f, t in rows if f is not None)
+    assert exposition.influx_lines("sysmon_network", tags, fields, ts) == want

@@ -260,26 +260,57 @@ def _influx_escape(text: str, specials: str) -> str:
     return text
 
 
-def influx_line(
-    measurement: str, tags: Mapping[str, str], fields: Mapping[str, str], ts_s: int
-) -> str:
-    """One line of Influx line protocol (``fields`` already formatted), nanoseconds."""
-    tag_text = "".join(
-        f",{_influx_escape(k, ',= ')}={_influx_escape(v, ',= ')}" for k, v in tags.items() if v
-    )
-    field_text = ",".join(f"{_influx_escape(k, ',= ')}={v}" for k, v in fields.items())
-    return f"{_influx_escape(measurement, ', ')}{tag_text} {field_text} {ts_s * 1_000_000_000}\n"
+def influx_key(text: str) -> str:
+    """A measurement, tag key, tag value or field key as line protocol writes it."""
+    return _influx_escape(text, ",= ")
 
 
-def influx_field(kind: str, cell: str) -> str | None:
-    """A cell as an Influx field value: ``12i``, ``3.1``, or a quoted string."""
-    if kind == "int":
-        return f"{cell}i" if _INT.fullmatch(cell) else None
-    if kind in {"dec1", "dec2"}:
-        return cell if _DECIMAL.fullmatch(cell) else None
+#: A whole column of Influx numbers, comma-joined: the writer's forms (leading zeros too).
+_INFLUX_INTS = re.compile(r"-?[0-9]{1,19}(?:,-?[0-9]{1,19})*")
+_INFLUX_DECIMALS = re.compile(r"-?[0-9]{1,19}(?:\.[0-9]{1,6})?(?:,-?[0-9]{1,19}(?:\.[0-9]{1,6})?)*")
+
+
+def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | None]:
+    """Each cell as the field ``name=12i``, ``name=3.1`` or ``name="text"``; None if none.
+
+    An empty cell has no field, nor a number cell not in the writer's form (nor a
+    rounded percentage).  A column of numbers is checked in one pass when every
+    cell is one.
+    """
+    key = influx_key(name) + "="
     if kind == "pct":
-        return None
-    return '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return [None] * len(cells)
+    if kind in {"int", "dec1", "dec2"}:
+        pattern = _INFLUX_INTS if kind == "int" else _INFLUX_DECIMALS
+        joined = ",".join(cells)
+        form = key.replace("{", "{{").replace("}", "}}") + ("{}i" if kind == "int" else "{}")
+        if joined.count(",") == len(cells) - 1 and pattern.fullmatch(joined):
+            return list(map(form.format, cells))
+        one = _INT if kind == "int" else _DECIMAL
+        return [form.format(cell) if one.fullmatch(cell) else None for cell in cells]
+    # Text: few distinct values (a state, a status) or each its own; quoted once each.
+    quoted = {
+        cell: key + '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"' if cell else None
+        for cell in set(cells)
+    }
+    return list(map(quoted.__getitem__, cells))
+
+
+def influx_lines(
+    measurement: str, tags: Mapping[str, str], fields: Sequence[str | None], ts_s: Sequence[int]
+) -> str:
+    """One series' lines of Influx line protocol, nanoseconds; a row without fields has none.
+
+    ``fields`` as each row's comma-joined :func:`influx_fields`; empty tags are left out.
+    """
+    head = _influx_escape(measurement, ", ") + "".join(
+        f",{influx_key(k)}={influx_key(v)}" for k, v in tags.items() if v
+    )
+    form = head.replace("{", "{{").replace("}", "}}") + " {} {}\n"
+    if None in fields:
+        kept = [(f, t) for f, t in zip(fields, ts_s, strict=True) if f is not None]
+        fields, ts_s = [f for f, _ in kept], [t for _, t in kept]
+    return "".join(map(form.format, fields, map((1_000_000_000).__mul__, ts_s)))
 
 
 def loki_line(stream: Mapping[str, str], ts_ns: int, message: str) -> str:

@@ -4,8 +4,9 @@ Rows are read a batch at a time (:data:`BATCH` rows: bounded memory whatever
 the day's size) and grouped by series (the qube and its label columns); each
 column of a group is then checked in one pass and written whole -- a line
 per sample for OpenMetrics, one line per series with its values and times as
-arrays for VictoriaMetrics' JSON import.  Influx lines and Loki pushes are a
-line per row.  Everything read is untrusted: a qube naming more than
+arrays for VictoriaMetrics' JSON import, a line per row for Influx (its
+fields checked a column at a time too).  Loki pushes are a line per row.
+Everything read is untrusted: a qube naming more than
 :data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
 than :data:`MAX_QUBES` qubes, gets no more series; the rows left out are
 counted in ``sysmon_export_cut_rows``.
@@ -231,8 +232,9 @@ def _pieces(day: Day, fmt: str, counts: Counts) -> Iterator[tuple[str, str]]:
                 rows = schema.decode_untrusted(raw, daily, skipped)
                 yield from _alerts(rows, host, caps, counts)
             elif fmt == "influx":
-                rows = schema.decode_untrusted(raw, daily, skipped)
-                yield from _influx(rows, _LAYOUTS[name], host, caps, counts)
+                influx = _Influx(_LAYOUTS[name])
+                for batch in decode_batches_untrusted(raw, daily, skipped, rows=BATCH):
+                    yield from influx.lines(batch, host, caps, counts)
             else:
                 series = _Series(fmt)
                 for batch in decode_batches_untrusted(raw, daily, skipped, rows=BATCH):
@@ -346,33 +348,68 @@ def _grouped(
                 counts.samples += len(values)
 
 
-def _influx(
-    rows: Iterator[DecodedRow], layout: _Layout, host: dict[str, str], caps: _Caps, counts: Counts
-) -> Iterator[tuple[str, str]]:
-    daily = layout.daily
-    key = layout.key
-    measurement = f"sysmon_{daily.stem}"
-    named = {schema.Role.TIME, schema.Role.KEY, schema.Role.LABEL}
-    fields_at = [(i, c) for i, c in enumerate(daily.columns) if c.role not in named]
-    for row in rows:
-        group = key(row.cells)
-        vm, *label_values = (group,) if isinstance(group, str) else group
-        if not vm:
-            counts.unreadable += 1
-            continue
-        caps.last_ts = max(caps.last_ts, row.ts)
-        if not caps.allow(daily.file_name, vm, tuple(label_values)):
-            continue
-        fields = {}
-        for i, column in fields_at:
-            cell = row.cells[i]
-            value = ex.influx_field(column.kind, cell) if cell else None
-            if value is not None:
-                fields[column.name] = value
-        if fields:
+class _Influx:
+    """A file's rows as Influx lines (CSV units): a measurement per file, a line per row.
+
+    A group's tags are escaped once and each field column checked in one pass;
+    the lines are then put together in C.  A row whose fields are all empty or
+    not numbers has no line.
+    """
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        named = {schema.Role.TIME, schema.Role.KEY, schema.Role.LABEL}
+        self.fields = [
+            (i, column)
+            for i, column in enumerate(layout.daily.columns)
+            if column.role not in named and column.kind != "pct"
+        ]
+        self.measurement = f"sysmon_{layout.daily.stem}"
+
+    def lines(
+        self, batch: Batch, host: dict[str, str], caps: _Caps, counts: Counts
+    ) -> Iterator[tuple[str, str]]:
+        """The batch's lines, a group's at a time."""
+        layout = self.layout
+        columns: list[tuple[str, ...]] = list(zip(*batch.rows, strict=True))
+        for group, pick in _groups(batch, layout):
+            vm, *label_values = (group,) if isinstance(group, str) else group
+            if not vm:
+                counts.unreadable += len(pick(batch.ts))
+                continue
+            ts = pick(batch.ts)
+            caps.last_ts = max(caps.last_ts, *ts)
+            if not caps.allow(layout.daily.file_name, vm, tuple(label_values), len(ts)):
+                continue
             tags = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
-            yield "", ex.influx_line(measurement, tags, fields, row.ts)
-            counts.samples += 1
+            fields = self._fields(columns, pick)
+            if not fields:
+                continue
+            text = ex.influx_lines(self.measurement, tags, fields, ts)
+            counts.samples += len(fields) - fields.count(None)
+            yield "", text
+
+    def _fields(
+        self, columns: list[tuple[str, ...]], pick: Callable[[Sequence[Any]], Sequence[Any]]
+    ) -> list[str | None]:
+        """Each row's fields (``a=1i,b=2.5``), in the file's order; None for a row with none."""
+        fields: list[Sequence[str | None]] = []
+        gaps = False
+        for at, column in self.fields:
+            texts = ex.influx_fields(column.kind, column.name, pick(columns[at]))
+            if None in texts:
+                if not any(texts):
+                    continue  # a column this qube's source leaves out
+                gaps = True
+            fields.append(texts)
+        if not fields:
+            return []
+        if not gaps:
+            return list(map(",".join, zip(*fields, strict=True)))
+        return [
+            ",".join([text for text in row if text is not None]) or None
+            for row in zip(*fields, strict=True)
+        ]
 
 
 def _alerts(
