@@ -765,6 +765,8 @@ def _influx_reference(kind: str, cell: str) -> str | None:
         return f"{cell}i" if re.fullmatch(r"-?[0-9]{1,19}", cell) else None
     if kind in {"dec1", "dec2"}:
         return cell if re.fullmatch(r"-?[0-9]{1,19}(\.[0-9]{1,6})?", cell) else None
+    if "\n" in cell:  # line protocol has no escape for it
+        return None
     return '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -776,7 +778,9 @@ def _escaped(text: str, specials: str) -> str:
 
 
 @given(
-    cells=st.one_of(_CELLS, st.lists(st.sampled_from(["", "ok", 'a "b"', "c\\,d", "{x}"]))),
+    cells=st.one_of(
+        _CELLS, st.lists(st.sampled_from(["", "ok", 'a "b"', "c\\,d", "{x}", "ok\nx"]))
+    ),
     kind=st.sampled_from(["int", "dec1", "dec2", "pct", "text"]),
     key=st.sampled_from(["rx_bytes", "a b", "{k}", "x=y,z"]),
 )
@@ -808,3 +812,35 @@ def test_influx_lines_are_a_line_per_row_with_fields(rows, tags):
     )
     want = "".join(f"{head} {f} {t * 1_000_000_000}\n" for f, t in rows if f is not None)
     assert exposition.influx_lines("sysmon_network", tags, fields, ts) == want
+
+
+def test_a_planted_newline_is_no_influx_line_of_its_own(tmp_path):
+    """Line protocol has no escape for a newline in a tag value or a string field, so a
+    planted cell holding one would be a line of its own choosing: a point forged under
+    any host and qube.  Its rows are left out and counted unreadable instead."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    forged = "\nsysmon_network,host=h,vm=forged rx_bytes=1i 0\n"
+    (day / "network.csv").write_bytes(
+        schema.NETWORK.header
+        + f'2025-08-31T18:00:00Z,"work{forged}",eth0,1,0,0,2,0,0\n'.encode()
+        + f'2025-08-31T18:00:00Z,work,"eth0{forged}",1,0,0,2,0,0\n'.encode()
+        + b"2025-08-31T18:00:00Z,work,eth1,1,0,0,2,0,0\n"
+    )
+    (day / "scrapes.csv").write_bytes(
+        schema.SCRAPES.header
+        + f'2025-08-31T18:00:00Z,work,"ok{forged}",1,1,1,0\n'.encode()
+        + b"2025-08-31T18:00:00Z,work,ok,1,1,1,0\n"
+    )
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="influx", host="h")
+    lines = buffer.getvalue().splitlines()
+    assert not any("forged" in line for line in lines)
+    # eth1's row; the status word's row without its status field, and the other row whole
+    assert [line.split(" ")[0] for line in lines] == [
+        "sysmon_network,host=h,vm=work,if=eth1",
+        "sysmon_scrapes,host=h,vm=work",
+        "sysmon_scrapes,host=h,vm=work",
+    ]
+    assert [line.count("status=") for line in lines] == [0, 0, 1]
+    assert counts.unreadable == 2  # the rows whose qube or interface held one

@@ -274,8 +274,9 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
     """Each cell as the field ``name=12i``, ``name=3.1`` or ``name="text"``; None if none.
 
     An empty cell has no field, nor a number cell not in the writer's form (nor a
-    rounded percentage).  A column of numbers is checked in one pass when every
-    cell is one.
+    rounded percentage), nor a text cell with a newline, which line protocol cannot
+    escape (a planted one would start a line of its own).  A column of numbers is
+    checked in one pass when every cell is one.
     """
     key = influx_key(name) + "="
     if kind == "pct":
@@ -290,7 +291,9 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
         return [form.format(cell) if one.fullmatch(cell) else None for cell in cells]
     # Text: few distinct values (a state, a status) or each its own; quoted once each.
     quoted = {
-        cell: key + '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"' if cell else None
+        cell: key + '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if cell and "\n" not in cell
+        else None
         for cell in set(cells)
     }
     return list(map(quoted.__getitem__, cells))
