@@ -373,6 +373,12 @@ def test_influx_import_as_documented_on_a_small_day(tmp_path):
     finally:
         sys.path.pop(0)
     realistic.week(out, qubes=3, days=1, seed=5)
+    # A USB disk mounted at a path with a space, as the qube's handler escapes it
+    # (\040): a backslash line protocol keeps as it is, which it must be written as.
+    (disk,) = out.glob("*/disk.csv")
+    with disk.open("a") as f:
+        ts = disk.read_text().splitlines()[-1].split(",")[0]
+        f.write(f"{ts},work,/dev/xvdi1,/media/user/My\\040Disk,1000,500,500,50%\n")
     host = host_identity(out)
     (line,) = (c for c in commands(sh_block(EXPORT)) if " -o week.lp" in c)
     files = tmp_path / "files"

@@ -254,15 +254,28 @@ def json_series(members: str, values: str, ts_ms: str) -> str:
 
 
 def _influx_escape(text: str, specials: str) -> str:
-    text = text.replace("\\", "\\\\")
     for char in specials:
         text = text.replace(char, "\\" + char)
     return text
 
 
 def influx_key(text: str) -> str:
-    """A measurement, tag key, tag value or field key as line protocol writes it."""
+    """A tag key, tag value or field key as line protocol writes it.
+
+    A backslash stays as it is: InfluxDB 1.x keeps one before any other character
+    as it is (``My\\040Disk``) and has no escape for one of its own.
+    """
     return _influx_escape(text, ",= ")
+
+
+#: A tag value line protocol cannot hold: a newline (no escape for it), a backslash
+#: before what would be escaped or at the end (it would escape the next character).
+_NO_TAG = re.compile(r"\n|\\(?:[,= ]|\Z)")
+
+
+def influx_tag(text: str) -> bool:
+    """Whether ``text`` can be a tag value (:func:`influx_key`), read back as it is."""
+    return _NO_TAG.search(text) is None
 
 
 #: A whole column of Influx numbers, comma-joined: the writer's forms (leading zeros too).

@@ -381,9 +381,8 @@ class _Influx:
             caps.last_ts = max(caps.last_ts, *ts)
             if not caps.allow(layout.daily.file_name, vm, tuple(label_values), len(ts)):
                 continue
-            if "\n" in vm or any("\n" in value for value in label_values):
-                # A planted cell: line protocol cannot escape a newline in a tag.
-                counts.unreadable += len(ts)
+            if not all(map(ex.influx_tag, (vm, *label_values))):
+                counts.unreadable += len(ts)  # a planted cell: no tag can hold it
                 continue
             tags = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
             fields = self._fields(columns, pick)
