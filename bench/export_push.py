@@ -7,13 +7,15 @@ interleaved rounds (the median of each is printed, with the CPU seconds):
 
 - ``export -o day.om``: sysmon's OpenMetrics file (promtool's input);
 - ``export --format victoriametrics -o day.jsonl``: the JSON lines, to a file;
+- ``export --format influx -o day.lp``: Influx line protocol (``influx -import``'s input);
 - ``export --push``: straight into a fresh VictoriaMetrics, end to end (until
   the engine answered that it took the day; its CPU is not in the CPU column);
 - ``curl -T day.jsonl``: the engine alone ingesting the JSON lines written
   above, the floor under ``--push`` (curl's CPU in the column, the engine's below);
 - the simple converter below: csv.reader and a line per sample, the same
   OpenMetrics samples (what a user would write instead of sysmon export);
-- with ``--before TREE`` (a checkout of an earlier sysmon): its ``export -o``;
+- with ``--before TREE`` (a checkout of an earlier sysmon): its ``export -o`` and
+  ``--format influx -o``;
 - with ``--before-push TREE``: that sysmon's ``export --push``.
 """
 
@@ -157,6 +159,9 @@ def main() -> int:
             "export --format victoriametrics -o": lambda: run(
                 [*sysmon, "--format", "victoriametrics", "-o", str(tmp / "a.jsonl")]
             ),
+            "export --format influx -o": lambda: run(
+                [*sysmon, "--format", "influx", "-o", str(tmp / "a.lp")]
+            ),
             "export --push (end to end)": lambda: vm_push(sysmon, tmp / "vm"),
             "engine alone: curl -T day.jsonl": lambda: vm_run(
                 lambda url: [
@@ -182,6 +187,9 @@ def main() -> int:
             cases["before: export -o day.om"] = lambda: run(
                 [*sysmon, "-o", str(tmp / "b.om")], tree=args.before
             )
+            cases["before: export --format influx -o"] = lambda: run(
+                [*sysmon, "--format", "influx", "-o", str(tmp / "b.lp")], tree=args.before
+            )
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         for n in range(args.rounds):
             for name, case in cases.items():
@@ -193,6 +201,17 @@ def main() -> int:
             wall = statistics.median(w for w, _ in runs)
             cpu = statistics.median(c for _, c in runs)
             print(f"{name:<40} {wall:6.1f} s wall, {cpu:6.1f} s CPU")
+        medians = {name: statistics.median(w for w, _ in runs) for name, runs in results.items()}
+        pairs = [
+            ("export -o day.om (OpenMetrics)", "before: export -o day.om"),
+            ("export --format influx -o", "before: export --format influx -o"),
+            ("export --push (end to end)", "before: export --push"),
+            ("export --push (end to end)", "before: export -o day.om"),
+            ("export --format influx -o", "export -o day.om (OpenMetrics)"),
+        ]
+        for now, then in pairs:
+            if then in medians:
+                print(f"{now} / {then}: {medians[now] / medians[then]:.2f}x the wall")
         for name, cpus in ENGINE_CPU.items():
             print(f"VictoriaMetrics' own CPU, {name} (start to stop): "
                   f"{statistics.median(cpus):.1f} s, median")  # fmt: skip
