@@ -204,6 +204,9 @@ READ_AHEAD = 1 << 18
 #: of them in a row of numbers (it quotes only cells that need it).
 _SPECIAL = '"\r\0'
 _LINE_END = re.compile("[\r\n]")
+#: Characters of lines the csv module must read split at once (in C) when each is
+#: short: a planted file of lone CRs is a line per character.
+_SPLIT = 1 << 13
 
 
 @attrs.frozen
@@ -259,6 +262,9 @@ class _Lines:
         self.marks = [-1] * len(_SPECIAL)
         # A cell of a plain line is shorter than max_line: within the csv module's limit?
         self.fast = max_line <= csv.field_size_limit()
+        # Lines split at once for the csv module, not yet read: ``split[taken:]``.
+        self.split: list[str] = []
+        self.taken = 0
 
     def _fill(self) -> None:
         """At least ``max_line`` characters and one more ahead (to see "\r\n"), or the rest."""
@@ -271,8 +277,19 @@ class _Lines:
 
     def readline(self) -> str:
         """The next line or piece of one, as ``TextIOWrapper.readline(max_line)`` (newline="")."""
+        if self.taken < len(self.split):
+            self.taken += 1
+            return self.split[self.taken - 1]
         self._fill()
         buffer, at = self.buffer, self.at
+        # The lines of the next few KiB to their last "\n", split as readline would split
+        # them (StringIO's newline="" is the same rule, in C), if none is a piece.
+        split_end = buffer.rfind("\n", at, at + min(self.read_ahead, _SPLIT)) + 1
+        if split_end > at:
+            split = io.StringIO(buffer[at:split_end], newline="").readlines()
+            if max(map(len, split)) <= self.limit:
+                self.at, self.split, self.taken = split_end, split, 1
+                return split[0]
         stop = min(at + self.limit, len(buffer))
         end = _LINE_END.search(buffer, at, stop)
         if end is None:
@@ -285,8 +302,8 @@ class _Lines:
 
     def plain(self) -> list[str]:
         """The plain lines next, without their "\n"; none if the next line is not plain."""
-        if not self.fast:
-            return []
+        if not self.fast or self.taken < len(self.split):
+            return []  # lines split for the csv module come first
         self._fill()
         buffer, at = self.buffer, self.at
         end = buffer.rfind("\n", at) + 1
