@@ -286,6 +286,24 @@ def _one(i: int) -> Callable[[Sequence[Any]], Sequence[Any]]:
     return lambda column: (column[i],)
 
 
+def _allowed(
+    batch: Batch, layout: _Layout, caps: _Caps, counts: Counts
+) -> Iterator[tuple[str, tuple[str, ...], list[int], Callable[[Sequence[Any]], Sequence[Any]]]]:
+    """The batch's series the day may have: the qube, its label values, times, picker.
+
+    Rows without a qube are counted unreadable; a series past the caps is cut (counted).
+    """
+    for group, pick in _groups(batch, layout):
+        vm, *label_values = (group,) if isinstance(group, str) else group
+        if not vm:
+            counts.unreadable += len(pick(batch.ts))
+            continue
+        ts = list(pick(batch.ts))
+        caps.last_ts = max(caps.last_ts, *ts)
+        if caps.allow(layout.daily.file_name, vm, tuple(label_values), len(ts)):
+            yield vm, tuple(label_values), ts, pick
+
+
 def _grouped(
     batch: Batch,
     layout: _Layout,
@@ -294,18 +312,9 @@ def _grouped(
     caps: _Caps,
     counts: Counts,
 ) -> Iterator[tuple[str, str]]:
-    file_name = layout.daily.file_name
     # The batch's columns, transposed in C once; a series' cells are picked out of them.
     columns: list[tuple[str, ...]] = list(zip(*batch.rows, strict=True))
-    for group, pick in _groups(batch, layout):
-        vm, *label_values = (group,) if isinstance(group, str) else group
-        if not vm:
-            counts.unreadable += len(pick(batch.ts))
-            continue
-        ts = list(pick(batch.ts))
-        caps.last_ts = max(caps.last_ts, *ts)
-        if not caps.allow(file_name, vm, tuple(label_values), len(ts)):
-            continue
+    for vm, label_values, ts, pick in _allowed(batch, layout, caps, counts):
         pairs = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
         labels = series.labels(pairs)
         times = series.times(ts)
@@ -372,15 +381,7 @@ class _Influx:
         """The batch's lines, a group's at a time."""
         layout = self.layout
         columns: list[tuple[str, ...]] = list(zip(*batch.rows, strict=True))
-        for group, pick in _groups(batch, layout):
-            vm, *label_values = (group,) if isinstance(group, str) else group
-            if not vm:
-                counts.unreadable += len(pick(batch.ts))
-                continue
-            ts = pick(batch.ts)
-            caps.last_ts = max(caps.last_ts, *ts)
-            if not caps.allow(layout.daily.file_name, vm, tuple(label_values), len(ts)):
-                continue
+        for vm, label_values, ts, pick in _allowed(batch, layout, caps, counts):
             if not all(map(ex.influx_tag, (vm, *label_values))):
                 counts.unreadable += len(ts)  # a planted cell: no tag can hold it
                 continue
