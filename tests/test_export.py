@@ -874,6 +874,31 @@ def test_an_influx_integer_past_int64_is_no_field(tmp_path):
     assert rx == [f"{cell}i" for cell in cells] + [None] * len(past)
 
 
+def test_an_influx_series_key_past_its_limit_leaves_its_rows_out(tmp_path):
+    """InfluxDB 1.x refuses a point whose series key and field key pass 65,535 bytes
+    (``max key length exceeded: 65540 > 65535``: the key, 4, the field key; measured
+    with 1.6.7) and ``influx -import`` exits 1.  A planted qube or label that long
+    leaves its rows out, counted unreadable; one just under it is written."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    head = "sysmon_network,host=h,vm=work,if="
+    longest = max(len(column.name) for column in schema.NETWORK.columns)  # a field key
+    room = 65535 - 4 - longest
+    names = ["é" * ((room - len(head)) // 2), "x" * (room - len(head) + 1), "eth0"]
+    (day / "network.csv").write_bytes(
+        schema.NETWORK.header
+        + "".join(
+            f"2025-08-31T18:00:0{i}Z,work,{n},1,0,0,2,0,0\n" for i, n in enumerate(names)
+        ).encode()
+    )
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="influx", host="h")
+    lines = buffer.getvalue().splitlines()
+    assert [line.split(" ")[0] for line in lines] == [head + names[0], head + "eth0"]
+    assert room - 1 <= len(lines[0].split(" ")[0].encode()) <= room
+    assert counts.unreadable == 1
+
+
 def _influx_1x_tag_value(line: str) -> tuple[str, str]:
     """The first tag value of ``m,k=VALUE ...`` as InfluxDB 1.6 reads it (measured:
     a backslash and the character after it are skipped over while scanning, then

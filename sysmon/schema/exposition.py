@@ -325,6 +325,17 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
     return list(map(quoted.__getitem__, cells))
 
 
+#: The longest series key InfluxDB 1.x takes, with ``#!~#`` and a field key after it.
+INFLUX_MAX_KEY = 65535
+
+
+def influx_series(measurement: str, tags: Mapping[str, str]) -> str:
+    """A series key as line protocol writes it: the measurement, its non-empty tags."""
+    return _influx_escape(measurement, ", ") + "".join(
+        f",{influx_key(k)}={influx_key(v)}" for k, v in tags.items() if v
+    )
+
+
 def influx_lines(
     measurement: str, tags: Mapping[str, str], fields: Sequence[str | None], ts_s: Sequence[int]
 ) -> str:
@@ -332,9 +343,7 @@ def influx_lines(
 
     ``fields`` as each row's comma-joined :func:`influx_fields`; empty tags are left out.
     """
-    head = _influx_escape(measurement, ", ") + "".join(
-        f",{influx_key(k)}={influx_key(v)}" for k, v in tags.items() if v
-    )
+    head = influx_series(measurement, tags)
     form = head.replace("{", "{{").replace("}", "}}") + " {} {}\n"
     if None in fields:
         kept = [(f, t) for f, t in zip(fields, ts_s, strict=True) if f is not None]
