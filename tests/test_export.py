@@ -762,7 +762,9 @@ def _influx_reference(kind: str, cell: str) -> str | None:
     if not cell or kind == "pct":
         return None
     if kind == "int":
-        return f"{cell}i" if re.fullmatch(r"-?[0-9]{1,19}", cell) else None
+        # within int64: InfluxDB 1.x refuses a line past it (the row-by-row code wrote it)
+        in_range = re.fullmatch(r"-?[0-9]{1,19}", cell) and -(2**63) <= int(cell) < 2**63
+        return f"{cell}i" if in_range else None
     if kind in {"dec1", "dec2"}:
         return cell if re.fullmatch(r"-?[0-9]{1,19}(\.[0-9]{1,6})?", cell) else None
     if "\n" in cell:  # line protocol has no escape for it
@@ -778,7 +780,11 @@ def _escaped(text: str, specials: str) -> str:
 
 @given(
     cells=st.one_of(
-        _CELLS, st.lists(st.sampled_from(["", "ok", 'a "b"', "c\\,d", "{x}", "ok\nx"]))
+        _CELLS,
+        st.lists(st.sampled_from(["", "ok", 'a "b"', "c\\,d", "{x}", "ok\nx"])),
+        # 19 digits: within int64 or past it (InfluxDB 1.x refuses those)
+        st.lists(st.sampled_from(["9" * 19, "1" + "0" * 18, str(2**63 - 1), str(2**63)])),
+        st.lists(st.sampled_from([str(-(2**63)), str(-(2**63) - 1), "0" * 18 + "1", "7"])),
     ),
     kind=st.sampled_from(["int", "dec1", "dec2", "pct", "text"]),
     key=st.sampled_from(["rx_bytes", "a b", "{k}", "x=y,z"]),
@@ -843,6 +849,54 @@ def test_a_planted_newline_is_no_influx_line_of_its_own(tmp_path):
     ]
     assert [line.count("status=") for line in lines] == [0, 0, 1]
     assert counts.unreadable == 2  # the rows whose qube or interface held one
+
+
+def test_an_influx_integer_past_int64_is_no_field(tmp_path):
+    """InfluxDB 1.x refuses a line whose integer field is past int64 (strconv.ParseInt:
+    ``unable to parse integer 9999999999999999999``; measured with 1.6.7), and
+    ``influx -import`` then fails its whole batch and exits 1.  A planted cell of 19
+    digits past the range is no field, as a number not in the writer's form; the
+    range's own ends (and a leading zero) stay fields."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    cells = ["9223372036854775807", "-9223372036854775808", "0000000000000000001"]
+    past = ["9223372036854775808", "-9223372036854775809", "9999999999999999999"]
+    (day / "network.csv").write_bytes(
+        schema.NETWORK.header
+        + b"".join(
+            f"2025-08-31T18:00:0{i}Z,work,eth0,{cell},0,0,{i},0,0\n".encode()
+            for i, cell in enumerate(cells + past)
+        )
+    )
+    lines = exported([day], fmt="influx", host="h").splitlines()
+    fields = [dict(f.split("=") for f in line.split(" ")[1].split(",")) for line in lines]
+    rx = [f.get("rx_bytes") for f in fields]
+    assert rx == [f"{cell}i" for cell in cells] + [None] * len(past)
+
+
+def test_an_influx_series_key_past_its_limit_leaves_its_rows_out(tmp_path):
+    """InfluxDB 1.x refuses a point whose series key and field key pass 65,535 bytes
+    (``max key length exceeded: 65540 > 65535``: the key, 4, the field key; measured
+    with 1.6.7) and ``influx -import`` exits 1.  A planted qube or label that long
+    leaves its rows out, counted unreadable; one just under it is written."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    head = "sysmon_network,host=h,vm=work,if="
+    longest = max(len(column.name) for column in schema.NETWORK.columns)  # a field key
+    room = 65535 - 4 - longest
+    names = ["é" * ((room - len(head)) // 2), "x" * (room - len(head) + 1), "eth0"]
+    (day / "network.csv").write_bytes(
+        schema.NETWORK.header
+        + "".join(
+            f"2025-08-31T18:00:0{i}Z,work,{n},1,0,0,2,0,0\n" for i, n in enumerate(names)
+        ).encode()
+    )
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="influx", host="h")
+    lines = buffer.getvalue().splitlines()
+    assert [line.split(" ")[0] for line in lines] == [head + names[0], head + "eth0"]
+    assert room - 1 <= len(lines[0].split(" ")[0].encode()) <= room
+    assert counts.unreadable == 1
 
 
 def _influx_1x_tag_value(line: str) -> tuple[str, str]:

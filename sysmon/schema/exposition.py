@@ -278,17 +278,30 @@ def influx_tag(text: str) -> bool:
     return _NO_TAG.search(text) is None
 
 
-#: A whole column of Influx numbers, comma-joined: the writer's forms (leading zeros too).
-_INFLUX_INTS = re.compile(r"-?[0-9]{1,19}(?:,-?[0-9]{1,19})*")
+#: A whole column of Influx numbers, comma-joined: the writer's forms (leading zeros too),
+#: integers of up to 18 digits (within int64 whatever they are; a 19-digit one is checked
+#: alone: InfluxDB 1.x refuses a line whose integer is past int64).
+_INFLUX_INTS = re.compile(r"-?[0-9]{1,18}(?:,-?[0-9]{1,18})*")
+_INT64 = range(-(1 << 63), 1 << 63)
 _INFLUX_DECIMALS = re.compile(r"-?[0-9]{1,19}(?:\.[0-9]{1,6})?(?:,-?[0-9]{1,19}(?:\.[0-9]{1,6})?)*")
+
+
+def _influx_int(cell: str) -> bool:
+    """Whether ``cell`` is an integer field InfluxDB takes: the writer's form, within int64."""
+    return _INT.fullmatch(cell) is not None and int(cell) in _INT64
+
+
+def _influx_decimal(cell: str) -> bool:
+    return _DECIMAL.fullmatch(cell) is not None
 
 
 def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | None]:
     """Each cell as the field ``name=12i``, ``name=3.1`` or ``name="text"``; None if none.
 
-    An empty cell has no field, nor a number cell not in the writer's form (nor a
-    rounded percentage), nor a text cell with a newline, which line protocol cannot
-    escape (a planted one would start a line of its own).  A column of numbers is
+    An empty cell has no field, nor a number cell not in the writer's form (nor an
+    integer past int64, which InfluxDB 1.x refuses, nor a rounded percentage), nor a
+    text cell with a newline, which line protocol cannot escape (a planted one would
+    start a line of its own).  A column of numbers is
     checked in one pass when every cell is one.
     """
     key = influx_key(name) + "="
@@ -300,8 +313,8 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
         form = key.replace("{", "{{").replace("}", "}}") + ("{}i" if kind == "int" else "{}")
         if joined.count(",") == len(cells) - 1 and pattern.fullmatch(joined):
             return list(map(form.format, cells))
-        one = _INT if kind == "int" else _DECIMAL
-        return [form.format(cell) if one.fullmatch(cell) else None for cell in cells]
+        one = _influx_int if kind == "int" else _influx_decimal
+        return [form.format(cell) if one(cell) else None for cell in cells]
     # Text: few distinct values (a state, a status) or each its own; quoted once each.
     quoted = {
         cell: key + '"' + cell.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -312,6 +325,17 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
     return list(map(quoted.__getitem__, cells))
 
 
+#: The longest series key InfluxDB 1.x takes, with ``#!~#`` and a field key after it.
+INFLUX_MAX_KEY = 65535
+
+
+def influx_series(measurement: str, tags: Mapping[str, str]) -> str:
+    """A series key as line protocol writes it: the measurement, its non-empty tags."""
+    return _influx_escape(measurement, ", ") + "".join(
+        f",{influx_key(k)}={influx_key(v)}" for k, v in tags.items() if v
+    )
+
+
 def influx_lines(
     measurement: str, tags: Mapping[str, str], fields: Sequence[str | None], ts_s: Sequence[int]
 ) -> str:
@@ -319,9 +343,7 @@ def influx_lines(
 
     ``fields`` as each row's comma-joined :func:`influx_fields`; empty tags are left out.
     """
-    head = _influx_escape(measurement, ", ") + "".join(
-        f",{influx_key(k)}={influx_key(v)}" for k, v in tags.items() if v
-    )
+    head = influx_series(measurement, tags)
     form = head.replace("{", "{{").replace("}", "}}") + " {} {}\n"
     if None in fields:
         kept = [(f, t) for f, t in zip(fields, ts_s, strict=True) if f is not None]

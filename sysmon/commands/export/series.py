@@ -374,6 +374,9 @@ class _Influx:
             if column.role not in named and column.kind != "pct"
         ]
         self.measurement = f"sysmon_{layout.daily.stem}"
+        # A series key's room: InfluxDB 1.x refuses a point whose key, 4 bytes and a
+        # field key pass ex.INFLUX_MAX_KEY (any of the file's field keys, to be sure).
+        self.room = ex.INFLUX_MAX_KEY - 4 - max(len(ex.influx_key(c.name)) for _, c in self.fields)
 
     def lines(
         self, batch: Batch, host: dict[str, str], caps: _Caps, counts: Counts
@@ -386,6 +389,9 @@ class _Influx:
                 counts.unreadable += len(ts)  # a planted cell: no tag can hold it
                 continue
             tags = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
+            if len(ex.influx_series(self.measurement, tags).encode()) > self.room:
+                counts.unreadable += len(ts)  # a planted cell: a key InfluxDB refuses
+                continue
             fields = self._fields(columns, pick)
             if not fields:
                 continue
