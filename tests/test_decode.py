@@ -261,3 +261,23 @@ def test_a_record_of_endless_quoted_lines_is_read_in_bounded_memory() -> None:
             tracemalloc.stop()
         assert peak < 4 << 20, decoder
         assert skipped.unreadable >= 1
+
+
+def test_bad_times_are_not_kept_past_their_batch() -> None:
+    """A tick's time is parsed once and kept for the rows after it, but a planted cell
+    as long as a line is no time: kept, 4 batches' worth of them held a cell each
+    (4 x 16,384 x 64 KiB, 4 GiB, at the export's batch size)."""
+    cell = "x" * 60_000
+    data = schema.DISK.header + b"".join(
+        f"{cell}{n:05},work,/dev/xvdb,/rw,1,1,1,1%\n".encode() for n in range(300)
+    )
+    skipped = Skipped()
+    tracemalloc.start()
+    try:
+        batches = decode_batches_untrusted(io.BytesIO(data), schema.DISK, skipped, rows=64)
+        assert list(batches) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert skipped.bad_time == 300
+    assert peak < 8 << 20  # a part of 64 such lines, read ahead: 4-5 MiB; kept: 15 MiB more

@@ -417,6 +417,10 @@ def _batches(lines: _Lines, daily: DailyFile, skipped: Skipped, rows: int) -> It
             yield Batch(ts, batch)
 
 
+#: The longest time text kept from one batch for the next (sysmon writes 20 characters).
+_TS_KEPT = 32
+
+
 class _Times:
     """A batch's times in epoch seconds; its rows whose time is not one dropped, counted."""
 
@@ -430,10 +434,17 @@ class _Times:
     def __call__(self, batch: list[list[str]]) -> tuple[list[int], list[list[str]]]:
         known = self.known
         texts = list(map(operator.itemgetter(self.ts_at), batch))
+        long = []
         for new in set(texts) - known.keys():  # a tick's rows share their time
             when = parse_ts(new)
             known[new] = int(when.timestamp()) if when is not None else None
+            if len(new) > _TS_KEPT:
+                long.append(new)
         ts = list(map(known.__getitem__, texts))
+        # Kept for the next batches: a time as the writer writes it (20 characters),
+        # not a planted cell as long as a line (kept, each would hold its line).
+        for text in long:
+            del known[text]
         if len(known) > self.most:
             known.clear()
         if None not in ts:
