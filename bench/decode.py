@@ -11,7 +11,9 @@ the other kind, each ``--mb`` MB:
 - ``planted quotes``: disk.csv rows with a quoted qube name (only a planted
   file has them);
 - ``planted lone CRs``: alerts.csv rows whose quoted message is 900 CRs: a
-  line per character to the csv module (only a planted file has them).
+  line per character to the csv module (only a planted file has them);
+- ``planted CRs only``: rows that end in CR, each followed by 60 empty CR lines:
+  no "\\n" at all.
 
 Each is decoded by the batch decoder (``decode_batches_untrusted``, the
 export's) and the row decoder (``decode_untrusted``), in a child process per
@@ -59,6 +61,7 @@ def files(folder: Path, size: int) -> dict[str, tuple[Path, str]]:
             _disk,
         ),
         "planted lone CRs": ("alerts.csv", b"ts,vm,msg\n", _crs),
+        "planted CRs only": ("alerts.csv", b"ts,vm,msg\r", _cr_rows),
     }
     for name, (file_name, header, line) in kinds.items():
         path = folder / (name.replace(" ", "-") + ".csv")
@@ -88,6 +91,10 @@ def _disk(n: int) -> bytes:
 
 def _crs(n: int) -> bytes:
     return _ts(n) + b',work,"' + b"\r" * 900 + b'"\n'
+
+
+def _cr_rows(n: int) -> bytes:
+    return _ts(n) + b",work,x\r" + b"\r" * 60
 
 
 def measure(tree: Path, path: Path, file_name: str, how: str) -> tuple[float, int]:

@@ -207,6 +207,14 @@ pieces = st.one_of(
     read_ahead=1000,
     field_limit=csv.field_size_limit(),
 )
+@example(  # a "\r\n" across the end of the lines split at once: one line end
+    header=schema.DISK.header,
+    lines=[(GOOD.replace(b"\n", b"\r\n"), 1)],
+    max_line=47,
+    rows=1,
+    read_ahead=46,
+    field_limit=8,
+)
 def test_plain_lines_split_at_once_decode_as_the_csv_module_read_them(
     header: bytes,
     lines: list[tuple[bytes, int]],

@@ -282,9 +282,11 @@ class _Lines:
             return self.split[self.taken - 1]
         self._fill()
         buffer, at = self.buffer, self.at
-        # The lines of the next few KiB to their last "\n", split as readline would split
-        # them (StringIO's newline="" is the same rule, in C), if none is a piece.
-        split_end = buffer.rfind("\n", at, at + min(self.read_ahead, _SPLIT)) + 1
+        # The lines of the next few KiB to their last end, split as readline would split
+        # them (StringIO's newline="" is the same rule, in C), if none is a piece.  A
+        # "\r" is an end if a character follows it in the window: a "\n" there is found.
+        window = min(at + min(self.read_ahead, _SPLIT), len(buffer))
+        split_end = max(buffer.rfind("\n", at, window), buffer.rfind("\r", at, window - 1)) + 1
         if split_end > at:
             split = io.StringIO(buffer[at:split_end], newline="").readlines()
             if max(map(len, split)) <= self.limit:
