@@ -924,3 +924,23 @@ def test_a_tag_value_influx_takes_reads_back_as_it_is(value):
         assert _influx_1x_tag_value(line) == (value, " f=1i 0\n")
     else:
         assert "\n" in value or re.search(r"\\(?:[,= ]|$)", value)
+
+
+def test_a_tag_influx_cannot_hold_takes_no_label_slot(tmp_path):
+    """A planted interface name no tag can hold is left out before the label caps:
+    32 of them do not push a qube's real interface past the cap."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    planted = b"".join(
+        b'2025-08-31T18:00:00Z,work,"eth%d\\\\",1,0,0,2,0,0\n' % n for n in range(MAX_LABEL_VALUES)
+    )
+    (day / "network.csv").write_bytes(
+        schema.NETWORK.header + planted + b"2025-08-31T18:00:10Z,work,eth0,1,0,0,2,0,0\n"
+    )
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="influx", host="h")
+    assert [line.split(" ")[0] for line in buffer.getvalue().splitlines()] == [
+        "sysmon_network,host=h,vm=work,if=eth0"
+    ]
+    assert counts.unreadable == MAX_LABEL_VALUES
+    assert counts.cut == 0

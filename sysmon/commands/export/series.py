@@ -287,15 +287,21 @@ def _one(i: int) -> Callable[[Sequence[Any]], Sequence[Any]]:
 
 
 def _allowed(
-    batch: Batch, layout: _Layout, caps: _Caps, counts: Counts
+    batch: Batch,
+    layout: _Layout,
+    caps: _Caps,
+    counts: Counts,
+    usable: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, tuple[str, ...], list[int], Callable[[Sequence[Any]], Sequence[Any]]]]:
     """The batch's series the day may have: the qube, its label values, times, picker.
 
-    Rows without a qube are counted unreadable; a series past the caps is cut (counted).
+    Rows without a qube, or with a qube or label value not ``usable`` in the format,
+    are counted unreadable before the caps (they take no label's place); a series
+    past the caps is cut (counted).
     """
     for group, pick in _groups(batch, layout):
         vm, *label_values = (group,) if isinstance(group, str) else group
-        if not vm:
+        if not vm or (usable and not all(map(usable, (vm, *label_values)))):
             counts.unreadable += len(pick(batch.ts))
             continue
         ts = list(pick(batch.ts))
@@ -384,10 +390,8 @@ class _Influx:
         """The batch's lines, a group's at a time."""
         layout = self.layout
         columns: list[tuple[str, ...]] = list(zip(*batch.rows, strict=True))
-        for vm, label_values, ts, pick in _allowed(batch, layout, caps, counts):
-            if not all(map(ex.influx_tag, (vm, *label_values))):
-                counts.unreadable += len(ts)  # a planted cell: no tag can hold it
-                continue
+        # A planted cell no tag can hold leaves its rows out.
+        for vm, label_values, ts, pick in _allowed(batch, layout, caps, counts, ex.influx_tag):
             tags = {**host, "vm": vm, **dict(zip(layout.labels, label_values, strict=True))}
             if len(ex.influx_series(self.measurement, tags).encode()) > self.room:
                 counts.unreadable += len(ts)  # a planted cell: a key InfluxDB refuses
