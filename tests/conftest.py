@@ -6,8 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,16 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 20.0) 
             return
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture(name="public_tmp")
+def _public_tmp() -> Iterator[Path]:
+    """A folder an unprivileged user can reach: a qube's user, the tcpdump user.
+
+    Not under pytest's own folder: that is root-only, and any pytest started beside
+    this one makes it so again, whatever a test opened.
+    """
+    path = Path(tempfile.mkdtemp(prefix="sysmon-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root
 from fakequbes.recordings import RECORDINGS, Run, read, runs, world
-from fakequbes.world import BIN, make_world, open_to_others, write_xid
+from fakequbes.world import BIN, make_world, write_xid
 
 USER = pwd.getpwuid(os.getuid()).pw_name
 
@@ -184,17 +184,16 @@ def qvm_run_world(root: Path) -> tuple[dict[str, str], int]:
     # Owned by another unprivileged user (tcpdump's stand-in), mode 0750.
     os.chown(captures, 65533, 65533)
     captures.chmod(0o750)
-    open_to_others(root)
     return env, uid
 
 
 class TestQvmRun:
     @pytest.mark.parametrize("run", runs("qvm-run.json"), ids=lambda r: r.case[:50])
-    def test_answers_as_recorded(self, tmp_path, run):
+    def test_answers_as_recorded(self, public_tmp, run):
         """Default user unless --user, --no-autostart, --pass-io, exit statuses."""
         require_root("running a qube's command as its unprivileged default user")
-        env, uid = qvm_run_world(tmp_path / "world")
-        netpcap = tmp_path / "world" / "vm" / "sys-dns" / "root" / "var" / "log" / "netpcap"
+        env, uid = qvm_run_world(public_tmp / "world")
+        netpcap = public_tmp / "world" / "vm" / "sys-dns" / "root" / "var" / "log" / "netpcap"
         # Absolute paths inside the qube are relocated into the world.
         argv = tuple(a.replace("/var/log/netpcap", str(netpcap)) for a in run.argv)
         stdin = (

@@ -9,13 +9,11 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, require_root, require_tool
-from fakequbes.world import BIN, open_to_others
+from fakequbes.world import BIN
 
 # Real processes on the real clock: left out of a default run (--run-slow).
 pytestmark = pytest.mark.slow
@@ -67,15 +65,6 @@ def udp_burst(ns: str, host: str, port: int, seconds: float) -> None:
         f"while time.time()<end: s.sendto(b'x'*300,('{host}',{port})); time.sleep(0.05)\n"
     )
     in_ns(ns, sys.executable, "-c", code, check=True)
-
-
-@pytest.fixture(name="public_tmp")
-def _public_tmp() -> Iterator[Path]:
-    """A folder the tcpdump user can reach (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="netlog-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class TestCapture:
@@ -263,8 +252,8 @@ def _export(ts: int, msg: str, mono: int) -> str:
 
 
 @pytest.fixture(name="world")
-def _world(tmp_path):
-    world = tmp_path / "world"
+def _world(tmp_path, public_tmp):
+    world = public_tmp / "world"  # the qubes' users reach it
     for vm in ("sys-dns", "sys-vpn", "sys-firewall", "secrets-vault"):
         (world / "vm" / vm / "root").mkdir(parents=True)
         (world / "vm" / vm / "state").write_text("Running\n")
@@ -281,7 +270,6 @@ def _world(tmp_path):
     os.chown(world / "vm" / "sys-dns" / "root" / "netpcap", 65533, 65533)
     (world / "vm" / "sys-dns" / "root" / "netpcap").chmod(0o750)
     (world / "vm" / "sys-firewall" / "root" / "cursor").mkdir(mode=0o755)
-    open_to_others(world)
     journal = tmp_path / "journal"
     remote = require_tool("/lib/systemd/systemd-journal-remote")
     journal.mkdir(mode=0o700)

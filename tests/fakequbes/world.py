@@ -128,11 +128,3 @@ def leftover_processes(root: Path) -> list[str]:
     token = "sleep " + (root / "hang_seconds").read_text().strip()
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
     return [line for line in ps.stdout.splitlines() if token in line]
-
-
-def open_to_others(path: Path) -> None:
-    """Let an unprivileged user reach ``path`` (pytest's tmp folders are 0700)."""
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o005)
