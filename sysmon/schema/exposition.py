@@ -23,16 +23,40 @@ from sysmon.schema.files import DAILY_FILES, QUBE_STATES, Column, DailyFile, Rol
 __all__ = ["QUBE_STATES"]
 
 #: A value cell the engines take: the writer's own number forms.
-_INT = re.compile(r"-?[0-9]{1,19}")
-_DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,6})?")
-#: A whole column of value cells, comma-joined, that are all JSON numbers as they are
-#: (no leading zero): checked in one pass, not cell by cell.  Each item starts after a
-#: comma and holds none, so matching is linear.  No possessive quantifiers: Debian 12's
-#: Python 3.11.2 fullmatches "1," with them (fixed in later 3.11 releases).
+_INT_FORM = r"-?[0-9]{1,19}"
+_DECIMAL_FORM = _INT_FORM + r"(?:\.[0-9]{1,6})?"
+_INT = re.compile(_INT_FORM)
+_DECIMAL = re.compile(_DECIMAL_FORM)
+
+
+def _joined(item: str) -> re.Pattern[str]:
+    """A whole column of ``item`` cells, comma-joined: checked in one pass, not cell by cell.
+
+    Each item starts after a comma and holds none, so matching is linear.  No
+    possessive quantifiers: Debian 12's Python 3.11.2 fullmatches "1," with them
+    (fixed in later 3.11 releases).
+    """
+    return re.compile(f"{item}(?:,{item})*")
+
+
+def _column(cells: Sequence[str], pattern: re.Pattern[str]) -> str | None:
+    """The cells comma-joined if each is one ``pattern`` (:func:`_joined`) item, else None."""
+    joined = ",".join(cells)
+    if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
+        return None
+    return joined if pattern.fullmatch(joined) else None
+
+
+def _literal(text: str) -> str:
+    """``text`` as it is, inside a :meth:`str.format` pattern."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+#: Value cells that are JSON numbers as they are (no leading zero).
 _JSON_INT = r"-?(?:0|[1-9][0-9]{0,18})"
 _JSON_DECIMAL = _JSON_INT + r"(?:\.[0-9]{1,6})?"
-_JOINED_INT = re.compile(f"{_JSON_INT}(?:,{_JSON_INT})*")
-_JOINED_DECIMAL = re.compile(f"{_JSON_DECIMAL}(?:,{_JSON_DECIMAL})*")
+_JOINED_INT = _joined(_JSON_INT)
+_JOINED_DECIMAL = _joined(_JSON_DECIMAL)
 #: One cell as the patterns above take it (no comma): each cell so, the column is.
 _ONE_INT = re.compile(_JSON_INT)
 _ONE_DECIMAL = re.compile(_JSON_DECIMAL)
@@ -138,11 +162,7 @@ class Family:
 
         A decimal unscaled, else an integer: one pattern pass, not one a cell.
         """
-        joined = ",".join(cells)
-        if joined.count(",") != len(cells) - 1:  # a quoted cell with a comma: no number
-            return None
-        pattern = _JOINED_DECIMAL if self.factor == 1 else _JOINED_INT
-        return joined if pattern.fullmatch(joined) else None
+        return _column(cells, _JOINED_DECIMAL if self.factor == 1 else _JOINED_INT)
 
     def _scaled(self, cells: Sequence[str]) -> Iterator[str]:
         """Integer cells times the factor, as text: a chain of C calls, no Python per cell."""
@@ -278,12 +298,12 @@ def influx_tag(text: str) -> bool:
     return _NO_TAG.search(text) is None
 
 
-#: A whole column of Influx numbers, comma-joined: the writer's forms (leading zeros too),
-#: integers of up to 18 digits (within int64 whatever they are; a 19-digit one is checked
-#: alone: InfluxDB 1.x refuses a line whose integer is past int64).
-_INFLUX_INTS = re.compile(r"-?[0-9]{1,18}(?:,-?[0-9]{1,18})*")
+#: A whole column of Influx numbers: the writer's forms (leading zeros too), integers of
+#: up to 18 digits (within int64 whatever they are; a 19-digit one is checked alone:
+#: InfluxDB 1.x refuses a line whose integer is past int64).
+_INFLUX_INTS = _joined(r"-?[0-9]{1,18}")
 _INT64 = range(-(1 << 63), 1 << 63)
-_INFLUX_DECIMALS = re.compile(r"-?[0-9]{1,19}(?:\.[0-9]{1,6})?(?:,-?[0-9]{1,19}(?:\.[0-9]{1,6})?)*")
+_INFLUX_DECIMALS = _joined(_DECIMAL_FORM)
 
 
 def _influx_int(cell: str) -> bool:
@@ -308,10 +328,8 @@ def influx_fields(kind: str, name: str, cells: Sequence[str]) -> Sequence[str | 
     if kind == "pct":
         return [None] * len(cells)
     if kind in {"int", "dec1", "dec2"}:
-        pattern = _INFLUX_INTS if kind == "int" else _INFLUX_DECIMALS
-        joined = ",".join(cells)
-        form = key.replace("{", "{{").replace("}", "}}") + ("{}i" if kind == "int" else "{}")
-        if joined.count(",") == len(cells) - 1 and pattern.fullmatch(joined):
+        form = _literal(key) + ("{}i" if kind == "int" else "{}")
+        if _column(cells, _INFLUX_INTS if kind == "int" else _INFLUX_DECIMALS) is not None:
             return list(map(form.format, cells))
         one = _influx_int if kind == "int" else _influx_decimal
         return [form.format(cell) if one(cell) else None for cell in cells]
@@ -344,7 +362,7 @@ def influx_lines(
     ``fields`` as each row's comma-joined :func:`influx_fields`; empty tags are left out.
     """
     head = influx_series(measurement, tags)
-    form = head.replace("{", "{{").replace("}", "}}") + " {} {}\n"
+    form = _literal(head) + " {} {}\n"
     if None in fields:
         kept = [(f, t) for f, t in zip(fields, ts_s, strict=True) if f is not None]
         fields, ts_s = [f for f, _ in kept], [t for _, t in kept]
