@@ -259,14 +259,22 @@ def at_cadence(
 ) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list[float], list[float]]:
     """Every handler variant, floor and a node_exporter scrape once per ``spacing`` s,
     each at a fixed slot of the tick; the handlers make the collector's poll of the tick."""
+
+    def handler_slot(
+        poll: Callable[[str], tuple[float, float]], n: int
+    ) -> tuple[str, tuple[float, float]]:
+        kind = kinds[n % len(kinds)]
+        return kind, poll(kind)
+
+    def other_slot(job: Job, _: int) -> tuple[str, tuple[float, float]]:
+        return "", job()
+
     slots: list[tuple[str, Callable[[int], tuple[str, tuple[float, float]]]]] = []
     for name, poll in polls.items():
-        slots.append(
-            (name, lambda n, poll=poll: (kinds[n % len(kinds)], poll(kinds[n % len(kinds)])))
-        )
+        slots.append((name, functools.partial(handler_slot, poll)))
     for name, job in floors.items():
-        slots.append((name, lambda _, job=job: ("", job())))
-    slots.append((PEER, lambda _: ("", peer.scrape())))
+        slots.append((name, functools.partial(other_slot, job)))
+    slots.append((PEER, functools.partial(other_slot, peer.scrape)))
     random.shuffle(slots)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     periods: list[float] = []
@@ -363,7 +371,9 @@ def main() -> int:
         def poll(argv: Sequence[str], kind: str) -> tuple[float, float]:
             return measure([*argv, arguments[kind]], env)
 
-        polls = {v: functools.partial(poll, argv) for v, argv in variants.items()}
+        polls: dict[str, Callable[[str], tuple[float, float]]] = {
+            v: functools.partial(poll, argv) for v, argv in variants.items()
+        }
         jobs: list[tuple[str, str, Job]] = [
             (v, k, functools.partial(polls[v], k)) for v in variants for k in KINDS
         ]
@@ -385,7 +395,7 @@ def main() -> int:
             resident = peer.resident_mb()
         finally:
             peer.close()
-        spawned = {
+        spawned: dict[tuple[str, str], int | None] = {
             (v, k): processes([*argv, arguments[k]], env)
             for v, argv in variants.items()
             for k in KINDS
@@ -403,16 +413,16 @@ def main() -> int:
     for v in variants:
         print(f"  {v}")
         for k in KINDS:
-            n = spawned[v, k]
+            started = spawned[v, k]
             print(
                 f"    {LABELS[k]:32} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} "
-                f"{'' if n is None else n:>10}"
+                f"{'' if started is None else started:>10}"
             )
     for name in floors:
-        n = spawned[name, ""]
+        started = spawned[name, ""]
         print(
             f"  {name:34} {med[name, ''][0]:8.2f} {med[name, ''][1]:8.2f} "
-            f"{'' if n is None else n:>10}"
+            f"{'' if started is None else started:>10}"
         )
     peer_cpu, peer_wall = med[PEER, ""]
     print(
@@ -444,11 +454,13 @@ def main() -> int:
     for k in KINDS:
         row(
             f"{LABELS[k]} / {old}",
-            lambda h, k=k: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]),
+            {
+                h: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]) for h in handlers
+            }.__getitem__,
         )
     print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape, back to back")
     for d, a, what in ((6, 3, "alerts every 30 s"), *CADENCES):
-        row(what, lambda h, d=d, a=a: cycle_average(kinds_med[h], d, a) / peer_cpu)
+        row(what, {h: cycle_average(kinds_med[h], d, a) / peer_cpu for h in handlers}.__getitem__)
     for v, d, a, what in [
         ("awk (gawk)", 6, 6, "gawk (a Fedora template without mawk), the defaults"),
         (old, 6, 3, f"before: {args.baseline}'s handler and defaults"),
