@@ -3,7 +3,7 @@ floors, the shell handler it replaced, and Prometheus node_exporter scraped at
 the handler's own cadence.
 
     python bench/handler.py [--runs 300] [--spacing 10,1] [--ticks 60]
-                            [--baseline b46ce42] [--compare REV]
+                            [--baseline b46ce42] [--compare REV] [--no-agent]
 
 Two parts, each interleaved so that every variant sees the same machine noise:
 
@@ -30,9 +30,24 @@ Variants: the handler as qrexec runs it (its first line: mawk), the same file
 under gawk (Fedora's own awk), the POSIX-sh handler of commit --baseline (run by
 /bin/sh; the before of the awk rewrite), and with --compare REV the handler of
 that git revision, run the same way as this tree's; every ratio is then printed
-for both, side by side.  The journal is a real one of 1,000 entries read by
+for both, side by side.  The journal is a real one of a day read by
 journalctl (built with systemd-journal-remote), since journalctl is the
 handler's one expensive child.
+
+The socket agent (handler/sysmon-agent, unless --no-agent) is one more
+variant: started once under systemd-socket-activate, with the same journal,
+environment and cursors, its fallback the awk handler above, and asked as
+qrexec asks (the descriptor, then the answer to EOF).  Its CPU per poll is
+what it and its children ran across the poll: its own from its schedstat (ns),
+its children's (the awk handler it falls back to, and that one's df and
+journalctl) from a cgroup v2 group of its own made for the run (cpu.stat's
+usage_usec less its own: us), or, where no cgroup can be made (not root, no
+cgroup2), from its cutime + cstime (whole clock ticks: 10 ms; the medians of
+a kind that falls back are then not to be read).  A poll fell back when its
+children's minor faults grew (cminflt: any process started has some).  The
+bench's own connect and read are sys-monitor's qrexec, not the qube's: not
+counted, their wall time printed.  Its memory after the run (RSS, PSS from
+smaps_rollup) is printed beside node_exporter's.
 """
 
 from __future__ import annotations
@@ -57,6 +72,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "handler" / "qubes.Metrics.Get"
+AGENT = ROOT / "handler" / "sysmon-agent"
+ACTIVATE = "systemd-socket-activate"
 FLOOR = ROOT / "bench" / "floor.sh"
 REMOTE = "/lib/systemd/systemd-journal-remote"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -76,6 +93,7 @@ LABELS = {
 JOURNAL_ENTRIES = 8640 * 6
 NOTICE_EVERY = 100
 TREE = "awk (mawk)"
+SOCKET_AGENT = "sysmon-agent"
 ONE_CAT = "floor: one cat"
 SH_CAT = "floor: sh + cat"
 SH_CAT_DF = "floor: sh + cat + df"
@@ -218,13 +236,161 @@ class NodeExporter:
         spent, self.last = now - self.last, now
         return spent / 1e6
 
-    def resident_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+
+
+def proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields from the third (the state) on."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of ``pid`` in MB, from smaps_rollup."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    kb = {line.split()[0]: int(line.split()[1]) for line in rollup[1:]}
+    return kb["Rss:"] / 1024, kb["Pss:"] / 1024
+
+
+def own_cgroup(pid: int, name: str) -> Path | None:
+    """A cgroup v2 group of its own for ``pid`` and the children it will start, beside
+    ours; None when none can be made (no cgroup2 mounted, not allowed)."""
+    mount = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            mount = Path(fields[4])
+            break
+    ours = next(
+        (
+            line[3:]
+            for line in Path("/proc/self/cgroup").read_text().splitlines()
+            if line[:3] == "0::"
+        ),
+        None,
+    )
+    if mount is None or ours is None:
+        return None
+    group = mount / ours.lstrip("/") / name
+    try:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        return None
+    return group
+
+
+class Agent:
+    """handler/sysmon-agent under systemd-socket-activate (what its socket unit does),
+    asked as qrexec asks; CPU, wall and fallbacks per poll."""
+
+    def __init__(
+        self, program: Path, home: Path, env: dict[str, str], arguments: dict[str, str]
+    ) -> None:
+        self.socket = home / "qubes.Metrics.Get"
+        self.arguments = arguments
+        activate = shutil.which(ACTIVATE) or ACTIVATE
+        argv = [activate, "-l", str(self.socket)]
+        argv += [f"--setenv={key}={value}" for key, value in env.items()]
+        # It execs the agent on the first connection: the same process all along.
+        self.proc = subprocess.Popen(
+            [*argv, str(program)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.cgroup = own_cgroup(self.proc.pid, f"sysmon-bench-{os.getpid()}")
+        self.tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        self.phase = ""
+        #: (phase, kind) -> [polls asked, of them answered by the awk handler]
+        self.counts: dict[tuple[str, str], list[int]] = {}
+        #: (phase, kind) -> its own CPU ms per poll, and its children's
+        self.own: dict[tuple[str, str], list[float]] = {}
+        self.children: dict[tuple[str, str], list[float]] = {}
+        try:
+            deadline = time.monotonic() + 20
+            while not self.socket.exists():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{ACTIVATE} never listened on {self.socket}")
+                time.sleep(0.02)
+            for _ in range(3):  # the start, the first imports, a first journal read
+                for kind in KINDS:
+                    self.poll(kind)
+        except BaseException:
+            self.close()
+            raise
+        self.counts.clear()
+        self.own.clear()
+        self.children.clear()
+
+    def ask(self, argument: str) -> bytes:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(60)
+            conn.connect(str(self.socket))
+            conn.sendall(f"qubes.Metrics.Get+{argument} sys-monitor\0".encode())
+            conn.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def counters(self) -> tuple[int, int, int, int]:
+        """(its own ns, its cgroup's ns, its children's clock ticks, their minor faults)."""
+        stat = proc_stat(self.proc.pid)
+        group = 0
+        if self.cgroup is not None:
+            cpu = (self.cgroup / "cpu.stat").read_text().split()
+            group = int(cpu[cpu.index("usage_usec") + 1]) * 1000
+        return task_cpu_ns(self.proc.pid), group, int(stat[13]) + int(stat[14]), int(stat[8])
+
+    def idle(self) -> None:
+        """Wait until it sleeps in accept() again, its poll's work all done: after the
+        EOF it only closes the connection (the drain reads the EOF at once)."""
+        deadline = time.monotonic() + 10
+        while proc_stat(self.proc.pid)[0] != "S":
+            if time.monotonic() > deadline:
+                raise RuntimeError("sysmon-agent never went back to accept()")
+            time.sleep(0.0002)
+
+    def poll(self, kind: str) -> tuple[float, float]:
+        """(cpu ms, wall ms) of one poll: its own CPU and its children's; the wall
+        time is the caller's, connect to EOF."""
+        own0, group0, ticks0, faults0 = self.counters()
+        start = time.perf_counter()
+        answer = self.ask(self.arguments[kind])
+        wall = time.perf_counter() - start
+        self.idle()
+        own1, group1, ticks1, faults1 = self.counters()
+        if not answer.startswith(b"sys: "):
+            raise RuntimeError(f"sysmon-agent answered {answer[:80]!r} to a {kind} poll")
+        own = (own1 - own0) / 1e6
+        if self.cgroup is not None:
+            children = max(0.0, (group1 - group0) / 1e6 - own)
+        else:
+            children = (ticks1 - ticks0) * self.tick_ms
+        count = self.counts.setdefault((self.phase, kind), [0, 0])
+        count[0] += 1
+        count[1] += faults1 > faults0
+        self.own.setdefault((self.phase, kind), []).append(own)
+        self.children.setdefault((self.phase, kind), []).append(children)
+        return own + children, wall * 1000
+
+    def total_ms(self) -> float:
+        """All its CPU so far, and its children's."""
+        own, group, ticks, _ = self.counters()
+        return (group if self.cgroup is not None else own + ticks * self.tick_ms * 1e6) / 1e6
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        if self.cgroup is not None:
+            for _ in range(100):  # empty once the kernel has seen it exit
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.01)
 
 
 def cycle(disk_every: int, alerts_every: int) -> list[str]:
@@ -259,14 +425,22 @@ def at_cadence(
 ) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list[float], list[float]]:
     """Every handler variant, floor and a node_exporter scrape once per ``spacing`` s,
     each at a fixed slot of the tick; the handlers make the collector's poll of the tick."""
+
+    def handler_slot(
+        poll: Callable[[str], tuple[float, float]], n: int
+    ) -> tuple[str, tuple[float, float]]:
+        kind = kinds[n % len(kinds)]
+        return kind, poll(kind)
+
+    def other_slot(job: Job, _: int) -> tuple[str, tuple[float, float]]:
+        return "", job()
+
     slots: list[tuple[str, Callable[[int], tuple[str, tuple[float, float]]]]] = []
     for name, poll in polls.items():
-        slots.append(
-            (name, lambda n, poll=poll: (kinds[n % len(kinds)], poll(kinds[n % len(kinds)])))
-        )
+        slots.append((name, functools.partial(handler_slot, poll)))
     for name, job in floors.items():
-        slots.append((name, lambda _, job=job: ("", job())))
-    slots.append((PEER, lambda _: ("", peer.scrape())))
+        slots.append((name, functools.partial(other_slot, job)))
+    slots.append((PEER, functools.partial(other_slot, peer.scrape)))
     random.shuffle(slots)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     periods: list[float] = []
@@ -307,6 +481,9 @@ def main() -> int:
     parser.add_argument(
         "--compare", metavar="REV", help="also run the handler of REV, side by side"
     )
+    parser.add_argument(
+        "--no-agent", action="store_true", help="leave out the socket agent (handler/sysmon-agent)"
+    )
     args = parser.parse_args()
     spacings = [float(s) for s in args.spacing.split(",") if s.strip()]
     disk_every, alerts_every = (int(n) for n in args.cycle.split(","))
@@ -315,6 +492,9 @@ def main() -> int:
         return 1
     if not Path(NODE_EXPORTER).exists():
         print(f"{NODE_EXPORTER} missing: apt-get install prometheus-node-exporter", file=sys.stderr)
+        return 1
+    if not args.no_agent and not shutil.which(ACTIVATE):
+        print(f"{ACTIVATE} missing (systemd): no agent; or --no-agent", file=sys.stderr)
         return 1
     interpreter = HANDLER.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,17 +543,46 @@ def main() -> int:
         def poll(argv: Sequence[str], kind: str) -> tuple[float, float]:
             return measure([*argv, arguments[kind]], env)
 
-        polls = {v: functools.partial(poll, argv) for v, argv in variants.items()}
-        jobs: list[tuple[str, str, Job]] = [
-            (v, k, functools.partial(polls[v], k)) for v in variants for k in KINDS
-        ]
-        jobs += [(name, "", job) for name, job in floors.items()]
+        polls: dict[str, Callable[[str], tuple[float, float]]] = {
+            v: functools.partial(poll, argv) for v, argv in variants.items()
+        }
         peer = NodeExporter()
+        agent = None
+        alerts_sent: dict[str, int] = {}  # the alert lines of the agent's answer, by kind
         try:
+            if not args.no_agent:
+                shutil.copy(AGENT, Path(tmp) / "sysmon-agent")
+                (Path(tmp) / "agent").mkdir()
+                agent = Agent(
+                    Path(tmp) / "sysmon-agent",
+                    Path(tmp) / "agent",
+                    {**env, "SYSMON_HANDLER": str(tree)},
+                    arguments,
+                )
+                polls[SOCKET_AGENT] = agent.poll
+                handlers.append(SOCKET_AGENT)
+                for k in KINDS:  # the same answer, but for the counters read
+                    ours = sorted(
+                        line.split(b" ")[0] for line in agent.ask(arguments[k]).split(b"\n")
+                    )
+                    alerts_sent[k] = ours.count(b"alert:")
+                    awks = subprocess.run(
+                        [str(tree), arguments[k]], env=env, capture_output=True, check=True
+                    ).stdout.split(b"\n")
+                    if ours != sorted(line.split(b" ")[0] for line in awks):
+                        print(f"sysmon-agent's {k} poll is not the awk handler's", file=sys.stderr)
+                        return 1
+                    agent.idle()
+            jobs: list[tuple[str, str, Job]] = [
+                (v, k, functools.partial(polls[v], k)) for v in polls for k in KINDS
+            ]
+            jobs += [(name, "", job) for name, job in floors.items()]
             jobs.append((PEER, "", peer.scrape))
             samples: dict[tuple[str, str], list[tuple[float, float]]] = {
                 (v, k): [] for v, k, _ in jobs
             }
+            if agent is not None:
+                agent.phase = "back to back"
             for n in range(args.runs):
                 random.shuffle(jobs)
                 for v, k, job in jobs:
@@ -381,11 +590,24 @@ def main() -> int:
                 print(f"\r  back to back: round {n + 1}/{args.runs}", end="", file=sys.stderr)
             print(file=sys.stderr)
             kinds = cycle(disk_every, alerts_every)
-            cadences = {s: at_cadence(s, args.ticks, polls, floors, peer, kinds) for s in spacings}
-            resident = peer.resident_mb()
+            cadences = {}
+            #: the agent's CPU over a whole cadence part per tick, idle time included
+            agent_period: dict[float, float] = {}
+            for spacing in spacings:
+                if agent is not None:
+                    agent.phase = f"{spacing:g} s"
+                    before = agent.total_ms()
+                cadences[spacing] = at_cadence(spacing, args.ticks, polls, floors, peer, kinds)
+                if agent is not None:
+                    agent_period[spacing] = (agent.total_ms() - before) / args.ticks
+            memory = {PEER: memory_mb(peer.proc.pid)}
+            if agent is not None:
+                memory[SOCKET_AGENT] = memory_mb(agent.proc.pid)
         finally:
             peer.close()
-        spawned = {
+            if agent is not None:
+                agent.close()
+        spawned: dict[tuple[str, str], int | None] = {
             (v, k): processes([*argv, arguments[k]], env)
             for v, argv in variants.items()
             for k in KINDS
@@ -398,29 +620,54 @@ def main() -> int:
         f"a real journal of a day: {JOURNAL_ENTRIES:,} entries, 1 in {NOTICE_EVERY} notice or"
         " higher; the cursor at the newest notice, filed (a flood: at the day's start)"
     )
+    if agent is not None:
+        print(
+            f"{SOCKET_AGENT}: the same lines as the awk handler for each kind; alert lines: "
+            + ", ".join(f"{k} {n}" for k, n in alerts_sent.items())
+        )
     print(f"\nback to back: {args.runs} interleaved rounds, medians")
     print(f"  {'':34} {'cpu ms':>8} {'wall ms':>8} {'processes':>10}")
-    for v in variants:
-        print(f"  {v}")
-        for k in KINDS:
-            n = spawned[v, k]
+    for v in polls:
+        if v == SOCKET_AGENT:
             print(
-                f"    {LABELS[k]:32} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} "
-                f"{'' if n is None else n:>10}"
+                f"  {v} (itself + children; wall: the caller's connect to EOF;"
+                " processes: polls the awk handler answered)"
             )
+        else:
+            print(f"  {v}")
+        for k in KINDS:
+            if agent is not None and v == SOCKET_AGENT:
+                asked, fell = agent.counts["back to back", k]
+                own = statistics.median(agent.own["back to back", k])
+                children = statistics.median(agent.children["back to back", k])
+                note = f"{fell:>5}/{asked}   its own {own:.2f}, its children {children:.2f}"
+            else:
+                started = spawned[v, k]
+                note = f"{'' if started is None else started:>10}"
+            print(f"    {LABELS[k]:32} {med[v, k][0]:8.2f} {med[v, k][1]:8.2f} {note}")
     for name in floors:
-        n = spawned[name, ""]
+        started = spawned[name, ""]
         print(
             f"  {name:34} {med[name, ''][0]:8.2f} {med[name, ''][1]:8.2f} "
-            f"{'' if n is None else n:>10}"
+            f"{'' if started is None else started:>10}"
         )
     peer_cpu, peer_wall = med[PEER, ""]
     print(
-        f"  {PEER + ', one scrape':34} {peer_cpu:8.2f} {peer_wall:8.2f}"
-        f"   (its threads' schedstat; {resident:.1f} MB resident all the time)"
+        f"  {PEER + ', one scrape':34} {peer_cpu:8.2f} {peer_wall:8.2f}   (its threads' schedstat)"
     )
+    if agent is not None:
+        how = (
+            "its cgroup's usage_usec"
+            if agent.cgroup is not None
+            else "cutime + cstime, in whole clock ticks"
+        )
+        print(f"  ({SOCKET_AGENT}: its own cpu from schedstat, its children's from {how})")
+    print("\nmemory after the run (smaps_rollup), resident all the time")
+    for name, (rss, pss) in memory.items():
+        print(f"  {name:34} RSS {rss:6.1f} MB, PSS {pss:6.1f} MB")
+    print(f"  {'the awk handler':34} none between polls")
 
-    kinds_med = {v: {k: med[v, k][0] for k in KINDS} for v in variants}
+    kinds_med = {v: {k: med[v, k][0] for k in KINDS} for v in polls}
     header = "".join(f" {h:>22}" for h in handlers)
     print(f"\nratios, cpu (wall){'':26}{header}")
 
@@ -444,11 +691,13 @@ def main() -> int:
     for k in KINDS:
         row(
             f"{LABELS[k]} / {old}",
-            lambda h, k=k: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]),
+            {
+                h: (med[h, k][0] / med[old, k][0], med[h, k][1] / med[old, k][1]) for h in handlers
+            }.__getitem__,
         )
     print("\naverage cpu per poll over a cycle / node_exporter's cpu per scrape, back to back")
     for d, a, what in ((6, 3, "alerts every 30 s"), *CADENCES):
-        row(what, lambda h, d=d, a=a: cycle_average(kinds_med[h], d, a) / peer_cpu)
+        row(what, {h: cycle_average(kinds_med[h], d, a) / peer_cpu for h in handlers}.__getitem__)
     for v, d, a, what in [
         ("awk (gawk)", 6, 6, "gawk (a Fedora template without mawk), the defaults"),
         (old, 6, 3, f"before: {args.baseline}'s handler and defaults"),
@@ -473,11 +722,24 @@ def main() -> int:
                 print(f"  {name:34} {medians(got[name, ''])[0]:8.2f} ms cpu")
         averages = {}
         by_kind = {}
-        for v in variants:
+        for v in polls:
             by_kind[v] = {k: medians(s)[0] for (n, k), s in got.items() if n == v}
             averages[v] = cycle_average(by_kind[v], disk_every, alerts_every)
             parts = ", ".join(f"{k} {c:.2f}" for k, c in sorted(by_kind[v].items()))
             print(f"  {v:34} {averages[v]:8.2f} ms cpu per poll on average ({parts})")
+        if agent is not None:
+            phase = f"{spacing:g} s"
+            mine = [(k, c) for (ph, k), c in agent.counts.items() if ph == phase]
+            walls = ", ".join(
+                f"{k} {medians(s)[1]:.2f}" for (n, k), s in sorted(got.items()) if n == SOCKET_AGENT
+            )
+            print(
+                f"  {SOCKET_AGENT}: all its cpu over the {args.ticks} ticks,"
+                f" idle time included: {agent_period[spacing]:.2f} ms per tick;"
+                " polls the awk handler answered: "
+                + ", ".join(f"{k} {fell}/{asked}" for k, (asked, fell) in sorted(mine))
+                + f"; wall ms (the caller's): {walls}"
+            )
         fast_floor = medians(got[ONE_CAT, ""])[0]
         for label, values in [
             ("cycle average / node_exporter's scrape", {h: averages[h] / scrape for h in handlers}),
@@ -492,7 +754,6 @@ def main() -> int:
                     what,
                     {h: cycle_average(by_kind[h], d, a) / scrape for h in handlers}.__getitem__,
                 )
-    print("  (the handler keeps no resident memory between polls)")
     return 0
 
 
