@@ -1,0 +1,399 @@
+"""The socket agent (handler/sysmon-agent) against the awk handler it stands in for.
+
+The agent runs for real, under systemd-socket-activate (what its socket unit
+does), and is asked as qrexec asks: the descriptor "SERVICE+ARG SOURCE\\0",
+then the answer until EOF.  Its answer must be the awk handler's, byte for
+byte; SYSMON_HANDLER is a wrapper that counts how often it had to run the awk
+handler, so each test also says which polls the agent answers itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, HANDLER, IN_CI, require_root, require_tool
+from handler_run import STUB_BIN, run_handler
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_handler import BOOT_A, BOOT_B, _export_entry, _make_journal
+
+AGENT = HANDLER.parent / "sysmon-agent"
+TREES = sorted(p.name for p in (FIXTURES / "proc").iterdir() if p.is_dir())
+FAST = "nodisk.noalerts."
+
+
+def _require_python_systemd() -> None:
+    """The journal's fast path needs python3-systemd in the system's python3."""
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", "import systemd._reader"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        if IN_CI:
+            pytest.fail("python3-systemd is required in CI (.ci/run installs it)")
+        pytest.skip("python3-systemd not installed")
+
+
+class Agent:
+    """The agent under systemd-socket-activate, its socket in ``home``."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.socket = home / "qubes.Metrics.Get"
+        self.count = home / "handler-runs"
+        wrapper = home / "handler"
+        wrapper.write_text(f'#!/bin/sh\necho x >> "{self.count}"\nexec "{HANDLER}" "$@"\n')
+        wrapper.chmod(0o755)
+        env = {"PATH": os.environ["PATH"], "LC_ALL": "C", "SYSMON_HANDLER": str(wrapper), **env}
+        activate = require_tool("systemd-socket-activate")
+        argv = [activate, "-l", str(self.socket)]
+        argv += [f"--setenv={key}={value}" for key, value in env.items()]
+        self.process = subprocess.Popen(
+            [*argv, str(AGENT)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            assert self.process.poll() is None, self.process.stderr
+            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
+            time.sleep(0.02)
+
+    def ask_raw(self, descriptor: bytes, timeout: float = 30) -> bytes:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(self.socket))
+            conn.sendall(descriptor)
+            conn.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := conn.recv(65536):
+                out += chunk
+            return out
+
+    def ask(self, argument: str = "") -> bytes:
+        service = "qubes.Metrics.Get" + (f"+{argument}" if argument else "")
+        return self.ask_raw(f"{service} sys-monitor\0".encode())
+
+    def handler_runs(self) -> int:
+        return len(self.count.read_text().splitlines()) if self.count.exists() else 0
+
+    def stop(self) -> str:
+        self.process.kill()
+        _, err = self.process.communicate(timeout=20)
+        return err.decode(errors="replace")
+
+
+@pytest.fixture(name="start_agent")
+def _start_agent(tmp_path: Path) -> Iterator[object]:
+    agents: list[Agent] = []
+
+    def start(**env: str) -> Agent:
+        home = tmp_path / f"agent{len(agents)}"
+        home.mkdir()
+        agents.append(Agent(home, env))
+        return agents[-1]
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+def test_without_its_socket_it_says_so_in_one_line():
+    done = subprocess.run([str(AGENT)], capture_output=True, check=False, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == b"sysmon-agent: start it with its socket unit (sysmon-agent.socket)\n"
+    assert done.stdout == b""
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_a_fast_poll_of_a_recorded_tree_is_the_handlers_without_running_it(
+    start_agent, tree, tmp_path
+):
+    root = FIXTURES / "proc" / tree
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    for _ in range(2):  # and again: nothing is kept from one poll to the next
+        assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
+    assert agent.handler_runs() == 0
+
+
+def test_a_poll_it_does_not_answer_itself_is_the_handlers(start_agent, tmp_path):
+    """An NFS mount beside the local disks: it needs a df of its own under a time limit."""
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURES / "proc" / "many-ifaces-mounts", root)
+    with (root / "self" / "mountinfo").open("a") as f:
+        f.write("90 30 0:99 / /mnt/nfs rw - nfs4 server:/export rw\n")
+    with (root / "df.txt").open("a") as f:
+        f.write("server:/export 1000 10 990 1% /mnt/nfs\n")
+    agent = start_agent(
+        SYSMON_PROC_ROOT=str(root),
+        SYSMON_JOURNAL_DIR=str(tmp_path),
+        SYSMON_DF_FIXTURE=str(root / "df.txt"),
+        PATH=f"{STUB_BIN}:{os.environ['PATH']}",
+    )
+    expected = run_handler("qrexec", proc_root=root, argument="noalerts.")
+    assert b"disk: fs=server:/export mount=/mnt/nfs size_kb=1000" in expected
+    # Each remote filesystem's df runs beside the local ones: their lines come in
+    # the order they finish.
+    assert sorted(agent.ask("noalerts.").splitlines()) == sorted(expected.splitlines())
+    assert agent.handler_runs() == 1
+
+
+# ---- /proc as a qube's kernel writes it, and as a hostile one could ---------
+
+_word = st.binary(min_size=1, max_size=12).filter(lambda b: not set(b) & set(b" \t\n\0\r:"))
+_number = st.one_of(
+    st.integers(0, 2**64).map(lambda n: str(n).encode()),
+    st.sampled_from([b"", b"-1", b"1e3", b"0x10", b"2147483647", b"2147483648", b"9" * 20]),
+)
+_blank = st.sampled_from([b" ", b"  ", b"\t", b" \t "])
+
+
+@st.composite
+def _proc_tree(draw: st.DrawFn) -> dict[str, bytes | None]:
+    """Files of a /proc tree; None leaves a file out."""
+
+    def line(words: list[bytes]) -> bytes:
+        return draw(_blank).join(words)
+
+    def maybe(data: bytes) -> bytes | None:
+        return draw(st.sampled_from([data, data, data, b"", None]))
+
+    cpu = line([b"cpu", *draw(st.lists(_number, max_size=10))])
+    stat = b"\n".join(
+        [
+            cpu,
+            line([b"cpu0", draw(_number)]),
+            line([b"btime", draw(_number)]),
+            line([b"procs_running", draw(_number)]),
+            line([b"procs_blocked", draw(_number)]),
+        ]
+    )
+    mem_keys = [b"MemTotal:", b"MemFree:", b"MemAvailable:", b"SwapTotal:", b"SwapFree:", b"Odd:"]
+    meminfo = b"\n".join(line([k, draw(_number), b"kB"]) for k in draw(st.permutations(mem_keys)))
+    ifaces = draw(
+        st.lists(st.tuples(_word, st.lists(_number, min_size=0, max_size=17)), max_size=4)
+    )
+    dev = b"Inter-|   Receive\n face |bytes\n" + b"".join(
+        line([name + b":", *counters]) + b"\n" for name, counters in ifaces
+    )
+    snmp_names = draw(st.permutations([b"RtoAlgorithm", b"CurrEstab", b"MaxConn", b"InSegs"]))
+    snmp = b"Ip: Forwarding\nIp: 1\n" + line([b"Tcp:", *snmp_names]) + b"\n"
+    snmp += line([b"Tcp:", *draw(st.lists(_number, max_size=4))]) + b"\n"
+    sockstat = line([b"UDP:", b"inuse", draw(_number), b"mem", b"1"]) + b"\n"
+    sockstat6 = line([b"UDP6:", b"inuse", draw(_number)]) + b"\n"
+    load = line([draw(_number) for _ in range(draw(st.integers(0, 5)))]) + b"\n"
+    return {
+        "stat": maybe(stat + b"\n"),
+        "meminfo": maybe(meminfo + b"\n"),
+        "loadavg": maybe(load),
+        "net/dev": maybe(dev),
+        "net/snmp": maybe(snmp),
+        "net/sockstat": maybe(sockstat),
+        "net/sockstat6": maybe(sockstat6),
+        "sys/kernel/random/boot_id": maybe(draw(st.sampled_from([b"", b"\n", BOOT_A.encode()]))),
+        "self/mountinfo": b"",
+    }
+
+
+def test_any_proc_tree_gives_the_handlers_answer(start_agent, tmp_path):
+    """Hypothesis writes /proc trees, kernel-shaped or not; whatever the agent answers
+    itself or leaves to the awk handler, the answer is the awk handler's."""
+    root = tmp_path / "proc"
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+
+    @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+    @given(tree=_proc_tree())
+    def check(tree: dict[str, bytes | None]) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        for name, data in tree.items():
+            if data is not None:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(data)
+        assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
+
+    check()
+
+
+# ---- the journal ------------------------------------------------------------
+
+CURSOR_A = BOOT_A.replace("-", "")[:16]
+
+
+class TestJournal:
+    """journalctl runs only when the journal has something for the cursor."""
+
+    @pytest.fixture(name="journal")
+    def _journal(self, tmp_path):
+        require_tool("journalctl")
+        _require_python_systemd()
+        return _make_journal(
+            tmp_path / "journal",
+            [
+                _export_entry(1_700_000_000_000_000, BOOT_B, 3, "old", "previous boot", 1),
+                _export_entry(1_700_000_100_000_000, BOOT_A, 5, "kernel", "first", 1),
+                _export_entry(1_700_000_100_000_000, BOOT_A, 4, "kernel", "same microsecond", 2),
+                _export_entry(1_700_000_200_000_000, BOOT_A, 6, "info", "below notice", 3),
+                _export_entry(1_700_000_300_000_000, BOOT_A, 2, "sshd", "last", 4),
+                _export_entry(1_700_000_300_000_000, BOOT_A, 7, "info", "below, same µs", 5),
+                _export_entry(1_700_000_400_000_000, BOOT_A, 6, "info", "later, below", 6),
+            ],
+        )
+
+    @pytest.mark.parametrize(
+        ("cursor", "runs"),
+        [
+            # nothing new: after the last notice, or at it with it filed
+            (f"{CURSOR_A}.1700000300000001", 0),
+            (f"{CURSOR_A}.1700000300000000.1", 0),
+            (f"{CURSOR_A}.1700000400000000", 0),
+            # something to send
+            (f"{CURSOR_A}.1700000300000000", 1),
+            (f"{CURSOR_A}.1700000100000000.1", 1),
+            (f"{CURSOR_A}.1700000100000000.2", 1),
+            (f"{CURSOR_A}.1700000000000000", 1),
+            # the same time written otherwise: the awk handler compares texts
+            (f"{CURSOR_A}.01700000300000000.1", 1),
+            # what only journalctl's own options decide
+            ("", 1),
+            (f"{BOOT_B.replace('-', '')[:16]}.1800000000000000", 1),
+            (f"{CURSOR_A}.12ab", 1),
+            (f"{CURSOR_A}.123456", 1),
+            (f"{CURSOR_A}.1700000300000001.1234567", 0),
+        ],
+    )
+    def test_alerts_poll(self, start_agent, tmp_path, journal, cursor, runs):
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal))
+        argument = "nodisk." + cursor
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
+        assert agent.ask(argument) == expected
+        assert agent.handler_runs() == runs
+
+    def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
+        _require_python_systemd()
+        proc = FIXTURES / "proc" / "this-machine"
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(empty))
+        argument = "nodisk." + CURSOR_A + ".1700000300000001"
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=empty, argument=argument)
+        assert b"no journal files" in expected
+        assert agent.ask(argument) == expected
+        assert agent.handler_runs() == 1
+
+
+# ---- what qrexec, or anyone who can reach the socket, sends -----------------
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "argument"),
+    [
+        (b"qubes.Metrics.Get+nodisk.noalerts. sys-monitor\0", FAST),
+        (b"qubes.Metrics.Get+nodisk.noalerts.\0", FAST),  # no source
+        (b"qubes.Metrics.Get+nodisk.noalerts. sys-monitor", FAST),  # no NUL before EOF
+        (b"qubes.Metrics.Get+nodisk.noalerts. a b c\0trailing stdin", FAST),
+        (b"qubes.Metrics.Get+nodisk.$(id). sys-monitor\0", ""),  # qrexec lets no $ through
+        (b"qubes.Metrics.Get+nodisk.noalerts.+x sys-monitor\0", "nodisk.noalerts.+x"),
+        (b"+nodisk.noalerts.\0", FAST),
+        (b"", ""),
+        (b"\0", ""),
+        (b"x" * 5000, ""),
+        (b"qubes.Metrics.Get+nodisk.noalerts. sys-monitor\0" + b"y" * 50_000, FAST),
+    ],
+)
+def test_any_descriptor_gets_the_handlers_answer_for_its_argument(
+    start_agent, tmp_path, descriptor, argument
+):
+    root = FIXTURES / "proc" / "this-machine"
+    agent = start_agent(
+        SYSMON_PROC_ROOT=str(root),
+        SYSMON_JOURNAL_DIR=str(tmp_path),
+        SYSMON_DF_FIXTURE=str(root / "df.txt"),
+        PATH=f"{STUB_BIN}:{os.environ['PATH']}",
+    )
+    expected = run_handler("qrexec", proc_root=root, journal_dir=tmp_path, argument=argument)
+    assert agent.ask_raw(descriptor) == expected
+
+
+def test_without_the_awk_handler_a_poll_it_cannot_answer_is_empty_and_it_goes_on(
+    start_agent, tmp_path
+):
+    root = FIXTURES / "proc" / "this-machine"
+    agent = start_agent(
+        SYSMON_PROC_ROOT=str(root),
+        SYSMON_JOURNAL_DIR=str(tmp_path),
+        SYSMON_HANDLER=str(tmp_path / "missing"),
+    )
+    assert agent.ask("") == b""
+    assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
+    assert "the awk handler failed" in agent.stop()
+
+
+@pytest.mark.slow
+def test_a_caller_that_sends_nothing_holds_it_only_for_its_time_limit(start_agent, tmp_path):
+    root = FIXTURES / "proc" / "this-machine"
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    with socket.socket(socket.AF_UNIX) as idle:
+        idle.connect(str(agent.socket))
+        # The agent serves one caller at a time; this one waits out the first's
+        # 5 s, then gets its answer.
+        assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
+
+
+# ---- disks, on this machine --------------------------------------------------
+
+
+def test_a_disk_poll_is_dfs_numbers_from_statvfs(tmp_path):
+    """In a mount namespace of its own, a read-only ext4 image gives numbers that do
+    not move: the agent's line for it is df's, and it lists the same filesystems."""
+    require_root("mounting an image")
+    for tool in ("unshare", "mkfs.ext4", "systemd-socket-activate"):
+        require_tool(tool)
+    image = tmp_path / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    # A non-empty image, so that "used" is not mkfs's alone.
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "file").write_bytes(b"x" * 300_000)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image)], check=True)
+    mount = tmp_path / "My Disk"  # a space, as mountinfo escapes it
+    mount.mkdir()
+    script = Path(__file__).with_name("agent_in_namespace.sh")
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", str(script)],
+        env={
+            "PATH": os.environ["PATH"],
+            "LC_ALL": "C",
+            "IMAGE": str(image),
+            "MOUNT": str(mount),
+            "AGENT": str(AGENT),
+            "HANDLER": str(HANDLER),
+            "WORK": str(tmp_path),
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    by_agent = (tmp_path / "agent.out").read_bytes().splitlines()
+    by_handler = (tmp_path / "handler.out").read_bytes().splitlines()
+    disks = [[line for line in out if line.startswith(b"disk: ")] for out in (by_agent, by_handler)]
+    assert [line.split(b" size_kb=")[0] for line in disks[0]] == [
+        line.split(b" size_kb=")[0] for line in disks[1]
+    ]
+    ours = [
+        line for line in disks[0] if b" mount=" + str(mount).replace(" ", "\\040").encode() in line
+    ]
+    assert len(ours) == 1
+    assert ours[0] in disks[1]
+    assert not (tmp_path / "handler-runs").exists()
