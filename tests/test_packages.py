@@ -9,7 +9,9 @@ purged.  Nothing here reads the checkout's copy of what it tests.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -404,6 +406,73 @@ def test_installed_sysmon_polls_through_the_installed_handler(clean_root, tmp_pa
     assert not list((root / "etc/systemd/system").rglob("sysmon-agent.service"))
     man = in_root(root, ["sh", "-c", "zcat /usr/share/man/man1/sysmon.1.gz | head -n 5"])
     assert "sysmon \\- metrics" in man.stdout
+
+
+def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_path):
+    """The agent as installed, run by the python3 apt resolved, as root with no
+    capabilities and no new privileges (as its unit runs it), answers through its
+    socket byte for byte as the installed handler: a fast poll by itself, a full
+    one (no cursor) through /etc/qubes-rpc/qubes.Metrics.Get."""
+    release, root = clean_root
+    apt_get(root, "install", *root_debs(root, release))
+    tree = FIXTURES / "proc" / "odd-snmp"
+    (tmp_path / "journal").mkdir()
+    env = {
+        "SYSMON_PROC_ROOT": str(tree),
+        "SYSMON_DF_FIXTURE": str(tree / "df.txt"),
+        "SYSMON_JOURNAL_DIR": str(tmp_path / "journal"),
+        "PATH": f"{ROOT}/tests/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+    }
+    sock = tmp_path / "qubes.Metrics.Get"
+    agent = subprocess.Popen(
+        [
+            "chroot",
+            str(root),
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+            "/usr/bin/env",
+            "-i",
+            *(f"{key}={value}" for key, value in env.items()),
+            "systemd-socket-activate",
+            "-l",
+            str(sock),
+            *(f"--setenv={key}={value}" for key, value in env.items()),
+            "/usr/lib/sysmon-handler/sysmon-agent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert agent.poll() is None, agent.communicate()[1]
+            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
+            time.sleep(0.02)
+        for argument in ("nodisk.noalerts.", ""):
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(30)
+                conn.connect(str(sock))
+                service = "qubes.Metrics.Get" + (f"+{argument}" if argument else "")
+                conn.sendall(f"{service} sys-monitor\0".encode())
+                conn.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            handler = in_root(
+                root,
+                ["/etc/qubes-rpc/qubes.Metrics.Get", *([argument] if argument else [])],
+                env=env,
+            )
+            assert handler.returncode == 0, handler.stderr
+            assert handler.stdout.startswith("sys: protocol=1 "), handler.stdout
+            assert answer.decode() == handler.stdout, argument
+    finally:
+        agent.kill()
+        _, err = agent.communicate(timeout=20)
+    assert b"sysmon-agent:" not in err, err
 
 
 def test_an_upgrade_keeps_the_edited_conffile_and_the_data(clean_root, tmp_path):
