@@ -238,6 +238,33 @@ class TestRendering:
         high = salt("state.show_sls", "qubes.monitor.sys-monitor", pillar=pillar)
         assert {"template": "debian-12-xfce"} in high["sysmon-qube"]["qvm"]
 
+    def test_the_agent_is_on_in_no_qube_by_default(self, salt):
+        """Without pillar no qube gets the agent's service, and uninstall resets none."""
+        for state in ("sys-monitor", "uninstall"):
+            high = salt("state.show_sls", f"qubes.monitor.{state}")
+            assert [k for k in high if "agent" in k] == [], state
+
+    def test_the_agent_is_turned_on_in_the_qubes_pillar_names(self, salt):
+        """agent_qubes: qvm-service --enable QUBE sysmon-agent for each, and
+        uninstall resets each (where the qube still exists)."""
+        pillar = {"sysmon": {"agent_qubes": ["work", "personal"]}}
+        high = salt("state.show_sls", "qubes.monitor.sys-monitor", pillar=pillar)
+        assert sorted(k for k in high if "agent" in k) == [
+            "sysmon-agent-personal",
+            "sysmon-agent-work",
+        ]
+        for vm in ("work", "personal"):
+            features = high[f"sysmon-agent-{vm}"]["qvm"]
+            assert "features" in features
+            assert {"name": vm} in features
+            assert {"enable": ["service.sysmon-agent"]} in features
+        high = salt("state.show_sls", "qubes.monitor.uninstall", pillar=pillar)
+        for vm in ("work", "personal"):
+            features = high[f"sysmon-agent-{vm}-off"]["qvm"]
+            assert {"name": vm} in features
+            assert {"default": ["service.sysmon-agent"]} in features
+            assert {"onlyif": f"qvm-check --quiet {vm}"} in features
+
     def test_settings_come_from_pillar(self, salt):
         high = salt(
             "state.show_sls", "qubes.monitor.sys-monitor", pillar={"sysmon": {"monitor": "mon2"}}
@@ -701,11 +728,11 @@ def test_the_private_volume_is_sized_for_the_data_ceiling(salt, tmp_path):
     assert 30 * config.qube_mb_per_day * 2 < config.max_data_mb
 
 
-def render_with_pillar(
-    salt_root: Path, where: Path, pillar: Mapping[str, object] | str
+def salt_with_pillar(
+    salt_root: Path, where: Path, pillar: Mapping[str, object] | str, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    """sysmon.toml as template-monitor writes it, with ``pillar`` from files as
-    docs/deploy.md sets it up (/srv/pillar; JSON is YAML), into ``where/sysmon.toml``."""
+    """salt-call ``args`` with ``pillar`` from files as docs/deploy.md sets it up
+    (/srv/pillar; JSON is YAML), its configuration under ``where``."""
     (where / "pillar").mkdir(parents=True)
     (where / "pillar/top.sls").write_text("base:\n  '*':\n    - sysmon\n")
     (where / "pillar/sysmon.sls").write_text(
@@ -723,14 +750,27 @@ def render_with_pillar(
             "--local",
             f"--config-dir={where / 'config'}",
             "--retcode-passthrough",
-            "cp.get_template",
-            "salt://qubes/monitor/files/sysmon.toml.jinja",
-            str(where / "sysmon.toml"),
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+    )
+
+
+def render_with_pillar(
+    salt_root: Path, where: Path, pillar: Mapping[str, object] | str
+) -> subprocess.CompletedProcess[str]:
+    """sysmon.toml as template-monitor writes it, with ``pillar`` from files,
+    into ``where/sysmon.toml``."""
+    return salt_with_pillar(
+        salt_root,
+        where,
+        pillar,
+        "cp.get_template",
+        "salt://qubes/monitor/files/sysmon.toml.jinja",
+        str(where / "sysmon.toml"),
     )
 
 
@@ -769,6 +809,26 @@ def test_the_documented_pillar_for_rules_gives_the_daemon_its_rule(salt_root, tm
     assert (loaded.notify_every, loaded.host_name) == (600, "laptop")
 
 
+def test_the_documented_pillar_for_the_agent_turns_it_on_in_those_qubes(salt_root, tmp_path):
+    """docs/deploy.md's agent_qubes pillar, as written, gives each qube named
+    the agent's service, and no other qube."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    section = text[text.index("\n## The agent: ") :]
+    block = section[section.index("```yaml\n") + 8 :]
+    pillar = block[: block.index("```")]
+    done = salt_with_pillar(
+        salt_root, tmp_path, pillar, "--out=json", "state.show_sls", "qubes.monitor.sys-monitor"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    high = json.loads(done.stdout)["local"]
+    enabled = {
+        next(item["name"] for item in state["qvm"] if isinstance(item, dict) and "name" in item)
+        for state in high.values()
+        if {"enable": ["service.sysmon-agent"]} in state.get("qvm", [])
+    }
+    assert enabled == {"work", "personal"}
+
+
 def test_a_setting_the_template_writes_itself_is_refused_by_name(salt_root, tmp_path):
     """Under settings, a key the template already writes would be a duplicate TOML
     key and the daemon would not start: Salt refuses it, naming the pillar key."""
@@ -805,7 +865,9 @@ def test_a_pillar_value_toml_cannot_hold_is_refused_by_name(salt_root, tmp_path,
     assert not (tmp_path / "sysmon.toml").exists()
 
 
-@pytest.mark.parametrize("key", ["exclude", "handler_templates", "netlog_fw_sources"])
+@pytest.mark.parametrize(
+    "key", ["exclude", "handler_templates", "netlog_fw_sources", "agent_qubes"]
+)
 def test_a_list_given_as_one_name_is_refused(salt_root, tmp_path, key):
     """``exclude: work`` (no dash) was the letters w, o, r, k: work was polled
     and the policy denied qubes named w, o, r and k.  Salt refuses it."""

@@ -9,12 +9,15 @@ purged.  Nothing here reads the checkout's copy of what it tests.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from artefacts import (
+    PACKAGES,
     RELEASES,
     apt_get,
     debian_root,
@@ -31,6 +34,8 @@ from fakequbes.world import make_world
 from handler_run import run_handler
 
 pytestmark = pytest.mark.slow
+#: The agent sysmon-handler carries beside the handler (docs/deploy.md).
+AGENT = ROOT / "handler" / "sysmon-agent"
 
 
 def deb_field(deb: Path, field: str) -> str:
@@ -123,7 +128,19 @@ class TestDebContents:
         files = deb_files(deb)
         assert files["/etc/qubes-rpc/qubes.Metrics.Get"] == "-rwxr-xr-x"
         assert deb_member(deb, "/etc/qubes-rpc/qubes.Metrics.Get") == HANDLER.read_bytes()
-        assert deb_field(deb, "Depends") == "mawk"
+        assert deb_field(deb, "Depends") == "mawk, python3"
+        assert deb_field(deb, "Recommends") == "python3-systemd"
+
+    @pytest.mark.parametrize("release", RELEASES)
+    def test_the_handler_package_carries_the_agent_and_its_units(self, release):
+        """The agent, executable where its unit runs it, and both units as written."""
+        deb = by_name(release)["sysmon-handler"]
+        files = deb_files(deb)
+        assert files["/usr/lib/sysmon-handler/sysmon-agent"] == "-rwxr-xr-x"
+        assert deb_member(deb, "/usr/lib/sysmon-handler/sysmon-agent") == AGENT.read_bytes()
+        for unit in ("sysmon-agent.socket", "sysmon-agent.service"):
+            installed = deb_member(deb, f"{unit_dir(files)}/{unit}")
+            assert installed == (ROOT / "systemd" / unit).read_bytes(), unit
 
     @pytest.mark.parametrize("release", RELEASES)
     def test_the_netlog_package_has_its_scripts_units_and_settings(self, release):
@@ -151,9 +168,15 @@ class TestDebContents:
         for name, deb in by_name(release).items():
             scripts = "".join(deb_control(deb, s) for s in ("postinst", "prerm", "postrm"))
             touched = set(re.findall(r"([\w@.-]+\.(?:service|timer))", scripts))
-            allowed = {"sysmon.service"} if name == "sysmon" else set()
-            if name == "sysmon-netlog":
-                allowed = {"netpcap.service", "netpcap-prune.service", "netpcap-prune.timer"}
+            allowed = {
+                "sysmon": {"sysmon.service"},
+                "sysmon-handler": {"sysmon-agent.socket", "sysmon-agent.service"},
+                "sysmon-netlog": {
+                    "netpcap.service",
+                    "netpcap-prune.service",
+                    "netpcap-prune.timer",
+                },
+            }[name]
             assert touched <= allowed, (name, touched)
 
 
@@ -165,7 +188,13 @@ class TestRpms:
             ).stdout.split()
 
         handler = listing("sysmon-handler")
-        assert "/etc/qubes-rpc/qubes.Metrics.Get" in handler
+        assert {
+            "/etc/qubes-rpc/qubes.Metrics.Get",
+            "/usr/lib/sysmon-handler/sysmon-agent",
+            "/usr/lib/systemd/system/sysmon-agent.socket",
+            "/usr/lib/systemd/system/sysmon-agent.service",
+            "/usr/lib/systemd/system-preset/70-sysmon-handler.preset",
+        } <= set(handler)
         netlog = listing("sysmon-netlog")
         assert {
             "/usr/lib/netlog/netpcap-capture",
@@ -200,7 +229,14 @@ class TestRpms:
                 if not line.startswith(("rpmlib(", "config("))
             }
 
-        assert "mawk" in requires("sysmon-handler")
+        assert {"mawk", "python3"} <= requires("sysmon-handler")
+        recommends = subprocess.run(
+            ["rpm", "-qp", "--recommends", str(rpm("sysmon-handler"))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert recommends == ["python3-systemd"]
         assert {"tcpdump", "nftables"} <= requires("sysmon-netlog")
         # The template packages riding in the formula add nothing to dom0's needs.
         assert requires("sysmon-dom0") <= {"qubes-mgmt-salt", "/bin/sh"}
@@ -218,6 +254,49 @@ class TestRpms:
             handler=handler,
         )
         assert out == (FIXTURES / "golden" / "odd-snmp.txt").read_bytes()
+
+    def test_the_agent_and_its_units_in_the_rpm_payload(self, tmp_path):
+        """The Fedora package's agent is executable, its units are as written, and
+        its preset enables the socket (Fedora presets units it does not know as
+        disabled; the socket's condition keeps it off where the service is off)."""
+        payload = unpack_rpm(rpm("sysmon-handler"), tmp_path / "root")
+        agent = payload / "usr/lib/sysmon-handler/sysmon-agent"
+        assert agent.stat().st_mode & 0o777 == 0o755
+        assert agent.read_bytes() == AGENT.read_bytes()
+        for unit in ("sysmon-agent.socket", "sysmon-agent.service"):
+            installed = payload / "usr/lib/systemd/system" / unit
+            assert installed.read_bytes() == (ROOT / "systemd" / unit).read_bytes(), unit
+        preset = payload / "usr/lib/systemd/system-preset/70-sysmon-handler.preset"
+        assert preset.read_text().split("\n") == ["enable sysmon-agent.socket", ""]
+
+    def test_the_rpm_presets_the_socket_and_restarts_only_the_agent(self):
+        """A first install presets the socket; an upgrade restarts the agent, never
+        its socket (made anew under a running agent, it would not be the one the
+        agent holds); a removal disables and stops both."""
+        scripts = subprocess.run(
+            ["rpm", "-qp", "--scripts", str(rpm("sysmon-handler"))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        parts = dict(
+            re.findall(
+                r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)",
+                scripts,
+                re.MULTILINE | re.DOTALL,
+            )
+        )
+        commands = {
+            part: [line for line in text.splitlines() if line and not line.startswith("#")]
+            for part, text in parts.items()
+        }
+        assert "preset sysmon-agent.socket" in " ".join(commands["postinstall"])
+        assert "disable --now sysmon-agent.socket sysmon-agent.service" in " ".join(
+            commands["preuninstall"]
+        )
+        (postun,) = commands["postuninstall"]
+        assert "restart sysmon-agent.service" in postun
+        assert "sysmon-agent.socket" not in postun
 
     def test_the_dom0_payload_is_real_files_and_carries_the_template_packages(self, tmp_path):
         payload = unpack_rpm(rpm("sysmon-dom0"), tmp_path / "root")
@@ -315,13 +394,85 @@ def test_installed_sysmon_polls_through_the_installed_handler(clean_root, tmp_pa
     assert "2 qubes polled: 1 ok, 1 not ok" in done.stdout
     (day,) = [p for p in out.iterdir() if p.is_dir() and p.name[0].isdigit()]
     assert ",work," in (day / "system.csv").read_text()
-    listed = in_root(root, ["dpkg", "-L", "sysmon", "sysmon-netlog"]).stdout.split()
-    units = [path for path in listed if path.endswith((".service", ".timer"))]
-    assert len(units) == 4, units
+    listed = in_root(root, ["dpkg", "-L", *PACKAGES]).stdout.split()
+    units = [path for path in listed if path.endswith((".service", ".socket", ".timer"))]
+    assert len(units) == 6, units
     verify = in_root(root, ["systemd-analyze", "verify", *units])
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The agent's socket is enabled (its condition keeps it off where the
+    # service is off); the agent itself starts only through it.
+    wants = root / "etc/systemd/system/sockets.target.wants"
+    assert (wants / "sysmon-agent.socket").is_symlink()
+    assert not list((root / "etc/systemd/system").rglob("sysmon-agent.service"))
     man = in_root(root, ["sh", "-c", "zcat /usr/share/man/man1/sysmon.1.gz | head -n 5"])
     assert "sysmon \\- metrics" in man.stdout
+
+
+def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_path):
+    """The agent as installed, run by the python3 apt resolved, as root with no
+    capabilities and no new privileges (as its unit runs it), answers through its
+    socket byte for byte as the installed handler: a fast poll by itself, a full
+    one (no cursor) through /etc/qubes-rpc/qubes.Metrics.Get."""
+    release, root = clean_root
+    apt_get(root, "install", *root_debs(root, release))
+    tree = FIXTURES / "proc" / "odd-snmp"
+    (tmp_path / "journal").mkdir()
+    env = {
+        "SYSMON_PROC_ROOT": str(tree),
+        "SYSMON_DF_FIXTURE": str(tree / "df.txt"),
+        "SYSMON_JOURNAL_DIR": str(tmp_path / "journal"),
+        "PATH": f"{ROOT}/tests/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+    }
+    sock = tmp_path / "qubes.Metrics.Get"
+    agent = subprocess.Popen(
+        [
+            "chroot",
+            str(root),
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+            "/usr/bin/env",
+            "-i",
+            *(f"{key}={value}" for key, value in env.items()),
+            "systemd-socket-activate",
+            "-l",
+            str(sock),
+            *(f"--setenv={key}={value}" for key, value in env.items()),
+            "/usr/lib/sysmon-handler/sysmon-agent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert agent.poll() is None, agent.communicate()[1]
+            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
+            time.sleep(0.02)
+        for argument in ("nodisk.noalerts.", ""):
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(30)
+                conn.connect(str(sock))
+                service = "qubes.Metrics.Get" + (f"+{argument}" if argument else "")
+                conn.sendall(f"{service} sys-monitor\0".encode())
+                conn.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            handler = in_root(
+                root,
+                ["/etc/qubes-rpc/qubes.Metrics.Get", *([argument] if argument else [])],
+                env=env,
+            )
+            assert handler.returncode == 0, handler.stderr
+            assert handler.stdout.startswith("sys: protocol=1 "), handler.stdout
+            assert answer.decode() == handler.stdout, argument
+    finally:
+        agent.kill()
+        _, err = agent.communicate(timeout=20)
+    assert b"sysmon-agent:" not in err, err
 
 
 def test_an_upgrade_keeps_the_edited_conffile_and_the_data(clean_root, tmp_path):
@@ -355,8 +506,18 @@ def test_an_upgrade_keeps_the_edited_conffile_and_the_data(clean_root, tmp_path)
         {tuple(line.split()) for line in log.read_text().splitlines()} if log.exists() else set()
     )
     units = {unit for unit, *_ in invoked}
-    assert units <= {"sysmon.service", "netpcap.service", "netpcap-prune.timer"}, invoked
+    assert units <= {
+        "sysmon.service",
+        "sysmon-agent.socket",
+        "sysmon-agent.service",
+        "netpcap.service",
+        "netpcap-prune.timer",
+    }, invoked
     assert ("sysmon.service", "restart") in invoked, invoked
+    # The agent runs the new code; its socket is left as it is (only started,
+    # a no-op where it runs): one made anew would not be the agent's.
+    assert ("sysmon-agent.service", "restart") in invoked, invoked
+    assert {action for unit, action, *_ in invoked if unit == "sysmon-agent.socket"} == {"start"}
     load = in_root(root, ["/usr/bin/sysmon", "--version"])
     assert load.returncode == 0, load.stderr
     subprocess.run(["rm", "-rf", str(root / "home/user")], check=True)

@@ -15,13 +15,18 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, require_root, require_tool
 
-UNITS = sorted((ROOT / "systemd").glob("*.service")) + sorted((ROOT / "systemd").glob("*.timer"))
+UNITS = sorted(
+    path
+    for pattern in ("*.service", "*.socket", "*.timer")
+    for path in (ROOT / "systemd").glob(pattern)
+)
 
 
 # Where the units expect their programs once installed, and where they are here.
 INSTALLED = {
     "/usr/lib/netlog/": f"{ROOT}/netlog/",
     "/usr/local/bin/qubes-netlogs-backup": f"{ROOT}/netlog/qubes-netlogs-backup",
+    "/usr/lib/sysmon-handler/sysmon-agent": f"{ROOT}/handler/sysmon-agent",
 }
 
 
@@ -66,6 +71,103 @@ def test_sysmon_unit_keeps_the_essentials():
         "Environment=DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus",
     ):
         assert f"\n{line}\n" in text, line
+
+
+def unit_settings(unit: str) -> dict[str, dict[str, list[str]]]:
+    """``systemd/<unit>``'s settings: section to key to its values, in order."""
+    settings: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / unit).read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = settings.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key, []).append(value)
+    return settings
+
+
+class TestAgentUnits:
+    def test_the_socket_is_where_qrexec_4_3_looks_first_and_goes_when_stopped(self):
+        """The socket overrides /etc/qubes-rpc/qubes.Metrics.Get only in a qube
+        with the service on, only for root and group qubes, and leaves no file
+        behind when it stops (qrexec then runs the per-call handler)."""
+        socket = unit_settings("sysmon-agent.socket")
+        assert socket["Unit"]["ConditionPathExists"] == ["/run/qubes-service/sysmon-agent"]
+        assert socket["Socket"] == {
+            "ListenStream": ["/run/qubes-rpc/qubes.Metrics.Get"],
+            "SocketUser": ["root"],
+            "SocketGroup": ["qubes"],
+            "SocketMode": ["0660"],
+            "DirectoryMode": ["0755"],
+            "RemoveOnStop": ["yes"],
+            "Accept": ["no"],
+        }
+        assert socket["Install"] == {"WantedBy": ["sockets.target"]}
+
+    def test_the_service_runs_the_packaged_agent_only_with_its_socket(self):
+        service = unit_settings("sysmon-agent.service")
+        assert service["Unit"]["ConditionPathExists"] == ["/run/qubes-service/sysmon-agent"]
+        assert service["Unit"]["Requires"] == ["sysmon-agent.socket"]
+        assert service["Service"]["ExecStart"] == ["/usr/lib/sysmon-handler/sysmon-agent"]
+        assert service["Service"]["Restart"] == ["on-failure"]
+        assert "Install" not in service  # started by its socket alone
+
+    def test_the_service_sees_the_qubes_own_mounts(self):
+        """Every [Service] setting is one that gives the agent no mount namespace
+        of its own (systemd's exec_needs_mount_namespace), nor a network one,
+        which would also empty its /proc/net/dev: a new setting is reviewed here."""
+        no_namespace = {
+            "Type",
+            "ExecStart",
+            "Restart",
+            "SyslogIdentifier",
+            "Environment",
+            "UMask",
+            "CapabilityBoundingSet",
+            "NoNewPrivileges",
+            "RestrictAddressFamilies",
+            "IPAddressDeny",
+            "RestrictNamespaces",
+            "RestrictSUIDSGID",
+            "LockPersonality",
+            "MemoryDenyWriteExecute",
+            "RestrictRealtime",
+            "SystemCallArchitectures",
+            "SystemCallFilter",
+            "SystemCallErrorNumber",
+            "DevicePolicy",
+            "MemoryMax",
+            "TasksMax",
+        }
+        service = unit_settings("sysmon-agent.service")["Service"]
+        assert set(service) <= no_namespace, set(service) - no_namespace
+        assert "User" not in service  # root, as the policy's user=root ...
+        assert service["CapabilityBoundingSet"] == [""]  # ... without capabilities
+        for key, value in {
+            "NoNewPrivileges": "yes",
+            "RestrictAddressFamilies": "AF_UNIX",
+            "IPAddressDeny": "any",
+            "RestrictNamespaces": "yes",
+            "MemoryMax": "64M",
+            "TasksMax": "16",
+        }.items():
+            assert service[key] == [value], key
+
+    def test_the_service_is_hardened(self, tmp_path):
+        """systemd-analyze security rates the agent's exposure 3.5 or lower
+        (3.3 with systemd 252, Debian 12; 3.1 with 257, Debian 13)."""
+        analyze = require_tool("systemd-analyze")
+        unit = tmp_path / "sysmon-agent.service"
+        unit.write_text((ROOT / "systemd/sysmon-agent.service").read_text())
+        done = subprocess.run(
+            [analyze, "security", "--offline=true", "--threshold=35", "--no-pager", str(unit)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-600:] + done.stderr
 
 
 def _pre_commands(home: Path, user: str, group: str) -> list[list[str]]:

@@ -1,4 +1,5 @@
-{#- dom0 part of sysmon: the sys-monitor qube, its service, the qrexec policy.
+{#- dom0 part of sysmon: the sys-monitor qube, its service, the qrexec policy,
+    and the agent's service in the qubes pillar names (agent_qubes).
     sudo qubesctl state.show_sls qubes.monitor.sys-monitor
     sudo qubesctl --show-output state.sls qubes.monitor.sys-monitor
     The templates are set up by template-monitor and template-handler
@@ -44,6 +45,16 @@ sysmon-qube-service:
       - service.sysmon
     - require:
       - qvm: sysmon-qube
+{%- for vm in sysmon.agent_qubes %}
+
+# qvm-service --enable {{ vm }} sysmon-agent: sysmon-handler's agent answers
+# the polls there from the qube's next boot (Qubes 4.3; docs/deploy.md).
+sysmon-agent-{{ vm }}:
+  qvm.features:
+    - name: {{ vm }}
+    - enable:
+      - service.sysmon-agent
+{%- endfor %}
 
 /etc/qubes/policy.d/30-sysmon.policy:
   file.managed:
