@@ -409,8 +409,8 @@ def test_installed_sysmon_polls_through_the_installed_handler(clean_root, tmp_pa
 
 
 def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_path):
-    """The agent as installed, run by the python3 apt resolved, as root with no
-    capabilities and no new privileges (as its unit runs it), answers through its
+    """The agent as installed, run by the python3 apt resolved, as root with only
+    CAP_DAC_READ_SEARCH and no new privileges (as its unit runs it), answers through its
     socket byte for byte as the installed handler: a fast poll by itself, a full
     one (no cursor) through /etc/qubes-rpc/qubes.Metrics.Get."""
     release, root = clean_root
@@ -430,7 +430,7 @@ def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_pa
             "chroot",
             str(root),
             "setpriv",
-            "--bounding-set=-all",
+            "--bounding-set=-all,+dac_read_search",
             "--inh-caps=-all",
             "--no-new-privs",
             "/usr/bin/env",

@@ -144,14 +144,15 @@ class TestAgentUnits:
         service = unit_settings("sysmon-agent.service")["Service"]
         assert set(service) <= no_namespace, set(service) - no_namespace
         assert "User" not in service  # root, as the policy's user=root ...
-        assert service["CapabilityBoundingSet"] == [""]  # ... without capabilities
+        # ... keeping only the capability to read and search everywhere, as root does
+        assert service["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
         for key, value in {
             "NoNewPrivileges": "yes",
             "RestrictAddressFamilies": "AF_UNIX",
             "IPAddressDeny": "any",
             "RestrictNamespaces": "yes",
             "MemoryMax": "64M",
-            "TasksMax": "16",
+            "TasksMax": "64",
         }.items():
             assert service[key] == [value], key
 
