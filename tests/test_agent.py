@@ -221,6 +221,43 @@ def test_any_proc_tree_gives_the_handlers_answer(start_agent, tmp_path):
     check()
 
 
+def _handler_as_qrexec(root: Path, argument: str) -> bytes:
+    """What the awk handler prints as qrexec runs it, whatever its exit status: mawk
+    dies on some files (a directory) after printing part of its answer."""
+    env = {
+        "PATH": f"{STUB_BIN}:{os.environ['PATH']}",
+        "LC_ALL": "C",
+        "SYSMON_PROC_ROOT": str(root),
+        "SYSMON_DF_FIXTURE": str(root / "df.txt"),
+        "QREXEC_SERVICE_ARGUMENT": argument,
+    }
+    done = subprocess.run(
+        [str(HANDLER), argument], env=env, capture_output=True, timeout=30, check=False
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "argument"),
+    [
+        *((name, FAST) for name in ("stat", "loadavg", "meminfo", "sys/kernel/random/boot_id")),
+        *((name, FAST) for name in ("net/dev", "net/snmp", "net/sockstat", "net/sockstat6")),
+        ("self/mountinfo", "noalerts."),
+    ],
+)
+def test_a_directory_where_a_file_should_be_is_the_handlers(start_agent, tmp_path, name, argument):
+    """mawk opens a directory, fails to read it and exits 2, its answer cut there;
+    the agent must not answer as though the file were missing."""
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURES / "proc" / "this-machine", root)
+    (root / name).unlink()
+    (root / name).mkdir()
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    expected = _handler_as_qrexec(root, argument)
+    assert b"conn: " not in expected or name == "self/mountinfo"
+    assert agent.ask(argument) == expected
+
+
 # ---- the journal ------------------------------------------------------------
 
 CURSOR_A = BOOT_A.replace("-", "")[:16]
