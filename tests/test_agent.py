@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,3 +435,96 @@ def test_a_disk_poll_is_dfs_numbers_from_statvfs(tmp_path):
     assert len(ours) == 1
     assert ours[0] in disks[1]
     assert not (tmp_path / "handler-runs").exists()
+
+
+# A disk poll in a mount namespace of its own: SETUP (sh, in WORK) mounts what it
+# likes, then the agent is asked and the awk handler run, both as qrexec would.
+_IN_NAMESPACE = r"""
+set -eu
+cd "$WORK"
+eval "$SETUP"
+printf '#!/bin/sh\necho x >> "%s/handler-runs"\nexec "%s" "$@"\n' "$WORK" "$HANDLER" >wrapper
+chmod 755 wrapper
+SYSMON_HANDLER="$WORK/wrapper" systemd-socket-activate -E SYSMON_HANDLER \
+    -l "$WORK/agent.sock" "$AGENT" 2>agent.err &
+agent_pid=$!
+trap 'kill "$agent_pid" 2>/dev/null || true' EXIT
+while [ ! -S agent.sock ]; do sleep 0.02; done
+"$PYTHON" -c "$ASK" "$WORK/agent.sock" >agent.out
+"$HANDLER" noalerts. >handler.out
+"""
+_ASK = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as conn:
+    conn.settimeout(30)
+    conn.connect(sys.argv[1])
+    conn.sendall(b"qubes.Metrics.Get+noalerts. sys-monitor\\0")
+    conn.shutdown(socket.SHUT_WR)
+    while chunk := conn.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def _disk_polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], list[bytes], int]:
+    """The disk lines naming tmp_path, by the agent and by the awk handler (the
+    others' numbers move with this machine), and how often the agent ran it."""
+    require_root("mounting images")
+    for tool in ("unshare", "mkfs.ext4", "losetup", "systemd-socket-activate"):
+        require_tool(tool)
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "file").write_bytes(b"x" * 300_000)
+    for name, size in (("a.img", 8), ("b.img", 12)):
+        with (tmp_path / name).open("wb") as f:
+            f.truncate(size << 20)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-d", str(content), str(tmp_path / name)], check=True
+        )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_NAMESPACE],
+        env={
+            "PATH": os.environ["PATH"],
+            "LC_ALL": "C",
+            "WORK": str(tmp_path),
+            "SETUP": setup,
+            "AGENT": str(AGENT),
+            "HANDLER": str(HANDLER),
+            "PYTHON": sys.executable,
+            "ASK": _ASK,
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ours = str(tmp_path).encode()
+
+    def disks(name: str) -> list[bytes]:
+        out = (tmp_path / name).read_bytes().splitlines()
+        return [line for line in out if line.startswith(b"disk: ") and ours in line]
+
+    runs = tmp_path / "handler-runs"
+    return (
+        disks("agent.out"),
+        disks("handler.out"),
+        len(runs.read_text().splitlines()) if runs.exists() else 0,
+    )
+
+
+def test_a_mount_point_reached_through_a_symlink_is_dfs_to_name(tmp_path):
+    """A tmpfs mounted over a mount point's parent, with a symlink where the mount
+    point was: statvfs follows it, and df names the mount the symlink leads to, so
+    the awk handler prints that one's line (here twice) and none for the hidden one."""
+    by_agent, by_handler, _ = _disk_polls_in_namespace(
+        tmp_path,
+        "mkdir other x x/inner\n"
+        "mount -o ro,loop b.img other\n"
+        "mount -o ro,loop a.img x/inner\n"
+        "mount -t tmpfs tmpfs x\n"
+        'ln -s "$WORK/other" x/inner\n',
+    )
+    assert [b" mount=" + str(tmp_path / "other").encode() in line for line in by_handler] == [
+        True,
+        True,
+    ]
+    assert by_agent == by_handler
