@@ -528,3 +528,18 @@ def test_a_mount_point_reached_through_a_symlink_is_dfs_to_name(tmp_path):
         True,
     ]
     assert by_agent == by_handler
+
+
+@pytest.mark.parametrize("source", ["dev%", "my% dev"])
+def test_a_source_with_a_percent_sign_is_the_handlers(tmp_path, source):
+    """df prints the source first, unescaped: a "%" then a blank in it is where the awk
+    handler splits the line at "% ", and it finds no mount it asked for there."""
+    by_agent, by_handler, _ = _disk_polls_in_namespace(
+        tmp_path,
+        'mkdir disk\nloop=$(losetup -f --show -r a.img)\nln -s "$loop" "$WORK/$SOURCE"\n'
+        'mount --no-canonicalize -o ro "$WORK/$SOURCE" disk\nlosetup -d "$loop"\n'.replace(
+            "$SOURCE", source
+        ),
+    )
+    assert by_handler == []
+    assert by_agent == by_handler
