@@ -316,6 +316,40 @@ class TestJournal:
         assert agent.ask(argument) == expected
         assert agent.handler_runs() == runs
 
+    @pytest.mark.parametrize(
+        ("cursor", "runs"),
+        [
+            # the entry the journal filed at the cursor's time was sent before it:
+            # journalctl prints the time sent, so it is not the one filed
+            (f"{CURSOR_A}.1700000300000000.1", 1),
+            # the collector's cursor once it has filed that entry: nothing new
+            (f"{CURSOR_A}.1700000299999995.1", 0),
+            (f"{CURSOR_A}.1700000299999995", 1),
+        ],
+    )
+    def test_alerts_poll_by_the_time_journalctl_prints(self, start_agent, tmp_path, cursor, runs):
+        """journald stamps a message sent to its sockets with the time it was sent
+        (_SOURCE_REALTIME_TIMESTAMP), a little before its own; journalctl -o short-unix
+        prints that one, and the awk handler compares the cursor with what it prints."""
+        require_tool("journalctl")
+        _require_python_systemd()
+        entry = _export_entry(1_700_000_300_000_000, BOOT_A, 3, "sshd", "sent before filed", 1)
+        journal = _make_journal(
+            tmp_path / "journal",
+            [
+                _export_entry(1_700_000_100_000_000, BOOT_A, 5, "kernel", "first", 1),
+                entry[:-1] + "_SOURCE_REALTIME_TIMESTAMP=1700000299999995\n\n",
+            ],
+        )
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal))
+        argument = "nodisk." + cursor
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
+        assert agent.ask(argument) == expected
+        assert agent.handler_runs() == runs
+
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
         proc = FIXTURES / "proc" / "this-machine"
