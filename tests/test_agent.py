@@ -350,6 +350,21 @@ class TestJournal:
         assert agent.ask(argument) == expected
         assert agent.handler_runs() == runs
 
+    def test_a_journal_file_the_shells_glob_does_not_list_is_none(
+        self, start_agent, tmp_path, journal
+    ):
+        """The awk handler looks for journal files with the shell's glob, which lists
+        no dot file: a journal only in one is "no journal files", an alert."""
+        (journal / "remote.journal").rename(journal / ".remote.journal")
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal))
+        argument = f"nodisk.{CURSOR_A}.1700000400000000"
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
+        assert b"no journal files" in expected
+        assert agent.ask(argument) == expected
+
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
         proc = FIXTURES / "proc" / "this-machine"
