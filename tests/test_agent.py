@@ -365,6 +365,26 @@ class TestJournal:
         assert b"no journal files" in expected
         assert agent.ask(argument) == expected
 
+    def test_a_directory_named_journalctl_is_no_journalctl(self, start_agent, tmp_path, journal):
+        """The shell's command -v finds only a file: with nothing but a directory of
+        that name on PATH, the awk handler says journalctl is not found, an alert."""
+        (tmp_path / "bin" / "journalctl").mkdir(parents=True)
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        path = str(tmp_path / "bin")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal), PATH=path)
+        argument = f"nodisk.{CURSOR_A}.1700000400000000"
+        expected = run_handler(
+            "qrexec",
+            proc_root=proc,
+            journal_dir=journal,
+            argument=argument,
+            extra_env={"PATH": path},
+        )
+        assert b"journalctl not found" in expected
+        assert agent.ask(argument) == expected
+
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
         proc = FIXTURES / "proc" / "this-machine"
