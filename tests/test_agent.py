@@ -9,11 +9,13 @@ handler, so each test also says which polls the agent answers itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,6 +456,42 @@ def test_a_caller_that_sends_nothing_holds_it_only_for_its_time_limit(start_agen
         # The agent serves one caller at a time; this one waits out the first's
         # 5 s, then gets its answer.
         assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "before",
+    [b"", b"qubes.Metrics.Get+nodisk.noalerts. sys-monitor\0"],
+    ids=["descriptor", "after"],
+)
+def test_a_caller_that_sends_a_byte_at_a_time_holds_it_only_for_its_time_limit(
+    start_agent, tmp_path, before
+):
+    """5 s for the connection, not for each read: a caller dripping a byte every half
+    second, in its descriptor or after it, is cut off then, and the next call answered."""
+    root = FIXTURES / "proc" / "this-machine"
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    expected = run_handler("qrexec", proc_root=root, argument=FAST)
+    stop = time.monotonic() + 20
+    with socket.socket(socket.AF_UNIX) as slow:
+        slow.connect(str(agent.socket))
+        slow.sendall(before)
+
+        def drip() -> None:
+            with contextlib.suppress(OSError):  # cut off
+                while time.monotonic() < stop:
+                    slow.sendall(b"x")
+                    time.sleep(0.5)
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        try:
+            start = time.monotonic()
+            assert agent.ask(FAST) == expected
+            assert time.monotonic() - start < 8
+        finally:
+            stop = 0
+            dripping.join()
 
 
 # ---- disks, on this machine --------------------------------------------------
