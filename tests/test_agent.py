@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -46,19 +47,27 @@ def _require_python_systemd() -> None:
 class Agent:
     """The agent under systemd-socket-activate, its socket in ``home``."""
 
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, env: dict[str, str], user: str | None = None) -> None:
         self.home = home
         self.socket = home / "qubes.Metrics.Get"
         self.count = home / "handler-runs"
+        agent, handler, argv = AGENT, HANDLER, []
+        if user is not None:  # copies the user can read, wherever the checkout lies
+            home.chmod(0o777)
+            agent = Path(shutil.copy2(AGENT, home / "sysmon-agent"))
+            handler = Path(shutil.copy2(HANDLER, home / "qubes.Metrics.Get.awk"))
+            ids = pwd.getpwnam(user)
+            argv = [require_tool("setpriv"), f"--reuid={ids.pw_uid}", f"--regid={ids.pw_gid}"]
+            argv += ["--clear-groups"]
         wrapper = home / "handler"
-        wrapper.write_text(f'#!/bin/sh\necho x >> "{self.count}"\nexec "{HANDLER}" "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\necho x >> "{self.count}"\nexec "{handler}" "$@"\n')
         wrapper.chmod(0o755)
         env = {"PATH": os.environ["PATH"], "LC_ALL": "C", "SYSMON_HANDLER": str(wrapper), **env}
         activate = require_tool("systemd-socket-activate")
-        argv = [activate, "-l", str(self.socket)]
+        argv += [activate, "-l", str(self.socket)]
         argv += [f"--setenv={key}={value}" for key, value in env.items()]
         self.process = subprocess.Popen(
-            [*argv, str(AGENT)],
+            [*argv, str(agent)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -386,6 +395,43 @@ class TestJournal:
         )
         assert b"journalctl not found" in expected
         assert agent.ask(argument) == expected
+
+    def test_as_the_qubes_user_with_a_path_it_cannot_search(self, public_tmp):
+        """The agent runs as the qube's user: a folder on PATH it may not search is
+        none to look for journalctl in, and a poll with nothing new its own to answer."""
+        require_root("running the agent as another user")
+        require_tool("journalctl")
+        _require_python_systemd()
+        journal = _make_journal(
+            public_tmp / "journal",
+            [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
+        )
+        journal.chmod(0o755)
+        (journal / "remote.journal").chmod(0o644)
+        (public_tmp / "closed" / "bin").mkdir(parents=True)
+        (public_tmp / "closed").chmod(0o700)
+        proc = public_tmp / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        (public_tmp / "agent").mkdir()
+        path = f"{public_tmp / 'closed' / 'bin'}:{os.environ['PATH']}"
+        env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal), "PATH": path}
+        agent = Agent(public_tmp / "agent", env, user="nobody")
+        try:
+            argument = f"nodisk.{CURSOR_A}.1700000400000000"
+            expected = run_handler(
+                "qrexec",
+                proc_root=proc,
+                journal_dir=journal,
+                argument=argument,
+                as_user="nobody",
+                extra_env={"PATH": path},
+                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
+            )
+            assert agent.ask(argument) == expected
+            assert agent.handler_runs() == 0
+        finally:
+            assert "Error" not in agent.stop()
 
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
