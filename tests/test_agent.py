@@ -433,6 +433,42 @@ class TestJournal:
         finally:
             assert "Error" not in agent.stop()
 
+    def test_a_journal_it_opens_no_file_of_is_the_handlers_to_report(self, public_tmp):
+        """A journal file the user may read passes the awk handler's check, but when it
+        is no journal and the one journal is not theirs to read, journalctl opens none
+        and fails: an alert ("reading the journal failed"), not "nothing new"."""
+        require_root("running the agent as another user")
+        require_tool("journalctl")
+        _require_python_systemd()
+        journal = _make_journal(
+            public_tmp / "journal",
+            [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
+        )
+        journal.chmod(0o755)
+        (journal / "remote.journal").chmod(0o600)
+        (journal / "readable.journal").write_bytes(b"not a journal\n")
+        (journal / "readable.journal").chmod(0o644)
+        proc = public_tmp / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        (public_tmp / "agent").mkdir()
+        env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal)}
+        agent = Agent(public_tmp / "agent", env, user="nobody")
+        try:
+            argument = f"nodisk.{CURSOR_A}.1700000400000000"
+            expected = run_handler(
+                "qrexec",
+                proc_root=proc,
+                journal_dir=journal,
+                argument=argument,
+                as_user="nobody",
+                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
+            )
+            assert b"reading the journal failed (journalctl status 1)" in expected
+            assert agent.ask(argument) == expected
+        finally:
+            agent.stop()
+
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
         proc = FIXTURES / "proc" / "this-machine"
