@@ -9,10 +9,14 @@ handler, so each test also says which polls the agent answers itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,19 +47,27 @@ def _require_python_systemd() -> None:
 class Agent:
     """The agent under systemd-socket-activate, its socket in ``home``."""
 
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, env: dict[str, str], user: str | None = None) -> None:
         self.home = home
         self.socket = home / "qubes.Metrics.Get"
         self.count = home / "handler-runs"
+        agent, handler, argv = AGENT, HANDLER, []
+        if user is not None:  # copies the user can read, wherever the checkout lies
+            home.chmod(0o777)
+            agent = Path(shutil.copy2(AGENT, home / "sysmon-agent"))
+            handler = Path(shutil.copy2(HANDLER, home / "qubes.Metrics.Get.awk"))
+            ids = pwd.getpwnam(user)
+            argv = [require_tool("setpriv"), f"--reuid={ids.pw_uid}", f"--regid={ids.pw_gid}"]
+            argv += ["--clear-groups"]
         wrapper = home / "handler"
-        wrapper.write_text(f'#!/bin/sh\necho x >> "{self.count}"\nexec "{HANDLER}" "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\necho x >> "{self.count}"\nexec "{handler}" "$@"\n')
         wrapper.chmod(0o755)
         env = {"PATH": os.environ["PATH"], "LC_ALL": "C", "SYSMON_HANDLER": str(wrapper), **env}
         activate = require_tool("systemd-socket-activate")
-        argv = [activate, "-l", str(self.socket)]
+        argv += [activate, "-l", str(self.socket)]
         argv += [f"--setenv={key}={value}" for key, value in env.items()]
         self.process = subprocess.Popen(
-            [*argv, str(AGENT)],
+            [*argv, str(agent)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -221,6 +233,43 @@ def test_any_proc_tree_gives_the_handlers_answer(start_agent, tmp_path):
     check()
 
 
+def _handler_as_qrexec(root: Path, argument: str) -> bytes:
+    """What the awk handler prints as qrexec runs it, whatever its exit status: mawk
+    dies on some files (a directory) after printing part of its answer."""
+    env = {
+        "PATH": f"{STUB_BIN}:{os.environ['PATH']}",
+        "LC_ALL": "C",
+        "SYSMON_PROC_ROOT": str(root),
+        "SYSMON_DF_FIXTURE": str(root / "df.txt"),
+        "QREXEC_SERVICE_ARGUMENT": argument,
+    }
+    done = subprocess.run(
+        [str(HANDLER), argument], env=env, capture_output=True, timeout=30, check=False
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "argument"),
+    [
+        *((name, FAST) for name in ("stat", "loadavg", "meminfo", "sys/kernel/random/boot_id")),
+        *((name, FAST) for name in ("net/dev", "net/snmp", "net/sockstat", "net/sockstat6")),
+        ("self/mountinfo", "noalerts."),
+    ],
+)
+def test_a_directory_where_a_file_should_be_is_the_handlers(start_agent, tmp_path, name, argument):
+    """mawk opens a directory, fails to read it and exits 2, its answer cut there;
+    the agent must not answer as though the file were missing."""
+    root = tmp_path / "proc"
+    shutil.copytree(FIXTURES / "proc" / "this-machine", root)
+    (root / name).unlink()
+    (root / name).mkdir()
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    expected = _handler_as_qrexec(root, argument)
+    assert b"conn: " not in expected or name == "self/mountinfo"
+    assert agent.ask(argument) == expected
+
+
 # ---- the journal ------------------------------------------------------------
 
 CURSOR_A = BOOT_A.replace("-", "")[:16]
@@ -277,6 +326,148 @@ class TestJournal:
         expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
         assert agent.ask(argument) == expected
         assert agent.handler_runs() == runs
+
+    @pytest.mark.parametrize(
+        ("cursor", "runs"),
+        [
+            # the entry the journal filed at the cursor's time was sent before it:
+            # journalctl prints the time sent, so it is not the one filed
+            (f"{CURSOR_A}.1700000300000000.1", 1),
+            # the collector's cursor once it has filed that entry: nothing new
+            (f"{CURSOR_A}.1700000299999995.1", 0),
+            (f"{CURSOR_A}.1700000299999995", 1),
+        ],
+    )
+    def test_alerts_poll_by_the_time_journalctl_prints(self, start_agent, tmp_path, cursor, runs):
+        """journald stamps a message sent to its sockets with the time it was sent
+        (_SOURCE_REALTIME_TIMESTAMP), a little before its own; journalctl -o short-unix
+        prints that one, and the awk handler compares the cursor with what it prints."""
+        require_tool("journalctl")
+        _require_python_systemd()
+        entry = _export_entry(1_700_000_300_000_000, BOOT_A, 3, "sshd", "sent before filed", 1)
+        journal = _make_journal(
+            tmp_path / "journal",
+            [
+                _export_entry(1_700_000_100_000_000, BOOT_A, 5, "kernel", "first", 1),
+                entry[:-1] + "_SOURCE_REALTIME_TIMESTAMP=1700000299999995\n\n",
+            ],
+        )
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal))
+        argument = "nodisk." + cursor
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
+        assert agent.ask(argument) == expected
+        assert agent.handler_runs() == runs
+
+    def test_a_journal_file_the_shells_glob_does_not_list_is_none(
+        self, start_agent, tmp_path, journal
+    ):
+        """The awk handler looks for journal files with the shell's glob, which lists
+        no dot file: a journal only in one is "no journal files", an alert."""
+        (journal / "remote.journal").rename(journal / ".remote.journal")
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal))
+        argument = f"nodisk.{CURSOR_A}.1700000400000000"
+        expected = run_handler("qrexec", proc_root=proc, journal_dir=journal, argument=argument)
+        assert b"no journal files" in expected
+        assert agent.ask(argument) == expected
+
+    def test_a_directory_named_journalctl_is_no_journalctl(self, start_agent, tmp_path, journal):
+        """The shell's command -v finds only a file: with nothing but a directory of
+        that name on PATH, the awk handler says journalctl is not found, an alert."""
+        (tmp_path / "bin" / "journalctl").mkdir(parents=True)
+        proc = tmp_path / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        path = str(tmp_path / "bin")
+        agent = start_agent(SYSMON_PROC_ROOT=str(proc), SYSMON_JOURNAL_DIR=str(journal), PATH=path)
+        argument = f"nodisk.{CURSOR_A}.1700000400000000"
+        expected = run_handler(
+            "qrexec",
+            proc_root=proc,
+            journal_dir=journal,
+            argument=argument,
+            extra_env={"PATH": path},
+        )
+        assert b"journalctl not found" in expected
+        assert agent.ask(argument) == expected
+
+    def test_as_the_qubes_user_with_a_path_it_cannot_search(self, public_tmp):
+        """The agent runs as the qube's user: a folder on PATH it may not search is
+        none to look for journalctl in, and a poll with nothing new its own to answer."""
+        require_root("running the agent as another user")
+        require_tool("journalctl")
+        _require_python_systemd()
+        journal = _make_journal(
+            public_tmp / "journal",
+            [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
+        )
+        journal.chmod(0o755)
+        (journal / "remote.journal").chmod(0o644)
+        (public_tmp / "closed" / "bin").mkdir(parents=True)
+        (public_tmp / "closed").chmod(0o700)
+        proc = public_tmp / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        (public_tmp / "agent").mkdir()
+        path = f"{public_tmp / 'closed' / 'bin'}:{os.environ['PATH']}"
+        env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal), "PATH": path}
+        agent = Agent(public_tmp / "agent", env, user="nobody")
+        try:
+            argument = f"nodisk.{CURSOR_A}.1700000400000000"
+            expected = run_handler(
+                "qrexec",
+                proc_root=proc,
+                journal_dir=journal,
+                argument=argument,
+                as_user="nobody",
+                extra_env={"PATH": path},
+                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
+            )
+            assert agent.ask(argument) == expected
+            assert agent.handler_runs() == 0
+        finally:
+            assert "Error" not in agent.stop()
+
+    def test_a_journal_it_opens_no_file_of_is_the_handlers_to_report(self, public_tmp):
+        """A journal file the user may read passes the awk handler's check, but when it
+        is no journal and the one journal is not theirs to read, journalctl opens none
+        and fails: an alert ("reading the journal failed"), not "nothing new"."""
+        require_root("running the agent as another user")
+        require_tool("journalctl")
+        _require_python_systemd()
+        journal = _make_journal(
+            public_tmp / "journal",
+            [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
+        )
+        journal.chmod(0o755)
+        (journal / "remote.journal").chmod(0o600)
+        (journal / "readable.journal").write_bytes(b"not a journal\n")
+        (journal / "readable.journal").chmod(0o644)
+        proc = public_tmp / "proc"
+        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+        (public_tmp / "agent").mkdir()
+        env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal)}
+        agent = Agent(public_tmp / "agent", env, user="nobody")
+        try:
+            argument = f"nodisk.{CURSOR_A}.1700000400000000"
+            expected = run_handler(
+                "qrexec",
+                proc_root=proc,
+                journal_dir=journal,
+                argument=argument,
+                as_user="nobody",
+                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
+            )
+            assert b"reading the journal failed (journalctl status 1)" in expected
+            assert agent.ask(argument) == expected
+        finally:
+            agent.stop()
 
     def test_a_journal_it_cannot_read_is_the_handlers_to_report(self, start_agent, tmp_path):
         _require_python_systemd()
@@ -349,6 +540,42 @@ def test_a_caller_that_sends_nothing_holds_it_only_for_its_time_limit(start_agen
         assert agent.ask(FAST) == run_handler("qrexec", proc_root=root, argument=FAST)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "before",
+    [b"", b"qubes.Metrics.Get+nodisk.noalerts. sys-monitor\0"],
+    ids=["descriptor", "after"],
+)
+def test_a_caller_that_sends_a_byte_at_a_time_holds_it_only_for_its_time_limit(
+    start_agent, tmp_path, before
+):
+    """5 s for the connection, not for each read: a caller dripping a byte every half
+    second, in its descriptor or after it, is cut off then, and the next call answered."""
+    root = FIXTURES / "proc" / "this-machine"
+    agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
+    expected = run_handler("qrexec", proc_root=root, argument=FAST)
+    stop = time.monotonic() + 20
+    with socket.socket(socket.AF_UNIX) as slow:
+        slow.connect(str(agent.socket))
+        slow.sendall(before)
+
+        def drip() -> None:
+            with contextlib.suppress(OSError):  # cut off
+                while time.monotonic() < stop:
+                    slow.sendall(b"x")
+                    time.sleep(0.5)
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        try:
+            start = time.monotonic()
+            assert agent.ask(FAST) == expected
+            assert time.monotonic() - start < 8
+        finally:
+            stop = 0
+            dripping.join()
+
+
 # ---- disks, on this machine --------------------------------------------------
 
 
@@ -397,3 +624,111 @@ def test_a_disk_poll_is_dfs_numbers_from_statvfs(tmp_path):
     assert len(ours) == 1
     assert ours[0] in disks[1]
     assert not (tmp_path / "handler-runs").exists()
+
+
+# A disk poll in a mount namespace of its own: SETUP (sh, in WORK) mounts what it
+# likes, then the agent is asked and the awk handler run, both as qrexec would.
+_IN_NAMESPACE = r"""
+set -eu
+cd "$WORK"
+eval "$SETUP"
+printf '#!/bin/sh\necho x >> "%s/handler-runs"\nexec "%s" "$@"\n' "$WORK" "$HANDLER" >wrapper
+chmod 755 wrapper
+SYSMON_HANDLER="$WORK/wrapper" systemd-socket-activate -E SYSMON_HANDLER \
+    -l "$WORK/agent.sock" "$AGENT" 2>agent.err &
+agent_pid=$!
+trap 'kill "$agent_pid" 2>/dev/null || true' EXIT
+while [ ! -S agent.sock ]; do sleep 0.02; done
+"$PYTHON" -c "$ASK" "$WORK/agent.sock" >agent.out
+"$HANDLER" noalerts. >handler.out
+"""
+_ASK = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as conn:
+    conn.settimeout(30)
+    conn.connect(sys.argv[1])
+    conn.sendall(b"qubes.Metrics.Get+noalerts. sys-monitor\\0")
+    conn.shutdown(socket.SHUT_WR)
+    while chunk := conn.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def _disk_polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], list[bytes], int]:
+    """The disk lines naming tmp_path, by the agent and by the awk handler (the
+    others' numbers move with this machine), and how often the agent ran it."""
+    require_root("mounting images")
+    for tool in ("unshare", "mkfs.ext4", "losetup", "systemd-socket-activate"):
+        require_tool(tool)
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "file").write_bytes(b"x" * 300_000)
+    for name, size in (("a.img", 8), ("b.img", 12)):
+        with (tmp_path / name).open("wb") as f:
+            f.truncate(size << 20)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-d", str(content), str(tmp_path / name)], check=True
+        )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_NAMESPACE],
+        env={
+            "PATH": os.environ["PATH"],
+            "LC_ALL": "C",
+            "WORK": str(tmp_path),
+            "SETUP": setup,
+            "AGENT": str(AGENT),
+            "HANDLER": str(HANDLER),
+            "PYTHON": sys.executable,
+            "ASK": _ASK,
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ours = str(tmp_path).encode()
+
+    def disks(name: str) -> list[bytes]:
+        out = (tmp_path / name).read_bytes().splitlines()
+        return [line for line in out if line.startswith(b"disk: ") and ours in line]
+
+    runs = tmp_path / "handler-runs"
+    return (
+        disks("agent.out"),
+        disks("handler.out"),
+        len(runs.read_text().splitlines()) if runs.exists() else 0,
+    )
+
+
+def test_a_mount_point_reached_through_a_symlink_is_dfs_to_name(tmp_path):
+    """A tmpfs mounted over a mount point's parent, with a symlink where the mount
+    point was: statvfs follows it, and df names the mount the symlink leads to, so
+    the awk handler prints that one's line (here twice) and none for the hidden one."""
+    by_agent, by_handler, _ = _disk_polls_in_namespace(
+        tmp_path,
+        "mkdir other x x/inner\n"
+        "mount -o ro,loop b.img other\n"
+        "mount -o ro,loop a.img x/inner\n"
+        "mount -t tmpfs tmpfs x\n"
+        'ln -s "$WORK/other" x/inner\n',
+    )
+    assert [b" mount=" + str(tmp_path / "other").encode() in line for line in by_handler] == [
+        True,
+        True,
+    ]
+    assert by_agent == by_handler
+
+
+@pytest.mark.parametrize("source", ["dev%", "my% dev"])
+def test_a_source_with_a_percent_sign_is_the_handlers(tmp_path, source):
+    """df prints the source first, unescaped: a "%" then a blank in it is where the awk
+    handler splits the line at "% ", and it finds no mount it asked for there."""
+    by_agent, by_handler, _ = _disk_polls_in_namespace(
+        tmp_path,
+        'mkdir disk\nloop=$(losetup -f --show -r a.img)\nln -s "$loop" "$WORK/$SOURCE"\n'
+        'mount --no-canonicalize -o ro "$WORK/$SOURCE" disk\nlosetup -d "$loop"\n'.replace(
+            "$SOURCE", source
+        ),
+    )
+    assert by_handler == []
+    assert by_agent == by_handler
