@@ -1,3 +1,3 @@
 """sysmon: append-only metrics for every qube of a Qubes OS system."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

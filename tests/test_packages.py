@@ -297,6 +297,16 @@ class TestRpms:
         (postun,) = commands["postuninstall"]
         assert "restart sysmon-agent.service" in postun
         assert "sysmon-agent.socket" not in postun
+        # An upgrade from a version without the agent presets the socket once.
+        triggers = subprocess.run(
+            ["rpm", "-qp", "--triggers", str(rpm("sysmon-handler"))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        head, _, body = triggers.partition("\n")
+        assert head.startswith("triggerun scriptlet (using /bin/sh) -- sysmon-handler < 0.2.0")
+        assert "systemctl --no-reload preset sysmon-agent.socket" in body
 
     def test_the_dom0_payload_is_real_files_and_carries_the_template_packages(self, tmp_path):
         payload = unpack_rpm(rpm("sysmon-dom0"), tmp_path / "root")
