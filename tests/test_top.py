@@ -76,8 +76,8 @@ def _tick(
         _write(folder, schema.DISK, [{"ts": ts, "vm": vm, **where}])
 
 
-def _day(tmp_path: Path) -> Path:
-    folder = tmp_path / TS.date().isoformat()
+def _day(tmp_path: Path, ts: datetime = TS) -> Path:
+    folder = tmp_path / ts.date().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -322,15 +322,21 @@ def test_a_new_day_folder_is_followed(tmp_path: Path) -> None:
 
 
 def test_once_prints_the_table(tmp_path: Path) -> None:
-    day = _day(tmp_path)
-    _tick(day, TS, "work", cpu=12, xen=15, disk=42)
+    # A day and 3 hours before now, so that the age ("1 d 3 h ago") and with it the
+    # title's length are the same whenever the test runs (at a fixed past time, an
+    # age of whole days is shorter and left room for the name).
+    now = datetime.now(UTC).replace(microsecond=0)
+    ts = now.replace(second=now.second // 10 * 10) - timedelta(days=1, hours=3)
+    day = _day(tmp_path, ts)
+    _tick(day, ts, "work", cpu=12, xen=15, disk=42)
     with (day / "scrapes.csv").open("a") as f:
-        f.write(f'{schema.format_ts(TS)},"{HOSTILE}",ok,1,1,1,0\n')
+        f.write(f'{schema.format_ts(ts)},"{HOSTILE}",ok,1,1,1,0\n')
     done = run_sysmon("top", "--once", "--out-dir", tmp_path, "--width", 80)
     assert done.returncode == 0, done.stderr
     assert set(done.stdout) <= DRAWABLE
     lines = done.stdout.splitlines()
-    assert lines[0].startswith(f"{day.name}  12:00:00Z ")  # a day ago: no room for more
+    # 82 characters with the name: no room for it.
+    assert lines[0].startswith(f"{day.name}  {ts:%H:%M:%S}Z 1 d 3 h ago STALE ")
     assert lines[1].split()[:4] == ["NAME", "STATUS", "CPU", "XEN"]
     assert lines[2].split()[:4] == ["work", "ok", "12%", "15%"]
     assert all(len(text) <= 80 for text in lines)
