@@ -258,16 +258,18 @@ def _handler_as_qrexec(root: Path, argument: str) -> bytes:
     ],
 )
 def test_a_directory_where_a_file_should_be_is_the_handlers(start_agent, tmp_path, name, argument):
-    """mawk opens a directory, fails to read it and exits 2, its answer cut there;
-    the agent must not answer as though the file were missing."""
+    """What mawk's getline makes of a directory depends on its version: Debian 12's
+    (1.3.4 20200120) dies on reading it, exit 2, the answer cut there; Debian 13's
+    (1.3.4 20250131) returns -1 and the handler goes on as though the file were
+    empty. The agent must not guess, nor answer as though it were missing, but
+    run the handler."""
     root = tmp_path / "proc"
     shutil.copytree(FIXTURES / "proc" / "this-machine", root)
     (root / name).unlink()
     (root / name).mkdir()
     agent = start_agent(SYSMON_PROC_ROOT=str(root), SYSMON_JOURNAL_DIR=str(tmp_path))
-    expected = _handler_as_qrexec(root, argument)
-    assert b"conn: " not in expected or name == "self/mountinfo"
-    assert agent.ask(argument) == expected
+    assert agent.ask(argument) == _handler_as_qrexec(root, argument)
+    assert agent.handler_runs() == 1
 
 
 # ---- the journal ------------------------------------------------------------
