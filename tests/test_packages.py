@@ -485,6 +485,193 @@ def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_pa
     assert b"sysmon-agent:" not in err, err
 
 
+class Booted:
+    """A Debian root booted by systemd-nspawn with systemd as its PID 1.
+
+    ``--volatile=overlay`` writes to a tmpfs over the root, so the root (where
+    the Debian 13 suite runs meanwhile) is left as it was; in a mount namespace
+    of its own, with a tmpfs on /run/systemd for nspawn's own files (the host
+    has no systemd of its own, and nspawn will not clean up what is not one).
+    """
+
+    def __init__(self, root: Path, log: Path) -> None:
+        nspawn = require_tool("systemd-nspawn")
+        require_tool("nsenter")
+        script = (
+            "mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && "
+            'exec "$0" -q -D "$1" --volatile=overlay --boot --register=no --keep-unit '
+            "--private-network --console=read-only --machine=sysmon-agent-test"
+        )
+        self.log = log
+        with log.open("wb") as console:
+            self.nspawn = subprocess.Popen(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                    nspawn,
+                    root,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+            )
+        self.leader = self._leader()
+        deadline = time.monotonic() + 120
+        while True:  # systemctl waits for the boot once systemd listens for it
+            running = self.run(["systemctl", "is-system-running", "--wait"], timeout=120)
+            # "to bus" (systemd 252), "to system scope bus" (257)
+            if "Failed to connect to" not in running.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert running.stdout.strip() in ("running", "degraded"), self.failed(running)
+
+    def _leader(self) -> int:
+        """The container's PID 1, as the host numbers it: nspawn's child running systemd."""
+        deadline = time.monotonic() + 60
+        children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
+        while time.monotonic() < deadline:
+            assert self.nspawn.poll() is None, self.log.read_text(errors="replace")
+            for pid in children.read_text().split():
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    return int(pid)
+            time.sleep(0.05)
+        raise AssertionError(f"no systemd in the container: {self.log.read_text()}")
+
+    def run(
+        self, argv: list[str], *, stdin: str = "", timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` in every namespace of the container, as root."""
+        return subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(self.leader),
+                "-a",
+                "/usr/bin/env",
+                "-i",
+                "LANG=C.UTF-8",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                *argv,
+            ],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def show(self, unit: str, *properties: str) -> dict[str, str]:
+        done = self.run(["systemctl", "show", unit, *(f"--property={p}" for p in properties)])
+        assert done.returncode == 0, self.failed(done)
+        return dict(line.split("=", 1) for line in done.stdout.splitlines())
+
+    def failed(self, done: subprocess.CompletedProcess[str]) -> str:
+        journal = self.run(["journalctl", "--no-pager", "-n", "40"]).stdout
+        return f"{done.args}: {done.returncode}\n{done.stdout}{done.stderr}\n{journal}"
+
+    def close(self) -> None:
+        self.run(["systemctl", "poweroff", "--no-block"])
+        try:
+            self.nspawn.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.nspawn.kill()
+            self.nspawn.wait(timeout=20)
+
+
+#: Asks the socket in the container what a poll asks, prints the answer.
+ASK = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as conn:
+    conn.settimeout(30)
+    conn.connect("/run/qubes-rpc/qubes.Metrics.Get")
+    conn.sendall(("qubes.Metrics.Get+" + sys.argv[1] + " sys-monitor\\0").encode())
+    conn.shutdown(socket.SHUT_WR)
+    while chunk := conn.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def shape(answer: str) -> list[str]:
+    """An answer with every number as 0: what two polls a moment apart share."""
+    return [re.sub(r"\d+", "0", line) for line in answer.splitlines()]
+
+
+def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
+    """The installed units under a real systemd, booted in the Debian root: the
+    socket is enabled but stays off until the qube's sysmon-agent service is on;
+    then it listens at qrexec 4.3's path for group qubes, starts the agent on the
+    first poll and keeps that one process, sandboxed as its unit says, answering
+    as the installed handler does, its fallback (a new journal notice) included;
+    stopping the socket removes it."""
+    release, root = clean_root
+    apt_get(root, "install", *root_debs(root, release))
+    booted = Booted(root, tmp_path / "console.log")
+    try:
+        assert booted.show("sysmon-agent.socket", "UnitFileState", "ActiveState") == {
+            "UnitFileState": "enabled",
+            "ActiveState": "inactive",
+        }
+        for argv in (
+            ["groupadd", "--system", "qubes"],  # Qubes' templates have it
+            ["mkdir", "-p", "/run/qubes-service"],
+            ["touch", "/run/qubes-service/sysmon-agent"],  # what qvm-service does at boot
+            ["systemctl", "start", "sysmon-agent.socket"],
+        ):
+            done = booted.run(argv)
+            assert done.returncode == 0, booted.failed(done)
+        listing = booted.run(["stat", "-c", "%A %U %G", "/run/qubes-rpc/qubes.Metrics.Get"])
+        assert listing.stdout.split() == ["srw-rw----", "root", "qubes"], booted.failed(listing)
+
+        pids: set[str] = set()
+        for argument in ("nodisk.noalerts.", "noalerts.", "nodisk.noalerts."):
+            answer = booted.run(["python3", "-c", ASK, argument])
+            assert answer.returncode == 0, booted.failed(answer)
+            handler = booted.run(["/etc/qubes-rpc/qubes.Metrics.Get", argument])
+            assert answer.stdout.startswith("sys: protocol=1 "), booted.failed(answer)
+            assert shape(answer.stdout) == shape(handler.stdout), argument
+            pids.add(booted.show("sysmon-agent.service", "MainPID")["MainPID"])
+        (pid,) = pids  # one agent for every poll
+        unit = booted.show("sysmon-agent.service", "ActiveState", "NRestarts", "TasksMax")
+        assert unit == {"ActiveState": "active", "NRestarts": "0", "TasksMax": "64"}
+        status = dict(
+            line.split(":\t", 1)
+            for line in booted.run(["cat", f"/proc/{pid}/status"]).stdout.splitlines()
+            if ":\t" in line
+        )
+        assert status["Uid"].split()[0] == "0"
+        assert int(status["CapBnd"], 16) == 1 << 2  # CAP_DAC_READ_SEARCH alone
+        assert int(status["CapEff"], 16) == 1 << 2
+        assert status["NoNewPrivs"].strip() == "1"
+        assert status["Seccomp"].strip() == "2"
+
+        # Something new in the journal: the agent hands the poll to the handler,
+        # which runs awk and journalctl inside the unit's sandbox.
+        assert booted.run(["logger", "-p", "user.warning", "sysmon agent test"]).returncode == 0
+        boot_id = booted.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+        since = int((time.time() - 300) * 1e6)
+        cursor = f"nodisk.{boot_id.replace('-', '')[:16]}.{since}.0"
+        answer = booted.run(["python3", "-c", ASK, cursor])
+        handler = booted.run(["/etc/qubes-rpc/qubes.Metrics.Get", cursor])
+        alerts = [line for line in answer.stdout.splitlines() if line.startswith("alert:")]
+        assert alerts == [
+            line for line in handler.stdout.splitlines() if line.startswith("alert:")
+        ], booted.failed(answer)
+        assert alerts[-1].endswith(": sysmon agent test"), alerts
+        assert booted.show("sysmon-agent.service", "MainPID")["MainPID"] == pid
+
+        done = booted.run(["systemctl", "stop", "sysmon-agent.socket", "sysmon-agent.service"])
+        assert done.returncode == 0, booted.failed(done)
+        gone = booted.run(["test", "-e", "/run/qubes-rpc/qubes.Metrics.Get"])
+        assert gone.returncode == 1
+    finally:
+        booted.close()
+
+
 def test_an_upgrade_keeps_the_edited_conffile_and_the_data(clean_root, tmp_path):
     """A newer build over the old one: the user's sysmon.toml and the day files stay,
     and dpkg asks to restart sysmon's own unit, nothing else."""
