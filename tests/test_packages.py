@@ -8,7 +8,10 @@ purged.  Nothing here reads the checkout's copy of what it tests.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -520,15 +523,20 @@ class Booted:
                 stdout=console,
                 stderr=subprocess.STDOUT,
             )
-        self.leader = self._leader()
-        deadline = time.monotonic() + 120
-        while True:  # systemctl waits for the boot once systemd listens for it
-            running = self.run(["systemctl", "is-system-running", "--wait"], timeout=120)
-            # "to bus" (systemd 252), "to system scope bus" (257)
-            if "Failed to connect to" not in running.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert running.stdout.strip() in ("running", "degraded"), self.failed(running)
+        self.leader = 0
+        try:
+            self.leader = self._leader()
+            deadline = time.monotonic() + 120
+            while True:  # systemctl waits for the boot once systemd listens for it
+                running = self.run(["systemctl", "is-system-running", "--wait"], timeout=120)
+                # "to bus" (systemd 252), "to system scope bus" (257)
+                if "Failed to connect to" not in running.stderr or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert running.stdout.strip() in ("running", "degraded"), self.failed(running)
+        except BaseException:
+            self.kill()
+            raise
 
     def _leader(self) -> int:
         """The container's PID 1, as the host numbers it: nspawn's child running systemd."""
@@ -579,8 +587,15 @@ class Booted:
         try:
             self.nspawn.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.nspawn.kill()
-            self.nspawn.wait(timeout=20)
+            self.kill()
+
+    def kill(self) -> None:
+        """The container's PID 1 killed, and with it everything in its PID namespace."""
+        if self.leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+        self.nspawn.kill()
+        self.nspawn.wait(timeout=20)
 
 
 #: Asks the socket in the container what a poll asks, prints the answer.
