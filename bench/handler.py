@@ -198,6 +198,17 @@ def task_cpu_ns(pid: int) -> int:
     return total
 
 
+def listening(path: Path) -> bool:
+    """Whether a Unix socket listens at ``path`` (/proc/net/unix, as bound)."""
+    with Path("/proc/net/unix").open() as table:
+        next(table)
+        for line in table:
+            fields = line.rstrip("\n").split(None, 7)
+            if len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 class NodeExporter:
     """Prometheus node_exporter on a loopback port, scraped one /metrics at a time."""
 
@@ -310,7 +321,7 @@ class Agent:
         self.children: dict[tuple[str, str], list[float]] = {}
         try:
             deadline = time.monotonic() + 20
-            while not self.socket.exists():
+            while not listening(self.socket):  # its file is there before listen()
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{ACTIVATE} never listened on {self.socket}")
                 time.sleep(0.02)

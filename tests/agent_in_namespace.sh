@@ -10,7 +10,9 @@ SYSMON_HANDLER="$WORK/wrapper" systemd-socket-activate -E SYSMON_HANDLER \
     -l "$WORK/agent.sock" "$AGENT" 2>"$WORK/agent.err" &
 agent_pid=$!
 trap 'kill "$agent_pid" 2>/dev/null || true' EXIT
-while [ ! -S "$WORK/agent.sock" ]; do sleep 0.02; done
+# Listening, not only bound (its file is there before listen()).
+until awk -v p="$WORK/agent.sock" '$NF == p && $4 == "00010000" {f = 1} END {exit !f}' \
+    /proc/net/unix; do sleep 0.02; done
 python3 - "$WORK/agent.sock" >"$WORK/agent.out" <<'PY'
 import socket
 import sys

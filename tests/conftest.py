@@ -84,6 +84,27 @@ def require_tool(name: str) -> str:
     return path
 
 
+def listening(path: Path) -> bool:
+    """Whether a Unix socket listens at ``path`` (as bound: the same string)."""
+    with Path("/proc/net/unix").open() as table:
+        next(table)
+        for line in table:
+            fields = line.rstrip("\n").split(None, 7)
+            if len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
+def wait_listening(path: Path, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Until ``process`` listens at ``path``: its file appears at bind(), before
+    listen(), and a connect between the two is refused."""
+    deadline = time.monotonic() + timeout
+    while not listening(path):
+        assert process.poll() is None, f"{process.args!r} exited {process.returncode}"
+        assert time.monotonic() < deadline, f"nothing listened at {path} in {timeout} s"
+        time.sleep(0.02)
+
+
 def require_root(why: str) -> None:
     """Skip without root, but fail in CI, which runs as root."""
     if os.geteuid() != 0:

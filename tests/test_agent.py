@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, HANDLER, IN_CI, require_root, require_tool
+from conftest import FIXTURES, HANDLER, IN_CI, require_root, require_tool, wait_listening
 from handler_run import STUB_BIN, run_handler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,11 +72,7 @@ class Agent:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            assert self.process.poll() is None, self.process.stderr
-            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
-            time.sleep(0.02)
+        wait_listening(self.socket, self.process)
 
     def ask_raw(self, descriptor: bytes, timeout: float = 30) -> bytes:
         with socket.socket(socket.AF_UNIX) as conn:
@@ -640,7 +636,9 @@ SYSMON_HANDLER="$WORK/wrapper" systemd-socket-activate -E SYSMON_HANDLER \
     -l "$WORK/agent.sock" "$AGENT" 2>agent.err &
 agent_pid=$!
 trap 'kill "$agent_pid" 2>/dev/null || true' EXIT
-while [ ! -S agent.sock ]; do sleep 0.02; done
+# Listening, not only bound (its file is there before listen()).
+until awk -v p="$WORK/agent.sock" '$NF == p && $4 == "00010000" {f = 1} END {exit !f}' \
+    /proc/net/unix; do sleep 0.02; done
 "$PYTHON" -c "$ASK" "$WORK/agent.sock" >agent.out
 "$HANDLER" noalerts. >handler.out
 """

@@ -32,7 +32,7 @@ from artefacts import (
     unpack_formula_tarball,
     unpack_rpm,
 )
-from conftest import FIXTURES, HANDLER, ROOT, require_tool
+from conftest import FIXTURES, HANDLER, ROOT, require_tool, wait_listening
 from fakequbes.world import make_world
 from handler_run import run_handler
 
@@ -459,11 +459,7 @@ def test_the_installed_agent_answers_as_the_installed_handler(clean_root, tmp_pa
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert agent.poll() is None, agent.communicate()[1]
-            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
-            time.sleep(0.02)
+        wait_listening(sock, agent)
         for argument in ("nodisk.noalerts.", ""):
             with socket.socket(socket.AF_UNIX) as conn:
                 conn.settimeout(30)
