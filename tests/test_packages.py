@@ -618,7 +618,7 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
     then it listens at qrexec 4.3's path for group qubes, starts the agent on the
     first poll and keeps that one process, sandboxed as its unit says, answering
     as the installed handler does, its fallback (a new journal notice) included;
-    stopping the socket removes it."""
+    stopping the socket removes it, and so does a crash loop."""
     release, root = clean_root
     apt_get(root, "install", *root_debs(root, release))
     booted = Booted(root, tmp_path / "console.log")
@@ -679,6 +679,22 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
         assert done.returncode == 0, booted.failed(done)
         gone = booted.run(["test", "-e", "/run/qubes-rpc/qubes.Metrics.Get"])
         assert gone.returncode == 1
+
+        # A crash loop: restarted after each kill, the agent fails its 6th start in a
+        # minute, systemd fails the socket and removes its file, and qrexec goes on
+        # to the per-call handler (docs/deploy.md).
+        done = booted.run(["systemctl", "start", "sysmon-agent.socket"])
+        assert done.returncode == 0, booted.failed(done)
+        for _ in range(8):
+            if booted.show("sysmon-agent.socket", "ActiveState")["ActiveState"] == "failed":
+                break
+            booted.run(["python3", "-c", ASK, "nodisk.noalerts."])  # starts it if need be
+            booted.run(["systemctl", "kill", "--signal=KILL", "sysmon-agent.service"])
+            time.sleep(0.5)  # the restart (RestartSec= 100 ms)
+        socket_unit = booted.show("sysmon-agent.socket", "ActiveState", "Result")
+        assert socket_unit == {"ActiveState": "failed", "Result": "service-start-limit-hit"}
+        gone = booted.run(["test", "-e", "/run/qubes-rpc/qubes.Metrics.Get"])
+        assert gone.returncode == 1, "a failed socket must not be left for qrexec to connect to"
     finally:
         booted.close()
 
