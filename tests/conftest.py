@@ -105,6 +105,21 @@ def wait_listening(path: Path, process: subprocess.Popen[bytes], timeout: float 
         time.sleep(0.02)
 
 
+#: ``python3 -c ASK_AGENT SOCKET ARGUMENT``: asks the agent's socket what qrexec
+#: 4.3 asks for a poll from sys-monitor, and prints the answer (run by another
+#: Python too: the one in a Debian root, or a namespace's).
+ASK_AGENT = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as conn:
+    conn.settimeout(30)
+    conn.connect(sys.argv[1])
+    conn.sendall(("qubes.Metrics.Get+" + sys.argv[2] + " sys-monitor\\0").encode())
+    conn.shutdown(socket.SHUT_WR)
+    while chunk := conn.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
 def require_root(why: str) -> None:
     """Skip without root, but fail in CI, which runs as root."""
     if os.geteuid() != 0:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, HANDLER, IN_CI, require_root, require_tool, wait_listening
+from conftest import ASK_AGENT, FIXTURES, HANDLER, IN_CI, require_root, require_tool, wait_listening
 from handler_run import STUB_BIN, run_handler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -394,9 +394,13 @@ class TestJournal:
         assert b"journalctl not found" in expected
         assert agent.ask(argument) == expected
 
-    def test_as_the_qubes_user_with_a_path_it_cannot_search(self, public_tmp):
-        """The agent runs as the qube's user: a folder on PATH it may not search is
-        none to look for journalctl in, and a poll with nothing new its own to answer."""
+    #: An alerts poll after the one entry of ``_as_nobody``'s journal.
+    AFTER_FIRST = f"nodisk.{CURSOR_A}.1700000400000000"
+
+    @staticmethod
+    def _as_nobody(public_tmp: Path) -> tuple[Path, Path]:
+        """A /proc tree of boot A and a journal of one notice, for user nobody to
+        read (the journal file's mode is the test's), and a folder for the agent."""
         require_root("running the agent as another user")
         require_tool("journalctl")
         _require_python_systemd()
@@ -405,28 +409,40 @@ class TestJournal:
             [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
         )
         journal.chmod(0o755)
-        (journal / "remote.journal").chmod(0o644)
-        (public_tmp / "closed" / "bin").mkdir(parents=True)
-        (public_tmp / "closed").chmod(0o700)
         proc = public_tmp / "proc"
         shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
         (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
         (public_tmp / "agent").mkdir()
+        return proc, journal
+
+    @classmethod
+    def _handler_as_nobody(
+        cls, public_tmp: Path, proc: Path, journal: Path, extra_env: dict[str, str]
+    ) -> bytes:
+        """The awk handler's answer to AFTER_FIRST, run by qrexec as user nobody."""
+        return run_handler(
+            "qrexec",
+            proc_root=proc,
+            journal_dir=journal,
+            argument=cls.AFTER_FIRST,
+            as_user="nobody",
+            extra_env=extra_env,
+            handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
+        )
+
+    def test_as_the_qubes_user_with_a_path_it_cannot_search(self, public_tmp):
+        """The agent runs as the qube's user: a folder on PATH it may not search is
+        none to look for journalctl in, and a poll with nothing new its own to answer."""
+        proc, journal = self._as_nobody(public_tmp)
+        (journal / "remote.journal").chmod(0o644)
+        (public_tmp / "closed" / "bin").mkdir(parents=True)
+        (public_tmp / "closed").chmod(0o700)
         path = f"{public_tmp / 'closed' / 'bin'}:{os.environ['PATH']}"
         env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal), "PATH": path}
         agent = Agent(public_tmp / "agent", env, user="nobody")
         try:
-            argument = f"nodisk.{CURSOR_A}.1700000400000000"
-            expected = run_handler(
-                "qrexec",
-                proc_root=proc,
-                journal_dir=journal,
-                argument=argument,
-                as_user="nobody",
-                extra_env={"PATH": path},
-                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
-            )
-            assert agent.ask(argument) == expected
+            expected = self._handler_as_nobody(public_tmp, proc, journal, {"PATH": path})
+            assert agent.ask(self.AFTER_FIRST) == expected
             assert agent.handler_runs() == 0
         finally:
             assert "Error" not in agent.stop()
@@ -435,35 +451,16 @@ class TestJournal:
         """A journal file the user may read passes the awk handler's check, but when it
         is no journal and the one journal is not theirs to read, journalctl opens none
         and fails: an alert ("reading the journal failed"), not "nothing new"."""
-        require_root("running the agent as another user")
-        require_tool("journalctl")
-        _require_python_systemd()
-        journal = _make_journal(
-            public_tmp / "journal",
-            [_export_entry(1_700_000_100_000_000, BOOT_A, 3, "kernel", "first", 1)],
-        )
-        journal.chmod(0o755)
+        proc, journal = self._as_nobody(public_tmp)
         (journal / "remote.journal").chmod(0o600)
         (journal / "readable.journal").write_bytes(b"not a journal\n")
         (journal / "readable.journal").chmod(0o644)
-        proc = public_tmp / "proc"
-        shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
-        (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
-        (public_tmp / "agent").mkdir()
         env = {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal)}
         agent = Agent(public_tmp / "agent", env, user="nobody")
         try:
-            argument = f"nodisk.{CURSOR_A}.1700000400000000"
-            expected = run_handler(
-                "qrexec",
-                proc_root=proc,
-                journal_dir=journal,
-                argument=argument,
-                as_user="nobody",
-                handler=Path(shutil.copy2(HANDLER, public_tmp / "qubes.Metrics.Get")),
-            )
+            expected = self._handler_as_nobody(public_tmp, proc, journal, {})
             assert b"reading the journal failed (journalctl status 1)" in expected
-            assert agent.ask(argument) == expected
+            assert agent.ask(self.AFTER_FIRST) == expected
         finally:
             agent.stop()
 
@@ -580,38 +577,12 @@ def test_a_caller_that_sends_a_byte_at_a_time_holds_it_only_for_its_time_limit(
 def test_a_disk_poll_is_dfs_numbers_from_statvfs(tmp_path):
     """In a mount namespace of its own, a read-only ext4 image gives numbers that do
     not move: the agent's line for it is df's, and it lists the same filesystems."""
-    require_root("mounting an image")
-    for tool in ("unshare", "mkfs.ext4", "systemd-socket-activate"):
-        require_tool(tool)
-    image = tmp_path / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(16 << 20)
-    # A non-empty image, so that "used" is not mkfs's alone.
-    content = tmp_path / "content"
-    content.mkdir()
-    (content / "file").write_bytes(b"x" * 300_000)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image)], check=True)
+    _make_images(tmp_path, ("disk.img", 16))
     mount = tmp_path / "My Disk"  # a space, as mountinfo escapes it
     mount.mkdir()
-    script = Path(__file__).with_name("agent_in_namespace.sh")
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", str(script)],
-        env={
-            "PATH": os.environ["PATH"],
-            "LC_ALL": "C",
-            "IMAGE": str(image),
-            "MOUNT": str(mount),
-            "AGENT": str(AGENT),
-            "HANDLER": str(HANDLER),
-            "WORK": str(tmp_path),
-        },
-        capture_output=True,
-        timeout=60,
-        check=False,
+    by_agent, by_handler, runs = _polls_in_namespace(
+        tmp_path, 'mount -o ro,loop disk.img "My Disk"\n'
     )
-    assert done.returncode == 0, done.stderr
-    by_agent = (tmp_path / "agent.out").read_bytes().splitlines()
-    by_handler = (tmp_path / "handler.out").read_bytes().splitlines()
     disks = [[line for line in out if line.startswith(b"disk: ")] for out in (by_agent, by_handler)]
     assert [line.split(b" size_kb=")[0] for line in disks[0]] == [
         line.split(b" size_kb=")[0] for line in disks[1]
@@ -621,7 +592,7 @@ def test_a_disk_poll_is_dfs_numbers_from_statvfs(tmp_path):
     ]
     assert len(ours) == 1
     assert ours[0] in disks[1]
-    assert not (tmp_path / "handler-runs").exists()
+    assert runs == 0
 
 
 # A disk poll in a mount namespace of its own: SETUP (sh, in WORK) mounts what it
@@ -639,36 +610,31 @@ trap 'kill "$agent_pid" 2>/dev/null || true' EXIT
 # Listening, not only bound (its file is there before listen()).
 until awk -v p="$WORK/agent.sock" '$NF == p && $4 == "00010000" {f = 1} END {exit !f}' \
     /proc/net/unix; do sleep 0.02; done
-"$PYTHON" -c "$ASK" "$WORK/agent.sock" >agent.out
+"$PYTHON" -c "$ASK" "$WORK/agent.sock" noalerts. >agent.out
 "$HANDLER" noalerts. >handler.out
 """
-_ASK = """
-import socket, sys
-with socket.socket(socket.AF_UNIX) as conn:
-    conn.settimeout(30)
-    conn.connect(sys.argv[1])
-    conn.sendall(b"qubes.Metrics.Get+noalerts. sys-monitor\\0")
-    conn.shutdown(socket.SHUT_WR)
-    while chunk := conn.recv(65536):
-        sys.stdout.buffer.write(chunk)
-"""
 
 
-def _disk_polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], list[bytes], int]:
-    """The disk lines naming tmp_path, by the agent and by the awk handler (the
-    others' numbers move with this machine), and how often the agent ran it."""
+def _make_images(tmp_path: Path, *images: tuple[str, int]) -> None:
+    """ext4 images of the sizes given (MiB) in tmp_path, each holding one file, so
+    that "used" is not mkfs's alone."""
     require_root("mounting images")
-    for tool in ("unshare", "mkfs.ext4", "losetup", "systemd-socket-activate"):
+    for tool in ("unshare", "mkfs.ext4", "systemd-socket-activate"):
         require_tool(tool)
     content = tmp_path / "content"
     content.mkdir()
     (content / "file").write_bytes(b"x" * 300_000)
-    for name, size in (("a.img", 8), ("b.img", 12)):
+    for name, size in images:
         with (tmp_path / name).open("wb") as f:
             f.truncate(size << 20)
         subprocess.run(
             ["mkfs.ext4", "-q", "-F", "-d", str(content), str(tmp_path / name)], check=True
         )
+
+
+def _polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], list[bytes], int]:
+    """A disk poll's lines by the agent and by the awk handler after ``setup``, in a
+    mount namespace of its own, and how often the agent ran the handler."""
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_NAMESPACE],
         env={
@@ -679,25 +645,34 @@ def _disk_polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], l
             "AGENT": str(AGENT),
             "HANDLER": str(HANDLER),
             "PYTHON": sys.executable,
-            "ASK": _ASK,
+            "ASK": ASK_AGENT,
         },
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    ours = str(tmp_path).encode()
-
-    def disks(name: str) -> list[bytes]:
-        out = (tmp_path / name).read_bytes().splitlines()
-        return [line for line in out if line.startswith(b"disk: ") and ours in line]
-
     runs = tmp_path / "handler-runs"
     return (
-        disks("agent.out"),
-        disks("handler.out"),
+        (tmp_path / "agent.out").read_bytes().splitlines(),
+        (tmp_path / "handler.out").read_bytes().splitlines(),
         len(runs.read_text().splitlines()) if runs.exists() else 0,
     )
+
+
+def _disk_polls_in_namespace(tmp_path: Path, setup: str) -> tuple[list[bytes], list[bytes], int]:
+    """The disk lines naming tmp_path, by the agent and by the awk handler (the
+    others' numbers move with this machine), and how often the agent ran it;
+    images a.img and b.img are there for ``setup`` to mount."""
+    require_tool("losetup")
+    _make_images(tmp_path, ("a.img", 8), ("b.img", 12))
+    by_agent, by_handler, runs = _polls_in_namespace(tmp_path, setup)
+    ours = str(tmp_path).encode()
+
+    def disks(out: list[bytes]) -> list[bytes]:
+        return [line for line in out if line.startswith(b"disk: ") and ours in line]
+
+    return disks(by_agent), disks(by_handler), runs
 
 
 def test_a_mount_point_reached_through_a_symlink_is_dfs_to_name(tmp_path):

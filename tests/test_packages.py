@@ -32,7 +32,7 @@ from artefacts import (
     unpack_formula_tarball,
     unpack_rpm,
 )
-from conftest import FIXTURES, HANDLER, ROOT, require_tool, wait_listening
+from conftest import ASK_AGENT, FIXTURES, HANDLER, ROOT, require_tool, wait_listening
 from fakequbes.world import make_world
 from handler_run import run_handler
 
@@ -183,12 +183,17 @@ class TestDebContents:
             assert touched <= allowed, (name, touched)
 
 
+def rpm_query(name: str, what: str) -> str:
+    """``rpm -qp WHAT`` of the built package ``name``."""
+    return subprocess.run(
+        ["rpm", "-qp", what, str(rpm(name))], capture_output=True, text=True, check=True
+    ).stdout
+
+
 class TestRpms:
     def test_file_lists(self):
         def listing(name: str) -> list[str]:
-            return subprocess.run(
-                ["rpm", "-qlp", str(rpm(name))], capture_output=True, text=True, check=True
-            ).stdout.split()
+            return rpm_query(name, "--list").split()
 
         handler = listing("sysmon-handler")
         assert {
@@ -220,12 +225,7 @@ class TestRpms:
 
     def test_requires(self):
         def requires(name: str) -> set[str]:
-            out = subprocess.run(
-                ["rpm", "-qp", "--requires", str(rpm(name))],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            out = rpm_query(name, "--requires")
             return {
                 line.split()[0]
                 for line in out.splitlines()
@@ -233,12 +233,7 @@ class TestRpms:
             }
 
         assert {"mawk", "python3"} <= requires("sysmon-handler")
-        recommends = subprocess.run(
-            ["rpm", "-qp", "--recommends", str(rpm("sysmon-handler"))],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
+        recommends = rpm_query("sysmon-handler", "--recommends").split()
         assert recommends == ["python3-systemd"]
         assert {"tcpdump", "nftables"} <= requires("sysmon-netlog")
         # The template packages riding in the formula add nothing to dom0's needs.
@@ -276,12 +271,7 @@ class TestRpms:
         """A first install presets the socket; an upgrade restarts the agent, never
         its socket (made anew under a running agent, it would not be the one the
         agent holds); a removal disables and stops both."""
-        scripts = subprocess.run(
-            ["rpm", "-qp", "--scripts", str(rpm("sysmon-handler"))],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        scripts = rpm_query("sysmon-handler", "--scripts")
         parts = dict(
             re.findall(
                 r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)",
@@ -301,12 +291,7 @@ class TestRpms:
         assert "restart sysmon-agent.service" in postun
         assert "sysmon-agent.socket" not in postun
         # An upgrade from a version without the agent presets the socket once.
-        triggers = subprocess.run(
-            ["rpm", "-qp", "--triggers", str(rpm("sysmon-handler"))],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        triggers = rpm_query("sysmon-handler", "--triggers")
         head, _, body = triggers.partition("\n")
         assert head.startswith("triggerun scriptlet (using /bin/sh) -- sysmon-handler < 0.2.0")
         assert "systemctl --no-reload preset sysmon-agent.socket" in body
@@ -594,17 +579,8 @@ class Booted:
         self.nspawn.wait(timeout=20)
 
 
-#: Asks the socket in the container what a poll asks, prints the answer.
-ASK = """
-import socket, sys
-with socket.socket(socket.AF_UNIX) as conn:
-    conn.settimeout(30)
-    conn.connect("/run/qubes-rpc/qubes.Metrics.Get")
-    conn.sendall(("qubes.Metrics.Get+" + sys.argv[1] + " sys-monitor\\0").encode())
-    conn.shutdown(socket.SHUT_WR)
-    while chunk := conn.recv(65536):
-        sys.stdout.buffer.write(chunk)
-"""
+#: The agent's socket in the container.
+SOCKET = "/run/qubes-rpc/qubes.Metrics.Get"
 
 
 def shape(answer: str) -> list[str]:
@@ -635,12 +611,12 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
         ):
             done = booted.run(argv)
             assert done.returncode == 0, booted.failed(done)
-        listing = booted.run(["stat", "-c", "%A %U %G", "/run/qubes-rpc/qubes.Metrics.Get"])
+        listing = booted.run(["stat", "-c", "%A %U %G", SOCKET])
         assert listing.stdout.split() == ["srw-rw----", "root", "qubes"], booted.failed(listing)
 
         pids: set[str] = set()
         for argument in ("nodisk.noalerts.", "noalerts.", "nodisk.noalerts."):
-            answer = booted.run(["python3", "-c", ASK, argument])
+            answer = booted.run(["python3", "-c", ASK_AGENT, SOCKET, argument])
             assert answer.returncode == 0, booted.failed(answer)
             handler = booted.run(["/etc/qubes-rpc/qubes.Metrics.Get", argument])
             assert answer.stdout.startswith("sys: protocol=1 "), booted.failed(answer)
@@ -666,7 +642,7 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
         boot_id = booted.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
         since = int((time.time() - 300) * 1e6)
         cursor = f"nodisk.{boot_id.replace('-', '')[:16]}.{since}.0"
-        answer = booted.run(["python3", "-c", ASK, cursor])
+        answer = booted.run(["python3", "-c", ASK_AGENT, SOCKET, cursor])
         handler = booted.run(["/etc/qubes-rpc/qubes.Metrics.Get", cursor])
         alerts = [line for line in answer.stdout.splitlines() if line.startswith("alert:")]
         assert alerts == [
@@ -677,7 +653,7 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
 
         done = booted.run(["systemctl", "stop", "sysmon-agent.socket", "sysmon-agent.service"])
         assert done.returncode == 0, booted.failed(done)
-        gone = booted.run(["test", "-e", "/run/qubes-rpc/qubes.Metrics.Get"])
+        gone = booted.run(["test", "-e", SOCKET])
         assert gone.returncode == 1
 
         # A crash loop: restarted after each kill, the agent fails its 6th start in a
@@ -688,12 +664,14 @@ def test_the_agent_under_systemd_as_pid_1(clean_root, tmp_path):
         for _ in range(8):
             if booted.show("sysmon-agent.socket", "ActiveState")["ActiveState"] == "failed":
                 break
-            booted.run(["python3", "-c", ASK, "nodisk.noalerts."])  # starts it if need be
+            booted.run(
+                ["python3", "-c", ASK_AGENT, SOCKET, "nodisk.noalerts."]
+            )  # starts it if need be
             booted.run(["systemctl", "kill", "--signal=KILL", "sysmon-agent.service"])
             time.sleep(0.5)  # the restart (RestartSec= 100 ms)
         socket_unit = booted.show("sysmon-agent.socket", "ActiveState", "Result")
         assert socket_unit == {"ActiveState": "failed", "Result": "service-start-limit-hit"}
-        gone = booted.run(["test", "-e", "/run/qubes-rpc/qubes.Metrics.Get"])
+        gone = booted.run(["test", "-e", SOCKET])
         assert gone.returncode == 1, "a failed socket must not be left for qrexec to connect to"
     finally:
         booted.close()
