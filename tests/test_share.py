@@ -23,6 +23,7 @@ from sysmon.commands.archive import NightlyArchive, run_archive
 from sysmon.config import Config
 from sysmon.protocol.admin import Discovery, QubeInfo, select_targets
 from sysmon.protocol.metrics import AlertRecord, NetRecord, Snapshot, SysRecord
+from sysmon.protocol.parse import parse_metrics_untrusted
 from sysmon.records import (
     AlertCursor,
     Budget,
@@ -36,6 +37,8 @@ from sysmon.records import (
 from sysmon.store.delivery import is_delivered
 from sysmon.store.state import from_json, to_json
 from sysmon.transform.rows import CURSOR_SEEN_MAX, POOL_TOLD_MAX, build_tick_rows, new_alerts
+from sysmon.transform.rules import parse_rules
+from sysmon.transform.tick import build_tick
 
 TS = datetime(2025, 8, 31, 12, 0, 10, tzinfo=UTC)
 BURST = 50  # the handler's MAX_ALERTS: what one poll can carry
@@ -511,3 +514,48 @@ def _run_listed(
         state = State(qubes=qubes, pools=built.pools)
         ticks.append(built)
     return ticks, state
+
+
+# --- 11. rule alerts a qube provokes are spent from its share --------------
+
+
+def _flapping_disks(poll: int, mounts: int = 64) -> bytes:
+    """A hostile reply: ``mounts`` filesystems full on even polls, empty on odd ones."""
+    used = 100 if poll % 2 == 0 else 0
+    ticks = " ".join(f"cpu_ticks_{n}={poll}" for n in ("user", "system", "idle"))
+    lines = [f"sys: protocol=1 boot_id=b {ticks}"]
+    lines += [
+        f"disk: fs=a mount=/{i} size_kb=100 used_kb={used} avail_kb={100 - used}"
+        for i in range(mounts)
+    ]
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def test_rule_alerts_a_qube_provokes_are_spent_from_its_budget() -> None:
+    """A disk rule without ``for`` (``pct_used >= 90``), 64 mounts flapping each
+    poll: its alert rows (sysmon's words, but of the qube's making) were never
+    counted, so the qube wrote 3x its daily budget, more with more rules."""
+    rules = parse_rules(
+        [{"name": "disk-full", "file": "disk", "expr": "pct_used", "op": ">=", "value": 90}], "t"
+    )
+    budget = Budget(bytes_per_day=200_000)
+    evil = QubeInfo("evil", "AppVM", "Running", _uuid(1))
+    work = QubeInfo("work", "AppVM", "Running", _uuid(2))
+    state = State(qubes={**SEEN.qubes, "evil": QubeState(boot_id="b", day="2025-08-30")})
+    ticks = []
+    for poll in range(300):
+        ts = TS + timedelta(seconds=10 * poll)
+        snap = parse_metrics_untrusted(_flapping_disks(poll))
+        results = [_result("evil", snap), _result("work", _flood("w", names=1))]
+        built = build_tick(
+            state, ts=ts, results=results, qubes=None, rules=rules, budget=budget,
+            listed=[evil, work],
+        )  # fmt: skip
+        qubes = {**state.qubes, **built.states}
+        qubes.update({b.vm: b.next_state for b in built.alerts if b.next_state is not None})
+        state = State(qubes=qubes, pools=built.pools, rules=built.rule_state)
+        ticks.append(built)
+    one_poll = 64 * 120  # a poll's rule alerts, over before the next is counted
+    assert _bytes_of(ticks, "evil") <= budget.bytes_per_day + one_poll, _bytes_of(ticks, "evil")
+    assert state.qubes["evil"].over_budget
+    assert all(t.rows["system.csv"] for t in ticks)  # work's rows, every poll

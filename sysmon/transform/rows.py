@@ -447,6 +447,42 @@ def build_tick_rows(
     )
 
 
+def spend_alerts(
+    built: TickRows, batches: Sequence[AlertBatch], listed: Sequence[QubeInfo] = ()
+) -> TickRows:
+    """``built`` with the bytes of ``batches`` spent from each qube's day and its pool's.
+
+    Its rules' alerts are sysmon's words, but of the qube's making: a qube
+    flapping 64 mounts across a rule each poll wrote twice its budget again
+    in them.  They are kept (the row is the record), and spent after the
+    fact: past the budget, the qube's next poll is over it.
+    """
+    spent: dict[str, int] = {}
+    for batch in batches:
+        spent[batch.vm] = spent.get(batch.vm, 0) + sum(len(r.line) for r in batch.rows)
+    states, alerts, pools = dict(built.states), list(built.alerts), dict(built.pools)
+    info_of = {q.name: q for q in listed}
+    for vm, size in spent.items():
+        # A qube polled now: its state is in its own alert batch, else in states.
+        at = next((i for i, b in enumerate(alerts) if b.vm == vm and b.next_state), None)
+        q = alerts[at].next_state if at is not None else states.get(vm)
+        if q is None or not q.day:
+            continue
+        after = attrs.evolve(q, day_bytes=q.day_bytes + size)
+        if at is not None:
+            alerts[at] = attrs.evolve(alerts[at], next_state=after)
+        else:
+            states[vm] = after
+        pool = _pool_of(info_of.get(vm), q, q.day)
+        if pool is not None:
+            p = pools.get(pool)
+            p = p if p is not None and p.day == q.day else PoolState(day=q.day)
+            pools[pool] = attrs.evolve(
+                p, day_bytes=p.day_bytes + size, by=_tally(p.by, [(vm, size)])
+            )
+    return attrs.evolve(built, states=states, alerts=tuple(alerts), pools=pools)
+
+
 def _xen_row(ts: datetime, s: DomainStats) -> Row:
     # Every column Xen's stats may carry: 4.2/4.3's, and 4.4's where sent.
     values = {"ts": ts, "vm": s.vm, **{c: getattr(s, c) for c in schema.XEN.names[2:]}}

@@ -15,7 +15,7 @@ from sysmon import schema
 from sysmon.protocol.admin import QubeInfo
 from sysmon.protocol.xen_events import DomainStats
 from sysmon.records import AlertBatch, Budget, ScrapeResult, State, TickRows
-from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows
+from sysmon.transform.rows import DEFAULT_BUDGET, alert_row, build_tick_rows, spend_alerts
 from sysmon.transform.rules import Rule, evaluate
 from sysmon.transform.views import ViewsLimits, compare, label_vifs
 
@@ -77,6 +77,7 @@ def build_tick(
     rule_alerts = tuple(
         AlertBatch(vm, (alert_row(ts, vm, message),), None) for vm, message in fired
     )
+    built = spend_alerts(built, rule_alerts, listed)  # a qube's rules' alerts are its share too
     return attrs.evolve(
         built, alerts=built.alerts + view_alerts + rule_alerts, rule_state=rule_state
     )
