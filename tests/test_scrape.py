@@ -18,7 +18,10 @@ GOOD = b"sys: protocol=1 boot_id=b btime=1\n"
 
 @attrs.define
 class FakeTransport:
-    """Each qube answers as told: bytes, ("exit", n), ("slow", s), "hang", "oserror", "flood"."""
+    """Each qube answers as told.
+
+    bytes, ("exit", n), ("slow", s), "hang", "oserror", "flood" (stdout), "stderr-flood".
+    """
 
     behaviours: dict[str, object]
     running: int = 0
@@ -42,6 +45,8 @@ class FakeTransport:
                 raise FileNotFoundError(2, "No such file or directory")
             if behaviour == "flood":
                 return ProcessResult(-9, GOOD + b"x" * max_stdout, b"", stdout_overflow=True)
+            if behaviour == "stderr-flood":
+                return ProcessResult(-9, GOOD, b"y\n" * 2048, stderr_overflow=True)
             if isinstance(behaviour, tuple) and behaviour[0] == "slow":
                 await trio.sleep(behaviour[1])
                 return ProcessResult(0, GOOD, b"")
@@ -66,6 +71,7 @@ class TestScrapeRound:
                 "garbage": b"\x00\x01",
                 "oserror": "oserror",
                 "flood": "flood",
+                "stderr-flood": "stderr-flood",
             }
         )
         vms = list(transport.behaviours)
@@ -81,6 +87,7 @@ class TestScrapeRound:
             "garbage": "bad-output",
             "oserror": "error",
             "flood": "too-big",
+            "stderr-flood": "too-big",
         }
 
     async def test_a_hung_qube_costs_only_its_own_timeout(self, autojump_clock):

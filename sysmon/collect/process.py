@@ -21,6 +21,10 @@ import trio
 
 DEFAULT_KILL_GRACE = 1.0
 READ_CHUNK = 65536
+#: Stderr read (and dropped past what is kept) before the child is killed:
+#: qrexec hands a qube's service stderr to the caller, and draining it
+#: without end held a core of sys-monitor for as long as the call lasted.
+MAX_STDERR_DRAIN = 65536
 
 
 @attrs.frozen
@@ -29,13 +33,16 @@ class ProcessResult:
 
     ``returncode`` is negative when a signal ended the child (-9 after our
     kill); ``stdout_overflow`` is set when it printed more than the cap, in
-    which case it was killed and ``stdout`` holds the first bytes only.
+    which case it was killed and ``stdout`` holds the first bytes only;
+    ``stderr_overflow`` when it wrote more than :data:`MAX_STDERR_DRAIN` to
+    stderr, in which case it was killed too.
     """
 
     returncode: int
     stdout: bytes
     stderr: bytes
     stdout_overflow: bool = False
+    stderr_overflow: bool = False
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -107,6 +114,10 @@ async def run_bounded(
 ) -> ProcessResult:
     """Run ``argv`` with stdin closed; read stdout up to ``max_stdout`` bytes.
 
+    Stderr: the first ``max_stderr`` bytes are kept, more is read and dropped
+    (the child never blocks on a full pipe), and past :data:`MAX_STDERR_DRAIN`
+    the child is killed.
+
     Raises:
         OSError: the program could not be started (for example not on PATH).
 
@@ -115,7 +126,7 @@ async def run_bounded(
     """
     out = bytearray()
     err = bytearray()
-    overflow = False
+    overflow = err_overflow = False
     async with _child_in_own_session(argv, env, kill_grace) as (process, stdout, stderr):
 
         async def read_stdout() -> None:
@@ -129,11 +140,17 @@ async def run_bounded(
                     return
 
         async def read_stderr() -> None:
-            # Keep draining past the cap so the child never blocks on a full pipe.
+            nonlocal err_overflow
+            drained = 0
             while chunk := await stderr.receive_some(READ_CHUNK):
                 room = max_stderr - len(err)
                 if room > 0:
                     err.extend(chunk[:room])
+                drained += len(chunk)
+                if drained > MAX_STDERR_DRAIN:
+                    err_overflow = True
+                    _signal_group(process.pid, signal.SIGKILL)
+                    return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_stdout)
@@ -144,6 +161,7 @@ async def run_bounded(
         stdout=bytes(out),
         stderr=bytes(err),
         stdout_overflow=overflow,
+        stderr_overflow=err_overflow,
     )
 
 

@@ -86,6 +86,9 @@ async def scrape_qube(
     outcome = classify_exit(proc.returncode)
     stderr = _stderr_excerpt(proc.stderr)
     n_bytes = len(proc.stdout)
+    if proc.stderr_overflow:
+        # Killed for it: whatever stdout holds is a cut answer.
+        return result(Status.TOO_BIG, n_bytes=n_bytes, detail="over caps: stderr")
     if proc.stdout_overflow:
         n_bytes += 1  # at least one byte over the cap; the rest was never read
     elif outcome is CallOutcome.REFUSED:
