@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from sysmon import __version__, schema
 from sysmon.commands.export import (
     MAX_LABEL_VALUES,
+    MAX_QUBES,
     ExportError,
     Ledger,
     default_ledger,
@@ -944,3 +945,26 @@ def test_a_tag_influx_cannot_hold_takes_no_label_slot(tmp_path):
     ]
     assert counts.unreadable == MAX_LABEL_VALUES
     assert counts.cut == 0
+
+
+def test_a_flood_of_disposables_does_not_cut_a_qube_started_later(tmp_path):
+    """Any qube may start disposables (docs/security.md), and dom0 names each anew
+    (``dispNNNN``): one an hour's churn past the day's cap of qubes cut every qube
+    started later that day -- its rows in the CSV, none of its series in the engine.
+    Disposables have a cap of their own; a qube dom0 names otherwise keeps its series."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    rows = [schema.CONNECTIONS.format_row([START, "personal", 3, 1])]
+    for i in range(MAX_QUBES + 5):  # one poll each, ten seconds apart
+        rows.append(
+            schema.CONNECTIONS.format_row([START + timedelta(seconds=10 * i), f"disp{i + 1}", 1, 1])
+        )
+    later = START + timedelta(hours=4)
+    rows.append(schema.CONNECTIONS.format_row([later, "work", 7, 2]))
+    (day / "connections.csv").write_bytes(schema.CONNECTIONS.header + b"".join(rows))
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="openmetrics", host="h")
+    text = buffer.getvalue()
+    assert 'sysmon_connections_tcp_established{host="h",vm="work"} 7 ' in text
+    assert 'sysmon_connections_tcp_established{host="h",vm="personal"} 3 ' in text
+    assert counts.cut == 5  # the disposables past their own cap, counted

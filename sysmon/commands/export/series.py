@@ -8,7 +8,7 @@ arrays for VictoriaMetrics' JSON import, a line per row for Influx (its
 fields checked a column at a time too).  Loki pushes are a line per row.
 Everything read is untrusted: a qube naming more than
 :data:`MAX_LABEL_VALUES` interfaces or mounts in a day, or a day with more
-than :data:`MAX_QUBES` qubes, gets no more series; the rows left out are
+than :data:`MAX_QUBES` qubes (or as many disposables), gets no more series; the rows left out are
 counted in ``sysmon_export_cut_rows``.
 """
 
@@ -20,6 +20,7 @@ import gc
 import itertools
 import json
 import operator
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import date
@@ -36,8 +37,11 @@ from sysmon.store.days import day_members
 
 #: Interfaces (network.csv) or filesystems (disk.csv) one qube may name in a day.
 MAX_LABEL_VALUES = 32
-#: Qubes one host's day may hold (as the collector's own cap on domains).
+#: Qubes one host's day may hold (as the collector's own cap on domains), and
+#: disposables besides: any qube may start them, each named anew by dom0.
 MAX_QUBES = 1024
+#: How dom0 names a disposable it makes (core-admin ``DispVM``: ``disp`` and a number).
+_DISPOSABLE = re.compile(r"disp[0-9]+")
 #: Rows grouped at a time: a few MB (a day's export peaks near 64 MiB), series lines of hundreds.
 BATCH = 16384
 FORMATS = ("openmetrics", "victoriametrics", "influx", "alerts-jsonl")
@@ -84,6 +88,7 @@ class _Caps:
     """Label values a day has given so far, per qube; the rows left out."""
 
     qubes: set[str] = attrs.field(factory=set)
+    disposables: set[str] = attrs.field(factory=set)
     values: dict[tuple[str, str], set[tuple[str, ...]]] = attrs.field(factory=dict)
     cut: Counter[tuple[str, str]] = attrs.field(factory=Counter)
     last_ts: int = 0
@@ -94,11 +99,14 @@ class _Caps:
         A series once refused stays refused (the sets only grow), so deciding once
         per group of rows is deciding for each of its rows.
         """
-        if vm not in self.qubes:
-            if len(self.qubes) >= MAX_QUBES:
+        # A churn of disposables (a hostile qube can start them all day) takes no
+        # place of a qube started later: each kind has its own cap.
+        known = self.disposables if _DISPOSABLE.fullmatch(vm) else self.qubes
+        if vm not in known:
+            if len(known) >= MAX_QUBES:
                 self.cut[(vm[:64], file_name)] += rows
                 return False
-            self.qubes.add(vm)
+            known.add(vm)
         if not label_values:
             return True
         seen = self.values.setdefault((vm, file_name), set())
