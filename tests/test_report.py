@@ -36,6 +36,7 @@ from sysmon.commands.report.render import (
     charts_of,
     identical,
     import_pyplot,
+    listed_alerts,
     render,
 )
 from sysmon.protocol.metrics import (
@@ -472,3 +473,45 @@ def test_charts_drawn_by_worker_processes_are_the_ones_drawn_here(out, tmp_path)
     assert sorted(f"{name}.png" for name, _ in shown) == pngs
     for name, encoded in shown:
         assert base64.b64decode(encoded) == (tmp_path / "there" / f"{name}.png").read_bytes()
+
+
+def test_a_qube_flooding_its_journal_cannot_push_anothers_alerts_off_the_page(tmp_path):
+    """The page listed the newest 2,000 alerts of all qubes: a qube filing 200 alerts a
+    poll (the parser's cap, well within its share of the day) pushed every other
+    qube's alert off it within 10 polls.  The room is shared: each qube's newest."""
+    out = tmp_path / "out"
+    oom = (AlertRecord(1_700_000_000_000_000, "kernel", "Out of memory: Killed process 42"),)
+    for i in range(12):
+        flood = tuple(
+            AlertRecord(1_700_000_000_000_000 + 1000 * i + j, "evil", f"noise {i}-{j}")
+            for j in range(200)
+        )
+        results = [ScrapeResult("evil", "ok", 3, snapshot=snap(i + 1, 0, alerts=flood))]
+        if i == 0:
+            results.append(ScrapeResult("work", "ok", 3, snapshot=snap(1, 0, alerts=oom)))
+        write_tick(out, T0 + timedelta(seconds=10 * i), results, None)
+    data = load([out], None, -math.inf, math.inf)
+    assert len(data.alerts) == 12 * 200 + 1
+    page = render(data, tmp_path / "report").read_text()
+    listed = page[page.index("id='alert-list'") :]
+    assert "Out of memory: Killed process 42" in listed
+    assert listed.count("<td>evil</td>") == 1999  # the rest of the room, newest first
+    assert "noise 11-199" in listed
+    assert "noise 0-0" not in listed
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.sampled_from("abcde"), st.just("m")), max_size=80),
+    st.integers(0, 30),
+)
+def test_listed_alerts_share_the_room_and_keep_each_qubes_newest(alerts, limit):
+    listed = listed_alerts([(float(t), vm, msg) for t, vm, msg in alerts], limit)
+    assert len(listed) <= limit
+    assert listed == sorted(listed)
+    qubes = {vm for _, vm, _ in alerts}
+    for vm in qubes:
+        mine = sorted(float(t) for t, v, _ in alerts if v == vm)
+        shown = [t for t, v, _ in listed if v == vm]
+        assert shown == mine[len(mine) - len(shown) :]  # its newest
+        if len(mine) <= limit // len(qubes):
+            assert len(shown) == len(mine)  # its fair share at least: all of them

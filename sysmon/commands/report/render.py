@@ -33,6 +33,8 @@ TOP_LINES = 5
 MAX_BINS = 700
 #: Characters of a name or mount drawn on a chart.
 MAX_LABEL = 36
+#: Alerts listed on the page at most, shared between the qubes (:func:`listed_alerts`).
+MAX_ALERTS_LISTED = 2000
 #: Bin widths a heatmap may use (s): the first that gives at most MAX_BINS columns.
 _WIDTHS = (
     1,
@@ -387,6 +389,31 @@ def _table(chart: Chart, ranked: Ranked) -> str:
     return "".join(rows)
 
 
+def listed_alerts(
+    alerts: list[tuple[float, str, str]], limit: int = MAX_ALERTS_LISTED
+) -> list[tuple[float, str, str]]:
+    """The alerts the page lists, in time order: each qube's newest, ``limit`` at most.
+
+    The room is shared: a qube with fewer alerts than its share has all of
+    them listed, the others the same number each (the newest).  A qube
+    flooding its journal cannot push another qube's alerts off the page.
+    """
+    by_vm: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
+    for alert in sorted(alerts):
+        by_vm[alert[1]].append(alert)
+    quota, left, qubes = None, limit, len(by_vm)
+    for n in sorted(len(kept) for kept in by_vm.values()):
+        if n > left // qubes:
+            quota = left // qubes
+            break
+        left, qubes = left - n, qubes - 1
+    return sorted(
+        alert
+        for kept in by_vm.values()
+        for alert in (kept if quota is None else kept[max(0, len(kept) - quota) :])
+    )
+
+
 def identical(data: Data) -> list[list[str]]:
     """Qubes whose CPU series are the same points: one machine under several names."""
     groups: dict[bytes, list[str]] = defaultdict(list)
@@ -446,11 +473,15 @@ def render(data: Data, out: Path, summary: str = "", *, workers: int | None = No
         encoded = base64.b64encode(png).decode()
         parts.append(f"<img alt='{chart.name}' src='data:image/png;base64,{encoded}'>")
         parts.append(_table(chart, ranked))
-    parts.append(
-        f"<h2 id='alert-list'>Alerts ({len(data.alerts):,})</h2><table>"
-        "<tr><th>poll (UTC)</th><th>qube</th><th>message</th></tr>"
-    )
-    for t, vm, msg in sorted(data.alerts)[-2000:]:
+    listed = listed_alerts(data.alerts)
+    parts.append(f"<h2 id='alert-list'>Alerts ({len(data.alerts):,})</h2>")
+    if len(listed) < len(data.alerts):
+        parts.append(
+            f"<p>{len(listed):,} listed: the newest of each qube, {MAX_ALERTS_LISTED:,} "
+            "at most, shared between the qubes.</p>"
+        )
+    parts.append("<table><tr><th>poll (UTC)</th><th>qube</th><th>message</th></tr>")
+    for t, vm, msg in listed:
         when = datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         parts.append(
             f"<tr><td>{when}</td><td>{html.escape(vm)}</td><td>{html.escape(msg)}</td></tr>"
