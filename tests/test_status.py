@@ -207,3 +207,22 @@ def test_a_planted_file_of_invented_qubes_gives_a_bounded_table(tmp_path, monkey
     assert len(shown.splitlines()) <= 50 + 30
     assert max(len(line) for line in shown.splitlines()) <= 2000
     assert "more qubes not shown" in shown
+
+
+def test_a_churn_of_disposables_does_not_hide_a_qube_started_later(tmp_path, monkeypatch):
+    """Any qube may start disposables, each named anew by dom0 (``dispNNNN``): past the
+    table's cap of qubes, every qube started later that day was left out of it.
+    Disposables have a cap of their own."""
+    monkeypatch.setattr(status_module, "MAX_QUBES", 20)
+    for i in range(25):
+        write_tick(
+            tmp_path,
+            TS + timedelta(seconds=10 * i),
+            [ScrapeResult(f"disp{i + 1}", "timeout", 8000)],
+            None,
+        )
+    later = TS + timedelta(seconds=300)
+    write_tick(tmp_path, later, [ScrapeResult("work", "timeout", 8000)], None)
+    report = build_status(tmp_path, later + timedelta(seconds=5), 10)
+    assert "work" in [q.vm for q in report.qubes]
+    assert report.qubes_dropped == 5  # the disposables past their own cap

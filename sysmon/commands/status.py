@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ PROBE = 8192
 #: Qubes in the table (as ``sysmon top``), and named on the views line: a
 #: planted scrapes.csv of invented qubes cannot grow the memory or the output.
 MAX_QUBES = 1024
+#: How dom0 names a disposable (``disp`` and a number): they have a cap of their
+#: own, as many again, so that a churn of them hides no qube started later.
+_DISPOSABLE = re.compile(r"disp[0-9]+")
 SHOWN_DISAGREE = 12
 #: views.csv flags that are not a disagreement.
 AGREEING = frozenset({"agree", "one-view"})
@@ -286,12 +290,15 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     last: dict[str, schema.DecodedRow] = {}
     failures: Counter[str] = Counter()
     dropped: set[str] = set()
+    disposables = 0
     for row in whole_file(folder / schema.SCRAPES.file_name, schema.SCRAPES, skipped):
         vm, status = row.cells[1], row.cells[2]
-        if vm not in last and len(last) >= MAX_QUBES:
+        disposable = _DISPOSABLE.fullmatch(vm) is not None
+        if vm not in last and (disposables if disposable else len(last) - disposables) >= MAX_QUBES:
             if len(dropped) < MAX_QUBES:  # counted up to a bound too
                 dropped.add(vm[:32])
             continue
+        disposables += disposable and vm not in last
         last[vm] = row
         if status not in {Status.OK, Status.SKIPPED}:
             failures[vm] += 1
