@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from sysmon.protocol.names import DOM0_UUID, MAX_NAME_LENGTH, is_valid_qube_name, is_valid_uuid
+import pytest
+
+from sysmon.protocol.names import (
+    DOM0_UUID,
+    MAX_NAME_LENGTH,
+    is_valid_qube_name,
+    is_valid_uuid,
+    looks_disposable,
+)
 
 
 def test_names_qubesd_accepts() -> None:
@@ -28,3 +36,20 @@ def test_uuids_as_dom0_writes_them() -> None:
     assert is_valid_uuid("6f1b6f4e-4a4f-4d7e-9c39-3f0d2a1b7c55")
     for text in ("6F1B6F4E-4A4F-4D7E-9C39-3F0D2A1B7C55", "6f1b6f4e4a4f4d7e9c393f0d2a1b7c55", ""):
         assert not is_valid_uuid(text), text
+
+
+@pytest.mark.parametrize(
+    ("name", "disposable"),
+    [
+        ("disp1", True),
+        ("disp9999", True),
+        ("disp", False),
+        ("disp-1", False),
+        ("dispvm", False),
+        ("disp1a", False),
+        ("mydisp1", False),
+        ("default-dvm", False),
+    ],
+)
+def test_a_disposable_is_known_by_the_name_dom0_gives_it(name, disposable):
+    assert looks_disposable(name) is disposable

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import IO, Any
 import attrs
 
 from sysmon import schema
+from sysmon.protocol.names import looks_disposable
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.store.daily import day_dir, day_folders
@@ -37,9 +37,6 @@ PROBE = 8192
 #: Qubes in the table (as ``sysmon top``), and named on the views line: a
 #: planted scrapes.csv of invented qubes cannot grow the memory or the output.
 MAX_QUBES = 1024
-#: How dom0 names a disposable (``disp`` and a number): they have a cap of their
-#: own, as many again, so that a churn of them hides no qube started later.
-_DISPOSABLE = re.compile(r"disp[0-9]+")
 SHOWN_DISAGREE = 12
 #: views.csv flags that are not a disagreement.
 AGREEING = frozenset({"agree", "one-view"})
@@ -293,7 +290,7 @@ def build_status(out_dir: Path, now: datetime, interval: float) -> StatusReport:
     disposables = 0
     for row in whole_file(folder / schema.SCRAPES.file_name, schema.SCRAPES, skipped):
         vm, status = row.cells[1], row.cells[2]
-        disposable = _DISPOSABLE.fullmatch(vm) is not None
+        disposable = looks_disposable(vm)
         if vm not in last and (disposables if disposable else len(last) - disposables) >= MAX_QUBES:
             if len(dropped) < MAX_QUBES:  # counted up to a bound too
                 dropped.add(vm[:32])

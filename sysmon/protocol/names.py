@@ -17,6 +17,8 @@ MAX_NAME_LENGTH = 31
 #: What dom0 lists on 4.3 (``uuid.uuid4()``, printed by ``str()``): lower-case hex.
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DOM0_UUID = "00000000-0000-0000-0000-000000000000"
+#: How dom0 names a disposable it makes (core-admin ``DispVM``: ``disp`` and its number).
+_DISPOSABLE_RE = re.compile(r"disp[0-9]+")
 
 
 def is_valid_qube_name(name: str, *, dots: bool = True) -> bool:
@@ -37,3 +39,12 @@ def is_valid_qube_name(name: str, *, dots: bool = True) -> bool:
 def is_valid_uuid(text: str) -> bool:
     """Whether ``text`` is a UUID written as dom0 writes one."""
     return _UUID_RE.fullmatch(text) is not None
+
+
+def looks_disposable(name: str) -> bool:
+    """Whether ``name`` is one dom0 gives a disposable (a qube named so by hand is taken as one).
+
+    For readers of the files, which do not know a row's class: any qube may
+    start disposables all day, so their names get caps of their own.
+    """
+    return _DISPOSABLE_RE.fullmatch(name) is not None

@@ -20,7 +20,6 @@ import gc
 import itertools
 import json
 import operator
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import date
@@ -30,6 +29,7 @@ from typing import Any
 import attrs
 
 from sysmon import schema
+from sysmon.protocol.names import looks_disposable
 from sysmon.schema import DecodedRow
 from sysmon.schema import exposition as ex
 from sysmon.schema.decode import Batch, decode_batches_untrusted
@@ -40,8 +40,6 @@ MAX_LABEL_VALUES = 32
 #: Qubes one host's day may hold (as the collector's own cap on domains), and
 #: disposables besides: any qube may start them, each named anew by dom0.
 MAX_QUBES = 1024
-#: How dom0 names a disposable it makes (core-admin ``DispVM``: ``disp`` and a number).
-_DISPOSABLE = re.compile(r"disp[0-9]+")
 #: Rows grouped at a time: a few MB (a day's export peaks near 64 MiB), series lines of hundreds.
 BATCH = 16384
 FORMATS = ("openmetrics", "victoriametrics", "influx", "alerts-jsonl")
@@ -101,7 +99,7 @@ class _Caps:
         """
         # A churn of disposables (a hostile qube can start them all day) takes no
         # place of a qube started later: each kind has its own cap.
-        known = self.disposables if _DISPOSABLE.fullmatch(vm) else self.qubes
+        known = self.disposables if looks_disposable(vm) else self.qubes
         if vm not in known:
             if len(known) >= MAX_QUBES:
                 self.cut[(vm[:64], file_name)] += rows
