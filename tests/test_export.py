@@ -39,6 +39,7 @@ from sysmon.commands.export import (
     push,
 )
 from sysmon.commands.export import main as export_main
+from sysmon.commands.export.series import MAX_CUT_NAMES, OTHERS
 from sysmon.schema import exposition
 from sysmon.store.archive import build_archive, day_meta, host_identity
 
@@ -968,3 +969,25 @@ def test_a_flood_of_disposables_does_not_cut_a_qube_started_later(tmp_path):
     assert 'sysmon_connections_tcp_established{host="h",vm="work"} 7 ' in text
     assert 'sysmon_connections_tcp_established{host="h",vm="personal"} 3 ' in text
     assert counts.cut == 5  # the disposables past their own cap, counted
+
+
+def test_rows_cut_from_a_churn_of_qubes_are_counted_in_a_bounded_number_of_series(tmp_path):
+    """Each cut qube's count was a series of its own: a day of disposables past
+    their cap, thousands of ``sysmon_export_cut_rows`` series.  Past 64 names
+    the rest are counted together, under ``vm="(others)"``, no row uncounted."""
+    day = tmp_path / "2025-08-31"
+    day.mkdir()
+    extra = MAX_CUT_NAMES + 100
+    rows = [
+        schema.CONNECTIONS.format_row([START + timedelta(seconds=i), f"disp{i + 1}", 1, 1])
+        for i in range(MAX_QUBES + extra)
+    ]
+    (day / "connections.csv").write_bytes(schema.CONNECTIONS.header + b"".join(rows))
+    buffer = io.StringIO()
+    counts = export([day], buffer, fmt="openmetrics", host="h")
+    lines = buffer.getvalue().splitlines()
+    cut = [line for line in lines if line.startswith(exposition.CUT_FAMILY + "{")]
+    assert counts.cut == extra
+    assert len(cut) == MAX_CUT_NAMES + 1
+    assert sum(int(line.split()[1]) for line in cut) == extra
+    assert sum(f'vm="{OTHERS}"' in line for line in cut) == 1

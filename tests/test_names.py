@@ -51,5 +51,5 @@ def test_uuids_as_dom0_writes_them() -> None:
         ("default-dvm", False),
     ],
 )
-def test_a_disposable_is_known_by_the_name_dom0_gives_it(name, disposable):
+def test_a_disposable_is_known_by_the_name_dom0_gives_it(name: str, disposable: bool) -> None:
     assert looks_disposable(name) is disposable

@@ -40,6 +40,10 @@ MAX_LABEL_VALUES = 32
 #: Qubes one host's day may hold (as the collector's own cap on domains), and
 #: disposables besides: any qube may start them, each named anew by dom0.
 MAX_QUBES = 1024
+#: Qubes a day's cut rows are counted under by name; past them, under :data:`OTHERS`.
+MAX_CUT_NAMES = 64
+#: The ``vm`` label of rows cut from qubes past :data:`MAX_CUT_NAMES` (no qube is named so).
+OTHERS = "(others)"
 #: Rows grouped at a time: a few MB (a day's export peaks near 64 MiB), series lines of hundreds.
 BATCH = 16384
 FORMATS = ("openmetrics", "victoriametrics", "influx", "alerts-jsonl")
@@ -89,6 +93,7 @@ class _Caps:
     disposables: set[str] = attrs.field(factory=set)
     values: dict[tuple[str, str], set[tuple[str, ...]]] = attrs.field(factory=dict)
     cut: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    cut_names: set[str] = attrs.field(factory=set)
     last_ts: int = 0
 
     def allow(self, file_name: str, vm: str, label_values: tuple[str, ...], rows: int = 1) -> bool:
@@ -102,7 +107,7 @@ class _Caps:
         known = self.disposables if looks_disposable(vm) else self.qubes
         if vm not in known:
             if len(known) >= MAX_QUBES:
-                self.cut[(vm[:64], file_name)] += rows
+                self._count_cut(vm[:64], file_name, rows)
                 return False
             known.add(vm)
         if not label_values:
@@ -110,10 +115,19 @@ class _Caps:
         seen = self.values.setdefault((vm, file_name), set())
         if label_values not in seen:
             if len(seen) >= MAX_LABEL_VALUES:
-                self.cut[(vm, file_name)] += rows
+                self._count_cut(vm, file_name, rows)
                 return False
             seen.add(label_values)
         return True
+
+    def _count_cut(self, vm: str, file_name: str, rows: int) -> None:
+        # A series per cut qube would be a series per disposable a churn starts.
+        if vm not in self.cut_names:
+            if len(self.cut_names) >= MAX_CUT_NAMES:
+                vm = OTHERS
+            else:
+                self.cut_names.add(vm)
+        self.cut[(vm, file_name)] += rows
 
 
 @attrs.frozen
