@@ -89,7 +89,8 @@ def series_table() -> str:
         )
     lines.append(
         f"| `{CUT_FAMILY}` | gauge | rows | rows a qube's day gave past the label caps, "
-        "at the day's last time | host, vm, file |"
+        'at the day\'s last time (past 64 qubes a day, summed under `vm="(others)"`) '
+        "| host, vm, file |"
     )
     lines.append(SERIES_END)
     return "\n".join(lines) + "\n"
