@@ -225,6 +225,28 @@ def test_what_it_keeps_is_bounded(day: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert "more of other kinds" in text_of(render_summary(s))
 
 
+def test_one_qube_inventing_messages_leaves_room_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kinds kept were first come, first kept: one qube sending a new message
+    each poll (within its alert share) filled them in about two hours, and every
+    other qube's alerts were "more of other kinds" after that.  Each qube has a
+    share of the kinds; on one day and joined across days."""
+    monkeypatch.setattr(summary_module, "MAX_KEYS", 10)
+    monkeypatch.setattr(summary_module, "MAX_KINDS_PER_QUBE", 3)
+    first, second = tmp_path / DAY.isoformat(), tmp_path / "2025-08-27"
+    write(first, schema.ALERTS, [alert(i, "evil", f"new {'x' * (i % 50)}") for i in range(200)])
+    write(first, schema.ALERTS, [alert(300, "work", "Out of memory: Killed process 1")])
+    write(second, schema.ALERTS, [alert(86400 + i, "evil", f"y{'y' * i}") for i in range(20)])
+    write(second, schema.ALERTS, [alert(86500, "vault", "I/O error, dev xvdb")])
+    for days in ([first], [first, second]):
+        s = summarize(days, None, *EVERYTHING, TODAY, workers=1)
+        assert ("work", "Out of memory: Killed process #") in s.alerts
+        assert sum(vm == "evil" for vm, _ in s.alerts) == 3
+        assert s.alerts.total() + s.alerts_other == 201 + 21 * (len(days) - 1)
+    assert ("vault", "I/O error, dev xvdb") in s.alerts
+
+
 def test_one_screen_however_many_qubes(tmp_path: Path) -> None:
     folder = tmp_path / DAY.isoformat()
     write(folder, schema.SCRAPES, [r for i in range(300) for r in scrapes(f"q{i}", ["timeout"])])

@@ -7,8 +7,9 @@ archive's delivery.  Each list is short (the rest is counted, and linked to
 the chart below).  Every file is read through the bounded decoder
 (:func:`sysmon.schema.decode.decode_untrusted`); names and messages are a
 qube's bytes, printed escaped and cut.  What it keeps is bounded too: at
-most :data:`MAX_KEYS` distinct (qube, message) pairs and (qube, mount)
-pairs, the rest counted as "other"; as many qubes polled, and (qube,
+most :data:`MAX_KEYS` distinct (qube, message) pairs (at most
+:data:`MAX_KINDS_PER_QUBE` of one qube) and (qube, mount) pairs, the rest
+counted as "other"; as many qubes polled, and (qube,
 status), (rule, qube) and (qube, flag) pairs in all; a name cut to
 :data:`MAX_TEXT`.
 
@@ -48,6 +49,9 @@ from sysmon.store.delivery import MARKER_UNREADABLE, is_delivered, marker_lines
 SHOWN = 6
 #: Distinct (qube, message) and (qube, mount) pairs kept; more are "other".
 MAX_KEYS = 20_000
+#: Distinct messages of one qube kept: one qube inventing them cannot take
+#: every kind's place (first come, it filled them in about two hours).
+MAX_KINDS_PER_QUBE = 1_000
 #: Characters of a message or a name shown.
 MAX_TEXT = 120
 DISK_FULL = 90.0
@@ -185,6 +189,8 @@ class Summary:
     alerts: Counter[tuple[str, str]] = attrs.field(factory=Counter)
     example: dict[tuple[str, str], str] = attrs.field(factory=dict)
     alerts_other: int = 0
+    #: Per qube, its distinct messages in ``alerts``.
+    kinds: Counter[str] = attrs.field(factory=Counter)
     views: dict[str, Counter[str]] = attrs.field(factory=dict)
     views_read: bool = False
     #: Per qube (at most MAX_VIEW_QUBES), its views over time; rows of the rest.
@@ -221,11 +227,7 @@ class Summary:
         self._join_counts(self.rules, later.rules)
         self.alerts_other += later.alerts_other
         for key, n in later.alerts.items():
-            if key in self.alerts or len(self.alerts) < MAX_KEYS:
-                self.alerts[key] += n
-                self.example.setdefault(key, later.example[key])
-            else:
-                self.alerts_other += n
+            self._alert(key, later.example[key], n)
         self._join_counts(self.views, later.views)
         self.views_read |= later.views_read
         self.view_rows_other += later.view_rows_other
@@ -239,6 +241,16 @@ class Summary:
             setattr(
                 self.skipped, field, getattr(self.skipped, field) + getattr(later.skipped, field)
             )
+
+    def _alert(self, key: tuple[str, str], example: str, n: int = 1) -> None:
+        """``n`` alerts of the kind ``key`` (qube, message), if there is room for the kind."""
+        if key not in self.alerts:
+            if len(self.alerts) >= MAX_KEYS or self.kinds[key[0]] >= MAX_KINDS_PER_QUBE:
+                self.alerts_other += n
+                return
+            self.kinds[key[0]] += 1
+            self.example[key] = example
+        self.alerts[key] += n
 
     def _join_counts(self, into: dict[str, Counter[str]], other: dict[str, Counter[str]]) -> None:
         for key, counts in other.items():
@@ -324,12 +336,7 @@ class Summary:
                 msg = msg[entry_time.end() :]
             msg = msg[:MAX_TEXT]
             # The same message with another pid, size or value is the same alert.
-            key = (vm, _DIGITS_RE.sub("#", msg))
-            if key in self.alerts or len(self.alerts) < MAX_KEYS:
-                self.alerts[key] += 1
-                self.example.setdefault(key, msg)
-            else:
-                self.alerts_other += 1
+            self._alert((vm, _DIGITS_RE.sub("#", msg)), msg)
         elif name == "views.csv":  # the flag: where the views disagree
             flag = cells[_FLAG]
             disagree = flag not in _AGREE
