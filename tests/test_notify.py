@@ -124,6 +124,24 @@ class TestLimiter:
         (summary,) = limiter.admit([], 60)
         assert summary[0] == "sysmon: 97 more notifications held back"
 
+    def test_disposables_cannot_take_the_burst_from_other_qubes(self) -> None:
+        """Any qube may start disposables, each a new name dom0 gives: five of
+        them firing every interval took the whole burst, and an honest qube's
+        notification was only counted in a summary.  Disposables together have
+        one notification an interval, whatever the rule."""
+        limiter = Limiter(every=300, burst=5)
+        storm = [event(rule=rule, vm=f"disp{i}") for i in range(1, 6) for rule in "ab"]
+        assert len(limiter.admit(storm, 0)) == 1
+        assert limiter.held == 9
+        assert [title for title, _ in limiter.admit([event(vm="work")], 10)] == [
+            "sysmon: r firing on work"
+        ]
+        assert limiter.admit([event(vm="disp7")], 20) == []
+        assert [title for title, _ in limiter.admit([event(vm="disp8")], 301)] == [
+            "sysmon: 10 more notifications held back",
+            "sysmon: r firing on disp8",
+        ]
+
     @settings(max_examples=200, deadline=None)
     @given(
         st.lists(

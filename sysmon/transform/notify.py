@@ -2,14 +2,15 @@
 
 A rule with ``notify = true`` that fires or resolves writes its alerts.csv
 row (the record) and, through :class:`Limiter`, maybe a notification: at
-most one per (rule, qube) every ``every`` seconds and at most ``burst`` of
-all kinds in any ``every`` seconds, so a storm of qubes cannot flood dom0's
-screen; what is held back is counted and told in one summary as soon as
-there is room.  The text is made of sysmon's own words only -- the rule's
-name (checked at configuration), the qube's name as dom0 listed it, a
-number sysmon computed and a time -- and anything outside a small
-character set is replaced: a notification server may read markup, and a
-qube's bytes (an interface or mount name in the alert row) never get in.
+most one per (rule, qube) every ``every`` seconds (one for all disposables
+together) and at most ``burst`` of all kinds in any ``every`` seconds, so a
+storm of qubes cannot flood dom0's screen; what is held back is counted and
+told in one summary as soon as there is room.  The text is made of sysmon's
+own words only -- the rule's name (checked at configuration), the qube's
+name as dom0 listed it, a number sysmon computed and a time -- and anything
+outside a small character set is replaced: a notification server may read
+markup, and a qube's bytes (an interface or mount name in the alert row)
+never get in.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Literal
 
 import attrs
 
-from sysmon.protocol.names import is_valid_qube_name
+from sysmon.protocol.names import is_valid_qube_name, looks_disposable
 from sysmon.records import AlertBatch, RuleState
 from sysmon.transform.rules import Rule
 
@@ -32,6 +33,8 @@ Kind = Literal["firing", "resolved"]
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9 _.,:%+()/-]")
 _NOW_RE = re.compile(r"\(now ([-+0-9.eE]+|inf|-inf|nan)\)\Z")
 _KINDS: tuple[Kind, ...] = ("firing", "resolved")
+#: The limiter's key for every disposable's notifications (no qube is named so).
+DISPOSABLES = "(disposables)"
 
 
 def safe(text: str, limit: int = 200) -> str:
@@ -125,6 +128,8 @@ def rule_events(
 class Limiter:
     """At most one notification per (rule, qube) per ``every`` s, ``burst`` in all.
 
+    Disposables (:func:`looks_disposable`) count as one qube and one rule.
+
     :meth:`admit` is called each tick (with no events too: a summary of what
     was held back goes out once there is room).  Returns (title, body) pairs.
     """
@@ -155,7 +160,10 @@ class Limiter:
         if self._held and now - self._held_at >= self.every and self._room(now):
             out.append(self._summary(now))
         for event in events:
-            key = (event.rule, event.vm)
+            # Any qube may start disposables, each a new name: together they
+            # have one notification an interval, or a churn of them would
+            # take the burst from every other qube.
+            key = ("", DISPOSABLES) if looks_disposable(event.vm) else (event.rule, event.vm)
             room = self._room(now)
             if key in self._last or not room:
                 self._held += 1
