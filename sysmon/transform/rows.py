@@ -57,6 +57,9 @@ DEFAULT_BUDGET = Budget()
 CURSOR_SEEN_MAX = DEFAULT_BUDGET.cursor_seen
 #: Days without a sample after which a qube's state (cursor, budget) is dropped.
 FORGET_AFTER_DAYS = 2
+#: Qubes dom0 no longer lists whose state is kept (for FORGET_AFTER_DAYS):
+#: past them the oldest go at once, or a disposable a minute kept ~3,000.
+MAX_GONE = 256
 
 
 def alert_key(alert: AlertRecord) -> str:
@@ -629,7 +632,8 @@ def _forget(
     """Qubes unsampled for days: dropped, or kept as names seen before.
 
     One still listed and not a disposable is kept, without its cursor, CPU
-    sample and names: a qube used once a week is not new again.
+    sample and names: a qube used once a week is not new again.  Of the
+    qubes dom0 no longer lists, the :data:`MAX_GONE` last seen are kept.
     """
     cutoff = (ts.astimezone(UTC).date() - timedelta(days=FORGET_AFTER_DAYS)).isoformat()
     still = {q.name for q in listed if q.klass != DISPVM_CLASS}
@@ -644,4 +648,8 @@ def _forget(
         trimmed = QubeState(day=q.day, uuid=q.uuid, first_day="")
         if q != trimmed:
             kept[vm] = trimmed
-    return tuple(forget), kept
+    if listed:  # dom0's list known: who is gone is known
+        names = {q.name for q in listed} | sampled | set(forget)
+        gone = sorted((q.day, vm) for vm, q in previous.items() if vm not in names)
+        forget += [vm for _, vm in gone[: max(0, len(gone) - MAX_GONE)]]
+    return tuple(sorted(forget)), kept
