@@ -404,3 +404,68 @@ async def test_the_nightly_task_says_what_the_ceiling_deleted(tmp_path, autojump
         await nightly.run()
     assert any(n.startswith("sysmon: data over its ceiling of 1 MB: deleted") for n in notes)
     assert [p.name for p in sorted(tmp_path.iterdir()) if p.name[0] == "2"] == ["2025-09-07"]
+
+
+FULL_DISK_MARKER = """
+import os, sys
+from datetime import date
+from pathlib import Path
+import trio
+from sysmon.commands.archive import run_archive
+from sysmon.config import Config
+from sysmon import __version__
+from sysmon.store.archive import build_archive, day_meta
+from sysmon.store.delivery import is_delivered, record_attempt, record_refused
+out = Path(sys.argv[1])
+day = out / "2025-09-07"
+day.mkdir(parents=True)
+(day / "system.csv").write_bytes(b"ts,vm\\n")
+# Built last night (the vault was down), with the host's identity of the first tick.
+meta = day_meta(out, date(2025, 9, 7), version=__version__, interval=10.0)
+build_archive(out, date(2025, 9, 7), meta)
+record_attempt(out, date(2025, 9, 7))
+record_refused(out, date(2025, 9, 7))
+filler = out / "filler"
+fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # the disk fills up during the day
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    os.close(fd)
+copies = []
+
+async def vault(name, path):
+    copies.append(path.name)
+    return 0
+
+async def main():
+    report = await run_archive(
+        Config(out_dir=out), date(2025, 9, 8), copier=vault, min_free_bytes=1 << 30
+    )
+    print([(o.status, o.detail) for o in report.days])
+    print("low:", report.pruned.low_on_space_undelivered)  # retention ran
+    print("delivered:", is_delivered(out, date(2025, 9, 7)))  # no marker cut short
+
+trio.run(main)
+print("copies:", copies)
+filler.unlink()
+"""
+
+
+def test_a_full_disk_after_the_copy_is_a_failed_day_not_a_crash(tmp_path):
+    """The vault took the day, but its marker cannot be written: one failed day, said;
+    the run goes on to retention. It raised, which stopped `sysmon run`; restarted, its
+    catch-up sent the day again as a later copy and stopped it again, every few seconds
+    (rows lost while it was down, a copy into the vault each time)."""
+    done = run_on_small_tmpfs(FULL_DISK_MARKER, "1m", tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "archive_failed" not in line]
+    assert lines == [
+        (
+            "[('failed', 'delivered, but its marker cannot be written: "
+            "No space left on device; sent again as a later copy')]"
+        ),
+        "low: True",
+        "delivered: False",
+        "copies: ['monitor-2025-09-07.tgz']",
+    ]

@@ -151,16 +151,21 @@ async def _run_archive(
                 day,
             )
             path = await offload(build_archive, out_dir, day, meta)
-        except ArchiveError as exc:
+        except (ArchiveError, OSError) as exc:  # OSError: a full disk making the host-id
             outcomes.append(DayOutcome(day, "failed", str(exc)))
             log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=str(exc))  # noqa: TRY400
             break
         if not copy:
             outcomes.append(DayOutcome(day, "built", str(path)))
             continue
-        name = await offload(outgoing_name, out_dir, day)
-        await offload(record_attempt, out_dir, day)
-        staged = await offload(stage_for_copy, out_dir, day, name)
+        try:
+            name = await offload(outgoing_name, out_dir, day)
+            await offload(record_attempt, out_dir, day)
+            staged = await offload(stage_for_copy, out_dir, day, name)
+        except OSError as exc:  # a full disk: nothing sent, retention still runs
+            outcomes.append(DayOutcome(day, "failed", f"cannot stage: {exc.strerror or exc}"))
+            log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=outcomes[-1].detail)  # noqa: TRY400
+            break
         with trio.move_on_after(copy_timeout) as scope:
             try:
                 code = await copier(config.vault, staged)
@@ -171,7 +176,16 @@ async def _run_archive(
             outcomes.append(DayOutcome(day, "timeout", f"no answer within {copy_timeout:g} s"))
             break
         if code == 0:
-            await offload(mark_delivered, out_dir, day, name)
+            try:
+                await offload(mark_delivered, out_dir, day, name)
+            except OSError as exc:  # the attempt is recorded: the next copy is a new name
+                detail = (
+                    f"delivered, but its marker cannot be written: {exc.strerror or exc}; "
+                    "sent again as a later copy"
+                )
+                outcomes.append(DayOutcome(day, "failed", detail))
+                log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=detail)  # noqa: TRY400
+                break
             outcomes.append(
                 DayOutcome(day, "delivered", f"{config.vault}: QubesIncoming/.../{name}")
             )

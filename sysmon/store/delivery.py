@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sysmon.store.daily import day_folders
 from sysmon.store.days import archive_dir, folder_members, tgz_path
-from sysmon.store.fs import write_file
+from sysmon.store.fs import replace_atomically, write_file
 
 ARCHIVE_LOCK = ".sysmon-archive.lock"
 
@@ -156,7 +156,9 @@ def mark_delivered(out_dir: Path, day: date, sent_as: str) -> None:
         for member in tar:
             sizes[member.name] = member.size
     text = sent_as + "\n" + json.dumps(sizes, sort_keys=True, separators=(",", ":")) + "\n"
-    _write_marker(_marker(out_dir, day, "delivered"), text)
+    # Whole or not at all: a marker cut short (a full disk) would read as an
+    # older sysmon's, taken at its word without the sizes.
+    replace_atomically(_marker(out_dir, day, "delivered"), text.encode())
 
 
 def stage_for_copy(out_dir: Path, day: date, name: str) -> Path:
