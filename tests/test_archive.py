@@ -469,3 +469,26 @@ def test_a_full_disk_after_the_copy_is_a_failed_day_not_a_crash(tmp_path):
         "delivered: False",
         "copies: ['monitor-2025-09-07.tgz']",
     ]
+
+
+async def test_a_symlink_moved_aside_does_not_stop_every_later_archive(tmp_path):
+    """A symlink planted as a daily file is moved aside in its day folder; that day
+    and every later one must still be delivered (its link member failed verification
+    every night: nothing delivered again, nothing pruned, the disk filled)."""
+    from sysmon.store.daily import ensure_day  # noqa: PLC0415
+
+    secret = tmp_path / "secret"
+    secret.write_text("not the day's\n")
+    out = tmp_path / "out"
+    make_day(out, date(2025, 9, 6))
+    (out / "2025-09-06" / "system.csv").unlink()
+    (out / "2025-09-06" / "system.csv").symlink_to(secret)
+    ensure_day(out, date(2025, 9, 6), [])  # the daemon's tick moves it aside
+    make_day(out, date(2025, 9, 7))
+    vault = FakeVault(tmp_path / "vault")
+    with capture_logs():
+        report = await run_archive(Config(out_dir=out), TODAY, copier=vault.copy, offload=inline)
+    assert [(o.day.day, o.status) for o in report.days] == [(6, "delivered"), (7, "delivered")]
+    with tarfile.open(vault.incoming / "monitor-2025-09-06.tgz") as tar:
+        assert all(m.isfile() and "bad-" not in m.name for m in tar)
+    assert is_delivered(out, date(2025, 9, 6))

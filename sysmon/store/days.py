@@ -105,9 +105,15 @@ def archived_days(out_dir: Path) -> list[date]:
 
 
 def folder_members(folder: Path) -> dict[str, int]:
-    """A day folder's files as an archive names them (``DAY/<file>``), with their sizes."""
+    """A day folder's regular files as an archive names them (``DAY/<file>``), with their sizes.
+
+    Not a symlink (a planted daily file is moved aside as one, in its day
+    folder): packed as a link member it failed verification every night.
+    """
     return {
-        f"{folder.name}/{p.name}": p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()
+        f"{folder.name}/{p.name}": p.lstat().st_size
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.is_symlink()
     }
 
 
