@@ -212,3 +212,27 @@ def test_an_archive_with_a_sparse_member_is_refused_unread(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
+
+
+@pytest.mark.parametrize("where", ["member", "after the end"])
+def test_an_archive_that_unpacks_past_a_days_worth_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A gzip bomb: 1 MiB of zeros gzipped is 1 KiB, so a 1 GB file in the vault unpacks
+    to a TB, read at ~0.5 GB/s -- about an hour of `export` or `report` per pass, in a
+    skipped member or after the tar's end (read on to gzip's trailer).  Past
+    MAX_DAY_BYTES unpacked it is not a day's archive."""
+    monkeypatch.setattr(days_module, "MAX_DAY_BYTES", 4 << 20)
+    bomb = tmp_path / "monitor-2025-08-31.tgz"
+    junk = tarfile.TarInfo("2025-08-31/junk.bin")
+    junk.size = 16 << 20
+    with gzip.open(bomb, "wb") as out:
+        if where == "member":
+            out.write(junk.tobuf(format=tarfile.PAX_FORMAT))
+        else:
+            out.write(tarfile.TarInfo("2025-08-31/system.csv").tobuf() + b"\0" * 1024)
+        for _ in range(16):
+            out.write(bytes(1 << 20))
+        out.write(b"\0" * 1024)
+    with pytest.raises(tarfile.TarError, match="bytes unpacked"):
+        list(day_members(bomb))

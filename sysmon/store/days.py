@@ -24,6 +24,11 @@ ARCHIVE_DIR = "archives"
 #: metadata): tarfile keeps a list of every member read, so a planted archive
 #: of millions of empty ones is refused before that list fills memory.
 MAX_MEMBERS = 256
+#: Bytes a day's archive may unpack to (members, skipped or read, and whatever
+#: follows the tar's end): gzip packs 1 MiB of zeros into 1 KiB, so a planted
+#: file of 1 GB would be a TB to read (about an hour a pass).  A day at every
+#: qube's budget (16 MiB) is this much for 512 qubes; gunzip reads it in ~20 s.
+MAX_DAY_BYTES = 8 << 30
 #: Bytes of a long name or pax header: tarfile reads one whole, so a planted
 #: header of gigabytes of zeros (megabytes gzipped) would fill memory.
 MAX_HEADER = 1 << 16
@@ -176,17 +181,26 @@ def day_members(unit: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
                 yield child.name, functools.partial(_open_binary, child)
         return
     seen: set[str] = set()
+    unpacked = 0
     with tarfile.open(unit, "r:gz", tarinfo=_DayMember) as tar:
         for n, member in enumerate(tar, 1):
             if n > MAX_MEMBERS:
                 raise tarfile.ReadError(f"more than {MAX_MEMBERS} members: not a day's archive")
+            unpacked = _unpacking(unpacked, member.size)  # before tarfile reads past it
             name = Path(member.name).name
             if member.isfile() and name not in seen:
                 seen.add(name)
                 yield name, functools.partial(_extract, tar, member)
         # On to gzip's trailer, whose CRC finds a damaged archive that still unpacks.
-        while tar.fileobj is not None and tar.fileobj.read(1 << 20):
-            pass
+        while tar.fileobj is not None and (chunk := tar.fileobj.read(1 << 20)):
+            unpacked = _unpacking(unpacked, len(chunk))
+
+
+def _unpacking(so_far: int, more: int) -> int:
+    """``so_far + more`` bytes unpacked, if within :data:`MAX_DAY_BYTES`."""
+    if so_far + more > MAX_DAY_BYTES:
+        raise tarfile.ReadError(f"more than {MAX_DAY_BYTES:,} bytes unpacked: not a day's archive")
+    return so_far + more
 
 
 def _open_binary(path: Path) -> IO[bytes]:
