@@ -96,3 +96,15 @@ def test_a_delivered_local_archive_goes_at_once(tmp_path: Path) -> None:
     assert pruned.folders == ()
     assert not (archives / "monitor-2025-09-07.tgz").exists()
     assert (tmp_path / "2025-09-07").is_dir()
+
+
+def test_a_symlink_in_a_day_folder_counts_as_itself(tmp_path: Path) -> None:
+    """A link to a big file counted the file: delivered days went early for
+    bytes that are not the data's.  Only regular files count."""
+    day = make_day(tmp_path, date(2025, 8, 28))
+    before = data_bytes(tmp_path)
+    big = tmp_path.parent / "big"
+    with big.open("wb") as f:
+        f.truncate(1 << 40)  # sparse: a terabyte that takes no disk
+    (day / "disk.csv.bad-1").symlink_to(big)
+    assert data_bytes(tmp_path) == before

@@ -102,7 +102,8 @@ def prune(
 
 
 def _tree_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    # Regular files only: a planted link to a big file is not the data's bytes.
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def data_bytes(out_dir: Path) -> int:
