@@ -406,6 +406,36 @@ async def test_the_nightly_task_says_what_the_ceiling_deleted(tmp_path, autojump
     assert [p.name for p in sorted(tmp_path.iterdir()) if p.name[0] == "2"] == ["2025-09-07"]
 
 
+async def test_a_file_error_in_the_run_is_said_and_retried_not_the_daemons_end(
+    tmp_path, autojump_clock
+):
+    """A file error outside a day's own steps -- the lock's file planted as a
+    folder, a day folder retention cannot remove -- escaped the nightly task and
+    ended `sysmon run` (restarted, again and again).  It is said once in
+    alerts.csv and the run tried again with backoff; cleared, the day goes."""
+    make_day(tmp_path, date(2025, 9, 7))
+    (tmp_path / ".sysmon-archive.lock").mkdir()
+    vault = FakeVault(tmp_path / "vault")
+    notes: list[str] = []
+    nightly = NightlyArchive(
+        Config(out_dir=tmp_path),
+        note=notes.append,
+        wall_now=lambda: datetime(2025, 9, 8, 4, 0, tzinfo=UTC),
+        copier=vault.copy,
+        offload=inline,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(nightly.run)
+        await trio.sleep(3 * 3600)  # hourly, then every two hours: said once
+        assert len(notes) == 1
+        assert notes[0].startswith("sysmon: archive run failed: ")
+        assert vault.days() == []
+        (tmp_path / ".sysmon-archive.lock").rmdir()
+        await trio.sleep(6 * 3600)
+        nursery.cancel_scope.cancel()
+    assert vault.days() == ["monitor-2025-09-07.tgz"]
+
+
 FULL_DISK_MARKER = """
 import os, sys
 from datetime import date

@@ -304,7 +304,14 @@ class NightlyArchive:
                 at = next_archive_time(now, self.config.archive_at, self.zone)
                 await trio.sleep((at - now).total_seconds())
             today = self.complete_before()
-            report = await run_archive(self.config, today, copier=self.copier, offload=self.offload)
+            try:
+                report = await run_archive(
+                    self.config, today, copier=self.copier, offload=self.offload
+                )
+            except OSError as exc:  # the lock, retention: not the daemon's end
+                structlog.get_logger().error(events.ARCHIVE_FAILED, error=str(exc))
+                retry = await self._failed(f"sysmon: archive run failed: {exc}", retry)
+                continue
             if report.busy:  # a `sysmon archive` is delivering: look again later
                 await trio.sleep(retry)
                 continue
@@ -328,12 +335,17 @@ class NightlyArchive:
                 self._alerted = None
                 retry, due = RETRY, False
                 continue
-            message = f"sysmon: archive of {failed.day} {failed.status}: {failed.detail}"
-            if message != self._alerted:
-                self.note(message)
-                self._alerted = message
-            await trio.sleep(retry)
-            retry = min(MAX_RETRY, retry * 2)
+            retry = await self._failed(
+                f"sysmon: archive of {failed.day} {failed.status}: {failed.detail}", retry
+            )
+
+    async def _failed(self, message: str, retry: float) -> float:
+        """Say ``message`` once, wait ``retry`` s; the next wait (doubled up to a bound)."""
+        if message != self._alerted:
+            self.note(message)
+            self._alerted = message
+        await trio.sleep(retry)
+        return min(MAX_RETRY, retry * 2)
 
 
 def main(config: Config, args: argparse.Namespace, today: date) -> int:
