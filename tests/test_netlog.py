@@ -117,6 +117,51 @@ class TestCapture:
         assert "does not compile" in done.stderr
         assert not (public_tmp / "cap").exists()
 
+    def test_a_flood_cannot_fill_the_qubes_disk(self, netns, public_tmp):
+        """Packets sent through the qube wrote one unbounded hourly file (8 MiB
+        in 6 s here; a 2 GiB private volume full in minutes, tcpdump then
+        silently blind, and count-only pruning freed nothing): each file is
+        now cut at NETPCAP_FILE_MB, and prune keeps the folder under
+        NETPCAP_MAX_MB, oldest first, by time and tcpdump's counter."""
+        require_tool("tcpdump")
+        ns = netns("fl")
+        capdir = public_tmp / "cap"
+        conf = public_tmp / "netpcap.conf"
+        conf.write_text(f"NETPCAP_DIR={capdir}\nNETPCAP_FILE_MB=1\nNETPCAP_MAX_MB=3\n")
+        env = {**os.environ, "NETPCAP_CONF": str(conf)}
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "sh", str(CAPTURE)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(1)
+            flood = (
+                "import socket,time\n"
+                "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                "end=time.time()+2\n"
+                "while time.time()<end: s.sendto(b'x'*300,('127.0.0.1',9999))\n"
+            )
+            in_ns(ns, sys.executable, "-c", flood, check=True)
+            time.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=10)
+        files = {p.name: p.stat().st_size for p in capdir.iterdir()}
+        assert sum(files.values()) > 5_000_000, (files, err)  # the flood was one
+        assert max(files.values()) <= 1_000_000 + 200, files  # 1 MB and one packet
+        subprocess.run(["sh", str(PRUNE)], env=env, check=True)
+        kept = {p.name: p.stat().st_size for p in capdir.iterdir()}
+        assert sum(kept.values()) <= 3_000_000, kept
+
+        def order(name: str) -> tuple[str, int]:
+            stamp, _, counter = name.partition(".pcap")
+            return stamp, int(counter or 0)
+
+        newest_first = sorted(files, key=order, reverse=True)
+        assert sorted(kept, key=order, reverse=True) == newest_first[: len(kept)]
+
     def test_prune_keeps_the_newest(self, tmp_path):
         names = [f"pcap-202501010{h:01d}0000.pcap" for h in range(5)]
         for n in names:
@@ -358,6 +403,39 @@ def test_normal_night_ships_closed_files_and_new_log_lines(world):
     assert again.returncode == 0, again.stderr
     assert "no new firewall log lines" in again.stderr
     assert vault_files(world_dir) == [f"sys-dns-{day}.tgz", f"sys-firewall-fw-{day}.log.gz"]
+
+
+def test_files_cut_by_size_ship_and_the_newest_stays(world):
+    """tcpdump -C names its size-cut files pcap-<time>.pcap1, .pcap2, ...: they
+    ship too (dom0 dropped them, so they were never backed up), and the one
+    being written -- the newest time, then the highest counter, 10 after 9 --
+    stays."""
+    world_dir, env = world
+    folder = world_dir / "vm" / "sys-dns" / "root" / "netpcap"
+    for p in folder.glob("pcap-*"):
+        p.unlink()
+    (world_dir / "vm" / "sys-vpn" / "root" / "netpcap").mkdir()
+    names = [
+        "pcap-20250831000000.pcap",
+        "pcap-20250831000000.pcap1",
+        "pcap-20250831010000.pcap",
+        "pcap-20250831010000.pcap9",
+        "pcap-20250831010000.pcap10",
+    ]
+    for name in names:
+        (folder / name).write_bytes(name.encode())
+    for bad in ("pcap-20250831010000.pcap010", "pcap-20250831010000.pcapx"):
+        (folder / bad).write_bytes(b"")
+    done = run_backup(env)
+    assert done.returncode == 0, done.stderr
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    with tarfile.open(
+        world_dir / "vm" / "secrets-vault" / "home" / "NetLogs" / f"sys-dns-{day}.tgz"
+    ) as tar:
+        assert sorted(tar.getnames()) == sorted(names[:4])
+    assert captures(world_dir) == sorted(
+        ["evil; rm -rf ~", "pcap-20250831010000.pcap010", "pcap-20250831010000.pcapx", names[4]]
+    )
 
 
 @pytest.mark.parametrize("failure", ["vault down", "stream cut", "source off"])

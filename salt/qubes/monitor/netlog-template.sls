@@ -19,6 +19,8 @@ netlog-config:
         NETPCAP_ROTATE_SECONDS={{ sysmon.netlog_rotate_seconds }}
         NETPCAP_KEEP_FILES={{ sysmon.netlog_keep_files }}
         NETPCAP_SNAPLEN={{ sysmon.netlog_snaplen }}
+        NETPCAP_FILE_MB={{ sysmon.netlog_file_mb }}
+        NETPCAP_MAX_MB={{ sysmon.netlog_max_mb }}
         NETPCAP_INTERFACE=any
     - require:
       - netlog-package
