@@ -842,3 +842,32 @@ def test_a_bad_setting_is_one_clear_line(world, bad):
     name, value = bad.split("=")
     assert done.stderr == f"netlog-backup: {name} must be a positive whole number, not '{value}'\n"
     assert vault_files(world_dir) == []
+
+
+def test_the_documented_restore_keeps_a_hostile_archive_in_its_folder(tmp_path):
+    """The archive's members are the capture qube's word: the documented
+    `tar -xzf ... -C ~` wrote a member `.bashrc` into the work qube's home
+    (run at its next terminal). The restore now extracts only tcpdump's own
+    names, into a folder of its own."""
+    doc = (ROOT / "docs" / "netlog.md").read_text()
+    section = doc.split("## Restore a capture", 1)[1]
+    inner = [line for line in section.splitlines() if line.startswith("qvm-run -p work '")]
+    assert len(inner) == 1, inner
+    command = inner[0].removeprefix("qvm-run -p work '").rsplit("'", 1)[0]
+    command = command.split(" && tcpdump", 1)[0]  # tcpdump reads what was kept
+    src, home = tmp_path / "src", tmp_path / "home"
+    src.mkdir()
+    home.mkdir()
+    (src / ".bashrc").write_text("echo owned\n")
+    (src / "pcap-20250831000000.pcap").write_bytes(b"p")
+    with tarfile.open(home / "sys-vpn-2025-08-31.tgz", "w:gz") as tar:
+        for name in (".bashrc", "pcap-20250831000000.pcap"):
+            tar.add(src / name, arcname=name)
+    done = subprocess.run(
+        ["sh", "-c", command],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        check=False,
+    )
+    assert not (home / ".bashrc").exists(), done.stderr
+    assert [p.name for p in home.rglob("pcap-*.pcap")] == ["pcap-20250831000000.pcap"]
