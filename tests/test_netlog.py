@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import signal
 import struct
 import subprocess
@@ -357,6 +358,31 @@ def run_backup(env):
 def vault_files(world: Path) -> list[str]:
     folder = world / "vm" / "secrets-vault" / "home" / "NetLogs"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_the_firewall_cap_counts_every_log_rule_installed(netns):
+    """dom0's firewall cap is sized from the lines a second the log rules let
+    through: it counted 3 rules, but the script installs them in both the ip
+    and the ip6 table, twice as many lines.  A night over the cap ships nothing
+    and keeps its cursor, so the next night has more: one flood and the
+    firewall's lines failed every night until journald dropped them.  The
+    rules as nft lists them after the real script, summed, are the default."""
+    require_tool("nft")
+    fw = netns("f")
+    in_ns(fw, "nft", "-f", "-", input=QUBES_RULESET, check=True)
+    assert in_ns(fw, "sh", str(FIREWALL)).returncode == 0
+    ruleset = in_ns(fw, "nft", "list", "ruleset", check=True).stdout
+    rates = [
+        int(m[1])
+        for line in ruleset.splitlines()
+        if " log prefix " in line
+        for m in [re.search(r"limit rate (\d+)/second", line)]
+        if m
+    ]
+    assert len(rates) == 6
+    default = re.search(r"^NETLOG_FW_LINES_PER_SECOND=(\d+)", BACKUP.read_text(), re.MULTILINE)
+    assert default is not None
+    assert int(default[1]) == sum(rates)
 
 
 def test_normal_night_ships_closed_files_and_new_log_lines(world):
