@@ -515,3 +515,25 @@ def test_listed_alerts_share_the_room_and_keep_each_qubes_newest(alerts, limit):
         assert shown == mine[len(mine) - len(shown) :]  # its newest
         if len(mine) <= limit // len(qubes):
             assert len(shown) == len(mine)  # its fair share at least: all of them
+
+
+def test_more_qubes_than_room_still_fills_the_room() -> None:
+    """With more qubes than the room (a week of disposables, each with its boot's
+    notices), each qube's share rounded down to 0 and the page listed no alert at
+    all; and the room the rounding left was never used.  The rest of the room goes
+    to the qubes whose next alert is the newest."""
+    alerts = [(float(i), f"disp{i}", "m") for i in range(3000)]
+    listed = listed_alerts(alerts, 2000)
+    assert listed == alerts[1000:]  # the newest qube's alerts, one each
+    three = [(float(t), vm, "m") for vm in "abc" for t in range(10)]
+    assert len(listed_alerts(three, 10)) == 10  # 3 each, and one more: a tie, by name
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.text("abcde", min_size=1, max_size=2), st.just("m")),
+             max_size=120),
+    st.integers(0, 30),
+)  # fmt: skip
+def test_listed_alerts_use_all_the_room(alerts, limit):
+    listed = listed_alerts([(float(t), vm, msg) for t, vm, msg in alerts], limit)
+    assert len(listed) == min(limit, len(alerts))

@@ -395,7 +395,9 @@ def listed_alerts(
     """The alerts the page lists, in time order: each qube's newest, ``limit`` at most.
 
     The room is shared: a qube with fewer alerts than its share has all of
-    them listed, the others the same number each (the newest).  A qube
+    them listed, the others the same number each (the newest), and what is
+    left of the room one more each, those whose next alert is the newest
+    first (all of it so, when there are more qubes than room).  A qube
     flooding its journal cannot push another qube's alerts off the page.
     """
     by_vm: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
@@ -407,11 +409,16 @@ def listed_alerts(
             quota = left // qubes
             break
         left, qubes = left - n, qubes - 1
-    return sorted(
-        alert
-        for kept in by_vm.values()
-        for alert in (kept if quota is None else kept[max(0, len(kept) - quota) :])
-    )
+    if quota is None:
+        return sorted(alerts)
+    capped = [kept for kept in by_vm.values() if len(kept) > quota]
+    capped.sort(key=lambda kept: kept[-quota - 1], reverse=True)  # next alert, newest first
+    extra = left - quota * len(capped)  # what rounding down left, fewer than the qubes
+    whole = [alert for kept in by_vm.values() if len(kept) <= quota for alert in kept]
+    cut = [
+        alert for i, kept in enumerate(capped) for alert in kept[len(kept) - quota - (i < extra) :]
+    ]
+    return sorted(whole + cut)
 
 
 def identical(data: Data) -> list[list[str]]:
