@@ -522,3 +522,31 @@ async def test_a_symlink_moved_aside_does_not_stop_every_later_archive(tmp_path)
     with tarfile.open(vault.incoming / "monitor-2025-09-06.tgz") as tar:
         assert all(m.isfile() and "bad-" not in m.name for m in tar)
     assert is_delivered(out, date(2025, 9, 6))
+
+
+async def test_a_failure_after_a_good_night_is_retried_within_hours(tmp_path, autojump_clock):
+    """A failure was retried with backoff only until the task's first good run:
+    after it, the loop slept on to the next night's archive_at before trying
+    again, so a vault down at 03:50 (or a full disk, a file error) cost a whole
+    day, not an hour.  Refused at 03:50, the vault up at 06:00: delivered that
+    morning."""
+    start = datetime(2025, 9, 8, 12, 0, tzinfo=UTC)
+    make_day(tmp_path, date(2025, 9, 7))
+    make_day(tmp_path, date(2025, 9, 8))
+    vault = FakeVault(tmp_path / "vault")
+    t0 = trio.current_time()
+
+    def wall() -> datetime:
+        return start + timedelta(seconds=trio.current_time() - t0)
+
+    async def copy(vault_name: str, path: Path) -> int:
+        vault.up = not (wall().date() == date(2025, 9, 9) and wall().hour < 6)
+        return await vault.copy(vault_name, path)
+
+    nightly = NightlyArchive(
+        Config(out_dir=tmp_path), note=lambda _: None, wall_now=wall, copier=copy,
+        offload=inline, zone=UTC,
+    )  # fmt: skip
+    with capture_logs(), trio.move_on_after(86400 - 3600):  # to 11:00 the next day
+        await nightly.run()
+    assert vault.days() == ["monitor-2025-09-07.tgz", "monitor-2025-09-08.tgz"]

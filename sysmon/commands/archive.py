@@ -310,7 +310,7 @@ class NightlyArchive:
                 )
             except OSError as exc:  # the lock, retention: not the daemon's end
                 structlog.get_logger().error(events.ARCHIVE_FAILED, error=str(exc))
-                retry = await self._failed(f"sysmon: archive run failed: {exc}", retry)
+                retry, due = await self._failed(f"sysmon: archive run failed: {exc}", retry), True
                 continue
             if report.busy:  # a `sysmon archive` is delivering: look again later
                 await trio.sleep(retry)
@@ -338,6 +338,7 @@ class NightlyArchive:
             retry = await self._failed(
                 f"sysmon: archive of {failed.day} {failed.status}: {failed.detail}", retry
             )
+            due = True  # tried again after the wait, not at the next archive_at
 
     async def _failed(self, message: str, retry: float) -> float:
         """Say ``message`` once, wait ``retry`` s; the next wait (doubled up to a bound)."""
