@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sysmon.protocol.names import (
+    DISPOSABLES,
     DOM0_UUID,
     MAX_NAME_LENGTH,
     is_valid_qube_name,
     is_valid_uuid,
     looks_disposable,
+    share_of,
 )
 
 
@@ -53,3 +55,9 @@ def test_uuids_as_dom0_writes_them() -> None:
 )
 def test_a_disposable_is_known_by_the_name_dom0_gives_it(name: str, disposable: bool) -> None:
     assert looks_disposable(name) is disposable
+
+
+def test_disposables_share_one_name_for_their_caps() -> None:
+    assert share_of("disp12") == share_of("disp7") == DISPOSABLES
+    assert share_of("work") == "work"
+    assert not is_valid_qube_name(DISPOSABLES)  # no qube can be named so

@@ -537,3 +537,15 @@ def test_more_qubes_than_room_still_fills_the_room() -> None:
 def test_listed_alerts_use_all_the_room(alerts, limit):
     listed = listed_alerts([(float(t), vm, msg) for t, vm, msg in alerts], limit)
     assert len(listed) == min(limit, len(alerts))
+
+
+def test_disposables_share_one_place_in_the_alert_list():
+    """Any qube may start disposables, each a new name: as many qubes, they took
+    the list's room from the others.  Together they have one qube's share."""
+    alerts = [(float(i), f"disp{i}", "noise") for i in range(100)]
+    alerts += [(float(i), "work", f"work {i}") for i in range(5)]
+    alerts += [(float(i), "vault", f"vault {i}") for i in range(5)]
+    listed = listed_alerts(alerts, limit=15)
+    assert sum(vm == "work" for _, vm, _ in listed) == 5
+    assert sum(vm == "vault" for _, vm, _ in listed) == 5
+    assert sum(vm.startswith("disp") for _, vm, _ in listed) == 5

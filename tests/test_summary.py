@@ -247,6 +247,22 @@ def test_one_qube_inventing_messages_leaves_room_for_the_others(
     assert ("vault", "I/O error, dev xvdb") in s.alerts
 
 
+def test_disposables_share_one_qubes_kinds_of_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each disposable a qube starts is a new name: twenty of them took every
+    kind's place, as one qube alone no longer can.  Together they have one
+    qube's share."""
+    monkeypatch.setattr(summary_module, "MAX_KEYS", 10)
+    monkeypatch.setattr(summary_module, "MAX_KINDS_PER_QUBE", 3)
+    day = tmp_path / DAY.isoformat()
+    write(day, schema.ALERTS, [alert(i, f"disp{i}", f"new {'x' * i}") for i in range(20)])
+    write(day, schema.ALERTS, [alert(300, "work", "Out of memory: Killed process 1")])
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert ("work", "Out of memory: Killed process #") in s.alerts
+    assert sum(vm.startswith("disp") for vm, _ in s.alerts) == 3
+
+
 def test_one_screen_however_many_qubes(tmp_path: Path) -> None:
     folder = tmp_path / DAY.isoformat()
     write(folder, schema.SCRAPES, [r for i in range(300) for r in scrapes(f"q{i}", ["timeout"])])

@@ -48,3 +48,12 @@ def looks_disposable(name: str) -> bool:
     start disposables all day, so their names get caps of their own.
     """
     return _DISPOSABLE_RE.fullmatch(name) is not None
+
+
+#: Whose share a disposable's rows count in: all of them together (no qube is named so).
+DISPOSABLES = "(disposables)"
+
+
+def share_of(name: str) -> str:
+    """The qube whose share ``name``'s rows count in: itself, or :data:`DISPOSABLES`."""
+    return DISPOSABLES if looks_disposable(name) else name

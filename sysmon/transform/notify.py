@@ -24,7 +24,7 @@ from typing import Literal
 
 import attrs
 
-from sysmon.protocol.names import is_valid_qube_name, looks_disposable
+from sysmon.protocol.names import is_valid_qube_name, share_of
 from sysmon.records import AlertBatch, RuleState
 from sysmon.transform.rules import Rule
 
@@ -33,8 +33,6 @@ Kind = Literal["firing", "resolved"]
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9 _.,:%+()/-]")
 _NOW_RE = re.compile(r"\(now ([-+0-9.eE]+|inf|-inf|nan)\)\Z")
 _KINDS: tuple[Kind, ...] = ("firing", "resolved")
-#: The limiter's key for every disposable's notifications (no qube is named so).
-DISPOSABLES = "(disposables)"
 
 
 def safe(text: str, limit: int = 200) -> str:
@@ -128,7 +126,7 @@ def rule_events(
 class Limiter:
     """At most one notification per (rule, qube) per ``every`` s, ``burst`` in all.
 
-    Disposables (:func:`looks_disposable`) count as one qube and one rule.
+    Disposables (:func:`share_of`) count as one qube and one rule.
 
     :meth:`admit` is called each tick (with no events too: a summary of what
     was held back goes out once there is room).  Returns (title, body) pairs.
@@ -163,7 +161,8 @@ class Limiter:
             # Any qube may start disposables, each a new name: together they
             # have one notification an interval, or a churn of them would
             # take the burst from every other qube.
-            key = ("", DISPOSABLES) if looks_disposable(event.vm) else (event.rule, event.vm)
+            owner = share_of(event.vm)
+            key = (event.rule, owner) if owner == event.vm else ("", owner)
             room = self._room(now)
             if key in self._last or not room:
                 self._held += 1

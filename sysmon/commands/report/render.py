@@ -23,6 +23,7 @@ import attrs
 
 from sysmon.commands.report.read import MAX_SERIES, Data, ReportError, Series
 from sysmon.commands.report.workers import how_many, pool
+from sysmon.protocol.names import share_of
 from sysmon.protocol.text import strip_controls
 
 #: Rows of a heatmap; the rest are in the table below it.
@@ -402,7 +403,7 @@ def listed_alerts(
     """
     by_vm: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
     for alert in sorted(alerts):
-        by_vm[alert[1]].append(alert)
+        by_vm[share_of(alert[1])].append(alert)  # disposables: one share
     quota, left, qubes = None, limit, len(by_vm)
     for n in sorted(len(kept) for kept in by_vm.values()):
         if n > left // qubes:

@@ -39,6 +39,7 @@ import attrs
 from sysmon import schema
 from sysmon.commands.report.render import Bins, _duration, _label, _time_axis, import_pyplot
 from sysmon.commands.report.workers import in_order
+from sysmon.protocol.names import share_of
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
@@ -189,7 +190,7 @@ class Summary:
     alerts: Counter[tuple[str, str]] = attrs.field(factory=Counter)
     example: dict[tuple[str, str], str] = attrs.field(factory=dict)
     alerts_other: int = 0
-    #: Per qube, its distinct messages in ``alerts``.
+    #: Per qube (disposables together), its distinct messages in ``alerts``.
     kinds: Counter[str] = attrs.field(factory=Counter)
     views: dict[str, Counter[str]] = attrs.field(factory=dict)
     views_read: bool = False
@@ -245,10 +246,11 @@ class Summary:
     def _alert(self, key: tuple[str, str], example: str, n: int = 1) -> None:
         """``n`` alerts of the kind ``key`` (qube, message), if there is room for the kind."""
         if key not in self.alerts:
-            if len(self.alerts) >= MAX_KEYS or self.kinds[key[0]] >= MAX_KINDS_PER_QUBE:
+            owner = share_of(key[0])  # disposables: one share
+            if len(self.alerts) >= MAX_KEYS or self.kinds[owner] >= MAX_KINDS_PER_QUBE:
                 self.alerts_other += n
                 return
-            self.kinds[key[0]] += 1
+            self.kinds[owner] += 1
             self.example[key] = example
         self.alerts[key] += n
 
