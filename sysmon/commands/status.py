@@ -360,7 +360,7 @@ def render_status(report: StatusReport) -> str:
     )
     if report.qubes_dropped:
         more = f"{report.qubes_dropped}" + ("+" if report.qubes_dropped >= MAX_QUBES else "")
-        lines.append(f"({more} more qubes not shown: at most {MAX_QUBES})")
+        lines.append(f"({more} more qubes not shown: at most {MAX_QUBES}, and as many disposables)")
     lines.append("")
     if report.disagree:
         shown = report.disagree[:SHOWN_DISAGREE]
