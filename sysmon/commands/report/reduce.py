@@ -140,15 +140,14 @@ def _where(column: Any, test: Callable[[str], bool]) -> Any:
     return answers[codes]
 
 
-def _codes(*columns: Any) -> tuple[Any, list[tuple[Any, ...]]]:
-    """Rows numbered by their cells in ``columns``, in the order they first came, and the keys."""
-    codes, uniques = pd.factorize(columns[0])
-    keys: list[tuple[Any, ...]] = [(u,) for u in uniques]
-    for column in columns[1:]:
-        more, also = pd.factorize(column)
-        codes, first = pd.factorize(codes.astype(np.int64) * len(also) + more)
-        keys = [(*keys[c // len(also)], also[c % len(also)]) for c in first]
-    return codes, keys
+def _paired(codes: Any, uniques: Any, more: Any, also: Any) -> tuple[Any, list[tuple[Any, Any]]]:
+    """Rows numbered by their pair (``uniques[codes]``, ``also[more]``), and the pairs.
+
+    Pairs in the order they first came.  Each column is factorized once, by
+    the caller: a cell's hash is a string's, the dearest step of the reduction.
+    """
+    pairs, first = pd.factorize(codes.astype(np.int64) * len(also) + more)
+    return pairs, [(uniques[c // len(also)], also[c % len(also)]) for c in first.tolist()]
 
 
 def _finite(*columns: Any) -> Any:
@@ -189,9 +188,11 @@ def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
         keep("mem", used, to_unit(daily, "mem_used_kb", value("mem_used_kb", used), "MiB"))
     elif daily is schema.NETWORK:
         # Loopback, and a netvm's vifs (what they carry is on its uplink too).
-        own = _where(rows["if"], lambda name: name != "lo" and not schema.forwarded(name))
-        counters = rows[own & _finite(rows["rx_bytes"], rows["tx_bytes"])]
-        _day_rates(part, counters)
+        iface, ifaces = pd.factorize(rows["if"])
+        own = np.array([n != "lo" and not schema.forwarded(n) for n in ifaces] + [False])[iface]
+        ok = own & _finite(rows["rx_bytes"], rows["tx_bytes"])
+        keys, interfaces = _paired(qube[ok], qubes, iface[ok], ifaces)
+        _day_rates(part, keys, interfaces, t[ok], value("rx_bytes", ok), value("tx_bytes", ok))
     elif daily is schema.CONNECTIONS:
         tcp = _finite(rows["tcp_established"])
         keep("tcp", tcp, value("tcp_established", tcp))
@@ -200,7 +201,9 @@ def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
         with np.errstate(invalid="ignore"):
             disk = _finite(rows["used_kb"], rows["avail_kb"]) & ((used + avail) > 0)
         used, avail = used[disk], avail[disk]
-        mounts, keys = _codes(rows["vm"], rows["mount"].where(rows["mount"] != "", "?"))
+        mounts, keys = _paired(
+            qube, qubes, *pd.factorize(rows["mount"].where(rows["mount"] != "", "?"))
+        )
         keep("disk", disk, 100 * used / (used + avail), mounts, keys)
     elif daily is schema.XEN:
         xen = _finite(rows["cpu_usage"], rows["memory_kb"])
@@ -208,7 +211,7 @@ def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
         keep("xen_mem", xen, to_unit(daily, "memory_kb", value("memory_kb", xen), "MiB"))
     elif daily is schema.SCRAPES:
         status = rows["status"].where(rows["status"] != "", "?")
-        codes, pairs = _codes(rows["vm"], status)
+        codes, pairs = _paired(qube, qubes, *pd.factorize(status))
         counts = np.bincount(codes, minlength=len(pairs))
         part.health.update({pair: int(n) for pair, n in zip(pairs, counts, strict=True)})
         failed = ~status.isin([Status.OK.value, Status.SKIPPED.value]).to_numpy()
@@ -217,15 +220,17 @@ def _reduce(part: _Part, daily: schema.DailyFile, rows: Any) -> None:
         part.alerts.extend(zip(rows["t"], rows["vm"], rows["msg"], strict=True))
 
 
-def _day_rates(part: _Part, counters: Any) -> None:
+def _day_rates(
+    part: _Part, keys: Any, interfaces: list[tuple[Any, Any]], t: Any, rx: Any, tx: Any
+) -> None:
     """Rates within one day per qube and time, all interfaces summed.
 
-    Also each interface's first and last counters, to join rates across days.
+    ``keys`` number the rows by (qube, interface): ``interfaces``.  Also each
+    interface's first and last counters, to join rates across days.
     """
-    keys, interfaces = _codes(counters["vm"], counters["if"])
     order = np.argsort(keys, kind="stable")  # each interface's samples, in file order
-    key, t = keys[order], counters["t"].to_numpy()[order]
-    rx, tx = counters["rx_bytes"].to_numpy()[order], counters["tx_bytes"].to_numpy()[order]
+    key, t = keys[order], t[order]
+    rx, tx = rx[order], tx[order]
     same = np.zeros(len(key), dtype=bool)
     same[1:] = key[1:] == key[:-1]
     dt, drx, dtx = (np.diff(a, prepend=np.nan) for a in (t, rx, tx))
