@@ -550,3 +550,53 @@ async def test_a_failure_after_a_good_night_is_retried_within_hours(tmp_path, au
     with capture_logs(), trio.move_on_after(86400 - 3600):  # to 11:00 the next day
         await nightly.run()
     assert vault.days() == ["monitor-2025-09-07.tgz", "monitor-2025-09-08.tgz"]
+
+
+KILLED_MID_COMMIT = """
+import os, signal, sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from fakes import write_tick
+from sysmon.protocol.metrics import Snapshot, SysRecord
+from sysmon.records import ScrapeResult
+from sysmon.store import commit
+out = Path(sys.argv[1])
+snap = Snapshot(SysRecord(boot_id="b"), (), None, (), (), 0, 1, 1, 0)
+ts = datetime(2025, 9, 7, 23, 59, 50, tzinfo=UTC)
+write_tick(out, ts - timedelta(seconds=10), [ScrapeResult("work", "ok", 1, snapshot=snap)], None)
+real = commit.append_rows
+def append_then_die(path, daily, rows, *, sync=True):
+    real(path, daily, rows, sync=sync)
+    if path.name == "system.csv":
+        os.kill(os.getpid(), signal.SIGKILL)
+commit.append_rows = append_then_die
+write_tick(out, ts, [ScrapeResult("work", "ok", 1, snapshot=snap)], None)
+"""
+
+
+async def test_a_tick_a_kill_cut_short_is_rolled_back_before_its_day_is_packed(tmp_path):
+    """`sysmon run` killed -9 mid-commit at 23:59:50 (system.csv had the tick,
+    scrapes.csv not yet), restarted after midnight: its catch-up packed the day
+    before any tick had rolled the cut one back, so the vault got the tick in
+    some files and not others; the next tick cut it from the folder, and the
+    day went again the next night as a later copy."""
+    out = tmp_path / "out"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_COMMIT, str(out), str(ROOT / "tests")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    vault = FakeVault(tmp_path / "vault")
+    with capture_logs():
+        report = await run_archive(Config(out_dir=out), TODAY, copier=vault.copy, offload=inline)
+    assert [o.status for o in report.days] == ["delivered"]
+    with tarfile.open(vault.incoming / "monitor-2025-09-07.tgz") as tar:
+        sent = {Path(m.name).name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+    for name in ("system.csv", "scrapes.csv"):
+        assert b"23:59:40Z" in sent[name], name
+        assert b"23:59:50Z" not in sent[name], name
+    assert is_delivered(out, date(2025, 9, 7))

@@ -29,6 +29,7 @@ import structlog
 from sysmon import events
 from sysmon.schema import SCHEMA_VERSION
 from sysmon.store import identity
+from sysmon.store.commit import roll_back_interrupted
 from sysmon.store.daily import _move_aside
 from sysmon.store.days import (
     ArchiveError,
@@ -151,6 +152,10 @@ def build_archive(out_dir: Path, day: date, meta: Mapping[str, object] | None = 
     folder = out_dir / day.isoformat()
     if not folder.is_dir():
         raise ArchiveError(f"no day folder {folder}")
+    try:
+        roll_back_interrupted(out_dir)
+    except OSError as exc:
+        raise ArchiveError(f"rolling back an interrupted tick: {exc.strerror or exc}") from exc
     if meta is not None:
         try:
             _write_meta(folder / META_NAME, json.dumps(dict(meta), sort_keys=True).encode() + b"\n")

@@ -71,6 +71,16 @@ def recover(out_dir: Path, state: State) -> State:
     return recovered
 
 
+def roll_back_interrupted(out_dir: Path) -> None:
+    """Under the lock, roll back a tick a crash left half-written (before its day is packed).
+
+    Only the next commit would otherwise: a day archived first went to the
+    vault with that tick in some files and not others.
+    """
+    with locked(out_dir):
+        recover(out_dir, load_state(out_dir))
+
+
 def commit_tick(out_dir: Path, ts: datetime, plan: Plan, *, sync: bool = True) -> TickOutcome:
     """Write one tick (``ts``: its wall-clock time) and advance the state.
 
