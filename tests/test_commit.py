@@ -227,3 +227,31 @@ def test_a_tick_without_views_leaves_the_daemon_s_views_as_they_were(tmp_path):
     outcome = write_tick(tmp_path, TS, [_alert_result("work", 1)], None, sync=False)
     assert outcome.written["alerts.csv"] == 1
     assert load_state(tmp_path).views == standing
+
+
+def test_a_state_restored_from_mid_commit_cuts_no_later_tick(tmp_path):
+    """A file-by-file backup copied the state while a tick was pending, the day's
+    files later; restored, the next commit took the old pending record as a crash
+    and cut every file back to its sizes then: the 30 ticks written since were lost."""
+    state_file = tmp_path / "sysmon-state.json"
+    copied: list[bytes] = []
+    real_append = commit.append_rows  # type: ignore[attr-defined]
+
+    def append_while_backed_up(path, daily, rows, *, sync=True):
+        if not copied:
+            copied.append(state_file.read_bytes())  # the backup reads the state now
+        real_append(path, daily, rows, sync=sync)
+
+    write_tick(tmp_path, TS.replace(hour=12, second=0), [_alert_result("a", 0)], None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(commit, "append_rows", append_while_backed_up)
+        write_tick(tmp_path, TS.replace(hour=12, second=10), [_alert_result("a", 0)], None)
+    assert load_state(tmp_path).pending is None
+    for i in range(30):
+        write_tick(tmp_path, TS.replace(hour=13, minute=i, second=0), [_alert_result("a", 0)], None)
+    state_file.write_bytes(copied[0])  # restored
+    assert load_state(tmp_path).pending is not None
+    write_tick(tmp_path, TS.replace(hour=14, second=0), [_alert_result("a", 0)], None)
+    day = read_day(tmp_path / "2025-08-31")
+    assert len(day["system.csv"]) == 33
+    assert len(day["scrapes.csv"]) == 33

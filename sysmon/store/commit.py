@@ -55,20 +55,53 @@ def recover(out_dir: Path, state: State) -> State:
     if pending is None:
         return state
     folder = out_dir / pending.folder
-    cut: dict[str, int] = {}
+    over: dict[str, int] = {}
+    ticks: set[bytes] = set()
     for name, size in pending.sizes:
         path = folder / name
         try:
-            over = path.stat().st_size - size
+            if path.stat().st_size > size:
+                over[name] = size
+                ticks |= _ticks_past(path, size)
         except FileNotFoundError:
             continue
-        if over > 0:
-            truncate_to(path, size)
-            cut[name] = over
     recovered = attrs.evolve(state, pending=None)
+    if len(ticks) > 1:
+        # Rows of later ticks past its sizes: a state older than the files
+        # (restored from a backup taken mid-commit), not a crash.  Cut nothing.
+        save_state(out_dir, recovered)
+        structlog.get_logger().error(
+            events.STATE_SECTION_RESET,
+            section="pending_tick",
+            error=f"{folder}: rows of later ticks past its sizes; the state is older, nothing cut",
+        )
+        return recovered
+    cut: dict[str, int] = {}
+    for name, size in over.items():
+        path = folder / name
+        cut[name] = path.stat().st_size - size
+        truncate_to(path, size)
     save_state(out_dir, recovered)
     structlog.get_logger().warning(events.TICK_ROLLED_BACK, folder=str(folder), cut_bytes=cut)
     return recovered
+
+
+def _ticks_past(path: Path, size: int) -> set[bytes]:
+    """The ``ts`` cells of the whole rows past ``size``; read until a second one is found.
+
+    One tick's rows share one ``ts`` (every daily file's first column); a
+    torn last line is not a row.
+    """
+    seen: set[bytes] = set()
+    with path.open("rb") as f:
+        f.seek(size)
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            seen.add(line.split(b",", 1)[0])
+            if len(seen) > 1:
+                break
+    return seen
 
 
 def roll_back_interrupted(out_dir: Path) -> None:
