@@ -991,3 +991,22 @@ def test_rows_cut_from_a_churn_of_qubes_are_counted_in_a_bounded_number_of_serie
     assert len(cut) == MAX_CUT_NAMES + 1
     assert sum(int(line.split()[1]) for line in cut) == extra
     assert sum(f'vm="{OTHERS}"' in line for line in cut) == 1
+
+
+def test_a_password_in_the_push_url_is_never_printed(small_day, capsys, monkeypatch):
+    """--push refuses a user or password in the URL (it is never sent): the refusal
+    does not print them back, nor does any other message, and a password without a
+    user (``http://:pw@host``) is refused too, not dropped in silence."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    port = free_port()
+    for url in (
+        f"http://user:s3cret@127.0.0.1:{port}/",
+        "http://user:s3cret@h:99999/",
+        f"http://:s3cret@127.0.0.1:{port}/",
+        f"http://s3cret@127.0.0.1:{port}/",
+        "user:s3cret@h:8428",
+    ):
+        assert _main([small_day], push=url, host="h") == 2, url
+        err = capsys.readouterr().err
+        assert "s3cret" not in err, err
+        assert err.startswith("sysmon export: --push"), err

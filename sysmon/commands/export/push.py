@@ -47,6 +47,15 @@ class _RetryableError(Exception):
     """Worth another attempt: the engine was unreachable or failed on its side."""
 
 
+def _without_user(url: str) -> str:
+    """``url`` as a message may show it: what comes before an ``@`` (a user, a password) cut."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}...@{tail}" if sep else f"...@{tail}"
+
+
 @attrs.frozen
 class Target:
     """Where days are pushed."""
@@ -63,15 +72,16 @@ class Target:
         Raises:
             PushError: not such a URL.
         """
+        shown = _without_user(url)
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise PushError(f"--push {url!r}: {exc}") from None
+            raise PushError(f"--push {shown!r}: {exc}") from None
         if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise PushError(f"--push {url!r}: not an http:// or https:// URL with a host")
-        if parts.username or parts.fragment:
-            raise PushError(f"--push {url!r}: no user or #fragment, please")
+            raise PushError(f"--push {shown!r}: not an http:// or https:// URL with a host")
+        if "@" in parts.netloc or parts.fragment:
+            raise PushError(f"--push {shown!r}: no user, password or #fragment, please")
         path = parts.path if parts.path not in {"", "/"} else "/api/v1/import"
         if parts.query:
             path += "?" + parts.query
