@@ -1010,3 +1010,15 @@ def test_a_password_in_the_push_url_is_never_printed(small_day, capsys, monkeypa
         err = capsys.readouterr().err
         assert "s3cret" not in err, err
         assert err.startswith("sysmon export: --push"), err
+
+
+def test_a_closed_stdout_is_one_line_and_a_status(small_day, tmp_path, capsys, monkeypatch):
+    """``sysmon export DAY >&-``: Python has no sys.stdout at all; one line, exit 1,
+    nothing in the ledger (it was a traceback after the day was read)."""
+    monkeypatch.setattr(sys, "stdout", None)
+    ledger = tmp_path / "ledger.tsv"
+    assert _main([small_day], host="h", ledger=ledger, use_ledger=True) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sysmon export: stdout"), err
+    assert err.count("\n") == 1, err
+    assert not ledger.exists()

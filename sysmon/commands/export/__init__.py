@@ -368,6 +368,9 @@ def main(
         except PushError as exc:
             print(f"sysmon export: {exc}", file=sys.stderr)
             return 2
+    if target is None and output is None and sys.stdout is None:  # run with >&-
+        print("sysmon export: stdout: closed (-o FILE writes a file)", file=sys.stderr)
+        return 1
     engine = f"{target.host}-{target.port or ''}" if target is not None else ""
     book = Ledger(ledger or default_ledger(engine, fmt)) if use_ledger else None
     # On a terminal only: a pipe or a log gets the summary line alone.
