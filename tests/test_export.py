@@ -1022,3 +1022,25 @@ def test_a_closed_stdout_is_one_line_and_a_status(small_day, tmp_path, capsys, m
     assert err.startswith("sysmon export: stdout"), err
     assert err.count("\n") == 1, err
     assert not ledger.exists()
+
+
+def test_the_same_day_of_two_hosts_is_exported_for_both(tmp_path):
+    """Two machines' vault folders each hold monitor-2025-08-31.tgz: both days are
+    exported, each under its host (the second was dropped in silence as if it were
+    a copy of the first); a folder and its own archive are still one day."""
+    day = date(2025, 8, 31)
+    tgzs, hosts = [], []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        (out / day.isoformat()).mkdir(parents=True)
+        (out / day.isoformat() / "connections.csv").write_bytes(
+            schema.CONNECTIONS.header + f"2025-08-31T18:00:00Z,work,{len(name) + 6},0\n".encode()
+        )
+        tgzs.append(build_archive(out, day, day_meta(out, day, version=__version__, interval=30.0)))
+        hosts.append(host_identity(out))
+    for paths in (tgzs, [t.parent for t in tgzs], [tmp_path / "a", tmp_path / "b"]):
+        text = exported(paths)
+        for host in hosts:
+            assert f'sysmon_connections_tcp_established{{host="{host}",vm="work"}} 7 ' in text
+    once = exported([tmp_path / "a" / day.isoformat(), tgzs[0]])
+    assert once.count("sysmon_connections_tcp_established{") == 1

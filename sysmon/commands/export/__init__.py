@@ -196,10 +196,11 @@ def plan(
     if host is not None and not _HOST.fullmatch(host):
         raise ExportError(f"--host {host!r}: letters, digits, '_', '.', '-' (64 at most)")
     try:
-        units = day_units(paths)
+        # Each path's own days: two machines' vault folders both hold monitor-DAY.tgz.
+        units = list(dict.fromkeys(unit for path in paths for unit in day_units([path])))
     except ArchiveError as exc:
         raise ExportError(str(exc)) from None
-    days = [describe(path, host, progress) for path in units]
+    days = _one_per_host_day([describe(path, host, progress) for path in units])
     days = [
         d for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)
     ]
@@ -213,6 +214,21 @@ def plan(
         else:
             chosen.append(day)
     return chosen, skipped
+
+
+def _one_per_host_day(days: list[Day]) -> list[Day]:
+    """A host's day once (a folder over its archive, the newest copy), by day.
+
+    Only once the hosts are known: the same day of two hosts is two days.
+    """
+    by_key: dict[tuple[str, date], list[Day]] = {}
+    for day in days:
+        by_key.setdefault((day.host, day.day), []).append(day)
+    kept: list[Day] = []
+    for group in by_key.values():
+        (path,) = day_units([d.path for d in group])  # one day: one unit
+        kept.append(next(d for d in group if d.path == path))
+    return sorted(kept, key=lambda d: d.day)
 
 
 def write_days(
