@@ -1044,3 +1044,38 @@ def test_the_same_day_of_two_hosts_is_exported_for_both(tmp_path):
             assert f'sysmon_connections_tcp_established{{host="{host}",vm="work"}} 7 ' in text
     once = exported([tmp_path / "a" / day.isoformat(), tgzs[0]])
     assert once.count("sysmon_connections_tcp_established{") == 1
+
+
+def test_two_exports_at_once_on_one_ledger_send_a_day_once(small_day, tmp_path, capsys):
+    """A second export started while the first is still pushing (a timer and a hand
+    at once) found the day not in the ledger yet and pushed it again: the engine got
+    it twice and the ledger noted it twice.  The second now stops at once, exit 1."""
+    got, release = threading.Event(), threading.Event()
+    requests: list[int] = []
+
+    def answer(conn: socket.socket) -> None:
+        requests.append(1)
+        got.set()
+        release.wait(30)
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    ledger = tmp_path / "ledger.tsv"
+    codes: list[int] = []
+
+    def run(url: str) -> None:
+        codes.append(_main([small_day], push=url, host="h", ledger=ledger, use_ledger=True))
+
+    with hostile_engine(answer) as url:
+        first = threading.Thread(target=run, args=(url,))
+        first.start()
+        assert got.wait(30)
+        second = threading.Thread(target=run, args=(url,))
+        second.start()
+        second.join(5)
+        release.set()
+        first.join(60)
+        second.join(60)
+    assert sorted(codes) == [0, 1]
+    assert len(requests) == 1
+    assert len(ledger.read_text().splitlines()) == 1
+    assert "another sysmon export" in capsys.readouterr().err

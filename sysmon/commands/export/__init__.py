@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sysmon import schema
-from sysmon.commands.export.ledger import Ledger, default_ledger
+from sysmon.commands.export.ledger import Ledger, LedgerBusyError, default_ledger, held
 from sysmon.commands.export.push import PushError, Target, push_days
 from sysmon.commands.export.series import (
     FORMATS,
@@ -388,7 +388,42 @@ def main(
         print("sysmon export: stdout: closed (-o FILE writes a file)", file=sys.stderr)
         return 1
     engine = f"{target.host}-{target.port or ''}" if target is not None else ""
-    book = Ledger(ledger or default_ledger(engine, fmt)) if use_ledger else None
+    book_path = (ledger or default_ledger(engine, fmt)) if use_ledger else None
+    with ExitStack() as stack:
+        if book_path is not None:
+            try:
+                stack.enter_context(held(book_path))
+            except LedgerBusyError as exc:
+                print(f"sysmon export: {exc}", file=sys.stderr)
+                return 1
+            except OSError as exc:
+                print(f"sysmon export: ledger {book_path}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+        book = Ledger(book_path) if book_path is not None else None  # read once it is ours
+        return _run(
+            paths,
+            fmt=fmt,
+            host=host,
+            since=since,
+            until=until,
+            output=output,
+            book=book,
+            target=target,
+        )
+
+
+def _run(
+    paths: list[Path],
+    *,
+    fmt: str,
+    host: str | None,
+    since: date | None,
+    until: date | None,
+    output: Path | None,
+    book: Ledger | None,
+    target: Target | None,
+) -> int:
+    """``sysmon export`` once its arguments are read and its ledger (if any) is held."""
     # On a terminal only: a pipe or a log gets the summary line alone.
     progress = Progress("sysmon export")
     try:

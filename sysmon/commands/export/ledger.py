@@ -8,11 +8,40 @@ took the day.  A second export of the same day (or of the vault's
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
+
+
+class LedgerBusyError(Exception):
+    """Another export holds the ledger; the message says which."""
+
+
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """The ledger to one export from its plan to its last day (``PATH.lock``, flock'd).
+
+    Two at once each found a day not noted yet, and both sent it.
+
+    Raises:
+        LedgerBusyError: another export holds it (no waiting: it may push for hours).
+        OSError: the lock cannot be made.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LedgerBusyError(f"another sysmon export is using the ledger {path}") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class Exported(Protocol):
