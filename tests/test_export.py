@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import ROOT, require_tool, run_on_small_tmpfs
 from engines import Prometheus, Samples, VictoriaMetrics, free_port
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -1079,3 +1079,46 @@ def test_two_exports_at_once_on_one_ledger_send_a_day_once(small_day, tmp_path, 
     assert len(requests) == 1
     assert len(ledger.read_text().splitlines()) == 1
     assert "another sysmon export" in capsys.readouterr().err
+
+
+FULL_LEDGER = """
+import contextlib, sys
+from pathlib import Path
+from sysmon import schema
+from sysmon.commands.export import main
+mnt = Path(sys.argv[1])
+work = Path(sys.argv[2])
+ledger = mnt / "ledger.tsv"
+# 37 lines of another host's days: 63 bytes left in the file's one page.
+ledger.write_text("".join(f"{'e' * 32}\\t2024-01-{d:02d}\\t{'0' * 64}\\n" for d in range(1, 38)))
+with contextlib.suppress(OSError), (mnt / "filler").open("wb", buffering=0) as f:
+    while True:
+        f.write(b"x" * 4096)
+days = []
+for name in ("2025-08-30", "2025-08-31"):
+    day = work / name
+    day.mkdir()
+    (day / "connections.csv").write_bytes(
+        schema.CONNECTIONS.header + f"{name}T18:00:00Z,work,7,0\\n".encode()
+    )
+    days.append(day)
+def export(to):
+    return main(days, fmt="openmetrics", host="h", start=None, end=None,
+                output=work / to, ledger=ledger, use_ledger=True)
+print("full:", export("a.om"))
+(mnt / "filler").unlink()  # space comes back
+print("again:", export("b.om"))
+print("third:", export("c.om"))
+"""
+
+
+def test_a_ledger_line_cut_by_a_full_disk_costs_no_later_day(tmp_path):
+    """The ledger's disk fills as a day is noted: half its line is written.  The next
+    export's first line was appended to that half and never read back, so that day
+    was exported a third time.  A line without its end is now ended first."""
+    work = tmp_path / "work"
+    work.mkdir()
+    script = FULL_LEDGER.replace("Path(sys.argv[2])", f"Path({str(work)!r})")
+    done = run_on_small_tmpfs(script, "64k", tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["full: 1", "again: 0", "third: 1"], done.stderr

@@ -76,9 +76,14 @@ class Ledger:
         if not keys:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            for key in keys:
-                f.write("\t".join(key) + "\n")
+        text = "".join("\t".join(key) + "\n" for key in keys)
+        with self.path.open("a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":  # a line a full disk cut: ended, not continued
+                    text = "\n" + text
+            f.write(text.encode())
             f.flush()
             os.fsync(f.fileno())
         self.done.update(keys)
