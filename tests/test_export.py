@@ -1012,6 +1012,19 @@ def test_a_password_in_the_push_url_is_never_printed(small_day, capsys, monkeypa
         assert err.startswith("sysmon export: --push"), err
 
 
+def test_a_token_in_the_push_urls_query_is_never_printed(small_day, capsys, monkeypatch):
+    """A query string may carry a token (vmauth's ``?authKey=``): it is sent, but
+    the summary and the errors print ``?...`` in its place."""
+    monkeypatch.setattr(push, "BACKOFF", (0.0,))
+    url = f"http://127.0.0.1:{free_port()}/api/v1/import?authKey=s3cret"
+    assert "s3cret" not in str(push.Target.parse(url))
+    assert "s3cret" in push.Target.parse(url).path  # what is sent
+    assert _main([small_day], push=url, host="h") == 1  # nobody listens there
+    err = capsys.readouterr().err
+    assert "s3cret" not in err, err
+    assert "/api/v1/import?..." in err, err
+
+
 def test_a_closed_stdout_is_one_line_and_a_status(small_day, tmp_path, capsys, monkeypatch):
     """``sysmon export DAY >&-``: Python has no sys.stdout at all; one line, exit 1,
     nothing in the ledger (it was a traceback after the day was read)."""

@@ -88,8 +88,10 @@ class Target:
         return cls(parts.scheme, parts.hostname, port, path)
 
     def __str__(self) -> str:
+        """The URL as messages show it: a query (it may carry a token) as ``?...``."""
         port = f":{self.port}" if self.port else ""
-        return f"{self.scheme}://{self.host}{port}{self.path}"
+        path, query, _ = self.path.partition("?")
+        return f"{self.scheme}://{self.host}{port}{path}{'?...' if query else ''}"
 
     def connect(self) -> http.client.HTTPConnection:
         """A connection (not opened yet)."""
