@@ -1025,6 +1025,21 @@ def test_a_token_in_the_push_urls_query_is_never_printed(small_day, capsys, monk
     assert "/api/v1/import?..." in err, err
 
 
+def test_each_tenant_of_one_engine_keeps_its_own_ledger():
+    """Two tenants of one VictoriaMetrics cluster (``/insert/0/...``,
+    ``/insert/1/...`` on one vminsert) shared a ledger named by host and port:
+    a day pushed to one was "exported before" for the other, never sent.  A
+    path other than the default names its own; the default keeps the name
+    ledgers had."""
+    base = "http://10.0.0.1:8480/insert/{}/prometheus/api/v1/import"
+    zero, one = (push.Target.parse(base.format(n)) for n in (0, 1))
+    assert zero.engine != one.engine
+    assert default_ledger(zero.engine) != default_ledger(one.engine)
+    assert push.Target.parse("http://127.0.0.1:8428").engine == "127.0.0.1-8428"
+    labelled = push.Target.parse("http://127.0.0.1:8428/api/v1/import?extra_label=site=b")
+    assert labelled.engine != "127.0.0.1-8428"
+
+
 def test_a_closed_stdout_is_one_line_and_a_status(small_day, tmp_path, capsys, monkeypatch):
     """``sysmon export DAY >&-``: Python has no sys.stdout at all; one line, exit 1,
     nothing in the ledger (it was a traceback after the day was read)."""

@@ -387,7 +387,7 @@ def main(
     if target is None and output is None and sys.stdout is None:  # run with >&-
         print("sysmon export: stdout: closed (-o FILE writes a file)", file=sys.stderr)
         return 1
-    engine = f"{target.host}-{target.port or ''}" if target is not None else ""
+    engine = target.engine if target is not None else ""
     book_path = (ledger or default_ledger(engine, fmt)) if use_ledger else None
     with ExitStack() as stack:
         if book_path is not None:

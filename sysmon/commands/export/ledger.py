@@ -92,7 +92,7 @@ class Ledger:
 def default_ledger(engine: str = "", fmt: str = "openmetrics") -> Path:
     """``$XDG_STATE_HOME/sysmon/export-ledger.tsv`` (``~/.local/state`` by default).
 
-    A push keeps a ledger per engine (``export-ledger-HOST-PORT.tsv``): a day
+    A push keeps a ledger per engine (``export-ledger-HOST-PORT[-PATHDIGEST].tsv``): a day
     written to a file, or pushed to another engine, is not in this one yet.
     Files keep one per format (OpenMetrics the plain name, as before;
     ``export-ledger.FORMAT.tsv`` the others): a day written as OpenMetrics is

@@ -15,6 +15,7 @@ with ``-dedup.minScrapeInterval=1s`` and they are stored once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import socket
 import threading
@@ -37,6 +38,10 @@ CHUNK = 1 << 20
 TIMEOUT = 300.0
 #: What an engine may answer about an error, at most (shown on one line).
 _ANSWER = 300
+
+
+#: Where VictoriaMetrics takes JSON lines (single node).
+DEFAULT_PATH = "/api/v1/import"
 
 
 class PushError(Exception):
@@ -82,10 +87,22 @@ class Target:
             raise PushError(f"--push {shown!r}: not an http:// or https:// URL with a host")
         if "@" in parts.netloc or parts.fragment:
             raise PushError(f"--push {shown!r}: no user, password or #fragment, please")
-        path = parts.path if parts.path not in {"", "/"} else "/api/v1/import"
+        path = parts.path if parts.path not in {"", "/"} else DEFAULT_PATH
         if parts.query:
             path += "?" + parts.query
         return cls(parts.scheme, parts.hostname, port, path)
+
+    @property
+    def engine(self) -> str:
+        """The engine's name for its ledger: host and port, and a digest of any other path.
+
+        Two tenants of one cluster (``/insert/N/...``), or one path with other
+        labels, are two engines; the default path keeps the name ledgers had.
+        """
+        name = f"{self.host}-{self.port or ''}"
+        if self.path != DEFAULT_PATH:
+            name += "-" + hashlib.sha256(self.path.encode()).hexdigest()[:12]
+        return name
 
     def __str__(self) -> str:
         """The URL as messages show it: a query (it may carry a token) as ``?...``."""
