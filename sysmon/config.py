@@ -73,9 +73,11 @@ def _names_tuple(value: Any) -> tuple[Any, ...]:
 
 def _path(value: Any) -> Path:
     if isinstance(value, Path):
-        return value.expanduser()
+        value = str(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"out_dir must be a path, got {value!r}")
+    if "\0" in value:  # TOML's \u0000: no system call takes it
+        raise ConfigError(f"out_dir must be a path without a NUL byte, got {value!r}")
     return Path(value).expanduser()
 
 

@@ -60,6 +60,8 @@ def test_every_key(tmp_path):
         ("max_data_mb = 1" + "0" * 400 + "\n", "max_data_mb is too large"),
         ("views_traffic_gap_kb = 1" + "0" * 400 + "\n", "views_traffic_gap_kb is too large"),
         ("interval = 1" + "0" * 5000 + "\n", "not valid TOML"),
+        # `run` and `archive` crashed on it (ValueError: embedded null byte in mkdir).
+        ('out_dir = "/tmp/a\\u0000b"\n', "out_dir must be a path without a NUL byte"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path, text, message):
