@@ -64,6 +64,9 @@ def cmd_top(args: argparse.Namespace) -> int:
     """Every qube at a glance, live, from the files."""
     from sysmon.commands import top  # noqa: PLC0415
 
+    if args.width is not None and args.width <= 0:
+        print(f"sysmon top: --width must be above 0 columns, got {args.width}", file=sys.stderr)
+        return EXIT_USAGE
     config = _config(args)
     return top.main(config.out_dir, config.interval, once_only=args.once, width=args.width)
 

@@ -227,3 +227,12 @@ def test_ctrl_c_ends_the_demo_with_its_table(tmp_path: Path) -> None:
     done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     refused(done, 130, "interrupted")
     assert f"(files under {folder})" in stdout
+
+
+@pytest.mark.parametrize("width", ["0", "-5"])
+def test_top_wants_a_positive_width(out: Path, width: str) -> None:
+    """`--width 0` printed an empty first line and exited 1 (the rows were there);
+    `--width -5` cut every line at 5 from its end."""
+    done = run_sysmon("top", "--once", "--width", width, "--out-dir", out)
+    refused(done, 2, "--width", width)
+    assert done.stdout == ""
