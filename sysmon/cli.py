@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sysmon`` and ``python -m sysmon``."""
     args = build_parser().parse_args(argv)
+    if sys.stdout is None:  # started with fd 1 closed: every print would vanish
+        print(f"sysmon {args.command}: standard output is closed", file=sys.stderr)
+        return 1
     json_output = None if args.log_format is None else args.log_format == "json"
     # The daemon logs to stdout for journald; one-shot commands keep stdout
     # for their results and log to stderr.

@@ -236,3 +236,19 @@ def test_top_wants_a_positive_width(out: Path, width: str) -> None:
     done = run_sysmon("top", "--once", "--width", width, "--out-dir", out)
     refused(done, 2, "--width", width)
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args", [("top", "--once"), ("status",), ("run", "--interval", "1")])
+def test_a_closed_stdout_is_named(out: Path, args: tuple[str, ...]) -> None:
+    """`top --once >&-` and `run >&-` ended in an AttributeError's traceback (sys.stdout
+    is None); `status >&-` said nothing."""
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "sysmon"]
+    done = subprocess.run(
+        [*closed, *args, "--out-dir", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    refused(done, 1, f"sysmon {args[0]}", "standard output is closed")
