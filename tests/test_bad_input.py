@@ -294,3 +294,31 @@ def _children(pid: int) -> list[int]:
 def _session(sid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-s", str(sid)], capture_output=True, text=True, check=False)
     return [int(p) for p in found.stdout.split()]
+
+
+def run_without_root_reads(*args: object) -> subprocess.CompletedProcess[str]:
+    """``python -m sysmon ARGS`` as root without the capabilities that read past
+    permission bits (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): a mode 000 file is
+    unreadable to it, as to the user it belongs to."""
+    require_root("dropping root's capabilities")
+    drop = "-dac_override,-dac_read_search"
+    setpriv = [require_tool("setpriv"), f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    return subprocess.run(
+        [*setpriv, sys.executable, "-m", "sysmon", *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", [("status",), ("top", "--once")])
+def test_an_unreadable_daily_file_is_named(out: Path, tmp_path: Path, args: tuple[str]) -> None:
+    """It was shown as absent ("-", no poll recorded), the reason left out."""
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
+    newest = max(copy.glob("20??-??-??")) / "scrapes.csv"
+    newest.chmod(0)
+    done = run_without_root_reads(*args, "--out-dir", copy)
+    refused(done, 1, str(newest), "Permission denied")

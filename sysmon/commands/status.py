@@ -61,9 +61,12 @@ def open_daily(path: Path) -> IO[bytes] | None:
     """``path`` opened for reading if it is a regular file; else None.
 
     A planted FIFO cannot block the read (O_NONBLOCK), a symlink is not followed.
+    A file there but unreadable raises: shown as absent, its reason was lost.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except PermissionError:
+        raise
     except OSError:
         return None
     raw = os.fdopen(fd, "rb")
