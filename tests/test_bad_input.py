@@ -4,6 +4,7 @@ as a real child, as a user would."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_root, require_tool, run_sysmon
+from conftest import ROOT, require_root, require_tool, run_on_small_tmpfs, run_sysmon
 
 # Real processes on the real clock: left out of a default run (--run-slow).
 pytestmark = pytest.mark.slow
@@ -322,3 +323,30 @@ def test_an_unreadable_daily_file_is_named(out: Path, tmp_path: Path, args: tupl
     newest.chmod(0)
     done = run_without_root_reads(*args, "--out-dir", copy)
     refused(done, 1, str(newest), "Permission denied")
+
+
+FULL_DISK_REPORT = """
+import json, sys
+from pathlib import Path
+from sysmon.cli import main
+page = Path(sys.argv[1]) / "page"
+status = main(["report", sys.argv[2], "--out", str(page)])
+whole = {p.name: p.read_bytes().endswith(b"IEND\\xaeB`\\x82" if p.suffix == ".png" else b"</html>")
+         for p in page.iterdir()}
+print(json.dumps({"status": status, "whole": whole}))
+"""
+
+
+@pytest.mark.parametrize("size", ["150k", "700k"])
+def test_report_on_a_full_disk_leaves_no_half_file(out: Path, tmp_path: Path, size: str) -> None:
+    """A full disk left a cut network.png (150k) or index.html (700k), and its error
+    ("[Errno 28] No space left on device") named no file."""
+    script = FULL_DISK_REPORT.replace("sys.argv[2]", repr(str(out)))
+    done = run_on_small_tmpfs(script, size, tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["status"] == 1
+    assert all(result["whole"].values()), result["whole"]
+    assert "index.html" not in result["whole"]
+    line = refused(subprocess.CompletedProcess([], 1, "", done.stderr), 1, "No space left")
+    assert "/page/" in line, line

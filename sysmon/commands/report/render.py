@@ -431,6 +431,22 @@ def identical(data: Data) -> list[list[str]]:
     return [sorted(vms) for vms in groups.values() if len(vms) > 1]
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """``path`` with all of ``data``, or left as it was: a full disk leaves no cut file.
+
+    The error names ``path`` (a failed ``write`` has no file name of its own).
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def render(data: Data, out: Path, summary: str = "", *, workers: int | None = None) -> Path:
     """Write the PNG charts and one self-contained ``index.html`` into ``out``.
 
@@ -477,7 +493,7 @@ def render(data: Data, out: Path, summary: str = "", *, workers: int | None = No
             parts.append("<p>No data.</p>")
             continue
         png = next(pngs)
-        (out / f"{chart.name}.png").write_bytes(png)
+        write_whole(out / f"{chart.name}.png", png)
         encoded = base64.b64encode(png).decode()
         parts.append(f"<img alt='{chart.name}' src='data:image/png;base64,{encoded}'>")
         parts.append(_table(chart, ranked))
@@ -496,5 +512,5 @@ def render(data: Data, out: Path, summary: str = "", *, workers: int | None = No
         )
     parts.append("</table></body></html>")
     page = out / "index.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
+    write_whole(page, "\n".join(parts).encode())
     return page

@@ -37,7 +37,14 @@ from typing import IO, Any
 import attrs
 
 from sysmon import schema
-from sysmon.commands.report.render import Bins, _duration, _label, _time_axis, import_pyplot
+from sysmon.commands.report.render import (
+    Bins,
+    _duration,
+    _label,
+    _time_axis,
+    import_pyplot,
+    write_whole,
+)
 from sysmon.commands.report.workers import in_order
 from sysmon.protocol.names import share_of
 from sysmon.protocol.text import strip_controls
@@ -550,7 +557,7 @@ def draw_views(summary: Summary, out: Path) -> dict[str, bytes]:
     charts: dict[str, bytes] = {}
     for n, vm in enumerate(charted, 1):
         png = _draw_view(plt, vm, summary.view_points[vm])
-        (out / f"views-{n}.png").write_bytes(png)
+        write_whole(out / f"views-{n}.png", png)
         charts[vm] = png
     return charts
 
