@@ -350,3 +350,30 @@ def test_report_on_a_full_disk_leaves_no_half_file(out: Path, tmp_path: Path, si
     assert "index.html" not in result["whole"]
     line = refused(subprocess.CompletedProcess([], 1, "", done.stderr), 1, "No space left")
     assert "/page/" in line, line
+
+
+@pytest.mark.parametrize("term", ["dumb", "unknown-terminal"])
+def test_top_on_a_terminal_that_cannot_move_the_cursor(out: Path, term: str) -> None:
+    """On TERM=dumb top drew its lines run together on one row, refreshed each second,
+    and exited 0 at `q`: now it says the terminal cannot be drawn on, as for an unknown
+    TERM, and exits 2."""
+    leader, follower = os.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sysmon", "top", "--out-dir", str(out)],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": term},
+            stdin=follower,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            stderr = child.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stderr = child.communicate()[1]
+    finally:
+        os.close(follower)
+        os.close(leader)
+    done = subprocess.CompletedProcess(child.args, child.returncode, "", stderr)
+    refused(done, 2, "cannot draw on this terminal", f"TERM={term}")

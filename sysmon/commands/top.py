@@ -637,6 +637,9 @@ def main(out_dir: Path, interval: float, *, once_only: bool, width: int | None) 
     board = LiveBoard(out_dir, interval)
     blocks = _blocks(locale.getpreferredencoding(do_setlocale=False))
     try:
+        curses.setupterm()
+        if curses.tigetstr("cup") is None:  # TERM=dumb: its lines would run together
+            raise curses.error("it cannot move the cursor (use --once for plain text)")
         return curses.wrapper(_loop, board, blocks)
     except curses.error as exc:
         term = safe(os.environ.get("TERM", ""))
