@@ -377,3 +377,10 @@ def test_top_on_a_terminal_that_cannot_move_the_cursor(out: Path, term: str) -> 
         os.close(leader)
     done = subprocess.CompletedProcess(child.args, child.returncode, "", stderr)
     refused(done, 2, "cannot draw on this terminal", f"TERM={term}")
+
+
+def test_demo_with_no_poll_in_its_duration_says_so_on_stderr(tmp_path: Path) -> None:
+    """Exit 1 with "no tick within the duration" on stdout: the reason was not where
+    `2>` or a terminal's red text puts it, nor said what to change."""
+    done = run_sysmon("demo", "--duration", "0.1", "--interval", "60", "--out-dir", tmp_path)
+    refused(done, 1, "--duration 0.1", "--interval 60")

@@ -324,7 +324,11 @@ async def run_demo(out_dir: Path, duration: float, interval: float) -> int:
         print(f"sysmon demo: interrupted after {len(reports)} polls", file=sys.stderr)
         return 130
     if not reports:
-        print("no tick within the duration")
+        print(
+            f"sysmon demo: no poll within --duration {duration:g} s"
+            f" (polls start on the clock's multiples of --interval {interval:g} s)",
+            file=sys.stderr,
+        )
         return 1
     if not written:
         errors = [e for r in reports for e in r.outcome.errors] or ["(see the log)"]
