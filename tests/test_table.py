@@ -57,3 +57,16 @@ def test_the_docs_series_table_is_the_generated_one() -> None:
         check=True,
     ).stdout
     assert printed == block
+
+
+def test_the_table_command_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    """`--help` or a typo printed the column table and exited 0; stdout on a full disk
+    ended in a traceback."""
+    command = [sys.executable, "-m", "sysmon.schema"]
+    wrong = subprocess.run([*command, "serie"], capture_output=True, text=True, check=False)
+    assert (wrong.returncode, wrong.stdout) == (2, "")
+    assert wrong.stderr == "usage: python -m sysmon.schema [series]; got 'serie'\n"
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr == "python -m sysmon.schema: stdout: No space left on device\n"
