@@ -639,7 +639,8 @@ def main(out_dir: Path, interval: float, *, once_only: bool, width: int | None) 
     try:
         curses.setupterm()
         if curses.tigetstr("cup") is None:  # TERM=dumb: its lines would run together
-            raise curses.error("it cannot move the cursor (use --once for plain text)")
+            cannot = "it cannot move the cursor (use --once for plain text)"
+            raise curses.error(cannot)
         return curses.wrapper(_loop, board, blocks)
     except curses.error as exc:
         term = safe(os.environ.get("TERM", ""))
