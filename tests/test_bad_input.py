@@ -181,7 +181,8 @@ def test_an_export_the_ledger_skips_whole_says_so_and_keeps_the_file(
     again = run_sysmon("export", out, "--host", "h", "--ledger", ledger, "-o", target)
     refused(again, 1, "exported before", "--no-ledger")
     assert target.read_text() == exported
-    assert set(tmp_path.iterdir()) == {target, ledger}
+    # The ledger's lock (one export at a time) stays beside it, empty.
+    assert set(tmp_path.iterdir()) == {target, ledger, tmp_path / "ledger.lock"}
 
 
 def test_an_export_into_a_missing_folder(out: Path, tmp_path: Path) -> None:
