@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,12 +87,30 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return archive.main(config, args, utc_now().date())
 
 
+def _end_on_sigterm(command: str) -> None:
+    """On SIGTERM: this process's workers killed, one line, exit 143, at once.
+
+    Killed outright, a report's worker processes were left blocked for ever on
+    their result pipe.  Raised as an exception instead, the signal could land
+    inside the process pool's own locks and hang its shutdown (CI, under load).
+    """
+    main_pid = os.getpid()
+
+    def end(_signum: int, _frame: object) -> None:
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        if os.getpid() == main_pid:  # a worker given the signal too just ends
+            os.write(2, f"sysmon {command}: terminated\n".encode())
+        os._exit(EXIT_TERMINATED)
+
+    signal.signal(signal.SIGTERM, end)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """An offline HTML page with charts from day folders and archives."""
     from sysmon.commands import report  # noqa: PLC0415
-    from sysmon.commands.report.workers import end_on_sigterm  # noqa: PLC0415
 
-    end_on_sigterm("sysmon report", EXIT_TERMINATED)
+    _end_on_sigterm("report")
     return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -43,22 +41,3 @@ def in_order(
 def pool(processes: int) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of ``processes`` workers, for work this process shares in."""
     return concurrent.futures.ProcessPoolExecutor(processes)
-
-
-def end_on_sigterm(command: str, status: int) -> None:
-    """On SIGTERM: this process's workers killed, one line, exit ``status``, at once.
-
-    Killed outright, a report's worker processes were left blocked for ever on
-    their result pipe.  Raised as an exception instead, the signal could land
-    inside the process pool's own locks and hang its shutdown (CI, under load).
-    """
-    main_pid = os.getpid()
-
-    def end(_signum: int, _frame: object) -> None:
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        if os.getpid() == main_pid:  # a worker given the signal too just ends
-            os.write(2, f"{command}: terminated\n".encode())
-        os._exit(status)
-
-    signal.signal(signal.SIGTERM, end)
