@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -87,30 +86,21 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return archive.main(config, args, utc_now().date())
 
 
-def _end_on_sigterm(command: str) -> None:
-    """On SIGTERM: this process's workers killed, one line, exit 143, at once.
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that its ``with`` blocks end."""
 
-    Killed outright, a report's worker processes were left blocked for ever on
-    their result pipe.  Raised as an exception instead, the signal could land
-    inside the process pool's own locks and hang its shutdown (CI, under load).
-    """
-    main_pid = os.getpid()
 
-    def end(_signum: int, _frame: object) -> None:
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        if os.getpid() == main_pid:  # a worker given the signal too just ends
-            os.write(2, f"sysmon {command}: terminated\n".encode())
-        os._exit(EXIT_TERMINATED)
-
-    signal.signal(signal.SIGTERM, end)
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """An offline HTML page with charts from day folders and archives."""
     from sysmon.commands import report  # noqa: PLC0415
 
-    _end_on_sigterm("report")
+    # Killed outright, its worker processes were left blocked for ever on their
+    # result pipe; raised, the pool's ``with`` stops them.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 
@@ -249,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _only(exc, KeyboardInterrupt):
             print(f"sysmon {args.command}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if _only(exc, Terminated):
+            print(f"sysmon {args.command}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         if _only(exc, OSError):
             # A file or folder the command cannot use (read-only, missing, full):
             # what and where, not a traceback.  Rows already written stay written.
