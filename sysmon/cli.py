@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from sysmon.logconfig import configure_logging
 EXIT_USAGE = 2
 #: 128 + SIGINT, as a shell reports a command Ctrl-C ended.
 EXIT_INTERRUPTED = 130
-#: 128 + SIGTERM.
-EXIT_TERMINATED = 143
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -86,21 +83,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return archive.main(config, args, utc_now().date())
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the command is, so that its ``with`` blocks end."""
-
-
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    raise Terminated
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     """An offline HTML page with charts from day folders and archives."""
     from sysmon.commands import report  # noqa: PLC0415
 
-    # Killed outright, its worker processes were left blocked for ever on their
-    # result pipe; raised, the pool's ``with`` stops them.
-    signal.signal(signal.SIGTERM, _raise_terminated)
     return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 
@@ -239,9 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _only(exc, KeyboardInterrupt):
             print(f"sysmon {args.command}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
-        if _only(exc, Terminated):
-            print(f"sysmon {args.command}: terminated", file=sys.stderr)
-            return EXIT_TERMINATED
         if _only(exc, OSError):
             # A file or folder the command cannot use (read-only, missing, full):
             # what and where, not a traceback.  Rows already written stay written.

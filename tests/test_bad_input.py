@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -255,47 +254,6 @@ def test_a_closed_stdout_is_named(out: Path, args: tuple[str, ...]) -> None:
         check=False,
     )
     refused(done, 1, f"sysmon {args[0]}", "standard output is closed")
-
-
-def test_sigterm_ends_report_with_its_workers(out: Path, tmp_path: Path) -> None:
-    """`kill PID` of a report left a worker process behind, blocked for ever on a pipe
-    no one read (and holding the caller's stdout: `sysmon report | tee` never ended)."""
-    log = tmp_path / "stderr"
-    with log.open("w") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "sysmon", "report", str(out), "--out", str(tmp_path / "page")],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    try:
-        while not (workers := _children(child.pid)):
-            assert child.poll() is None, "the report ended before it started a worker"
-        child.send_signal(signal.SIGTERM)
-        child.wait(timeout=60)
-        for _ in range(100):  # 10 s
-            if not (left := _session(child.pid)):
-                break
-            time.sleep(0.1)
-        assert not left, f"left running: {left} (workers were {workers})"
-    finally:
-        for pid in _session(child.pid):
-            os.kill(pid, signal.SIGKILL)
-        child.kill()
-        child.wait()
-    done = subprocess.CompletedProcess(child.args, child.returncode, "", log.read_text())
-    refused(done, 128 + signal.SIGTERM, "terminated")
-
-
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in found.stdout.split()]
-
-
-def _session(sid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-s", str(sid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in found.stdout.split()]
 
 
 def run_without_root_reads(*args: object) -> subprocess.CompletedProcess[str]:
