@@ -137,6 +137,12 @@ async def _run_archive(
     log = structlog.get_logger()
     todo = days if days is not None else days_to_deliver(out_dir, today)
     outcomes: list[DayOutcome] = []
+
+    def stopped(day: date, status: str, detail: str) -> None:
+        """The run ends at ``day``: said in its outcome and the log."""
+        outcomes.append(DayOutcome(day, status, detail))
+        log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=detail)
+
     for day in todo:
         if day >= today:
             outcomes.append(DayOutcome(day, "failed", "today is not complete"))
@@ -152,8 +158,7 @@ async def _run_archive(
             )
             path = await offload(build_archive, out_dir, day, meta)
         except (ArchiveError, OSError) as exc:  # OSError: a full disk making the host-id
-            outcomes.append(DayOutcome(day, "failed", str(exc)))
-            log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=str(exc))  # noqa: TRY400
+            stopped(day, "failed", str(exc))
             break
         if not copy:
             outcomes.append(DayOutcome(day, "built", str(path)))
@@ -163,8 +168,7 @@ async def _run_archive(
             await offload(record_attempt, out_dir, day)
             staged = await offload(stage_for_copy, out_dir, day, name)
         except OSError as exc:  # a full disk: nothing sent, retention still runs
-            outcomes.append(DayOutcome(day, "failed", f"cannot stage: {exc.strerror or exc}"))
-            log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=outcomes[-1].detail)  # noqa: TRY400
+            stopped(day, "failed", f"cannot stage: {exc.strerror or exc}")
             break
         with trio.move_on_after(copy_timeout) as scope:
             try:
@@ -179,12 +183,12 @@ async def _run_archive(
             try:
                 await offload(mark_delivered, out_dir, day, name)
             except OSError as exc:  # the attempt is recorded: the next copy is a new name
-                detail = (
+                stopped(
+                    day,
+                    "failed",
                     f"delivered, but its marker cannot be written: {exc.strerror or exc}; "
-                    "sent again as a later copy"
+                    "sent again as a later copy",
                 )
-                outcomes.append(DayOutcome(day, "failed", detail))
-                log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=detail)  # noqa: TRY400
                 break
             outcomes.append(
                 DayOutcome(day, "delivered", f"{config.vault}: QubesIncoming/.../{name}")
@@ -196,8 +200,7 @@ async def _run_archive(
             detail = f"refused: policy, or {config.vault} may not be started (exit 126)"
         elif code is not None:
             detail = f"qvm-copy-to-vm failed (exit {code}{VAULT_ERRNO.get(code, '')})"
-        outcomes.append(DayOutcome(day, "refused" if code == EXIT_REFUSED else "failed", detail))
-        log.error(events.ARCHIVE_FAILED, day=day.isoformat(), error=detail)
+        stopped(day, "refused" if code == EXIT_REFUSED else "failed", detail)
         break
     if min_free_bytes is None:
         min_free_bytes = config.min_free_mb * 1024 * 1024

@@ -49,29 +49,34 @@ def write_file(path: Path, data: bytes, *, append: bool = False, sync: bool = Tr
         fsync_dir(path.parent)
 
 
-def replace_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
+def replace_atomically(
+    path: Path, data: bytes, *, sync: bool = True, mode: int = FILE_MODE
+) -> None:
     """Replace ``path`` with ``data``: the old content or the new, never a mix.
 
     The temporary file is created afresh (O_EXCL | O_NOFOLLOW): whatever was
     left or planted under its name -- a symlink to somewhere else -- is
-    removed, never written through.
+    removed, never written through; one cut short (a full disk) is removed too.
+    ``mode``: as ``open(2)``'s, less the umask.
     """
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    if sync:
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            write_all(fd, data)
         finally:
             os.close(fd)
-    tmp.replace(path)
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     if sync:
         fsync_dir(path.parent)

@@ -25,6 +25,7 @@ from sysmon.commands.report.read import MAX_SERIES, Data, ReportError, Series
 from sysmon.commands.report.workers import how_many, pool
 from sysmon.protocol.names import share_of
 from sysmon.protocol.text import strip_controls
+from sysmon.store.fs import replace_atomically
 
 #: Rows of a heatmap; the rest are in the table below it.
 MAX_ROWS = 40
@@ -436,12 +437,10 @@ def write_whole(path: Path, data: bytes) -> None:
 
     The error names ``path`` (a failed ``write`` has no file name of its own).
     """
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        # 0o666 less the umask, as a page and charts were always written.
+        replace_atomically(path, data, sync=False, mode=0o666)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.filename is None:
             exc.filename = str(path)
         raise
