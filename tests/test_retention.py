@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import date
+import shutil
+import threading
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from fakes import write_tick
 from test_archive import TODAY, make_day
 
+from sysmon.protocol.metrics import Snapshot, SysRecord
+from sysmon.records import ScrapeResult
+from sysmon.store.archive import build_archive
+from sysmon.store.delivery import is_delivered, mark_delivered
 from sysmon.store.retention import data_bytes, prune
 
 
@@ -108,3 +116,54 @@ def test_a_symlink_in_a_day_folder_counts_as_itself(tmp_path: Path) -> None:
         f.truncate(1 << 40)  # sparse: a terabyte that takes no disk
     (day / "disk.csv.bad-1").symlink_to(big)
     assert data_bytes(tmp_path) == before
+
+
+def test_a_tick_committed_as_a_day_is_pruned_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock stepped back by the retention days writes into a delivered day that
+    retention is about to remove.  Checked then removed without the commit's lock, the
+    tick written between the two went with the folder.  Under the lock, the tick waits
+    and is written into the day again, a new folder the archive sends as a later copy."""
+    day = date(2025, 9, 1)
+    ts = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
+    snap = Snapshot(SysRecord(boot_id="b"), (), None, (), (), 0, 1, 1, 0)
+    for n in range(2):
+        write_tick(
+            tmp_path,
+            ts - timedelta(seconds=10 * (1 - n)),
+            [ScrapeResult("work", "ok", 1, snapshot=snap)],
+            None,
+        )
+    build_archive(tmp_path, day)
+    mark_delivered(tmp_path, day, "monitor-2025-09-01.tgz")
+    assert is_delivered(tmp_path, day)
+    real = shutil.rmtree
+    ticks: list[threading.Thread] = []
+
+    def a_tick_comes_first(path: Path, *args: object, **kwargs: object) -> None:
+        # The daemon's tick, in its own thread as the daemon runs it: given a second
+        # to land before the folder goes (it cannot, with the lock held).
+        tick = threading.Thread(
+            target=write_tick,
+            args=(
+                tmp_path,
+                ts + timedelta(seconds=10),
+                [ScrapeResult("work", "ok", 1, snapshot=snap)],
+                None,
+            ),
+        )
+        tick.start()
+        tick.join(1)
+        ticks.append(tick)
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "rmtree", a_tick_comes_first)
+    pruned = prune(tmp_path, TODAY, retention_days=3, min_free_bytes=0)
+    assert pruned.folders == (day,)
+    for tick in ticks:
+        tick.join(30)
+        assert not tick.is_alive()
+    system = (tmp_path / "2025-09-01" / "system.csv").read_text()
+    assert "2025-09-01T12:00:10Z,work" in system
+    assert not is_delivered(tmp_path, day)

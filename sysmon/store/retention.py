@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from sysmon.store.daily import day_folders
+from sysmon.store.daily import day_folders, locked
 from sysmon.store.days import archive_dir, archived_days, tgz_path
 from sysmon.store.delivery import is_delivered
 
@@ -64,9 +64,7 @@ def prune(
         if tgz.exists():
             tgz.unlink()
             archives.append(day)
-        folder = out_dir / day.isoformat()
-        if day < cutoff and folder.is_dir():
-            shutil.rmtree(folder)
+        if day < cutoff and _remove_delivered(out_dir, day):
             folders.append(day)
     over_ceiling: list[date] = []
     ceiling_undelivered = False
@@ -75,22 +73,20 @@ def prune(
         for day in day_folders(out_dir):
             if size <= max_bytes:
                 break
-            if day >= today or not is_delivered(out_dir, day):
+            if day >= today:
                 continue
-            folder = out_dir / day.isoformat()
-            size -= _tree_bytes(folder)
-            shutil.rmtree(folder)
-            over_ceiling.append(day)
+            folder_bytes = _tree_bytes(out_dir / day.isoformat())
+            if _remove_delivered(out_dir, day):
+                size -= folder_bytes
+                over_ceiling.append(day)
         ceiling_undelivered = size > max_bytes
     low = False
     if out_dir.is_dir() and free_bytes(out_dir) < min_free_bytes:
         for day in day_folders(out_dir):
             if free_bytes(out_dir) >= min_free_bytes:
                 break
-            if day >= today or not is_delivered(out_dir, day):
-                continue
-            shutil.rmtree(out_dir / day.isoformat())
-            folders.append(day)
+            if day < today and _remove_delivered(out_dir, day):
+                folders.append(day)
         low = free_bytes(out_dir) < min_free_bytes
     return Pruned(
         folders=tuple(sorted(set(folders) | set(over_ceiling))),
@@ -99,6 +95,21 @@ def prune(
         over_ceiling=tuple(over_ceiling),
         ceiling_undelivered=ceiling_undelivered,
     )
+
+
+def _remove_delivered(out_dir: Path, day: date) -> bool:
+    """Remove ``day``'s folder if the vault has all of it, under the commit's lock.
+
+    A tick written between the check and the removal (a clock stepped back
+    onto the day) would go with the folder: under the lock it waits, and
+    makes the day anew, a later copy for the archive.
+    """
+    folder = out_dir / day.isoformat()
+    with locked(out_dir):
+        if not folder.is_dir() or not is_delivered(out_dir, day):
+            return False
+        shutil.rmtree(folder)
+    return True
 
 
 def _tree_bytes(folder: Path) -> int:
