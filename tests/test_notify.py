@@ -142,6 +142,43 @@ class TestLimiter:
             "sysmon: r firing on disp8",
         ]
 
+    def test_one_qube_with_several_notifying_rules_cannot_take_the_burst(self) -> None:
+        """With three notifying rules, one qube firing (or flapping) all of them
+        every poll, and its disposables, held the whole burst for ever: its
+        three, the disposables' one and the summary its held-back events made,
+        renewed each interval.  An honest qube's notification was only counted.
+        The last one of the burst is kept for a qube that had none in the
+        interval."""
+        limiter = Limiter(every=300, burst=5)
+        told: list[str] = []
+        for tick in range(360):  # an hour of polls
+            now = tick * 10.0
+            storm = [event(rule, "evil", now) for rule in "abc"]
+            storm += [event(rule, f"disp{tick}", now) for rule in "abc"]
+            if tick in {100, 200, 300}:
+                storm.append(event("a", "work", now))
+            told += [title for title, _ in limiter.admit(storm, now)]
+        assert told.count("sysmon: a firing on work") == 3
+        # The flooder still gets its own, and what is held back is said.
+        assert told.count("sysmon: a firing on evil") >= 12
+        assert any("held back" in title for title in told)
+
+    def test_the_last_of_the_burst_is_for_a_qube_that_had_none(self) -> None:
+        limiter = Limiter(every=300, burst=3)
+        assert len(limiter.admit([event("a", "evil"), event("b", "evil")], 0)) == 2
+        assert limiter.admit([event("c", "evil"), event("a", "disp1")], 1) == []
+        (sent,) = limiter.admit([event("a", "work")], 2)
+        assert sent[0] == "sysmon: a firing on work"
+        assert limiter.admit([event("a", "mail")], 3) == []  # the burst is spent
+        assert limiter.held == 3
+
+    def test_a_burst_of_one_is_anyones(self) -> None:
+        limiter = Limiter(every=300, burst=1)
+        assert len(limiter.admit([event("a", "disp1")], 0)) == 1
+        assert [t for t, _ in limiter.admit([], 300)] == []  # nothing held
+        limiter.admit([event("a", "work"), event("b", "work")], 301)
+        assert [t for t, _ in limiter.admit([], 601)] == ["sysmon: 1 more notification held back"]
+
     @settings(max_examples=200, deadline=None)
     @given(
         st.lists(

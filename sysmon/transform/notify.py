@@ -126,7 +126,8 @@ def rule_events(
 class Limiter:
     """At most one notification per (rule, qube) per ``every`` s, ``burst`` in all.
 
-    Disposables (:func:`share_of`) count as one qube and one rule.
+    Disposables (:func:`share_of`) count as one qube and one rule.  The last
+    of the burst is for a qube that had none in the interval.
 
     :meth:`admit` is called each tick (with no events too: a summary of what
     was held back goes out once there is room).  Returns (title, body) pairs.
@@ -141,14 +142,24 @@ class Limiter:
     #: When (on the limiter's clock) the first of them was held back.
     _held_at: float = 0.0
 
-    def _room(self, now: float) -> bool:
+    def _room(self, now: float, qube: str | None = None) -> bool:
+        """Room for one more: the last of the burst only for ``qube``, if it had none.
+
+        One qube firing a few notifying rules every poll, its disposables and
+        the summary of what it had held back took the whole burst, renewed each
+        interval: the last one is kept for a qube with none in the interval
+        (not the disposables, nor the summary: the flooder can start those).
+        """
         while self._sent and now - self._sent[0] >= self.every:
             self._sent.popleft()
         # Kept oldest first; a pair past its interval is forgotten, so there
         # are never more than ``burst`` of them (one per notification sent).
         while self._last and now - next(iter(self._last.values())) >= self.every:
             del self._last[next(iter(self._last))]
-        return len(self._sent) < self.burst
+        free = self.burst - len(self._sent)
+        if free != 1 or self.burst == 1:
+            return free > 0
+        return qube is not None and all(owner != qube for _rule, owner in self._last)
 
     def admit(self, events: Iterable[Event], now: float) -> list[tuple[str, str]]:
         """The notifications to send now for ``events`` (and any summary due)."""
@@ -163,7 +174,7 @@ class Limiter:
             # take the burst from every other qube.
             owner = share_of(event.vm)
             key = (event.rule, owner) if owner == event.vm else ("", owner)
-            room = self._room(now)
+            room = self._room(now, owner if owner == event.vm else None)
             if key in self._last or not room:
                 self._held += 1
                 if self._held_since is None:
