@@ -530,6 +530,33 @@ def test_qubes_gone_for_30_minutes_make_room_for_new_ones(monkeypatch: pytest.Mo
 
     board.feed(schema.SCRAPES, [scrape(t0, f"planted{i}") for i in range(3)])
     later = t0 + WINDOW + 10
-    board.feed(schema.SCRAPES, [scrape(later, "disp1234")])
-    assert [line.vm for line in board.lines()] == ["disp1234"]
+    board.feed(schema.SCRAPES, [scrape(later, "work")])
+    assert [line.vm for line in board.lines()] == ["work"]
     assert len(board.qubes) <= 3
+    # Disposables too, within their own cap.
+    board.feed(schema.SCRAPES, [scrape(later, f"disp{i}") for i in range(3)])
+    board.feed(schema.SCRAPES, [scrape(later + WINDOW + 10, "disp1234")])
+    assert [line.vm for line in board.lines()] == ["disp1234"]
+    assert board.disposables == 1
+
+
+def test_a_churn_of_disposables_does_not_hide_a_qube_started_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any qube may start disposables, each named anew by dom0 (``dispNNNN``):
+    past the board's cap of qubes, a qube started later was not drawn until
+    the churn had been gone for 30 minutes.  Disposables have a cap of their own."""
+    monkeypatch.setattr(top_module, "MAX_QUBES", 20)
+    board = Board()
+    t0 = int(TS.timestamp())
+
+    def scrape(ts: int, vm: str) -> schema.DecodedRow:
+        return schema.DecodedRow(ts, (str(ts), vm, "ok", "1", "1", "1", "0"))
+
+    for i in range(25):
+        board.feed(schema.SCRAPES, [scrape(t0 + 10 * i, f"disp{i + 1}")])
+    board.feed(schema.SCRAPES, [scrape(t0 + 300, "work")])
+    shown = [line.vm for line in board.lines()]
+    assert "work" in shown
+    assert sum(vm.startswith("disp") for vm in shown) == 20
+    assert board.dropped == 5

@@ -24,12 +24,14 @@ import attrs
 
 from sysmon import schema
 from sysmon.commands.status import STALE_INTERVALS, Tail, format_age, latest_day
+from sysmon.protocol.names import looks_disposable
 from sysmon.records import Status
 from sysmon.store.daily import day_dir
 
 #: The sparkline's history, and what the first look reads of each file.
 WINDOW = 1800
-#: Qubes and per-qube interfaces or filesystems kept: a planted file cannot grow the view.
+#: Qubes (and as many disposables) and per-qube interfaces or filesystems
+#: kept: a planted file cannot grow the view.
 MAX_QUBES = 1024
 MAX_LABELS = 64
 #: Points of history kept per qube (a tick every second for 30 minutes).
@@ -126,22 +128,32 @@ class Board:
         self.newest = 0  # the newest tick seen, epoch seconds
         self.ticks: deque[int] = deque(maxlen=2)  # the last two ticks of scrapes.csv
         self.dropped = 0  # rows of qubes past MAX_QUBES
+        self.disposables = 0  # of self.qubes, dom0's dispNNNN: MAX_QUBES of their own
         self.decoded = schema.Skipped()  # rows the decoder left out
         self._may_forget = True
+
+    def _full(self, disposable: bool) -> bool:
+        # Any qube may start disposables, each named anew by dom0: they have
+        # a cap of their own, or a churn of them hid every qube started later.
+        mine = self.disposables if disposable else len(self.qubes) - self.disposables
+        return mine >= MAX_QUBES
 
     def _qube(self, vm: str, ts: int) -> _Qube | None:
         qube = self.qubes.get(vm)
         if qube is None:
-            if len(self.qubes) >= MAX_QUBES and self._may_forget:
+            disposable = looks_disposable(vm)
+            if self._full(disposable) and self._may_forget:
                 # Qubes gone for 30 minutes (lines() shows them no more) make
                 # room: invented names, or weeks of DispVMs, do not fill the
                 # board for good.  Once per feed: a full board costs one pass.
                 self._may_forget = False
                 for gone in [k for k, q in self.qubes.items() if q.seen < self.newest - WINDOW]:
                     del self.qubes[gone]
-            if len(self.qubes) >= MAX_QUBES:
+                self.disposables = sum(map(looks_disposable, self.qubes))
+            if self._full(disposable):
                 self.dropped += 1
                 return None
+            self.disposables += disposable
             qube = self.qubes[vm] = _Qube()
         qube.seen = max(qube.seen, ts)
         return qube
