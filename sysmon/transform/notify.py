@@ -90,6 +90,9 @@ def rule_events(
     if not notifying:
         return []
     events = []
+    # The earliest start per (rule, qube), found once: scanning the whole
+    # state for each event was quadratic in a flood of disposables' instances.
+    starts = {kind: _starts(before if kind == "resolved" else after) for kind in _KINDS}
     for batch in alerts:
         if not is_valid_qube_name(batch.vm):
             continue
@@ -105,9 +108,6 @@ def rule_events(
                         " ",
                     }:
                         continue
-                    states = before if kind == "resolved" else after
-                    prefix = f"{rule.name}\0{batch.vm}\0"
-                    starts = [s.since for key, s in states.items() if key.startswith(prefix)]
                     match = _NOW_RE.search(message)
                     events.append(
                         Event(
@@ -116,10 +116,23 @@ def rule_events(
                             kind=kind,
                             ts=ts,
                             value=float(match[1]) if match else None,
-                            since=min(starts) if starts else None,
+                            since=starts[kind].get((rule.name, batch.vm)),
                         )
                     )
     return events
+
+
+def _starts(states: Mapping[str, RuleState]) -> dict[tuple[str, str], float]:
+    """The earliest ``since`` of each (rule, qube) among ``states`` ("RULE\\0QUBE\\0INSTANCE")."""
+    found: dict[tuple[str, str], float] = {}
+    for key, state in states.items():
+        parts = key.split("\0", 2)
+        if len(parts) != 3:
+            continue
+        rule, vm, _instance = parts
+        known = found.get((rule, vm))
+        found[(rule, vm)] = state.since if known is None else min(known, state.since)
+    return found
 
 
 @attrs.define
