@@ -226,3 +226,21 @@ def test_a_churn_of_disposables_does_not_hide_a_qube_started_later(tmp_path, mon
     report = build_status(tmp_path, later + timedelta(seconds=5), 10)
     assert "work" in [q.vm for q in report.qubes]
     assert report.qubes_dropped == 5  # the disposables past their own cap
+
+
+def test_disagreeing_disposables_do_not_push_a_named_qube_off_the_views_line(tmp_path):
+    """Any qube may start disposables (``dispNNNN``, sorted before most names), and
+    each can make its views disagree at will (a MemTotal of 1 kB): twelve of them
+    filled the views line, and ``work``'s disagreement was only "and 1 more".
+    Named qubes come first, then disposables as room allows, the rest counted."""
+    _fill(tmp_path)
+    _views(
+        tmp_path,
+        [(TS, f"disp{1000 + i}", "memory") for i in range(40)] + [(TS, "work", "cpu")],
+    )
+    report = build_status(tmp_path, TS + timedelta(seconds=5), 10)
+    shown = render_status(report)
+    (line,) = [text for text in shown.splitlines() if text.startswith("views disagree now")]
+    assert line.startswith("views disagree now: work (cpu), disp1000 (memory), ")
+    assert line.endswith(", and 29 disposables")
+    assert len(line) < 400

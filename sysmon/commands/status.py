@@ -366,10 +366,17 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"({more} more qubes not shown: at most {MAX_QUBES}, and as many disposables)")
     lines.append("")
     if report.disagree:
-        shown = report.disagree[:SHOWN_DISAGREE]
+        # Named qubes first: any qube may start disposables, each free to
+        # disagree, and dispNNNN sorts before most names.
+        ordered = sorted(report.disagree, key=lambda pair: (looks_disposable(pair[0]), pair[0]))
+        shown = ordered[:SHOWN_DISAGREE]
         named = ", ".join(f"{vm[:32]} ({flag[:20]})" for vm, flag in shown)
-        rest = len(report.disagree) - len(shown)
-        lines.append(f"views disagree now: {named}" + (f", and {rest} more" if rest else ""))
+        rest = [vm for vm, _ in ordered[SHOWN_DISAGREE:]]
+        disposables = sum(map(looks_disposable, rest))
+        counted = [f"{len(rest) - disposables} more"] if len(rest) > disposables else []
+        counted += [f"{disposables} disposables"] if disposables else []
+        tail = f", and {' and '.join(counted)}" if counted else ""
+        lines.append(f"views disagree now: {named}{tail}")
     skipped = report.skipped
     if skipped.rows:
         rows = "1 row" if skipped.rows == 1 else f"{skipped.rows} rows"
