@@ -518,3 +518,21 @@ def test_a_handler_note_says_its_time_is_the_boot(tmp_path: Path) -> None:
     shown = text_of(render_summary(summarize([folder], None, *EVERYTHING, TODAY, workers=1)))
     assert "journal not readable (exit 1) (dated the qube's boot, on purpose" in shown
     assert shown.count("dated the qube's boot") == 1
+
+
+def test_disposables_share_one_place_among_the_qubes_whose_views_disagree(day: Path) -> None:
+    """Any qube may start disposables and keep them running, each free to make its
+    views disagree (a MemTotal of 1 kB): six of them, all day, took the six places
+    (list and charts), dispNNNN sorting before most names, and ``work``, mined for
+    half the day, was only "1 more".  Disposables share one place."""
+    width = len(schema.VIEWS.columns)
+    rows: list[list[object]] = []
+    for i in range(100):
+        rows += [[at(10 * i), f"disp{1000 + d}", *([1] * (width - 3)), "memory"] for d in range(6)]
+        if i < 50:
+            rows.append([at(10 * i), "work", *([1] * (width - 3)), "cpu"])
+    write(day, schema.VIEWS, rows)
+    summary = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    listed = text_of(render_summary(summary)).split("views disagree")[1].split("Archive")[0]
+    assert "disp1000 : memory 100 polls work : cpu 50 polls disp1001" in listed
+    assert "work" in summary_module._disagreeing(summary)[: summary_module.SHOWN]

@@ -539,8 +539,16 @@ def summarize(
 
 
 def _disagreeing(summary: Summary) -> list[str]:
-    """The qubes whose views disagree, the most disagreeing polls first."""
-    return sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
+    """The qubes whose views disagree, the most disagreeing polls first.
+
+    Disposables share one place (the most disagreeing of them), the rest
+    after every named qube: any qube may start disposables, each free to
+    disagree all day, and six of them took every place on the list.
+    """
+    ranked = sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
+    later = [vm for vm in ranked if share_of(vm) != vm][1:]
+    behind = set(later)
+    return [vm for vm in ranked if vm not in behind] + later
 
 
 def draw_views(summary: Summary, out: Path) -> dict[str, bytes]:
