@@ -536,3 +536,22 @@ def test_disposables_share_one_place_among_the_qubes_whose_views_disagree(day: P
     listed = text_of(render_summary(summary)).split("views disagree")[1].split("Archive")[0]
     assert "disp1000 : memory 100 polls work : cpu 50 polls disp1001" in listed
     assert "work" in summary_module._disagreeing(summary)[: summary_module.SHOWN]
+
+
+def test_disagreeing_disposables_do_not_take_every_chart_from_a_later_qube(
+    day: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """View points are kept for MAX_VIEW_QUBES (256) qubes, room made only by an
+    agreeing one: 256 disposables in a day (one every 6 minutes), each disagreeing
+    once, kept a qube whose views disagreed from later in the day off the charts
+    though first on the list.  A named qube makes room by a disposable's points."""
+    monkeypatch.setattr(summary_module, "MAX_VIEW_QUBES", 8)
+    rows: list[list[object]] = []
+    for d in range(8):
+        rows += [[at(10 * d), f"disp{1000 + d}", 1, 1, 0, 1, 1, 1, 1, "memory"]]
+    rows += views_rows("work", 200, "cpu", 2.0, 85.0)[100:]
+    write(day, schema.VIEWS, rows)
+    s = summarize([day], None, *EVERYTHING, TODAY, workers=1)
+    assert summary_module._disagreeing(s)[0] == "work"
+    assert "work" in s.view_points
+    assert len(s.view_points) <= 8

@@ -372,13 +372,20 @@ class Summary:
     def _tracks(self, vm: str) -> bool:
         """Whether ``vm``'s view points are kept (room is made for one that disagrees).
 
-        Planted rows of many agreeing names must not crowd out the qube that lies.
+        Planted rows of many agreeing names must not crowd out the qube that
+        lies, nor disagreeing disposables a named qube (the least disagreeing
+        of them makes room).
         """
         if vm in self.view_points or len(self.view_points) < MAX_VIEW_QUBES:
             return True
         if vm not in self.views:
             return False
         calm = next((other for other in self.view_points if other not in self.views), None)
+        if calm is None and share_of(vm) == vm:
+            # Disposables share one place on the page: 256 of them in a day,
+            # each disagreeing once, kept a later named qube off the charts.
+            shared = [other for other in self.view_points if share_of(other) != other]
+            calm = min(shared, key=lambda other: self.views[other].total(), default=None)
         if calm is None:
             return False
         dropped = self.view_points.pop(calm)
