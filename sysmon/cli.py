@@ -22,6 +22,8 @@ from sysmon.logconfig import configure_logging
 EXIT_USAGE = 2
 #: 128 + SIGINT, as a shell reports a command Ctrl-C ended.
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM.
+EXIT_TERMINATED = 143
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -86,7 +88,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """An offline HTML page with charts from day folders and archives."""
     from sysmon.commands import report  # noqa: PLC0415
+    from sysmon.commands.report.workers import end_on_sigterm  # noqa: PLC0415
 
+    end_on_sigterm("sysmon report", EXIT_TERMINATED)
     return report.main(args.paths, args.out, args.vm, args.start, args.end)
 
 

@@ -4,13 +4,17 @@ as a real child, as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import ROOT, require_root, require_tool, run_on_small_tmpfs, run_sysmon
@@ -21,16 +25,21 @@ pytestmark = pytest.mark.slow
 START = datetime(2025, 8, 31, 22, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module", name="out")
-def _out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two small days (22:00 to 01:20 UTC) of two qubes, never archived."""
+def _realistic() -> ModuleType:
+    """bench/realistic.py, the generator of realistic day folders."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import realistic  # noqa: PLC0415
     finally:
         sys.path.pop(0)
+    return realistic
+
+
+@pytest.fixture(scope="module", name="out")
+def _out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small days (22:00 to 01:20 UTC) of two qubes, never archived."""
     out = tmp_path_factory.mktemp("bad-input") / "out"
-    realistic.generate(out, qubes=2, start=START, ticks=400, interval=30.0, seed=1)
+    _realistic().generate(out, qubes=2, start=START, ticks=400, interval=30.0, seed=1)
     return out
 
 
@@ -343,3 +352,145 @@ def test_demo_with_no_poll_in_its_duration_says_so_on_stderr(tmp_path: Path) -> 
     `2>` or a terminal's red text puts it, nor said what to change."""
     done = run_sysmon("demo", "--duration", "0.1", "--interval", "60", "--out-dir", tmp_path)
     refused(done, 1, "--duration 0.1", "--interval 60")
+
+
+@pytest.fixture(scope="module", name="busy")
+def _busy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three days of eight qubes every 10 s: the report's workers read for seconds."""
+    out = tmp_path_factory.mktemp("busy") / "out"
+    _realistic().generate(out, qubes=8, start=START, ticks=3 * 8640, interval=10.0, seed=2)
+    return out
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command's name (state first); None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+#: Indexes in :func:`_stat`'s fields (proc(5) numbers them from 1, with the pid and name).
+_STATE, _PPID, _SESSION, _STARTED = 0, 1, 3, 19
+
+
+def _processes() -> dict[int, list[str]]:
+    """Every process and its :func:`_stat` fields."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            found[int(entry.name)] = fields
+    return found
+
+
+def _workers(report: int, cmdline: bytes) -> dict[int, str]:
+    """The report's worker processes, each with its start time (a PID used again later is
+    not it): its children forked with its command line, not fc-list nor another program."""
+    found = {}
+    for pid, fields in _processes().items():
+        if fields[_PPID] != str(report) or fields[_STATE] == "Z":
+            continue
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == cmdline:
+                found[pid] = fields[_STARTED]
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def _running(workers: dict[int, str]) -> list[int]:
+    """Those of ``workers`` still running: a zombie no one has reaped yet has ended."""
+    return [
+        pid
+        for pid, started in workers.items()
+        if (fields := _stat(pid)) is not None
+        and fields[_STARTED] == started
+        and fields[_STATE] != "Z"
+    ]
+
+
+def _to_eof(child: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes] | None:
+    """``child``'s stdout and stderr, read until both are at EOF -- every process holding
+    them has ended -- or None if they are not within ``timeout`` seconds."""
+    assert child.stdout is not None
+    assert child.stderr is not None
+    got = {child.stdout.fileno(): b"", child.stderr.fileno(): b""}
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        for fd in got:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for key, _ in selector.select(left):
+                if chunk := os.read(key.fd, 65536):
+                    got[key.fd] += chunk
+                else:
+                    selector.unregister(key.fd)
+    return got[child.stdout.fileno()], got[child.stderr.fileno()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_report_takes_its_workers_along(
+    busy: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Killed (`kill PID`, or -9), a report left its worker processes blocked for ever on
+    the pool's pipes, holding the caller's stdout and stderr: `sysmon report | tee x`
+    never ended.  SIGTERM also says so in one line and exits 143."""
+    from sysmon.commands.report.read import units  # noqa: PLC0415 -- pandas, for this test only
+    from sysmon.commands.report.reduce import shares  # noqa: PLC0415
+    from sysmon.commands.report.workers import how_many  # noqa: PLC0415
+
+    # The pool that reads the days (and the one that sums them up) is this big; the
+    # one that draws has one fewer, the report drawing its share itself.
+    pool = how_many(None, len(shares(units([busy]))))
+    if pool < 2:
+        pytest.skip("one core: the report reads in its own process, with no worker")
+    args = [sys.executable, "-m", "sysmon", "report", str(busy), "--out", str(tmp_path / "page")]
+    # Its workers' command line: as forked, not started anew (fc-list's is not).  Known
+    # from its argv: /proc has it empty until exec(2) has set it up.
+    cmdline = b"".join(os.fsencode(arg) + b"\0" for arg in args)
+    child = subprocess.Popen(
+        args,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    workers: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        # The signal once the pool is whole: not while it is being forked, nor between pools.
+        while len(workers := _workers(child.pid, cmdline)) != pool:
+            assert child.poll() is None, f"the report ended before its {pool} workers were seen"
+            assert time.monotonic() < deadline, f"no pool of {pool} within 120 s: {workers}"
+            time.sleep(0.01)
+        os.kill(child.pid, signum)
+        ends = _to_eof(child, timeout=90)
+        assert ends is not None, (
+            f"its stdout and stderr still open 90 s after {signum.name}: workers "
+            f"{sorted(workers)}, of which still running {_running(workers)}"
+        )
+        for _ in range(100):  # EOF: each has closed its files, if not yet quite ended
+            if not _running(workers):
+                break
+            time.sleep(0.1)
+        assert _running(workers) == [], f"of workers {sorted(workers)}"
+        child.wait(timeout=60)
+    finally:
+        for pid, fields in _processes().items():  # whatever the report started is ended
+            if fields[_SESSION] == str(child.pid) and fields[_STATE] != "Z":
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                    os.kill(pid, signal.SIGKILL)
+        child.wait()
+        assert child.stdout is not None
+        assert child.stderr is not None
+        child.stdout.close()
+        child.stderr.close()
+    if signum == signal.SIGKILL:
+        assert child.returncode == -signal.SIGKILL
+        return
+    done = subprocess.CompletedProcess(child.args, child.returncode, "", ends[1].decode())
+    refused(done, 128 + signal.SIGTERM, "sysmon report: terminated")
+    assert ends[0] == b""
