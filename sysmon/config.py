@@ -8,7 +8,9 @@ from command-line flags, with ``attrs.evolve`` -- rejects a bad value with a
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,9 @@ _HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
+
+#: A configuration is a few kB: past this it is not one, and is not read.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 #: An integer setting's bits: past about 1,024 no float holds it (the
 #: checks compare with floats), and no setting needs a tenth of them.
@@ -253,9 +258,45 @@ def load_config(path: Path | None) -> Config:
             return Config()
         path = DEFAULT_CONFIG_PATH
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(_read(path).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:  # and an integer of 4,300 digits
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return config_from_mapping(data, str(path))
+
+
+def _read(path: Path) -> bytes:
+    """``path``'s bytes if it is a regular file of :data:`MAX_CONFIG_BYTES` at most."""
+    # O_NONBLOCK: a FIFO with no writer is refused below, not waited on in open(2).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file ({_kind(info.st_mode)})")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _too_big(path, info.st_size)
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES and (
+            chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))
+        ):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:  # it grew since fstat
+        raise _too_big(path, len(data))
+    return data
+
+
+def _too_big(path: Path, size: int) -> ConfigError:
+    return ConfigError(f"{path}: over 1 MiB ({size:,} bytes), not a configuration")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a file"

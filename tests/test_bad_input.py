@@ -347,6 +347,14 @@ def test_top_on_a_terminal_that_cannot_move_the_cursor(out: Path, term: str) -> 
     refused(done, 2, "cannot draw on this terminal", f"TERM={term}")
 
 
+def test_a_config_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    """`--config FIFO` waited for ever for a writer to the FIFO."""
+    fifo = tmp_path / "sysmon.toml"
+    os.mkfifo(fifo)
+    done = run_sysmon("status", "--config", fifo, "--out-dir", tmp_path, timeout=60)
+    refused(done, 2, str(fifo), "not a regular file (a FIFO)")
+
+
 def test_demo_with_no_poll_in_its_duration_says_so_on_stderr(tmp_path: Path) -> None:
     """Exit 1 with "no tick within the duration" on stdout: the reason was not where
     `2>` or a terminal's red text puts it, nor said what to change."""

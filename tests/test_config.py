@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 from pathlib import Path
 
 import attrs
@@ -75,6 +77,54 @@ def test_errors_name_the_key_and_the_file(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="No such file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """`--config` on a FIFO no one writes to waited for ever (open(2) waits for a writer)."""
+    fifo = tmp_path / "sysmon.toml"
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    def load() -> None:
+        try:
+            outcome.append(load_config(fifo))
+        except ConfigError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    waited = reader.is_alive()
+    if waited:  # a writer that comes and goes gives it EOF
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+    assert not waited, "it waited for a writer"
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert str(outcome[0]) == f"{fifo}: not a regular file (a FIFO)"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        (Path("/dev/zero"), "a device"),  # read whole, it filled the memory
+        (Path("/dev/null"), "a device"),
+        (Path(__file__).parent, "a folder"),
+    ],
+)
+def test_what_is_not_a_regular_file_is_refused(path: Path, kind: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: not a regular file ({kind})"
+
+
+def test_a_config_over_1_mib_is_refused(tmp_path: Path) -> None:
+    """A configuration is a few kB: one of 1 MiB is whole, past it refused unread."""
+    path = write(tmp_path, "# " + "x" * (1024 * 1024 - 3) + "\n")
+    assert load_config(path) == Config()
+    path.write_text("# " + "x" * (1024 * 1024 - 2) + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: over 1 MiB (1,048,577 bytes), not a configuration"
 
 
 class TestEveryConstructionPath:
