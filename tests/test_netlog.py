@@ -897,3 +897,32 @@ def test_the_documented_restore_keeps_a_hostile_archive_in_its_folder(tmp_path):
     )
     assert not (home / ".bashrc").exists(), done.stderr
     assert [p.name for p in home.rglob("pcap-*.pcap")] == ["pcap-20250831000000.pcap"]
+
+
+def test_a_qubes_stderr_reaches_dom0s_log_bounded_and_as_its_words(world):
+    """qvm-run hands the qube's stderr to dom0's: the run's stderr, the unit's
+    journal in dom0.  A hostile sys-dns wrote 64 MiB of it there (journald
+    then rotates dom0's own logs away), terminal escapes (a run by hand
+    in a dom0 terminal) and lines that read as the script's own, a forged
+    success among them.  Now each call keeps 1 KiB and 4 lines of it, printable,
+    each line said as the qube's, and drains the rest: the backup goes on."""
+    world_dir, env = world
+    forged = "netlog-backup: sys-dns: sys-dns-2099-01-01.tgz in secrets-vault:~/NetLogs"
+    hostile_shell(
+        world_dir,
+        "sys-dns",
+        f"printf '%s\\n\\033]0;owned\\007\\033[2J' '{forged}' >&2\n"
+        "yes \"$(printf 'e%.0s' {1..4000})\" | head -c 64M >&2\n" + RUN_AS_ASKED,
+    )
+    (world_dir / "vm" / "sys-vpn" / "root" / "netpcap").mkdir()
+    done = run_backup(env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"sys-dns-{day}.tgz" in vault_files(world_dir)
+    assert len(done.stderr) < 16384, f"{len(done.stderr)} bytes of stderr in dom0"
+    assert "\x1b" not in done.stderr
+    assert "\x07" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert forged not in lines
+    assert all(line.startswith("netlog-backup: ") for line in lines), lines[:5]
+    assert any(line.startswith("netlog-backup: sys-dns said: ") for line in lines)
