@@ -335,6 +335,7 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("admin.vm.property.Get", "+xid", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("admin.vm.property.Get", "+xid", "sys-monitor", "@anyvm", "allow", "target=dom0"),
         ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
+        ("*", "*", "sys-monitor", "@dispvm", "deny"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "sys-monitor", "deny"),
         ("*", "*", "@anyvm", "sys-monitor", "deny"),
@@ -354,13 +355,23 @@ RECORDED_HARDENED = [
     "qubes.Filecopy * sys-monitor secrets-vault allow",
     "* * @anyvm sys-monitor deny",
 ]
-#: The default rules the recorded requests reach (core-admin 90-default.policy).
+#: The default rules the recorded requests reach (core-admin 90-default.policy),
+#: and release4.2's rules that let any qube start a disposable (release4.3's
+#: are the same, four lines further down from VMShell on).
 DEFAULT_RULES = [
     ("90-default.policy:31", "qubes.Filecopy * @anyvm @anyvm ask"),
+    ("90-default.policy:41", "qubes.GetImageRGBA * @anyvm @dispvm allow"),
+    ("90-default.policy:48", "qubes.OpenInVM * @anyvm @dispvm allow"),
+    ("90-default.policy:52", "qubes.OpenURL * @anyvm @dispvm allow"),
+    ("90-default.policy:59", "qubes.StartApp * @anyvm @dispvm allow"),
+    ("90-default.policy:98", "qubes.VMShell * @anyvm @dispvm allow"),
     ("90-default.policy:99", "qubes.VMShell * @anyvm @anyvm deny"),
     ("90-default.policy:103", "qubes.VMRootShell * @anyvm @anyvm deny"),
+    ("90-default.policy:127", "qubes.VMExec * @anyvm @dispvm allow"),
     ("90-default.policy:128", "qubes.VMExec * @anyvm @anyvm deny"),
+    ("90-default.policy:131", "qubes.VMExecGUI * @anyvm @dispvm allow"),
 ]
+DISPVM_SERVICES = [rule.split()[0] for _, rule in DEFAULT_RULES if " @dispvm allow" in rule]
 
 
 def _matches(pattern: str, name: str, *, target: bool) -> bool:
@@ -402,9 +413,12 @@ def evaluate(
         if action == "allow":
             redirected = any(p.startswith("target=") for p in params)
             if not redirected:
-                if target in {"@default", source} or target.startswith("@dispvm"):
-                    return "deny", where  # no target given / loopback / a new DispVM
-                if "autostart=no" in params and state != "Running":
+                if target in {"@default", source}:
+                    return "deny", where  # no target given / loopback
+                # A new disposable is started (of the caller's default_dispvm),
+                # which autostart=no refuses.
+                new_dispvm = target.startswith("@dispvm")
+                if "autostart=no" in params and (state != "Running" or new_dispvm):
                     return "deny", where
         return action, where
     return "deny", "-"
@@ -574,6 +588,25 @@ def test_sys_monitor_cannot_poll_itself_by_name_or_uuid(shipped_policy, target):
     rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
     got = evaluate(rules, "qubes.Metrics.Get+", "sys-monitor", target, "Running", QUBE_OF_UUID)
     assert got == ("deny", SELF_DENY)
+
+
+@pytest.mark.parametrize("service", DISPVM_SERVICES)
+def test_sys_monitor_cannot_start_a_disposable(shipped_policy, service):
+    """The default policy lets any qube start a disposable of its default_dispvm
+    (default-dvm, on the network) and run a shell there (qubes.VMShell) or open
+    a URL: a compromised sys-monitor could send every qube's metrics out
+    through one, though it has no network of its own.  Confirmed with the real
+    engine (qrexec release4.2 and release4.3 parser.py, core-admin's
+    90-default.policy): allowed at 90-default.policy:98 (4.2) / :102 (4.3).
+    The shipped policy denies sys-monitor every call to @dispvm."""
+    rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
+    got = evaluate(rules, f"{service}+", "sys-monitor", "@dispvm", "-")
+    assert got == ("deny", DISPVM_DENY)
+    # Another qube's disposables are its own business.
+    assert evaluate(rules, f"{service}+", "work", "@dispvm", "-")[0] == "allow"
+
+
+DISPVM_DENY = "* * sys-monitor @dispvm deny"
 
 
 @pytest.fixture(name="shipped_policy")
