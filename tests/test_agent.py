@@ -510,6 +510,77 @@ def test_any_descriptor_gets_the_handlers_answer_for_its_argument(
     assert agent.ask_raw(descriptor) == expected
 
 
+def test_the_qubes_user_in_group_qubes_gets_nothing_from_the_root_agent(public_tmp):
+    """The socket is root's and group qubes' (sysmon-agent.socket), and Qubes adds
+    the qube's user to group qubes (core-agent-linux debian/qubes-core-agent.preinst:
+    usermod --append --groups qubes user).  Only the qrexec agent, root, calls it
+    for the policy's user=root; the user connected too and had the root agent read
+    the system journal for it (every notice of the boot, 50 a call, the cursor
+    paging on): root's log in a template without passwordless root, and no
+    qrexec policy asked.  It also held the one-at-a-time agent 5 s a connection,
+    so sys-monitor's polls of the qube timed out.  Now a caller that is neither
+    root nor the agent's own user is closed at once, unanswered."""
+    require_root("a caller of another user")
+    require_tool("journalctl")
+    _require_python_systemd()
+    roots_line = "pam_unix(sudo:auth): authentication failure; logname=root secret-4711"
+    journal = _make_journal(
+        public_tmp / "journal",
+        [_export_entry(1_700_000_100_000_000, BOOT_A, 5, "sudo", roots_line, 1)],
+    )
+    journal.chmod(0o700)  # the system journal: root's (and systemd-journal's) alone
+    (journal / "remote.journal").chmod(0o600)
+    proc = public_tmp / "proc"
+    shutil.copytree(FIXTURES / "proc" / "this-machine", proc)
+    (proc / "sys/kernel/random/boot_id").write_text(BOOT_A + "\n")
+    home = public_tmp / "agent"
+    home.mkdir()
+    home.chmod(0o755)
+    agent = Agent(home, {"SYSMON_PROC_ROOT": str(proc), "SYSMON_JOURNAL_DIR": str(journal)})
+    try:
+        nobody = pwd.getpwnam("nobody")  # its group stands for group qubes
+        os.chown(agent.socket, 0, nobody.pw_gid)
+        agent.socket.chmod(0o660)  # SocketUser=root SocketGroup=qubes SocketMode=0660
+        another_boot = "0000000000000000.1"  # all of this boot's notices
+        as_user = [require_tool("setpriv"), f"--reuid={nobody.pw_uid}"]
+        as_user += [f"--regid={nobody.pw_gid}", f"--groups={nobody.pw_gid}"]
+        as_user += ["/usr/bin/python3", "-I", "-c", ASK_AGENT]
+        done = subprocess.run(
+            [*as_user, str(agent.socket), another_boot],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert b"PermissionError" not in done.stderr  # it reached the socket
+        assert roots_line.encode() not in done.stdout
+        assert done.stdout == b""  # closed unanswered (reset: its call was not read)
+        # qrexec's call, as root, is answered as before, and at once while the
+        # user holds connections open (each held the agent 5 s).
+        hold = "import socket, sys, time\n" + "\n".join(
+            f"s{i} = socket.socket(socket.AF_UNIX); s{i}.connect(sys.argv[1])" for i in range(4)
+        )
+        holder = subprocess.Popen(
+            [
+                *as_user[:-4],
+                "/usr/bin/python3",
+                "-I",
+                "-c",
+                hold + "\ntime.sleep(30)",
+                str(agent.socket),
+            ]
+        )
+        try:
+            time.sleep(0.5)
+            start = time.monotonic()
+            assert roots_line.encode() in agent.ask(another_boot)
+            assert time.monotonic() - start < 4
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        agent.stop()
+
+
 def test_without_the_awk_handler_a_poll_it_cannot_answer_is_empty_and_it_goes_on(
     start_agent, tmp_path
 ):
