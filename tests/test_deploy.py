@@ -334,7 +334,8 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("admin.vm.Stats", "*", "sys-monitor", "@adminvm", "allow", "target=dom0"),
         ("admin.vm.property.Get", "+xid", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("admin.vm.property.Get", "+xid", "sys-monitor", "@anyvm", "allow", "target=dom0"),
-        ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "allow"),
+        ("qubes.Filecopy", "+", "sys-monitor", "secrets-vault", "allow"),
+        ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("*", "*", "sys-monitor", "@dispvm", "deny"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "sys-monitor", "deny"),
@@ -443,11 +444,18 @@ def test_shipped_policy_decides_as_the_recorded_engine(shipped_policy, row):
         if line and not line.startswith("#")
     ]
     got_decision, got_rule = evaluate([*ours, *DEFAULT_RULES], request, source, target, state)
+    if request == "qubes.Filecopy+allow-all-names" and source == "sys-monitor":
+        # The recorded file allowed it (`*`); the shipped one allows only safe names.
+        assert (decision, matched) == ("allow", "30-sysmon.policy:6")
+        assert (got_decision, got_rule) == ("deny", FILECOPY_DENY)
+        return
     assert got_decision == decision
     if target == source and got_rule == SELF_DENY:
         # The engine refused it as a loopback at the @anyvm line; the shipped
         # policy now names it first (the uuid form would pass the loopback guard).
         assert matched == "30-sysmon.policy:2"
+    elif matched == "30-sysmon.policy:6":  # the archive's copy, now its own line
+        assert got_rule == FILECOPY_ALLOW
     elif matched.startswith("30-sysmon.policy:"):
         assert got_rule == RECORDED_HARDENED[int(matched.split(":")[1]) - 1]
     else:
@@ -588,6 +596,29 @@ def test_sys_monitor_cannot_poll_itself_by_name_or_uuid(shipped_policy, target):
     rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
     got = evaluate(rules, "qubes.Metrics.Get+", "sys-monitor", target, "Running", QUBE_OF_UUID)
     assert got == ("deny", SELF_DENY)
+
+
+def test_sys_monitor_sends_the_vault_only_names_qubes_calls_safe(shipped_policy):
+    """``qubes.Filecopy+allow-all-names`` makes the vault's qfile-unpacker take any
+    file name (core-agent-linux ``qubes-rpc/qubes.Filecopy``: ``--allow-all-names``;
+    Qubes 4.2's news: the less restrictive service), terminal escapes and bidi
+    controls included; the rule's ``*`` allowed it (the recorded engine: row 29 of
+    policy-decisions-hardened.tsv).  sysmon's archives are ``monitor-DAY.tgz``,
+    which qvm-copy sends as plain ``qubes.Filecopy``: only that is allowed now,
+    any other argument to the vault denied, without a prompt."""
+    rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
+    assert evaluate(rules, "qubes.Filecopy+", "sys-monitor", "secrets-vault", "Running") == (
+        "allow",
+        FILECOPY_ALLOW,
+    )
+    got = evaluate(
+        rules, "qubes.Filecopy+allow-all-names", "sys-monitor", "secrets-vault", "Running"
+    )
+    assert got == ("deny", FILECOPY_DENY)
+
+
+FILECOPY_ALLOW = "qubes.Filecopy + sys-monitor secrets-vault allow"
+FILECOPY_DENY = "qubes.Filecopy * sys-monitor secrets-vault deny notify=no"
 
 
 @pytest.mark.parametrize("service", DISPVM_SERVICES)
