@@ -47,6 +47,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run the tests marked slow: real processes on the real clock, Salt, "
         "packages, engines (.ci/run always does)",
     )
+    parser.addoption(
+        "--run-week-files",
+        action="store_true",
+        help="also run docs/integrations.md's file lines on the generator's whole week "
+        "(about 10 minutes of CPU and 25 GB of disk: more than one CI run affords)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,7 +8,9 @@ temporary one, 8428 by a free port).  Every series' sample count in an engine
 must equal the CSVs' non-empty cells for it, and spot cells must read back
 exactly.  Heavy by design (about a gigabyte of CSV): marked ``slow`` and
 ``week``; .ci/run runs them once, on the newest releases beside the Debian 13
-root's run (docs/performance.md has their cost).  The InfluxDB block also
+root's run (docs/performance.md has their cost); the file lines and their
+imports run there on a whole day of the week, and on the whole week with
+``--run-week-files`` (ten minutes more than CI affords).  The InfluxDB block also
 runs on a small day, unmarked ``week``, so Debian 12's and 13's influx are
 tried in every run.
 """
@@ -435,3 +437,90 @@ def test_the_one_file_lines_hold_the_day(day, files):
     assert rows > 0
     assert len(bodies) == rows
     assert all(json.loads(b)["streams"][0]["stream"]["job"] == "sysmon" for b in bodies)
+
+
+# ---------------------------------------------------------------- the file lines on the week
+
+#: Why the week's file lines are not in every run (docs/performance.md has the figures).
+WEEK_FILES = (
+    "the file lines on the whole week: about 10 minutes of CPU and 25 GB of disk, past "
+    "one CI run's budget; run with --run-week-files"
+)
+
+
+@pytest.fixture(scope="module")
+def week_files(
+    week: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
+    """The export block's file lines as written, on the whole week (see :func:`files`)."""
+    if not request.config.getoption("--run-week-files"):
+        pytest.skip(WEEK_FILES)
+    cwd = tmp_path_factory.mktemp("week-files")
+    (cwd / "days").mkdir()
+    lines = [c for c in commands(sh_block(EXPORT)) if " --push " not in c]
+    assert len(lines) == 5, lines
+    for line in lines:
+        run(substituted(line, week), cwd, timeout=3600)
+    return cwd
+
+
+@pytest.mark.week
+def test_the_documented_curl_imports_on_the_week(week, want, week_files, tmp_path):
+    """### VictoriaMetrics: its ``curl -T`` lines, on each of the week's day files in turn;
+    every series holds the week's cells."""
+    block = commands(sh_block("### VictoriaMetrics"))
+    start = shlex.split(block[0])
+    host = host_identity(week)
+    for curl in (c for c in block if c.startswith("curl -T")):
+        suffix = curl.split()[2].rsplit(".", 1)[1]
+        days = sorted((week_files / "days").glob(f"{host}-*.{suffix}"))
+        assert len(days) == DAYS, days
+        with VictoriaMetrics.run(start, tmp_path / f"vm-{suffix}") as vm:
+            for day in days:
+                line = curl.replace(f"HOST-2025-08-26.{suffix}", day.name)
+                run(substituted(line, week, vm.url), week_files, timeout=3600)
+            vm.flush()
+            assert_holds(vm, want)
+
+
+@pytest.mark.week
+def test_promtool_and_prometheus_on_the_week(want, week_files, tmp_path):
+    """### Prometheus: the documented loop over the week's seven day files, then
+    Prometheus on the blocks; every series holds the week's cells."""
+    promtool, serve = commands(sh_block("### Prometheus (backfill with promtool)"))
+    require_tool("promtool")
+    blocks = tmp_path / "prometheus"
+    run(promtool.replace("/srv/prometheus", str(blocks)), week_files, timeout=3600)
+    argv = [a.replace("/srv/prometheus", str(blocks)) for a in shlex.split(serve)]
+    with Prometheus.serve(argv[:-1]) as prometheus:
+        assert_holds(prometheus, want)
+
+
+@pytest.mark.week
+def test_influx_import_on_the_week(week, want, week_files, tmp_path):
+    """### InfluxDB 1.x: the docs' lines with the week's week.lp; every field of every
+    series holds the week's cells."""
+    assert_influx_block(week, want, week_files, tmp_path)
+
+
+@pytest.mark.week
+def test_the_one_file_lines_hold_the_week(week, week_files):
+    """week.om has every sample of the seven day files, alerts.jsonl a body per alert row."""
+
+    def samples(path: Path) -> int:
+        # grep: seven gigabytes in seconds; a sample line is any but a # line
+        done = subprocess.run(
+            ["grep", "-c", "-v", "^#", str(path)], capture_output=True, text=True, check=False
+        )
+        return int(done.stdout)
+
+    days = sorted((week_files / "days").glob("*.om"))
+    assert len(days) == DAYS
+    assert samples(week_files / "week.om") == sum(samples(day) for day in days) > 0
+    rows = 0
+    for path in sorted(week.glob("*/alerts.csv")):
+        with path.open(newline="") as f:
+            rows += sum(1 for _ in csv.reader(f)) - 1
+    with (week_files / "alerts.jsonl").open() as f:
+        bodies = sum(1 for _ in f)
+    assert bodies == rows > 0
