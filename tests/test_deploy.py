@@ -337,6 +337,7 @@ def test_policy_is_exactly_the_minimum(salt, tmp_path):
         ("qubes.Filecopy", "+", "sys-monitor", "secrets-vault", "allow"),
         ("qubes.Filecopy", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("*", "*", "sys-monitor", "@dispvm", "deny"),
+        *((service, "*", "sys-monitor", "@anyvm", "deny") for service in PROMPTED_SERVICES),
         ("qubes.Metrics.Get", "*", "sys-monitor", "secrets-vault", "deny", "notify=no"),
         ("qubes.Metrics.Get", "*", "sys-monitor", "sys-monitor", "deny"),
         ("*", "*", "@anyvm", "sys-monitor", "deny"),
@@ -361,10 +362,16 @@ RECORDED_HARDENED = [
 #: are the same, four lines further down from VMShell on).
 DEFAULT_RULES = [
     ("90-default.policy:31", "qubes.Filecopy * @anyvm @anyvm ask"),
+    ("90-default.policy:35", "qubes.GetDate * @anyvm @anyvm allow target=dom0"),
     ("90-default.policy:41", "qubes.GetImageRGBA * @anyvm @dispvm allow"),
+    ("90-default.policy:42", "qubes.GetImageRGBA * @anyvm @anyvm ask"),
     ("90-default.policy:48", "qubes.OpenInVM * @anyvm @dispvm allow"),
+    ("90-default.policy:49", "qubes.OpenInVM * @anyvm @anyvm ask"),
     ("90-default.policy:52", "qubes.OpenURL * @anyvm @dispvm allow"),
+    ("90-default.policy:53", "qubes.OpenURL * @anyvm @anyvm ask"),
     ("90-default.policy:59", "qubes.StartApp * @anyvm @dispvm allow"),
+    ("90-default.policy:60", "qubes.StartApp * @anyvm @anyvm ask"),
+    ("90-default.policy:68", "qubes.Notifications * @anyvm @default allow target=dom0"),
     ("90-default.policy:98", "qubes.VMShell * @anyvm @dispvm allow"),
     ("90-default.policy:99", "qubes.VMShell * @anyvm @anyvm deny"),
     ("90-default.policy:103", "qubes.VMRootShell * @anyvm @anyvm deny"),
@@ -373,6 +380,8 @@ DEFAULT_RULES = [
     ("90-default.policy:131", "qubes.VMExecGUI * @anyvm @dispvm allow"),
 ]
 DISPVM_SERVICES = [rule.split()[0] for _, rule in DEFAULT_RULES if " @dispvm allow" in rule]
+#: What the default policy lets any qube ask the user for, to any other qube.
+PROMPTED_SERVICES = [rule.split()[0] for _, rule in DEFAULT_RULES if rule.endswith(" ask")]
 
 
 def _matches(pattern: str, name: str, *, target: bool) -> bool:
@@ -444,6 +453,11 @@ def test_shipped_policy_decides_as_the_recorded_engine(shipped_policy, row):
         if line and not line.startswith("#")
     ]
     got_decision, got_rule = evaluate([*ours, *DEFAULT_RULES], request, source, target, state)
+    if matched == "90-default.policy:31" and source == "sys-monitor":
+        # The default's prompt to copy elsewhere; the shipped policy denies it.
+        assert decision == "ask"
+        assert (got_decision, got_rule) == ("deny", "qubes.Filecopy * sys-monitor @anyvm deny")
+        return
     if request == "qubes.Filecopy+allow-all-names" and source == "sys-monitor":
         # The recorded file allowed it (`*`); the shipped one allows only safe names.
         assert (decision, matched) == ("allow", "30-sysmon.policy:6")
@@ -638,6 +652,31 @@ def test_sys_monitor_cannot_start_a_disposable(shipped_policy, service):
 
 
 DISPVM_DENY = "* * sys-monitor @dispvm deny"
+
+
+@pytest.mark.parametrize("target", ["work", "@default", "personal"])
+@pytest.mark.parametrize("service", PROMPTED_SERVICES)
+def test_sys_monitor_raises_no_prompt_to_send_anything_out(shipped_policy, service, target):
+    """The default policy asks the user when any qube would copy a file to, open a
+    file, a URL or an app in, or take an icon from, another qube (core-admin's
+    90-default.policy, ``ask``): a compromised sys-monitor could word a request to
+    talk the user into sending its every qube's metrics out.  Denied, no prompt;
+    another qube still asks."""
+    rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
+    assert evaluate(rules, f"{service}+", "sys-monitor", target, "Running") == (
+        "deny",
+        f"{service} * sys-monitor @anyvm deny",
+    )
+    assert evaluate(rules, f"{service}+", "work", "personal", "Running")[0] == "ask"
+
+
+@pytest.mark.parametrize("service", ["qubes.GetDate", "qubes.Notifications"])
+def test_sys_monitor_still_gets_its_clock_and_notifications_from_dom0(shipped_policy, service):
+    """sys-monitor has no network: its clock comes from dom0 (qubes.GetDate), and its
+    rules' notifications go to dom0 (qubes.Notifications), both asked of @default."""
+    rules = [*_policy_rules(shipped_policy), *DEFAULT_RULES]
+    decision, rule = evaluate(rules, f"{service}+", "sys-monitor", "@default", "-")
+    assert (decision, rule.split(":")[0]) == ("allow", "90-default.policy")
 
 
 @pytest.fixture(name="shipped_policy")
