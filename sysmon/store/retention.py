@@ -64,7 +64,7 @@ def prune(
         if tgz.exists():
             tgz.unlink()
             archives.append(day)
-        if day < cutoff and _remove_delivered(out_dir, day):
+        if day < cutoff and _remove_delivered(out_dir, day) is not None:
             folders.append(day)
     over_ceiling: list[date] = []
     ceiling_undelivered = False
@@ -75,9 +75,9 @@ def prune(
                 break
             if day >= today:
                 continue
-            folder_bytes = _tree_bytes(out_dir / day.isoformat())
-            if _remove_delivered(out_dir, day):
-                size -= folder_bytes
+            freed = _remove_delivered(out_dir, day)
+            if freed is not None:
+                size -= freed
                 over_ceiling.append(day)
         ceiling_undelivered = size > max_bytes
     low = False
@@ -85,7 +85,7 @@ def prune(
         for day in day_folders(out_dir):
             if free_bytes(out_dir) >= min_free_bytes:
                 break
-            if day < today and _remove_delivered(out_dir, day):
+            if day < today and _remove_delivered(out_dir, day) is not None:
                 folders.append(day)
         low = free_bytes(out_dir) < min_free_bytes
     return Pruned(
@@ -97,9 +97,10 @@ def prune(
     )
 
 
-def _remove_delivered(out_dir: Path, day: date) -> bool:
-    """Remove ``day``'s folder if the vault has all of it, under the commit's lock.
+def _remove_delivered(out_dir: Path, day: date) -> int | None:
+    """Remove ``day``'s folder if the vault has all of it: the bytes freed, or None.
 
+    Checked and removed under the commit's lock (an undelivered day is never walked).
     A tick written between the check and the removal (a clock stepped back
     onto the day) would go with the folder: under the lock it waits, and
     makes the day anew, a later copy for the archive.
@@ -107,9 +108,10 @@ def _remove_delivered(out_dir: Path, day: date) -> bool:
     folder = out_dir / day.isoformat()
     with locked(out_dir):
         if not folder.is_dir() or not is_delivered(out_dir, day):
-            return False
+            return None
+        freed = _tree_bytes(folder)
         shutil.rmtree(folder)
-    return True
+    return freed
 
 
 def _tree_bytes(folder: Path) -> int:

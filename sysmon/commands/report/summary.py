@@ -46,7 +46,7 @@ from sysmon.commands.report.render import (
     write_whole,
 )
 from sysmon.commands.report.workers import in_order
-from sysmon.protocol.names import share_of
+from sysmon.protocol.names import looks_disposable, share_of
 from sysmon.protocol.text import strip_controls
 from sysmon.records import Status
 from sysmon.schema.decode import Skipped, decode_untrusted
@@ -381,10 +381,10 @@ class Summary:
         if vm not in self.views:
             return False
         calm = next((other for other in self.view_points if other not in self.views), None)
-        if calm is None and share_of(vm) == vm:
+        if calm is None and not looks_disposable(vm):
             # Disposables share one place on the page: 256 of them in a day,
             # each disagreeing once, kept a later named qube off the charts.
-            shared = [other for other in self.view_points if share_of(other) != other]
+            shared = [other for other in self.view_points if looks_disposable(other)]
             calm = min(shared, key=lambda other: self.views[other].total(), default=None)
         if calm is None:
             return False
@@ -553,7 +553,7 @@ def _disagreeing(summary: Summary) -> list[str]:
     disagree all day, and six of them took every place on the list.
     """
     ranked = sorted(summary.views, key=lambda vm: (-summary.views[vm].total(), vm))
-    later = [vm for vm in ranked if share_of(vm) != vm][1:]
+    later = [vm for vm in ranked if looks_disposable(vm)][1:]
     behind = set(later)
     return [vm for vm in ranked if vm not in behind] + later
 
