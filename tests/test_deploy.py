@@ -97,41 +97,49 @@ def _salt_call_only(tmp_path):
     return call
 
 
+def call_salt(
+    where: Path,
+    formula_root: Path,
+    *args: str,
+    pillar: dict[str, object] | None = None,
+    check: bool = True,
+    grains: dict[str, str] | None = None,
+) -> object:
+    """salt-call ``args`` on ``formula_root``, its configuration and state under ``where``."""
+    # Grains set in the minion's configuration win over the ones Salt finds.
+    config = where / f"salt-config-{json.dumps(grains, sort_keys=True).encode().hex()}"
+    if not config.exists():
+        config.mkdir()
+        (config / "minion").write_text(
+            f"file_client: local\nroot_dir: {where / 'salt-root'}\nid: sysmon-test\n"
+            f"file_roots:\n  base:\n    - {formula_root}\n"
+            + (f"grains: {json.dumps(grains)}\n" if grains else "")
+        )
+    argv = [
+        salt_call_path(),
+        "--local",
+        f"--config-dir={config}",
+        "--retcode-passthrough",
+        "--out=json",
+        *args,
+    ]
+    if pillar is not None:
+        argv.append(f"pillar={json.dumps(pillar)}")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)["local"] if done.stdout.strip().startswith("{") else done.stdout
+
+
 @pytest.fixture(name="salt")
 def _salt(tmp_path, salt_root):
-    salt_call = salt_call_path()
-
     def call(
         *args: str,
         pillar: dict[str, object] | None = None,
         check: bool = True,
         grains: dict[str, str] | None = None,
     ) -> object:
-        # Grains set in the minion's configuration win over the ones Salt finds.
-        config = tmp_path / f"salt-config-{json.dumps(grains, sort_keys=True).encode().hex()}"
-        if not config.exists():
-            config.mkdir()
-            (config / "minion").write_text(
-                f"file_client: local\nroot_dir: {tmp_path / 'salt-root'}\nid: sysmon-test\n"
-                f"file_roots:\n  base:\n    - {salt_root}\n"
-                + (f"grains: {json.dumps(grains)}\n" if grains else "")
-            )
-        argv = [
-            salt_call,
-            "--local",
-            f"--config-dir={config}",
-            "--retcode-passthrough",
-            "--out=json",
-            *args,
-        ]
-        if pillar is not None:
-            argv.append(f"pillar={json.dumps(pillar)}")
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        if check:
-            assert done.returncode == 0, done.stdout + done.stderr
-        return (
-            json.loads(done.stdout)["local"] if done.stdout.strip().startswith("{") else done.stdout
-        )
+        return call_salt(tmp_path, salt_root, *args, pillar=pillar, check=check, grains=grains)
 
     return call
 
@@ -679,10 +687,19 @@ def test_sys_monitor_still_gets_its_clock_and_notifications_from_dom0(shipped_po
     assert (decision, rule.split(":")[0]) == ("allow", "90-default.policy")
 
 
-@pytest.fixture(name="shipped_policy")
-def _shipped_policy(salt, tmp_path):
-    out = tmp_path / "30-sysmon.policy"
-    salt("cp.get_template", "salt://qubes/monitor/files/30-sysmon.policy.jinja", str(out))
+@pytest.fixture(name="shipped_policy", scope="session")
+def _shipped_policy(salt_root, tmp_path_factory):
+    """The policy the formula writes, rendered once: some 250 tests decide on it, and a
+    salt-call is about two seconds of CPU."""
+    where = tmp_path_factory.mktemp("shipped-policy")
+    out = where / "30-sysmon.policy"
+    call_salt(
+        where,
+        salt_root,
+        "cp.get_template",
+        "salt://qubes/monitor/files/30-sysmon.policy.jinja",
+        str(out),
+    )
     return out.read_text()
 
 
