@@ -50,8 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-week-files",
         action="store_true",
-        help="also run docs/integrations.md's file lines on the generator's whole week "
-        "(about 10 minutes of CPU and 25 GB of disk: more than one CI run affords)",
+        help="run docs/integrations.md's file lines on the generator's whole week, not "
+        "one day of it (about 10 minutes of CPU and 28 GB of disk more; .ci/run does)",
     )
 
 

@@ -7,12 +7,11 @@ paths and ports are replaced (the vault by the generated folder, ``days/`` by a
 temporary one, 8428 by a free port).  Every series' sample count in an engine
 must equal the CSVs' non-empty cells for it, and spot cells must read back
 exactly.  Heavy by design (about a gigabyte of CSV): marked ``slow`` and
-``week``; .ci/run runs them once, on the newest releases beside the Debian 13
-root's run (docs/performance.md has their cost); the file lines and their
-imports run there on a whole day of the week, and on the whole week with
-``--run-week-files`` (ten minutes more than CI affords).  The InfluxDB block also
-runs on a small day, unmarked ``week``, so Debian 12's and 13's influx are
-tried in every run.
+``week``.  Without ``--run-week-files`` the file lines and their imports run on a
+whole day of the week; with it (.ci/run gives it: some 10 minutes of CPU more,
+docs/performance.md has the figures) on the whole week, and the day's versions
+skip.  The InfluxDB block also runs on a small day, unmarked ``week``, so Debian
+12's and 13's influx are tried in every run.
 """
 
 from __future__ import annotations
@@ -316,9 +315,13 @@ def day_want(day: Path) -> Want:
 
 
 @pytest.fixture(scope="module")
-def files(day: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def files(
+    day: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
     """The export block's file lines, each run as written (each an alternative, its own
     ledger) in one folder: days/, week.om, week.lp, alerts.jsonl."""
+    if request.config.getoption("--run-week-files"):
+        pytest.skip("--run-week-files: the same lines and imports run on the whole week")
     cwd = tmp_path_factory.mktemp("files")
     (cwd / "days").mkdir()
     lines = [c for c in commands(sh_block(EXPORT)) if " --push " not in c]
@@ -329,7 +332,7 @@ def files(day: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.week
-def test_the_documented_curl_imports(day, day_want, files, tmp_path):
+def test_the_documented_curl_imports(day, files, day_want, tmp_path):
     """### VictoriaMetrics: its ``curl -T`` lines on the day's file of each format."""
     block = commands(sh_block("### VictoriaMetrics"))
     start = shlex.split(block[0])
@@ -345,7 +348,7 @@ def test_the_documented_curl_imports(day, day_want, files, tmp_path):
 
 
 @pytest.mark.week
-def test_promtool_and_prometheus_as_documented(day_want, files, tmp_path):
+def test_promtool_and_prometheus_as_documented(files, day_want, tmp_path):
     """### Prometheus: promtool's backfill with the docs' flags, then Prometheus started on
     the blocks with the docs' flags; every series holds the CSVs' cells."""
     promtool, serve = commands(sh_block("### Prometheus (backfill with promtool)"))
@@ -360,7 +363,7 @@ def test_promtool_and_prometheus_as_documented(day_want, files, tmp_path):
 
 
 @pytest.mark.week
-def test_influx_import_as_documented(day, day_want, files, tmp_path):
+def test_influx_import_as_documented(day, files, day_want, tmp_path):
     """### InfluxDB 1.x: the docs' lines into a real influxd; every field of every series
     holds the CSVs' cells, spot cells exact in the CSV's own units."""
     assert_influx_block(day, day_want, files, tmp_path)
@@ -441,10 +444,10 @@ def test_the_one_file_lines_hold_the_day(day, files):
 
 # ---------------------------------------------------------------- the file lines on the week
 
-#: Why the week's file lines are not in every run (docs/performance.md has the figures).
+#: Why the week's file lines skip without --run-week-files (docs/performance.md: their cost).
 WEEK_FILES = (
-    "the file lines on the whole week: about 10 minutes of CPU and 25 GB of disk, past "
-    "one CI run's budget; run with --run-week-files"
+    "the file lines on the whole week: about 10 minutes of CPU and 28 GB of disk; "
+    "run with --run-week-files (.ci/run does)"
 )
 
 
