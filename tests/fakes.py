@@ -14,6 +14,7 @@ from typing import TypeVar, TypeVarTuple, Unpack
 
 import attrs
 import trio
+import trio.testing
 from conftest import ROOT
 
 from sysmon.collect.process import ProcessResult
@@ -159,6 +160,9 @@ def daemon_on_virtual_time(
     """A Daemon on virtual time: wall clock from ``start``, real files without
     fsync, file work inline; ``overrides`` replace Daemon fields or its
     collaborators (``notify``, ``offload``...)."""
+    # On the real clock each virtual second is a real one (a test that forgot
+    # autojump_clock took 45 s for three 15 s runs).
+    assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock), "autojump_clock"
     t0 = trio.current_time()
     uses: dict[str, object] = {
         "wall_now": lambda: start + timedelta(seconds=trio.current_time() - t0),

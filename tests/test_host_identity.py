@@ -64,7 +64,7 @@ def test_export_after_the_demo_needs_no_host(demo_out, tmp_path):
     assert f'host="{identity}"' in again.stdout
 
 
-async def test_the_daemons_first_tick_makes_the_identity_and_the_name(tmp_path):
+async def test_the_daemons_first_tick_makes_the_identity_and_the_name(tmp_path, autojump_clock):
     """``run`` (and ``once``, the same poll): after one tick the identity is there,
     with the configured host_name beside it."""
     daemon = daemon_on_virtual_time(tmp_path, FakeQubes({"work": "ok"}), START, host_name="laptop")
@@ -83,7 +83,7 @@ async def test_the_daemons_first_tick_makes_the_identity_and_the_name(tmp_path):
     assert not (tmp_path / HOST_NAME_NAME).exists()  # unset again: no label
 
 
-async def test_a_planted_identity_does_not_stop_the_rows(tmp_path):
+async def test_a_planted_identity_does_not_stop_the_rows(tmp_path, autojump_clock):
     """A link planted as host-id: not followed, not replaced, and every row still written."""
     target = tmp_path / "elsewhere"
     (tmp_path / "out").mkdir()
