@@ -7,7 +7,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 # The report's libraries: the README's `.[test]` has them not.
@@ -122,7 +122,6 @@ def _small_blocks(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReques
         monkeypatch.setattr(frames, "FEW_RUNS", -1)
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.sampled_from([schema.SYSTEM, schema.NETWORK, schema.DISK]).flatmap(
     lambda d: st.tuples(st.just(d), _file(d))))  # fmt: skip
 def test_the_fast_path_and_the_decoder_agree_cell_by_cell(
@@ -133,7 +132,6 @@ def test_the_fast_path_and_the_decoder_agree_cell_by_cell(
     _compare(daily, data, values)
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.sampled_from([schema.SYSTEM, schema.NETWORK, schema.DISK]).flatmap(
     lambda d: st.tuples(st.just(d), st.lists(_line(d, odd_width=False), max_size=40),
                         st.sampled_from([97, 1 << 12]))))  # fmt: skip
@@ -152,7 +150,6 @@ def test_many_rows_of_the_headers_width_agree_in_blocks_of_several(
         frames.BLOCK = saved
 
 
-@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 86_399), st.sampled_from(["work", "sys-net", "vm1e"]),
                           st.none() | st.floats(0, 100), st.none() | st.integers(0, 2**62)),
                 max_size=30))  # fmt: skip
@@ -201,7 +198,6 @@ def test_a_long_line_and_a_short_one_do_not_make_up_for_each_other() -> None:
     assert not _compare(schema.CONNECTIONS, data, ("tcp_established",))
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from([schema.SCRAPES, schema.DISK]).flatmap(
         lambda d: st.tuples(st.just(d), st.lists(_file(d), min_size=1, max_size=3))
