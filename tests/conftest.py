@@ -51,7 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--run-week-files",
         action="store_true",
         help="run docs/integrations.md's file lines on the generator's whole week, not "
-        "one day of it (about 10 minutes of CPU and 28 GB of disk more; .ci/run does)",
+        "one day of it (about 10 minutes of CPU and 28 GB of disk more)",
     )
 
 

@@ -7,11 +7,11 @@ paths and ports are replaced (the vault by the generated folder, ``days/`` by a
 temporary one, 8428 by a free port).  Every series' sample count in an engine
 must equal the CSVs' non-empty cells for it, and spot cells must read back
 exactly.  Heavy by design (about a gigabyte of CSV): marked ``slow`` and
-``week``.  Without ``--run-week-files`` the file lines and their imports run on a
-whole day of the week; with it (.ci/run gives it: some 10 minutes of CPU more,
-docs/performance.md has the figures) on the whole week, and the day's versions
-skip.  The InfluxDB block also runs on a small day, unmarked ``week``, so Debian
-12's and 13's influx are tried in every run.
+``week``.  Without ``--run-week-files`` (.ci/run's way) the file lines and their
+imports run on a whole day of the week; with it on the whole week (some 10 minutes
+of CPU more, docs/performance.md has the figures), and the day's versions skip.
+The InfluxDB block also runs on a small day, unmarked ``week``, so Debian 12's and
+13's influx are tried in every run.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def test_the_one_file_lines_hold_the_day(day, files):
 #: Why the week's file lines skip without --run-week-files (docs/performance.md: their cost).
 WEEK_FILES = (
     "the file lines on the whole week: about 10 minutes of CPU and 28 GB of disk; "
-    "run with --run-week-files (.ci/run does)"
+    "run with --run-week-files"
 )
 
 
