@@ -65,38 +65,6 @@ def _salt_root(tmp_path_factory) -> Path:
     return payload / FORMULA
 
 
-@pytest.fixture(name="salt_call_only")
-def _salt_call_only(tmp_path):
-    """salt-call on a formula root of the test's choosing: (root, *args) -> JSON."""
-    salt_call = salt_call_path()
-
-    def call(formula_root: Path, *args: str) -> object:
-        config = tmp_path / "salt-config-only"
-        config.mkdir(exist_ok=True)
-        (config / "minion").write_text(
-            f"file_client: local\nroot_dir: {tmp_path / 'salt-root-only'}\nid: sysmon-test\n"
-            f"file_roots:\n  base:\n    - {formula_root}\n"
-        )
-        done = subprocess.run(
-            [
-                salt_call,
-                "--local",
-                f"--config-dir={config}",
-                "--retcode-passthrough",
-                "--out=json",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return json.loads(done.stdout)["local"]
-
-    return call
-
-
 def call_salt(
     where: Path,
     formula_root: Path,
@@ -129,6 +97,18 @@ def call_salt(
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)["local"] if done.stdout.strip().startswith("{") else done.stdout
+
+
+@pytest.fixture(name="salt_call_only")
+def _salt_call_only(tmp_path):
+    """salt-call on a formula root of the test's choosing: (root, *args) -> JSON."""
+
+    def call(formula_root: Path, *args: str) -> object:
+        where = tmp_path / "only"
+        where.mkdir(exist_ok=True)
+        return call_salt(where, formula_root, *args)
+
+    return call
 
 
 @pytest.fixture(name="salt")
